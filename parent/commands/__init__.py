@@ -1,0 +1,1 @@
+"""One module per `hermetic` sub-command; each exposes `register(subparsers)`."""

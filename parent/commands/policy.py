@@ -1,0 +1,8 @@
+"""Placeholder: `hermetic` sub-command module 'policy' (being written)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    del subparsers
