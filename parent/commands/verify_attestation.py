@@ -1,8 +1,283 @@
-"""Placeholder: `hermetic` sub-command module 'verify_attestation' (being written)."""
+"""`hermetic verify-attestation`: check an AWS Nitro attestation document offline.
+
+Exit status: 0 valid, 1 invalid (one-line reason on stderr), 2 usage error.
+"""
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import json
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from enclave.attestation import (
+    AttestationDocument,
+    AttestationError,
+    AttestationPolicy,
+    parse_attestation,
+    verify_attestation,
+)
+from enclave.attestation.cose import MAX_DOCUMENT_SIZE
+from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
+from enclave.errors import ConfigError
+
+AT_DOCUMENT = "document"
+SUMMARY_PCRS = (0, 1, 2, 8)
+# base64 of the largest accepted document plus line breaks; anything bigger is refused unread.
+_MAX_INPUT = MAX_DOCUMENT_SIZE * 2
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
-    del subparsers
+    parser = subparsers.add_parser(
+        "verify-attestation",
+        help="verify an AWS Nitro attestation document",
+        description=(
+            "Verify an AWS Nitro Enclaves attestation document (COSE_Sign1): certificate "
+            "chain to the pinned AWS root at a given time, ES384 signature, and optional "
+            "PCR / nonce / user-data / freshness requirements."
+        ),
+    )
+    parser.add_argument("document", metavar="DOC",
+                        help="raw CBOR document, or a file holding its base64 or hex; '-' for stdin")
+    parser.add_argument("--root", metavar="PEM", type=Path,
+                        help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
+    parser.add_argument("--at", metavar="TIME", type=_parse_at,
+                        help="verification time, ISO-8601 (UTC if no offset) or 'document' for the"
+                             " document's own timestamp; default: now")
+    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=_parse_pcr, default=None,
+                        help="required PCR value; may repeat, all must match")
+    parser.add_argument("--nonce", metavar="HEX", type=_parse_hex, help="required nonce")
+    parser.add_argument("--user-data", metavar="HEX", type=_parse_hex, help="required user_data")
+    parser.add_argument("--public-key", metavar="HEX", type=_parse_hex, help="required public_key")
+    parser.add_argument("--max-age", metavar="SECONDS", type=_parse_max_age,
+                        help="refuse documents older than this at the verification time")
+    parser.add_argument("--json", action="store_true", help="print the result as a JSON object")
+    parser.set_defaults(func=run, _parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    data = _read_document(args.document)
+    root_der = _read_root(args.root) if args.root is not None else None
+
+    at: datetime
+    if args.at == AT_DOCUMENT:
+        try:
+            at = parse_attestation(data).timestamp
+        except AttestationError as err:
+            _fail_json(args, err)
+            raise
+    else:
+        at = args.at or datetime.now(timezone.utc)
+
+    try:
+        document = verify_attestation(data, root_der=root_der, at=at, policy=policy)
+    except AttestationError as err:
+        _fail_json(args, err)
+        raise
+
+    report = _report(document, at)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_summary(report)
+    return 0
+
+
+# --- argument parsing (errors here exit 2 through argparse) ---------------------------
+
+
+def _parse_hex(text: str) -> bytes:
+    cleaned = text.strip().removeprefix("0x").removeprefix("0X")
+    if len(cleaned) % 2 or (cleaned and not _HEX_RE.fullmatch(cleaned)):
+        raise argparse.ArgumentTypeError(f"not a hex string: {text!r}")
+    return bytes.fromhex(cleaned)
+
+
+def _parse_pcr(text: str) -> tuple[int, bytes]:
+    index_text, sep, value_text = text.partition("=")
+    if not sep or not index_text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected N=HEX, got {text!r}")
+    index = int(index_text)
+    if not 0 <= index < PCR_COUNT:
+        raise argparse.ArgumentTypeError(f"PCR index {index} is outside 0..{PCR_COUNT - 1}")
+    value = _parse_hex(value_text)
+    if len(value) not in PCR_VALUE_SIZES:
+        raise argparse.ArgumentTypeError(f"PCR{index} value must be 32, 48 or 64 bytes, got {len(value)}")
+    return index, value
+
+
+def _parse_at(text: str) -> datetime | str:
+    if text.strip().lower() == AT_DOCUMENT:
+        return AT_DOCUMENT
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 time or 'document': {text!r}") from err
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+
+
+def _parse_max_age(text: str) -> timedelta:
+    try:
+        seconds = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from err
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"max age must be a finite, non-negative number: {text!r}")
+    return timedelta(seconds=seconds)
+
+
+def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
+    pcrs: dict[int, bytes] = {}
+    for index, value in args.pcr or ():
+        if pcrs.get(index, value) != value:
+            args._parser.error(f"--pcr {index} given twice with different values")  # exits 2
+        pcrs[index] = value
+    if not (pcrs or args.nonce is not None or args.user_data is not None
+            or args.public_key is not None or args.max_age is not None):
+        return None
+    if pcrs:
+        return AttestationPolicy.from_pcrs(
+            pcrs, nonce=args.nonce, user_data=args.user_data,
+            public_key=args.public_key, max_age=args.max_age,
+        )
+    return AttestationPolicy(nonce=args.nonce, user_data=args.user_data,
+                             public_key=args.public_key, max_age=args.max_age)
+
+
+# --- input ---------------------------------------------------------------------------
+
+
+def _read_document(name: str) -> bytes:
+    try:
+        if name == "-":
+            raw = sys.stdin.buffer.read(_MAX_INPUT + 1)
+        else:
+            with open(name, "rb") as handle:
+                raw = handle.read(_MAX_INPUT + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read attestation document {name}: {err.strerror}") from err
+    if len(raw) > _MAX_INPUT:
+        raise ConfigError(f"attestation document {name} is larger than {_MAX_INPUT} bytes")
+    return decode_document_text(raw)
+
+
+def _looks_like_cose(data: bytes) -> bool:
+    # 0x84: untagged 4-element array; 0xD2: tag 18 (COSE_Sign1).
+    return bool(data) and data[0] in (0x84, 0xD2)
+
+
+def decode_document_text(raw: bytes) -> bytes:
+    """Raw CBOR as is; otherwise try hex, then base64 (standard or URL-safe) of it."""
+    if _looks_like_cose(raw):
+        return raw
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return raw
+    compact = "".join(text.split())
+    if compact and _HEX_RE.fullmatch(compact) and len(compact) % 2 == 0:
+        decoded = bytes.fromhex(compact)
+        if _looks_like_cose(decoded):
+            return decoded
+    for altchars in (None, b"-_"):
+        try:
+            padded = compact + "=" * (-len(compact) % 4)
+            decoded = base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if _looks_like_cose(decoded):
+            return decoded
+    return raw  # let the parser explain what is wrong with it
+
+
+def _read_root(path: Path) -> bytes:
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read root certificate {path}: {err.strerror}") from err
+    try:
+        if b"-----BEGIN" in blob:
+            cert = x509.load_pem_x509_certificate(blob)
+        else:
+            cert = x509.load_der_x509_certificate(blob)
+    except ValueError as err:
+        raise ConfigError(f"root certificate {path} is not a PEM or DER X.509 certificate") from err
+    return cert.public_bytes(Encoding.DER)
+
+
+# --- output --------------------------------------------------------------------------
+
+
+def _subject(der: bytes) -> str:
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def _common_name(der: bytes) -> str:
+    cert = x509.load_der_x509_certificate(der)
+    names = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    value = names[0].value if names else cert.subject.rfc4514_string()
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def _hex(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+def _report(document: AttestationDocument, at: datetime) -> dict[str, Any]:
+    leaf = x509.load_der_x509_certificate(document.certificate)
+    chain = [*document.cabundle, document.certificate]  # root first, leaf last
+    return {
+        "valid": True,
+        "module_id": document.module_id,
+        "timestamp": document.timestamp.isoformat(timespec="milliseconds"),
+        "timestamp_ms": document.timestamp_ms,
+        "digest": document.digest,
+        "debug_mode": document.is_debug_mode,
+        "pcrs": {str(index): value.hex() for index, value in document.pcrs.items()},
+        "user_data": _hex(document.user_data),
+        "nonce": _hex(document.nonce),
+        "public_key": _hex(document.public_key),
+        "certificate": {
+            "subject": leaf.subject.rfc4514_string(),
+            "not_before": leaf.not_valid_before_utc.isoformat(),
+            "not_after": leaf.not_valid_after_utc.isoformat(),
+        },
+        "chain": [_subject(der) for der in chain],
+        "chain_common_names": [_common_name(der) for der in chain],
+        "verified_at": at.isoformat(),
+    }
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    print("attestation document: VALID")
+    print(f"  module id:   {report['module_id']}")
+    print(f"  timestamp:   {report['timestamp']}")
+    print(f"  verified at: {report['verified_at']}")
+    for index in SUMMARY_PCRS:
+        value = report["pcrs"].get(str(index))
+        print(f"  PCR{index}:{' ' * (8 - len(str(index)))}{value if value is not None else '(absent)'}")
+    if report["debug_mode"]:
+        print("  note:        PCR0/1/2 are zero: the enclave ran in debug mode")
+    print(f"  chain:       {' -> '.join(report['chain_common_names'])}")
+    fields = []
+    for name in ("user_data", "nonce", "public_key"):
+        value = report[name]
+        fields.append(f"{name} ({len(value) // 2} bytes)" if value is not None else f"{name} absent")
+    print(f"  fields:      {', '.join(fields)}")
+
+
+def _fail_json(args: argparse.Namespace, err: AttestationError) -> None:
+    # Scripts reading --json get a machine-readable verdict on stdout as well; the
+    # one-line reason still goes to stderr through the CLI's error handler.
+    if args.json:
+        print(json.dumps({"valid": False, "error": str(err), "error_type": type(err).__name__}))
+
