@@ -1,8 +1,110 @@
-"""Placeholder: `hermetic` sub-command module 'seal' (being written)."""
+"""`hermetic seal`: encrypt a dataset under a KMS key with its privacy budget bound in."""
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
+import sys
+from typing import Any
+
+from enclave.errors import ConfigError
+from enclave.sealed import DEFAULT_CHUNK_SIZE
+from parent.datasets import open_dataset
+from parent.seal import SealResult, seal_dataset
+
+# Below this many records sealing takes well under a second: no progress bar.
+PROGRESS_MIN_RECORDS = 10_000
+DEFAULT_REGION = "us-east-1"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
-    del subparsers
+    p = subparsers.add_parser(
+        "seal",
+        help="seal a dataset for the enclave",
+        description=(
+            "Encrypt a dataset (Parquet, Arrow IPC/Feather, CSV, NPZ, IDX[.gz]) into a sealed "
+            "file under a fresh KMS data key whose encryption context binds the privacy budget."
+        ),
+    )
+    p.add_argument("input", metavar="INPUT", help="dataset file, IDX images file, IDX prefix or directory")
+    p.add_argument("--key-id", required=True, help="KMS key id, ARN or alias")
+    p.add_argument("--out", required=True, metavar="FILE.sealed", help="sealed output file")
+    p.add_argument("--max-epsilon", required=True, type=float, help="privacy budget epsilon")
+    p.add_argument("--delta", required=True, type=float, help="privacy budget delta, in (0, 1)")
+    p.add_argument("--owner", default=None, help="data owner name (default: the login name)")
+    p.add_argument("--dataset-id", default=None, help="dataset id (default: file name + random suffix)")
+    p.add_argument("--kms-endpoint", default=None, metavar="URL", help="KMS endpoint, e.g. the emulator")
+    p.add_argument("--region", default=None, help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run)
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no $USER and no passwd entry (some containers)
+        return ""
+
+
+def _region(args: argparse.Namespace) -> str:
+    return args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def _kms_client(args: argparse.Namespace) -> Any:
+    import boto3
+
+    kwargs: dict[str, Any] = {"region_name": _region(args)}
+    if args.kms_endpoint:
+        kwargs["endpoint_url"] = args.kms_endpoint
+    try:
+        return boto3.client("kms", **kwargs)
+    except ValueError as err:  # botocore rejects malformed endpoint URLs this way
+        raise ConfigError(f"bad KMS endpoint {args.kms_endpoint!r}: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    owner = args.owner or _login_name()
+    if not owner:
+        raise ConfigError("--owner is required (no login name to default to)")
+    reader = open_dataset(args.input)
+    count = reader.count()
+    client = _kms_client(args)
+    bar = None
+    if sys.stderr.isatty() and count >= PROGRESS_MIN_RECORDS:
+        from tqdm import tqdm
+
+        bar = tqdm(total=count, unit="rec", unit_scale=True, desc="sealing", file=sys.stderr, leave=False)
+    try:
+        result = seal_dataset(
+            reader,
+            args.out,
+            key_id=args.key_id,
+            kms_client=client,
+            max_epsilon=args.max_epsilon,
+            delta=args.delta,
+            owner=owner,
+            dataset_id=args.dataset_id,
+            chunk_size=args.chunk_size,
+            progress=bar.update if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    _print(result, as_json=args.json)
+    return 0
+
+
+def _print(result: SealResult, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_json(), sort_keys=True))
+        return
+    ctx = result.encryption_context
+    print(f"sealed {result.record_count} records -> {result.out_path}")
+    print(f"  dataset_id       {result.dataset_id}")
+    print(f"  owner            {ctx['owner']}")
+    print(f"  budget           epsilon={ctx['max_epsilon']} delta={ctx['delta']}")
+    print(f"  schema_sha256    {result.schema_sha256}")
+    print(f"  plaintext_sha256 {result.plaintext_sha256}")
+    print(f"  sealed_sha256    {result.sealed_sha256}")

@@ -1,0 +1,302 @@
+"""The sealed-file header (format "sealed-v1") and its encryption context.
+
+Layout of a sealed file::
+
+    magic    b"HRMTSEAL"                      8 bytes
+    version  u16 big-endian (1)               2 bytes
+    hlen     u32 big-endian                   4 bytes   (1 .. MAX_HEADER_SIZE)
+    header   canonical CBOR map               hlen bytes
+    chunks   (u32 big-endian ciphertext length || ciphertext-with-16-byte-tag)*
+
+header_hash = SHA-256(magic || version || hlen || header) binds every chunk to the
+header (it is part of each chunk's AAD, see `enclave.sealed.stream`).
+
+Header map (exactly these keys, canonical CBOR: sorted keys, definite lengths):
+    key_id              text   KMS key id / ARN the data key was generated under
+    encrypted_data_key  bytes  the KMS CiphertextBlob of the data key
+    encryption_context  map    text -> text, exactly ENCRYPTION_CONTEXT_KEYS
+    alg                 text   "AES-256-GCM"
+    chunk_size          uint   plaintext bytes per chunk (MIN_CHUNK_SIZE .. MAX_CHUNK_SIZE)
+    payload             text   "arrow-ipc-stream"
+
+The encryption context is what KMS binds to the data key, so the privacy budget
+(max_epsilon, delta) and the record count cannot be changed without KMS refusing
+to decrypt. Floats are written as `repr(float(x))` (shortest round-trip form)
+and integers as plain decimal, so a context can be rebuilt byte-for-byte.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+import cbor2
+
+from enclave.sealed.errors import BadMagic, MalformedHeader, UnsupportedVersion
+
+MAGIC = b"HRMTSEAL"
+VERSION = 1
+FORMAT_NAME = "sealed-v1"
+ALG = "AES-256-GCM"
+PAYLOAD = "arrow-ipc-stream"
+
+_PREFIX = struct.Struct(">8sHI")
+PREFIX_SIZE = _PREFIX.size  # 14
+
+MAX_HEADER_SIZE = 64 * 1024
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+# Small chunks are legal (tests use them); the floor only keeps overhead sane.
+MIN_CHUNK_SIZE = 16
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+
+# KMS CiphertextBlob is at most 6144 bytes; key ids/ARNs/aliases at most 2048 chars.
+_MAX_BLOB = 6144
+_MAX_KEY_ID = 2048
+_MAX_CONTEXT_VALUE = 1024
+
+FORMAT_CONTEXT_KEY = "hermetic:format"
+ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
+    {
+        "dataset_id",
+        "owner",
+        "max_epsilon",
+        "delta",
+        "record_count",
+        "schema_sha256",
+        FORMAT_CONTEXT_KEY,
+    }
+)
+_HEADER_KEYS = frozenset(
+    {"key_id", "encrypted_data_key", "encryption_context", "alg", "chunk_size", "payload"}
+)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
+
+
+def format_context_float(value: float) -> str:
+    """The one textual form of a float in an encryption context."""
+    return repr(float(value))
+
+
+def build_encryption_context(
+    *,
+    dataset_id: str,
+    owner: str,
+    max_epsilon: float,
+    delta: float,
+    record_count: int,
+    schema_sha256: str,
+) -> dict[str, str]:
+    """The encryption context of a sealed dataset; raises MalformedHeader if invalid."""
+    ctx = {
+        "dataset_id": dataset_id,
+        "owner": owner,
+        "max_epsilon": format_context_float(max_epsilon),
+        "delta": format_context_float(delta),
+        "record_count": str(int(record_count)),
+        "schema_sha256": schema_sha256,
+        FORMAT_CONTEXT_KEY: FORMAT_NAME,
+    }
+    validate_encryption_context(ctx)
+    return ctx
+
+
+def validate_encryption_context(ctx: Mapping[str, Any]) -> None:
+    """Raise MalformedHeader unless `ctx` is a well-formed sealed-v1 context."""
+    if not isinstance(ctx, Mapping):
+        raise MalformedHeader("encryption_context must be a map")
+    keys = set(ctx)
+    if keys != ENCRYPTION_CONTEXT_KEYS:
+        missing = sorted(ENCRYPTION_CONTEXT_KEYS - keys, key=str)
+        extra = sorted(keys - ENCRYPTION_CONTEXT_KEYS, key=str)
+        raise MalformedHeader(
+            f"encryption_context keys wrong (missing {missing}, unexpected {extra})"
+        )
+    for key, value in ctx.items():
+        if not isinstance(value, str) or not value or len(value) > _MAX_CONTEXT_VALUE:
+            raise MalformedHeader(f"encryption_context[{key!r}] must be a non-empty short string")
+    if ctx[FORMAT_CONTEXT_KEY] != FORMAT_NAME:
+        raise MalformedHeader(
+            f"encryption_context format is {ctx[FORMAT_CONTEXT_KEY]!r}, expected {FORMAT_NAME!r}"
+        )
+    eps = _context_float(ctx, "max_epsilon")
+    if not (math.isfinite(eps) and eps > 0):
+        raise MalformedHeader("encryption_context max_epsilon must be finite and > 0")
+    delta = _context_float(ctx, "delta")
+    if not 0.0 < delta < 1.0:
+        raise MalformedHeader("encryption_context delta must be in (0, 1)")
+    if not _DECIMAL.fullmatch(ctx["record_count"]):
+        raise MalformedHeader("encryption_context record_count must be a plain decimal integer")
+    if not _HEX64.fullmatch(ctx["schema_sha256"]):
+        raise MalformedHeader("encryption_context schema_sha256 must be 64 lowercase hex digits")
+
+
+def _context_float(ctx: Mapping[str, str], key: str) -> float:
+    text = ctx[key]
+    try:
+        value = float(text)
+    except ValueError:
+        raise MalformedHeader(f"encryption_context {key} is not a number") from None
+    # Exactly one spelling per value keeps the context reproducible byte-for-byte.
+    if format_context_float(value) != text:
+        raise MalformedHeader(f"encryption_context {key} is not in canonical form")
+    return value
+
+
+@dataclass(frozen=True)
+class SealedHeader:
+    """The authenticated header of a sealed file (see module docstring)."""
+
+    key_id: str
+    encrypted_data_key: bytes
+    encryption_context: Mapping[str, str]
+    alg: str = ALG
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    payload: str = PAYLOAD
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_id, str) or not 0 < len(self.key_id) <= _MAX_KEY_ID:
+            raise MalformedHeader("key_id must be a non-empty string of at most 2048 characters")
+        if not isinstance(self.encrypted_data_key, bytes) or not 0 < len(self.encrypted_data_key) <= _MAX_BLOB:
+            raise MalformedHeader("encrypted_data_key must be 1..6144 bytes")
+        validate_encryption_context(self.encryption_context)
+        # A private read-only copy: the header hash must not change under our feet.
+        object.__setattr__(
+            self, "encryption_context", MappingProxyType(dict(self.encryption_context))
+        )
+        if self.alg != ALG:
+            raise MalformedHeader(f"unsupported alg {self.alg!r}, expected {ALG!r}")
+        if (
+            not isinstance(self.chunk_size, int)
+            or isinstance(self.chunk_size, bool)
+            or not MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE
+        ):
+            raise MalformedHeader(
+                f"chunk_size must be an integer in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]"
+            )
+        if self.payload != PAYLOAD:
+            raise MalformedHeader(f"unsupported payload {self.payload!r}, expected {PAYLOAD!r}")
+
+    # -- context accessors -------------------------------------------------
+    @property
+    def dataset_id(self) -> str:
+        return self.encryption_context["dataset_id"]
+
+    @property
+    def owner(self) -> str:
+        return self.encryption_context["owner"]
+
+    @property
+    def max_epsilon(self) -> float:
+        return float(self.encryption_context["max_epsilon"])
+
+    @property
+    def delta(self) -> float:
+        return float(self.encryption_context["delta"])
+
+    @property
+    def record_count(self) -> int:
+        return int(self.encryption_context["record_count"])
+
+    @property
+    def schema_sha256(self) -> str:
+        return self.encryption_context["schema_sha256"]
+
+    # -- wire form ---------------------------------------------------------
+    def header_bytes(self) -> bytes:
+        """The canonical CBOR of the header map alone."""
+        return cbor2.dumps(
+            {
+                "key_id": self.key_id,
+                "encrypted_data_key": self.encrypted_data_key,
+                "encryption_context": dict(self.encryption_context),
+                "alg": self.alg,
+                "chunk_size": self.chunk_size,
+                "payload": self.payload,
+            },
+            canonical=True,
+        )
+
+    def encode(self) -> bytes:
+        """Magic, version, header length and header: everything before the chunks."""
+        body = self.header_bytes()
+        if len(body) > MAX_HEADER_SIZE:
+            raise MalformedHeader(f"header is {len(body)} bytes, limit {MAX_HEADER_SIZE}")
+        return _PREFIX.pack(MAGIC, VERSION, len(body)) + body
+
+    @cached_property
+    def header_hash(self) -> bytes:
+        """SHA-256 of everything up to and including the header bytes."""
+        return hashlib.sha256(self.encode()).digest()
+
+    @classmethod
+    def decode(cls, data: bytes) -> SealedHeader:
+        """Parse exactly one encoded header (as produced by encode())."""
+        if len(data) < PREFIX_SIZE:
+            check_magic_prefix(data[: len(MAGIC)])
+            raise MalformedHeader("header is shorter than its fixed prefix")
+        magic, version, length = _PREFIX.unpack_from(data)
+        check_magic_prefix(magic)
+        check_version(version)
+        check_header_length(length)
+        if len(data) != PREFIX_SIZE + length:
+            raise MalformedHeader(
+                f"header length field says {length} bytes, got {len(data) - PREFIX_SIZE}"
+            )
+        return cls.from_header_bytes(data[PREFIX_SIZE:])
+
+    @classmethod
+    def from_header_bytes(cls, body: bytes) -> SealedHeader:
+        """Parse the CBOR header map, insisting on its canonical encoding."""
+        try:
+            obj = cbor2.loads(body, allow_indefinite=False, allow_duplicate_keys=False, max_depth=8)
+        except Exception as err:  # cbor2 raises a variety of types on hostile input
+            raise MalformedHeader(f"header is not valid CBOR ({type(err).__name__})") from None
+        if not isinstance(obj, dict):
+            raise MalformedHeader("header is not a CBOR map")
+        if set(obj) != _HEADER_KEYS:
+            raise MalformedHeader(
+                f"header keys wrong (expected {sorted(_HEADER_KEYS)}, got {sorted(map(str, obj))})"
+            )
+        ctx = obj["encryption_context"]
+        if not isinstance(ctx, dict) or not all(isinstance(k, str) for k in ctx):
+            raise MalformedHeader("encryption_context must be a map of strings")
+        header = cls(
+            key_id=obj["key_id"],
+            encrypted_data_key=obj["encrypted_data_key"],
+            encryption_context=ctx,
+            alg=obj["alg"],
+            chunk_size=obj["chunk_size"],
+            payload=obj["payload"],
+        )
+        # Re-encoding must give the same bytes: this rejects trailing bytes,
+        # non-canonical key order or integer widths, and semantic tags.
+        if header.header_bytes() != body:
+            raise MalformedHeader("header is not canonical CBOR")
+        return header
+
+
+def check_magic_prefix(magic: bytes) -> None:
+    if magic != MAGIC[: len(magic)] or not magic:
+        raise BadMagic("not a Hermetic sealed file (bad magic)")
+
+
+def check_version(version: int) -> None:
+    if version != VERSION:
+        raise UnsupportedVersion(f"sealed file version {version} is not supported (expected {VERSION})")
+
+
+def check_header_length(length: int) -> None:
+    if not 0 < length <= MAX_HEADER_SIZE:
+        raise MalformedHeader(f"header length {length} outside 1..{MAX_HEADER_SIZE}")
+
+
+def unpack_prefix(prefix: bytes) -> tuple[bytes, int, int]:
+    """Split the 14-byte fixed prefix into (magic, version, header length)."""
+    return _PREFIX.unpack(prefix)

@@ -1,0 +1,297 @@
+"""Seal a dataset for the enclave: the data owner's side of `hermetic seal`.
+
+The dataset is streamed (reader -> Arrow IPC stream -> chunked AES-256-GCM ->
+temporary file) under a fresh data key from KMS GenerateDataKey whose
+encryption context binds the dataset id, owner, privacy budget, record count
+and schema hash. The output appears atomically or not at all.
+
+Default dataset id: the input's file name stem (reduced to [A-Za-z0-9._-],
+at most 64 characters) + "-" + 16 random hex digits. The stem keeps ids
+readable; the random part makes every sealing a distinct dataset, so sealing
+the same file twice never yields two files that claim the same id.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import secrets
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, BinaryIO, Protocol
+
+import pyarrow as pa
+import pyarrow.ipc
+
+from enclave.errors import ConfigError, DatasetError, KmsError
+from enclave.sealed import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    SealedHeader,
+    SealWriter,
+    build_encryption_context,
+    schema_sha256,
+)
+from enclave.sealed.errors import MalformedHeader
+from parent.datasets import DEFAULT_BATCH_ROWS, DatasetReader, open_dataset
+
+log = logging.getLogger(__name__)
+
+_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_ID = 128
+
+
+class KmsClient(Protocol):
+    """The slice of a boto3 KMS client that sealing uses."""
+
+    def generate_data_key(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class SealResult:
+    out_path: Path
+    dataset_id: str
+    record_count: int
+    schema_sha256: str
+    sealed_sha256: str  # SHA-256 of the whole sealed file
+    plaintext_sha256: str  # SHA-256 of the Arrow IPC stream that was encrypted
+    encryption_context: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "encryption_context", MappingProxyType(dict(self.encryption_context)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out_path": str(self.out_path),
+            "dataset_id": self.dataset_id,
+            "record_count": self.record_count,
+            "schema_sha256": self.schema_sha256,
+            "sealed_sha256": self.sealed_sha256,
+            "plaintext_sha256": self.plaintext_sha256,
+            "encryption_context": dict(self.encryption_context),
+        }
+
+
+def default_dataset_id(input_path: str | os.PathLike[str]) -> str:
+    name = Path(input_path).name
+    for suffix in (".gz",):
+        name = name.removesuffix(suffix)
+    stem = _ID_CHARS.sub("-", Path(name).stem).strip("-.") or "dataset"
+    return f"{stem[:64]}-{secrets.token_hex(8)}"
+
+
+def _name_hint(source: str | os.PathLike[str] | DatasetReader) -> str | os.PathLike[str]:
+    if not isinstance(source, DatasetReader):
+        return source
+    return source.paths[0] if source.paths else "dataset"
+
+
+def _validate(
+    max_epsilon: float, delta: float, owner: str, key_id: str, dataset_id: str, chunk_size: int
+) -> None:
+    if isinstance(max_epsilon, bool) or not isinstance(max_epsilon, (int, float)):
+        raise ConfigError("max_epsilon must be a number")
+    if not (math.isfinite(max_epsilon) and max_epsilon > 0):
+        raise ConfigError(f"max_epsilon must be finite and > 0, got {max_epsilon!r}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
+    if not owner or not owner.strip():
+        raise ConfigError("owner must not be empty")
+    if not key_id:
+        raise ConfigError("key_id must not be empty")
+    if not dataset_id or len(dataset_id) > _MAX_ID or _ID_CHARS.search(dataset_id):
+        raise ConfigError(f"dataset_id must be 1..{_MAX_ID} characters of [A-Za-z0-9._-]")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE
+    ):
+        raise ConfigError(f"chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
+
+
+class _HashingSink:
+    """Write target that hashes what passes through and forwards it."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._hash = hashlib.sha256()
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._target.write(view)
+        self._pos += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _generate_data_key(
+    kms_client: KmsClient, key_id: str, ctx: Mapping[str, str]
+) -> tuple[str, bytes, bytes]:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors: tuple[type[BaseException], ...] = (BotoCoreError, ClientError)
+    except ImportError:  # a fake client in tests does not need botocore
+        errors = ()
+    try:
+        response = dict(
+            kms_client.generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=dict(ctx))
+        )
+    except errors as err:
+        raise KmsError(f"KMS GenerateDataKey failed for {key_id}: {err}") from None
+    plaintext = response.pop("Plaintext", None)
+    blob = response.get("CiphertextBlob")
+    if not isinstance(plaintext, (bytes, bytearray)) or len(plaintext) != 32:
+        raise KmsError("KMS GenerateDataKey returned no 256-bit plaintext key")
+    if not isinstance(blob, (bytes, bytearray)) or not blob:
+        raise KmsError("KMS GenerateDataKey returned no CiphertextBlob")
+    # The full key ARN KMS reports is stable even when the caller used an alias.
+    returned_id = response.get("KeyId")
+    header_key_id = returned_id if isinstance(returned_id, str) and returned_id else key_id
+    return header_key_id, bytes(plaintext), bytes(blob)
+
+
+def seal_dataset(
+    input_path: str | os.PathLike[str] | DatasetReader,
+    out_path: str | os.PathLike[str],
+    *,
+    key_id: str,
+    kms_client: KmsClient,
+    max_epsilon: float,
+    delta: float,
+    owner: str,
+    dataset_id: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> SealResult:
+    """Seal a dataset into `out_path`.
+
+    `input_path` may also be an already opened DatasetReader (the CLI passes
+    one so the record count is not computed twice). `progress`, if given, is
+    called with the number of records sealed in each batch (an increment,
+    the shape tqdm's update() takes).
+    """
+    if dataset_id is None:
+        dataset_id = default_dataset_id(_name_hint(input_path))
+    _validate(max_epsilon, delta, owner, key_id, dataset_id, chunk_size)
+    out = Path(out_path)
+    if out.is_dir():
+        raise ConfigError(f"output {out} is a directory")
+    reader = input_path if isinstance(input_path, DatasetReader) else open_dataset(input_path)
+
+    schema = reader.schema()
+    record_count = reader.count()
+    schema_hash = schema_sha256(schema)
+    try:
+        ctx = build_encryption_context(
+            dataset_id=dataset_id,
+            owner=owner,
+            max_epsilon=float(max_epsilon),
+            delta=float(delta),
+            record_count=record_count,
+            schema_sha256=schema_hash,
+        )
+    except MalformedHeader as err:
+        raise ConfigError(str(err)) from None
+
+    header_key_id, data_key, blob = _generate_data_key(kms_client, key_id, ctx)
+    try:
+        header = SealedHeader(
+            key_id=header_key_id, encrypted_data_key=blob, encryption_context=ctx, chunk_size=chunk_size
+        )
+    except MalformedHeader as err:
+        raise KmsError(f"KMS response unusable in a sealed header: {err}") from None
+
+    directory = out.parent if str(out.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            sealed_sink = _HashingSink(raw)
+            writer = SealWriter(sealed_sink, header, data_key)  # type: ignore[arg-type]
+            del data_key  # the writer's cipher holds the only reference now
+            with writer:
+                plain_sink = _HashingSink(writer)
+                written = _write_ipc(reader, schema, plain_sink, batch_rows, progress)
+            if written != record_count:
+                raise DatasetError(
+                    f"dataset yielded {written} records but was counted as {record_count}; "
+                    "did the input change while sealing?"
+                )
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+    log.info("sealed %s records of %s into %s", record_count, dataset_id, out)
+    return SealResult(
+        out_path=out,
+        dataset_id=dataset_id,
+        record_count=record_count,
+        schema_sha256=schema_hash,
+        sealed_sha256=sealed_sink.hexdigest(),
+        plaintext_sha256=plain_sink.hexdigest(),
+        encryption_context=ctx,
+    )
+
+
+def _write_ipc(
+    reader: DatasetReader,
+    schema: pa.Schema,
+    sink: BinaryIO | _HashingSink,
+    batch_rows: int,
+    progress: Callable[[int], None] | None,
+) -> int:
+    written = 0
+    try:
+        with pa.ipc.new_stream(sink, schema) as ipc:
+            for batch in reader.iter_batches(batch_rows):
+                if not batch.schema.equals(schema):
+                    raise DatasetError("a record batch does not match the dataset schema")
+                ipc.write_batch(batch)
+                written += batch.num_rows
+                if progress is not None:
+                    progress(batch.num_rows)
+    except pa.ArrowException as err:
+        raise DatasetError(f"cannot encode the dataset as Arrow IPC: {err}") from None
+    return written
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable; not every platform allows opening a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
