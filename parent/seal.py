@@ -18,7 +18,6 @@ import math
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from enclave.sealed import (
 )
 from enclave.sealed.errors import MalformedHeader
 from parent.datasets import DEFAULT_BATCH_ROWS, DatasetReader, open_dataset
+from parent.storage import open_atomic
 
 log = logging.getLogger(__name__)
 
@@ -226,29 +226,18 @@ def seal_dataset(
     except MalformedHeader as err:
         raise KmsError(f"KMS response unusable in a sealed header: {err}") from None
 
-    directory = out.parent if str(out.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=directory)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            sealed_sink = _HashingSink(raw)
-            writer = SealWriter(sealed_sink, header, data_key)  # type: ignore[arg-type]
-            del data_key  # the writer's cipher holds the only reference now
-            with writer:
-                plain_sink = _HashingSink(writer)
-                written = _write_ipc(reader, schema, plain_sink, batch_rows, progress)
-            if written != record_count:
-                raise DatasetError(
-                    f"dataset yielded {written} records but was counted as {record_count}; "
-                    "did the input change while sealing?"
-                )
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
+    with open_atomic(out) as raw:
+        sealed_sink = _HashingSink(raw)
+        writer = SealWriter(sealed_sink, header, data_key)  # type: ignore[arg-type]
+        del data_key  # the writer's cipher holds the only reference now
+        with writer:
+            plain_sink = _HashingSink(writer)
+            written = _write_ipc(reader, schema, plain_sink, batch_rows, progress)
+        if written != record_count:
+            raise DatasetError(
+                f"dataset yielded {written} records but was counted as {record_count}; "
+                "did the input change while sealing?"
+            )
     log.info("sealed %s records of %s into %s", record_count, dataset_id, out)
     return SealResult(
         out_path=out,
@@ -281,17 +270,3 @@ def _write_ipc(
     except pa.ArrowException as err:
         raise DatasetError(f"cannot encode the dataset as Arrow IPC: {err}") from None
     return written
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; not every platform allows opening a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -1,8 +1,70 @@
-"""Placeholder: `hermetic` sub-command module 'policy' (being written)."""
+"""`hermetic policy render`: fill a key-policy template with measurements and ARNs."""
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from enclave.errors import ConfigError, PolicyError
+from parent.storage import write_atomic
+from parent.policy_render import render_policy
+
+SHIPPED_TEMPLATES = Path(__file__).resolve().parents[2] / "kms-policies"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
-    del subparsers
+    parser = subparsers.add_parser("policy", help="KMS key policies")
+    sub = parser.add_subparsers(dest="policy_command", metavar="ACTION")
+    sub.required = True
+    render = sub.add_parser("render", help="render a key-policy template")
+    render.add_argument(
+        "--template",
+        required=True,
+        help="template file, or a shipped name: data-owner, model-owner",
+    )
+    render.add_argument(
+        "--measurements", required=True, type=Path, help='JSON {"PCR0": hex, ...} or nitro-cli describe-eif'
+    )
+    render.add_argument("--owner-arn", help="data owner principal (data-owner template)")
+    render.add_argument("--parent-role-arn", required=True, help="IAM role of the parent instance")
+    render.add_argument("--model-owner-arn", help="model owner principal (model-owner template)")
+    render.add_argument("--out", type=Path, help="write here (atomically) instead of stdout")
+    render.set_defaults(func=run)
+
+
+def _template_path(name: str) -> Path:
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = SHIPPED_TEMPLATES / f"{name}.template.json"
+    if "/" not in name and shipped.exists():
+        return shipped
+    raise ConfigError(f"policy template {name} not found")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    write_atomic(path.resolve(), text.encode("utf-8"))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        measurements = json.loads(args.measurements.read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read measurements {args.measurements}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise PolicyError(f"measurements file {args.measurements} is not valid JSON: {exc}") from None
+    if not isinstance(measurements, dict):
+        raise PolicyError("measurements file must hold a JSON object")
+    principals = {"PARENT_ROLE_ARN": args.parent_role_arn}
+    if args.owner_arn:
+        principals["OWNER_ARN"] = args.owner_arn
+    if args.model_owner_arn:
+        principals["MODEL_OWNER_ARN"] = args.model_owner_arn
+    policy = render_policy(_template_path(args.template), measurements, principals)
+    text = json.dumps(policy, indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        _write_atomic(args.out, text)
+    return 0

@@ -1,0 +1,78 @@
+"""Open a relayed sealed dataset inside the enclave and hand it over whole.
+
+Nothing reaches the trainer until every chunk has authenticated, the final
+chunk was seen, no bytes follow it, and the record count and schema hash agree
+with the KMS-bound encryption context. DP-SGD samples records at random, so the
+enclave holds the decrypted table in memory anyway; decryption itself streams.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+import pyarrow as pa
+
+from enclave.sealed import (
+    EncryptionContextMismatch,
+    SealedHeader,
+    iter_plaintext,
+    read_header,
+    read_table,
+    verify_records,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DataKeyOpener(Protocol):
+    def decrypt(
+        self, ciphertext_blob: bytes, encryption_context: dict[str, str], key_id: str | None = None
+    ) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class OpenedDataset:
+    dataset_id: str
+    header: SealedHeader
+    table: pa.Table
+    plaintext_sha256: str
+
+    @property
+    def records(self) -> int:
+        return self.table.num_rows
+
+
+def _hashing(chunks: Iterable[bytes], digest: "hashlib._Hash") -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+def open_sealed_dataset(
+    stream: BinaryIO, *, expected_dataset_id: str, kms: DataKeyOpener
+) -> OpenedDataset:
+    """Read the header, get the data key from KMS, decrypt and verify everything."""
+    header = read_header(stream)
+    if header.dataset_id != expected_dataset_id:
+        raise EncryptionContextMismatch(
+            f"sealed file is dataset {header.dataset_id!r}, the job asked for {expected_dataset_id!r}"
+        )
+    data_key = kms.decrypt(
+        header.encrypted_data_key, dict(header.encryption_context), key_id=header.key_id
+    )
+    digest = hashlib.sha256()
+    try:
+        table = read_table(_hashing(iter_plaintext(stream, header, data_key), digest))
+    finally:
+        del data_key
+    verify_records(header, table.schema, table.num_rows)
+    log.info("opened dataset %s: %d records", header.dataset_id, table.num_rows)
+    return OpenedDataset(
+        dataset_id=header.dataset_id,
+        header=header,
+        table=table,
+        plaintext_sha256=digest.hexdigest(),
+    )

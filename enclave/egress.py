@@ -1,0 +1,60 @@
+"""The one gate every byte leaving the enclave goes through.
+
+Only typed messages of allow-listed kinds pass; an audit event may carry only the
+fields registered for its kind. Anything derived from private data must be
+either data-independent or accounted for by a DP mechanism before it is
+registered here (the trainer's metrics arrive with the next issue).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from enclave.errors import HermeticError
+from enclave.transport.framing import FramedChannel
+from enclave.transport.messages import AuditEvent, Error, Goodbye, Hello, JobResult, Message
+
+log = logging.getLogger(__name__)
+
+
+class EgressRefused(HermeticError):
+    """A message was stopped at the egress gate."""
+
+
+# kind -> fields the event may carry. `plaintext_sha256` is a commitment the data
+# owner publishes when sealing: releasing it reveals nothing beyond confirming a
+# guess of the whole dataset, and lets the owner check what the enclave opened.
+AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "attested": frozenset({"module_id", "pcr0"}),
+        "dataset_opened": frozenset(
+            {"dataset_id", "records", "schema_sha256", "sealed_sha256", "plaintext_sha256"}
+        ),
+    }
+)
+
+_ALLOWED_TYPES: tuple[type[Message], ...] = (Hello, Goodbye, Error, AuditEvent, JobResult)
+
+
+class EgressGate:
+    """Wraps the enclave's only outbound channel."""
+
+    def __init__(self, channel: FramedChannel) -> None:
+        self._channel = channel
+
+    def send(self, msg: Message) -> None:
+        if not isinstance(msg, _ALLOWED_TYPES):
+            raise EgressRefused(f"{type(msg).__name__} may not leave the enclave")
+        if isinstance(msg, AuditEvent):
+            allowed = AUDIT_FIELDS.get(msg.kind)
+            if allowed is None:
+                raise EgressRefused(f"audit event kind {msg.kind!r} is not registered")
+            extra = set(msg.fields) - allowed
+            if extra:
+                raise EgressRefused(f"audit event {msg.kind!r} may not carry {sorted(extra)}")
+        log.debug("egress %s", type(msg).__name__)
+        self._channel.send(msg)
+
+    def audit(self, kind: str, **fields: str | int | float | bool) -> None:
+        self.send(AuditEvent(kind=kind, fields=fields))

@@ -1,0 +1,190 @@
+"""KMS calls made with a `Recipient` attestation document, from inside the enclave.
+
+Each call generates a fresh RSA-2048 key, asks the NSM for an attestation document
+carrying its public key, and sends the document as `Recipient`. KMS evaluates the
+key policy against the document's PCRs and answers `CiphertextForRecipient` (CMS
+to that key) instead of `Plaintext`; only this process can open it. A response
+with plaintext in it is refused: it would mean the secret crossed the parent.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from enclave.errors import KmsError
+from enclave.kms.cms import open_recipient_ciphertext
+from enclave.kms.errors import (
+    KmsAccessDenied,
+    KmsAuthenticationFailed,
+    KmsIncorrectKey,
+    KmsInvalidCiphertext,
+    KmsKeyUnusable,
+    KmsNotFound,
+    KmsRequestFailed,
+    KmsResponseError,
+    KmsUnavailable,
+    KmsValidationError,
+)
+
+log = logging.getLogger(__name__)
+
+KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
+RECIPIENT_KEY_BITS = 2048
+MAX_RANDOM_BYTES = 1024
+
+_ERROR_TYPES: dict[str, type[KmsError]] = {
+    "AccessDeniedException": KmsAccessDenied,
+    "InvalidCiphertextException": KmsInvalidCiphertext,
+    "IncorrectKeyException": KmsIncorrectKey,
+    "NotFoundException": KmsNotFound,
+    "DisabledException": KmsKeyUnusable,
+    "KeyUnavailableException": KmsKeyUnusable,
+    "KMSInvalidStateException": KmsKeyUnusable,
+    "InvalidKeyUsageException": KmsKeyUnusable,
+    "UnrecognizedClientException": KmsAuthenticationFailed,
+    "InvalidSignatureException": KmsAuthenticationFailed,
+    "IncompleteSignature": KmsAuthenticationFailed,
+    "MissingAuthenticationToken": KmsAuthenticationFailed,
+    "ExpiredTokenException": KmsAuthenticationFailed,
+    "InvalidClientTokenId": KmsAuthenticationFailed,
+    "ValidationException": KmsValidationError,
+    "InvalidGrantTokenException": KmsValidationError,
+    "DependencyTimeoutException": KmsUnavailable,
+    "KMSInternalException": KmsUnavailable,
+    "ThrottlingException": KmsUnavailable,
+}
+
+
+class AttestingNsm(Protocol):
+    def attest(
+        self,
+        *,
+        user_data: bytes | None = None,
+        nonce: bytes | None = None,
+        public_key: bytes | None = None,
+    ) -> bytes: ...
+
+
+def kms_error_from_client_error(operation: str, err: ClientError) -> KmsError:
+    """The typed, one-line KmsError for a botocore ClientError."""
+    info = err.response.get("Error", {}) if isinstance(err.response, dict) else {}
+    code = str(info.get("Code") or "UnknownError")
+    # Some endpoints prefix the type with its namespace ("com.amazonaws.kms#...").
+    code = code.rsplit("#", 1)[-1]
+    message = str(info.get("Message") or "no message")
+    error_type = _ERROR_TYPES.get(code, KmsRequestFailed)
+    return error_type(f"KMS {operation} failed: {code}: {message}")
+
+
+def _check_context(encryption_context: Mapping[str, str]) -> dict[str, str]:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in encryption_context.items()):
+        raise KmsValidationError("encryption context keys and values must be strings")
+    return dict(encryption_context)
+
+
+class AttestedKms:
+    """KMS Decrypt / GenerateDataKey / GenerateRandom bound to this enclave's attestation."""
+
+    def __init__(self, client: Any, nsm: AttestingNsm) -> None:
+        self._client = client
+        self._nsm = nsm
+
+    def _recipient(self) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
+        private_key = rsa.generate_private_key(public_exponent=65537, key_size=RECIPIENT_KEY_BITS)
+        spki = private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        document = self._nsm.attest(public_key=spki)
+        return private_key, {
+            "AttestationDocument": document,
+            "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
+        }
+
+    def _call(self, operation: str, method: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
+        try:
+            response = method(**params)
+        except ClientError as err:
+            error = kms_error_from_client_error(operation, err)
+            log.info("KMS %s refused: %s", operation, type(error).__name__)
+            raise error from None
+        except ParamValidationError as err:
+            raise KmsValidationError(f"KMS {operation} parameters rejected: {err}") from None
+        except BotoCoreError as err:
+            raise KmsUnavailable(f"KMS {operation} could not be completed: {err}") from None
+        if not isinstance(response, dict):
+            raise KmsResponseError(f"KMS {operation} returned an unusable response")
+        return response
+
+    @staticmethod
+    def _unwrap(operation: str, response: Mapping[str, Any], private_key: rsa.RSAPrivateKey) -> bytes:
+        if response.get("Plaintext"):
+            raise KmsResponseError(
+                f"KMS {operation} returned Plaintext to an attested request; refusing it"
+            )
+        blob = response.get("CiphertextForRecipient")
+        if not isinstance(blob, (bytes, bytearray)) or not blob:
+            raise KmsResponseError(f"KMS {operation} response has no CiphertextForRecipient")
+        return open_recipient_ciphertext(bytes(blob), private_key)
+
+    def decrypt(
+        self,
+        ciphertext_blob: bytes,
+        encryption_context: Mapping[str, str],
+        key_id: str | None = None,
+    ) -> bytes:
+        """Decrypt a KMS ciphertext blob; the plaintext only ever exists in this process."""
+        private_key, recipient = self._recipient()
+        params: dict[str, Any] = {
+            "CiphertextBlob": bytes(ciphertext_blob),
+            "EncryptionContext": _check_context(encryption_context),
+            "Recipient": recipient,
+        }
+        if key_id is not None:
+            params["KeyId"] = key_id
+        response = self._call("Decrypt", self._client.decrypt, **params)
+        return self._unwrap("Decrypt", response, private_key)
+
+    def generate_data_key(
+        self,
+        key_id: str,
+        encryption_context: Mapping[str, str],
+        *,
+        number_of_bytes: int = 32,
+    ) -> tuple[bytes, bytes]:
+        """A fresh data key: (plaintext for this process, CiphertextBlob to store)."""
+        private_key, recipient = self._recipient()
+        response = self._call(
+            "GenerateDataKey",
+            self._client.generate_data_key,
+            KeyId=key_id,
+            EncryptionContext=_check_context(encryption_context),
+            NumberOfBytes=number_of_bytes,
+            Recipient=recipient,
+        )
+        data_key = self._unwrap("GenerateDataKey", response, private_key)
+        if len(data_key) != number_of_bytes:
+            raise KmsResponseError(
+                f"KMS GenerateDataKey returned a {len(data_key)}-byte key, expected {number_of_bytes}"
+            )
+        blob = response.get("CiphertextBlob")
+        if not isinstance(blob, (bytes, bytearray)) or not blob:
+            raise KmsResponseError("KMS GenerateDataKey response has no CiphertextBlob")
+        return data_key, bytes(blob)
+
+    def generate_random(self, n: int) -> bytes:
+        """`n` random bytes from KMS, delivered encrypted to this enclave."""
+        if not 1 <= n <= MAX_RANDOM_BYTES:
+            raise KmsValidationError(f"GenerateRandom size must be 1..{MAX_RANDOM_BYTES}, got {n}")
+        private_key, recipient = self._recipient()
+        response = self._call(
+            "GenerateRandom", self._client.generate_random, NumberOfBytes=n, Recipient=recipient
+        )
+        random_bytes = self._unwrap("GenerateRandom", response, private_key)
+        if len(random_bytes) != n:
+            raise KmsResponseError(f"KMS GenerateRandom returned {len(random_bytes)} bytes, expected {n}")
+        return random_bytes

@@ -1,0 +1,72 @@
+"""Loading the KMS emulator's start-up inputs: the principal map and the attestation root.
+
+Principals file (JSON), one entry per access key id:
+
+    {"AKIDOWNER": {"secret_access_key": "...", "arn": "arn:aws:iam::111122223333:user/owner"},
+     "AKIDPARENT": {"secret_access_key": "...", "arn": "arn:aws:iam::111122223333:role/parent",
+                    "session_token": "..."}}
+
+A two-element list `[secret_access_key, arn]` is accepted as a short form.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from enclave.errors import ConfigError
+from parent.local.kms.sigv4 import Principal
+
+_ARN_RE = re.compile(r"^arn:aws[a-z-]*:(?:iam|sts)::\d{12}:.+$")
+_AKID_RE = re.compile(r"^[A-Z0-9]{4,128}$")
+
+
+def _principal(access_key_id: str, raw: object) -> Principal:
+    if isinstance(raw, list) and len(raw) == 2:
+        raw = {"secret_access_key": raw[0], "arn": raw[1]}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"principal {access_key_id} must be an object with secret_access_key and arn")
+    secret, arn, token = raw.get("secret_access_key"), raw.get("arn"), raw.get("session_token")
+    if not isinstance(secret, str) or not secret:
+        raise ConfigError(f"principal {access_key_id} has no secret_access_key")
+    if not isinstance(arn, str) or not _ARN_RE.match(arn):
+        raise ConfigError(f"principal {access_key_id} has no valid IAM arn")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ConfigError(f"principal {access_key_id} has an invalid session_token")
+    return Principal(secret_access_key=secret, arn=arn, session_token=token)
+
+
+def load_principals(path: Path) -> dict[str, Principal]:
+    try:
+        raw = json.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read principals file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"principals file {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"principals file {path} must be a non-empty JSON object")
+    principals: dict[str, Principal] = {}
+    for access_key_id, entry in raw.items():
+        if not _AKID_RE.match(access_key_id):
+            raise ConfigError(f"principals file {path}: {access_key_id!r} is not an access key id")
+        principals[access_key_id] = _principal(access_key_id, entry)
+    return principals
+
+
+def load_root_der(path: Path) -> bytes:
+    """The attestation trust anchor from a PEM or DER certificate file, as DER."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read attestation root {path}: {exc.strerror}") from None
+    try:
+        if b"-----BEGIN" in data:
+            cert = x509.load_pem_x509_certificate(data)
+        else:
+            cert = x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise ConfigError(f"attestation root {path} is not an X.509 certificate") from None
+    return cert.public_bytes(Encoding.DER)

@@ -1,0 +1,146 @@
+"""The data path with real parts: KMS emulator (HTTP + SigV4 + policies), MockNsm,
+the enclave runtime on its own thread, and the parent's relay and session."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from botocore.config import Config
+
+from enclave.runtime import EnclaveRuntime, JobState, RuntimeConfig
+from enclave.transport.address import UnixAddress
+from enclave.transport.messages import Credentials
+from parent.local.kms import KmsEmulator, Principal
+from parent.local.local_ca import LocalCa
+from parent.local.measure import measure_enclave_package
+from parent.local.mock_nsm import MockNsm
+from parent.policy_render import render_policy
+from parent.proxy.job import RelayTarget, run_job
+from parent.proxy.session import SessionOutcome
+from parent.seal import SealResult, seal_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+ACCOUNT = "111122223333"
+REGION = "us-east-1"
+OWNER = ("AKIDOWNER", "owner-secret", f"arn:aws:iam::{ACCOUNT}:user/data-owner")
+PARENT = ("ASIAPARENT", "parent-secret", f"arn:aws:iam::{ACCOUNT}:role/hermetic-parent")
+
+
+def kms_client(url: str, who: tuple[str, str, str]) -> Any:
+    return boto3.session.Session().client(
+        "kms", endpoint_url=url, region_name=REGION, aws_access_key_id=who[0],
+        aws_secret_access_key=who[1], config=Config(retries={"total_max_attempts": 1}),
+    )
+
+
+@dataclass
+class Sealed:
+    path: Path
+    result: SealResult
+    data_key: bytes
+    plaintext_samples: list[bytes]
+
+
+@dataclass
+class DataPath:
+    ca: LocalCa
+    emulator: KmsEmulator
+    key_id: str
+    pcrs: dict[int, bytes]
+    sock_dir: Path
+
+    def seal(self, tmp_path: Path, records: int = 3000, dataset_id: str = "patients-v1") -> Sealed:
+        rng = np.random.default_rng(7)
+        features = rng.integers(0, 256, size=(records, 64), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=records, dtype=np.uint8)
+        src = tmp_path / "patients.npz"
+        np.savez(src, features=features, labels=labels)
+        client = kms_client(self.emulator.url, OWNER)
+        captured: dict[str, bytes] = {}
+
+        def grab(parsed: dict[str, Any], **_: Any) -> None:
+            captured["key"] = parsed["Plaintext"]
+
+        client.meta.events.register("after-call.kms.GenerateDataKey", grab)
+        out = tmp_path / "patients.sealed"
+        result = seal_dataset(
+            src, out, key_id=self.key_id, kms_client=client, max_epsilon=3.0, delta=1e-5,
+            owner="hospital", dataset_id=dataset_id, chunk_size=64 * 1024,
+        )
+        # Random rows are unique: any 48 bytes of them in the parent's traffic is a leak.
+        samples = [features[i].tobytes()[:48] for i in range(0, records, max(1, records // 50))]
+        return Sealed(out, result, captured["key"], samples)
+
+    def credentials(self) -> Credentials:
+        return Credentials(
+            access_key_id=PARENT[0], secret_access_key=PARENT[1], session_token=None,
+            region=REGION, kms_endpoint=self.emulator.url, expiration_ms=None,
+        )
+
+    def run(
+        self,
+        dataset_id: str,
+        source: Path,
+        *,
+        pcrs: dict[int, bytes] | None = None,
+        tap: Any = None,
+        received: list[JobState] | None = None,
+        name: str = "job",
+    ) -> SessionOutcome:
+        control = UnixAddress(str(self.sock_dir / f"{name}.sock"))
+        relay = UnixAddress(str(self.sock_dir / f"{name}-kms.sock"))
+
+        def trainer(state: JobState, gate: Any) -> str:
+            if received is not None:
+                received.append(state)
+            return "handed to trainer"
+
+        runtime = EnclaveRuntime(
+            RuntimeConfig(control=control, kms_relay=relay),
+            MockNsm(self.ca, pcrs=pcrs or self.pcrs),
+            trainer=trainer,
+        )
+        thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
+        thread.start()
+        port = int(self.emulator.url.rsplit(":", 1)[1].rstrip("/"))
+        target = RelayTarget("127.0.0.1", port)
+        try:
+            return run_job(
+                enclave=control, relay_listen=relay, kms_target=target, allow_list=[target],
+                credentials=self.credentials(), job_id=name, datasets=[(dataset_id, str(source))],
+                tap=tap,
+            )
+        finally:
+            runtime.stop()
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
+    state = tmp_path_factory.mktemp("state")
+    ca = LocalCa.load_or_create(state)
+    principals = {
+        OWNER[0]: Principal(OWNER[1], OWNER[2]),
+        PARENT[0]: Principal(PARENT[1], PARENT[2]),
+    }
+    pcrs = measure_enclave_package()
+    policy = render_policy(
+        REPO / "kms-policies" / "data-owner.template.json",
+        {f"PCR{i}": v.hex() for i, v in pcrs.items()},
+        {"OWNER_ARN": OWNER[2], "PARENT_ROLE_ARN": PARENT[2]},
+    )
+    sock_dir = Path(tempfile.mkdtemp(prefix="h-it-"))
+    with KmsEmulator(state / "kms", principals, ca.root_der) as emulator:
+        key_id = kms_client(emulator.url, OWNER).create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
+        yield DataPath(ca, emulator, key_id, pcrs, sock_dir)
+    shutil.rmtree(sock_dir, ignore_errors=True)

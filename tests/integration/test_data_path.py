@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from enclave.runtime import JobState
+from enclave.sealed import SealedHeader, read_header
+from parent.proxy.session import EnclaveError
+from tests.integration.conftest import DataPath
+
+
+class Recorder:
+    """Everything the parent sent or received, on both its sockets."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def test_enclave_opens_what_the_owner_sealed_and_parent_sees_only_ciphertext(
+    data_path: DataPath, tmp_path: Path
+) -> None:
+    sealed = data_path.seal(tmp_path)
+    tap = Recorder()
+    received: list[JobState] = []
+    outcome = data_path.run(sealed.result.dataset_id, sealed.path, tap=tap, received=received)
+
+    assert outcome.status == "ok"
+    [event] = [e for e in outcome.audit_events if e.kind == "dataset_opened"]
+    assert event.fields["plaintext_sha256"] == sealed.result.plaintext_sha256
+    assert event.fields["records"] == 3000
+    assert received and received[0].datasets[sealed.result.dataset_id].table.num_rows == 3000
+
+    traffic = tap.data
+    # The sealed file went through, and so did KMS traffic (the relay was tapped too).
+    assert len(traffic) > sealed.path.stat().st_size
+    assert b"TrentService.Decrypt" in traffic
+    assert sealed.data_key not in traffic
+    for sample in sealed.plaintext_samples:
+        assert sample not in traffic
+    # The tap would have seen them: the same scan finds the ciphertext.
+    assert sealed.path.read_bytes()[-48:] in traffic
+
+
+def test_enclave_with_other_code_is_refused(data_path: DataPath, tmp_path: Path) -> None:
+    sealed = data_path.seal(tmp_path)
+    other = dict(data_path.pcrs)
+    other[0] = hashlib.sha384(b"someone else's image").digest()
+    received: list[JobState] = []
+    with pytest.raises(EnclaveError) as info:
+        data_path.run(sealed.result.dataset_id, sealed.path, pcrs=other, received=received, name="other")
+    assert info.value.code == "KmsAccessDenied"
+    assert not info.value.audit_events
+    assert not received
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _header_end(path: Path) -> int:
+    with path.open("rb") as fh:
+        read_header(fh)
+        return fh.tell()
+
+
+@pytest.mark.parametrize(
+    ("damage", "code"),
+    [
+        ("flip", "ChunkAuthenticationFailed"),
+        ("truncate", "TruncatedSealedFile"),
+        ("extend", "TrailingData"),
+        ("reorder", "ChunkAuthenticationFailed"),
+    ],
+)
+def test_damaged_sealed_files_release_nothing(
+    data_path: DataPath, tmp_path: Path, damage: str, code: str
+) -> None:
+    sealed = data_path.seal(tmp_path)
+    start = _header_end(sealed.path)
+    data = sealed.path.read_bytes()
+    chunk = 4 + 64 * 1024 + 16  # length prefix + full chunk + tag
+    if damage == "flip":
+        _flip(sealed.path, start + chunk + 100)
+    elif damage == "truncate":
+        sealed.path.write_bytes(data[: start + 2 * chunk])
+    elif damage == "extend":
+        sealed.path.write_bytes(data + data[start : start + chunk])
+    else:
+        body = data[start:]
+        sealed.path.write_bytes(data[:start] + body[chunk : 2 * chunk] + body[:chunk] + body[2 * chunk :])
+    received: list[JobState] = []
+    with pytest.raises(EnclaveError) as info:
+        data_path.run(sealed.result.dataset_id, sealed.path, received=received, name=damage)
+    assert info.value.code == code
+    assert not info.value.audit_events
+    assert not received
+
+
+def test_job_for_another_dataset_is_refused_before_kms(data_path: DataPath, tmp_path: Path) -> None:
+    sealed = data_path.seal(tmp_path)
+    with pytest.raises(EnclaveError) as info:
+        data_path.run("someone-elses-dataset", sealed.path, name="wrongid")
+    assert info.value.code == "EncryptionContextMismatch"
+
+
+def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp_path: Path) -> None:
+    """A parent that raises the budget in the header cannot get the key."""
+    sealed = data_path.seal(tmp_path)
+    with sealed.path.open("rb") as fh:
+        header = read_header(fh)
+        rest = fh.read()
+    context = dict(header.encryption_context)
+    context["max_epsilon"] = "100.0"
+    forged = SealedHeader(
+        key_id=header.key_id, encrypted_data_key=header.encrypted_data_key,
+        encryption_context=context, chunk_size=header.chunk_size,
+    )
+    sealed.path.write_bytes(forged.encode() + rest)
+    with pytest.raises(EnclaveError) as info:
+        data_path.run(sealed.result.dataset_id, sealed.path, name="forged")
+    assert info.value.code == "KmsInvalidCiphertext"

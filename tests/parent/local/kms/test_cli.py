@@ -1,0 +1,109 @@
+"""`hermetic kms-emulator serve` / `python -m parent.local.kms serve` as a process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parent.cli import main
+from parent.local.kms import load_principals, load_root_der
+
+from .conftest import ARNS, CREDENTIALS, make_client
+
+REPO = Path(__file__).resolve().parents[4]
+
+
+def _principals_file(tmp_path: Path) -> Path:
+    path = tmp_path / "principals.json"
+    entries: dict[str, Any] = {}
+    for who, (akid, secret, token) in CREDENTIALS.items():
+        entry: dict[str, Any] = {"secret_access_key": secret, "arn": ARNS[who]}
+        if token:
+            entry["session_token"] = token
+        entries[akid] = entry
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def _root_file(tmp_path: Path, local_ca: Any) -> Path:
+    path = tmp_path / "root.pem"
+    path.write_bytes(local_ca.root_pem)
+    return path
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return path.read_text().strip()
+        if proc.poll() is not None:
+            raise AssertionError(f"emulator exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
+        time.sleep(0.02)  # readiness poll on the ready file, bounded by the deadline
+    raise AssertionError("emulator never became ready")
+
+
+def test_serve_as_a_process(tmp_path: Path, local_ca: Any) -> None:
+    ready = tmp_path / "ready" / "url"
+    ready.parent.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "parent.local.kms", "serve", "--state", str(tmp_path / "state"),
+         "--principals", str(_principals_file(tmp_path)), "--root", str(_root_file(tmp_path, local_ca)),
+         "--ready-file", str(ready)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        url = _wait_for(ready, proc)
+        assert url.startswith("http://127.0.0.1:")
+        client = make_client(url, "owner")
+        key_id = client.create_key()["KeyMetadata"]["KeyId"]
+        assert (tmp_path / "state" / "keys" / f"{key_id}.json").exists()
+        assert len(client.generate_random(NumberOfBytes=8)["Plaintext"]) == 8
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert out.startswith(b"ready http://127.0.0.1:")
+    assert not list(ready.parent.glob(".*.tmp"))
+
+
+def test_config_errors_exit_1(tmp_path: Path, local_ca: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _root_file(tmp_path, local_ca)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"AKIDX": {"secret_access_key": "s", "arn": "bob"}}))
+    base = ["kms-emulator", "serve", "--state", str(tmp_path / "s"), "--root", str(root)]
+    assert main([*base, "--principals", str(bad)]) == 1
+    assert "hermetic: error: principal AKIDX has no valid IAM arn" in capsys.readouterr().err
+    good = _principals_file(tmp_path)
+    assert main([*base, "--principals", str(good), "--tls-cert", str(root)]) == 1
+    assert "--tls-key" in capsys.readouterr().err
+    assert main([*base, "--principals", str(tmp_path / "missing.json")]) == 1
+    assert "cannot read principals" in capsys.readouterr().err
+    not_cert = tmp_path / "nope.pem"
+    not_cert.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    assert main([*base[:-2], "--root", str(not_cert), "--principals", str(good)]) == 1
+    assert "not an X.509 certificate" in capsys.readouterr().err
+
+
+def test_usage_error_exits_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["kms-emulator", "serve"])
+    assert info.value.code == 2
+
+
+def test_loaders(tmp_path: Path, local_ca: Any) -> None:
+    principals = load_principals(_principals_file(tmp_path))
+    assert principals["ASIAPARENT"].session_token == "parent-session-token"
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps({"AKIDSHORT": ["secret", "arn:aws:iam::111122223333:user/x"]}))
+    assert load_principals(short)["AKIDSHORT"].arn.endswith("user/x")
+    der = tmp_path / "root.der"
+    der.write_bytes(local_ca.root_der)
+    assert load_root_der(der) == load_root_der(_root_file(tmp_path, local_ca)) == local_ca.root_der
