@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import pyarrow as pa
+import pyarrow.ipc
+
+from enclave.errors import DatasetError
 
 from enclave.sealed import (
     EncryptionContextMismatch,
@@ -52,14 +55,24 @@ def _hashing(chunks: Iterable[bytes], digest: "hashlib._Hash") -> Iterator[bytes
 
 
 def open_sealed_dataset(
-    stream: BinaryIO, *, expected_dataset_id: str, kms: DataKeyOpener
+    stream: BinaryIO,
+    *,
+    expected_dataset_id: str,
+    kms: DataKeyOpener,
+    check_header: Callable[[SealedHeader], None] | None = None,
 ) -> OpenedDataset:
-    """Read the header, get the data key from KMS, decrypt and verify everything."""
+    """Read the header, get the data key from KMS, decrypt and verify everything.
+
+    `check_header` runs on the header before KMS is asked for the key (the budget
+    check): a job refused there never touches the key.
+    """
     header = read_header(stream)
     if header.dataset_id != expected_dataset_id:
         raise EncryptionContextMismatch(
             f"sealed file is dataset {header.dataset_id!r}, the job asked for {expected_dataset_id!r}"
         )
+    if check_header is not None:
+        check_header(header)
     data_key = kms.decrypt(
         header.encrypted_data_key, dict(header.encryption_context), key_id=header.key_id
     )
@@ -76,3 +89,12 @@ def open_sealed_dataset(
         table=table,
         plaintext_sha256=digest.hexdigest(),
     )
+
+
+def read_ipc_table(data: bytes, what: str) -> pa.Table:
+    """A whole Arrow IPC stream held in memory (public data), with a typed error."""
+    try:
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowException, ValueError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DatasetError(f"{what} is not a valid Arrow IPC stream: {first}") from None

@@ -13,7 +13,20 @@ from types import MappingProxyType
 
 from enclave.errors import HermeticError
 from enclave.transport.framing import FramedChannel
-from enclave.transport.messages import AuditEvent, Error, Goodbye, Hello, JobResult, Message
+from enclave.transport.messages import (
+    AuditEvent,
+    CertificateIssued,
+    CheckpointBegin,
+    CheckpointData,
+    CheckpointEnd,
+    Error,
+    Goodbye,
+    Hello,
+    JobResult,
+    Message,
+    MetricRelease,
+    TrainingProgress,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +41,36 @@ class EgressRefused(HermeticError):
 AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "attested": frozenset({"module_id", "pcr0"}),
+        "public_dataset": frozenset({"name", "records", "sha256"}),
+        "training_planned": frozenset(
+            {"sampling_rate", "noise_multiplier", "steps", "delta", "planned_epsilon", "max_epsilon", "resumed_at"}
+        ),
         "dataset_opened": frozenset(
             {"dataset_id", "records", "schema_sha256", "sealed_sha256", "plaintext_sha256"}
         ),
     }
 )
 
-_ALLOWED_TYPES: tuple[type[Message], ...] = (Hello, Goodbye, Error, AuditEvent, JobResult)
+# Checkpoint bytes are ciphertext under the model owner's KMS key; the certificate is
+# built from data-independent parameters and DP-accounted results; progress carries
+# step counts and the epsilon spent, which depend only on (q, sigma, steps, delta).
+_ALLOWED_TYPES: tuple[type[Message], ...] = (
+    Hello,
+    Goodbye,
+    Error,
+    AuditEvent,
+    JobResult,
+    TrainingProgress,
+    MetricRelease,
+    CheckpointBegin,
+    CheckpointData,
+    CheckpointEnd,
+    CertificateIssued,
+)
+
+# Metrics on private data never leave as such: only evaluations on public data, or
+# values released by an accounted mechanism (registered here when one exists).
+RELEASABLE_METRIC_KINDS = frozenset({"public_eval"})
 
 
 class EgressGate:
@@ -53,6 +89,8 @@ class EgressGate:
             extra = set(msg.fields) - allowed
             if extra:
                 raise EgressRefused(f"audit event {msg.kind!r} may not carry {sorted(extra)}")
+        if isinstance(msg, MetricRelease) and msg.kind not in RELEASABLE_METRIC_KINDS:
+            raise EgressRefused(f"metric {msg.name!r} of kind {msg.kind!r} may not leave the enclave")
         log.debug("egress %s", type(msg).__name__)
         self._channel.send(msg)
 

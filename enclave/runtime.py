@@ -10,6 +10,7 @@ tunnels TCP over the transport to the parent's KMS relay; TLS (on Nitro) ends he
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -19,7 +20,13 @@ from typing import TypeVar
 import boto3
 from botocore.config import Config
 
-from enclave.datasets import OpenedDataset, open_sealed_dataset
+from enclave.datasets import OpenedDataset, open_sealed_dataset, read_ipc_table
+from enclave.sealed import SealedHeader
+from enclave.training.checkpoint import CheckpointState, open_checkpoint
+from enclave.training.plan import PlannedRun, plan_run
+from enclave.training.spec import JobSpec
+from enclave.training.trainer import PublicTable, TrainingInputs
+from enclave.training.trainer import Trainer as TrainingLoop
 from enclave.egress import EgressGate
 from enclave.errors import HermeticError, RuntimeFailure
 from enclave.kms import AttestedKms
@@ -37,7 +44,10 @@ from enclave.transport.messages import (
     Hello,
     JobResult,
     JobStart,
+    PUBLIC_PREFIX,
+    RESUME_STREAM,
     Message,
+    TrainingJob,
 )
 from enclave.transport.sockets import listen
 from enclave.transport.stream import DatasetStreamReader
@@ -70,9 +80,19 @@ class RuntimeConfig:
 class JobState:
     job_id: str = ""
     datasets: dict[str, OpenedDataset] = field(default_factory=dict)
+    sealed_sha256: dict[str, str] = field(default_factory=dict)
+    public: dict[str, PublicTable] = field(default_factory=dict)
+    spec: JobSpec | None = None
+    plan: PlannedRun | None = None
+    resume: CheckpointState | None = None
+    kms: AttestedKms | None = None
 
 
 Trainer = Callable[[JobState, EgressGate], str]
+
+# A public evaluation set or a checkpoint is held in memory whole; bound it.
+MAX_PUBLIC_BYTES = 1 << 30
+MAX_CHECKPOINT_BYTES = 1 << 30
 
 
 class EnclaveRuntime:
@@ -133,27 +153,110 @@ class EnclaveRuntime:
         creds = _expect(channel, Credentials)
         kms = AttestedKms(self._kms_client(creds), self._nsm)
         job = _expect(channel, JobStart)
-        state = JobState(job_id=job.job_id)
-        for index, dataset_id in enumerate(job.datasets):
-            begin = _expect(channel, DatasetBegin)
+        state = JobState(job_id=job.job_id, kms=kms)
+        first = channel.recv(timeout=RECV_TIMEOUT_S)
+        if isinstance(first, TrainingJob):
+            state.spec = JobSpec.from_toml(first.spec_toml)
+            first = None
+        sealed_ids = [d for d in job.datasets if not d.startswith(PUBLIC_PREFIX) and d != RESUME_STREAM]
+        if state.spec is not None:
+            train_id = state.spec.data.train or (sealed_ids[0] if len(sealed_ids) == 1 else None)
+            if train_id is None or sealed_ids != [train_id]:
+                raise ProtocolError("a training job streams exactly one sealed dataset, the one its spec names")
+        for index, stream_id in enumerate(job.datasets):
+            begin = first if first is not None else channel.recv(timeout=RECV_TIMEOUT_S)
+            first = None
+            if isinstance(begin, Error):
+                raise ProtocolError(f"parent reported {begin.code}: {begin.message}")
+            if not isinstance(begin, DatasetBegin):
+                raise ProtocolError(f"expected DatasetBegin, got {type(begin).__name__}")
             reader = DatasetStreamReader(
-                channel, begin, expected_index=index, expected_id=dataset_id, timeout=RECV_TIMEOUT_S
+                channel, begin, expected_index=index, expected_id=stream_id, timeout=RECV_TIMEOUT_S
             )
-            opened = open_sealed_dataset(reader, expected_dataset_id=dataset_id, kms=kms)
-            if not reader.finished:
-                raise RuntimeFailure(f"dataset {dataset_id!r} stream did not end with its digest")
-            state.datasets[dataset_id] = opened
-            gate.audit(
-                "dataset_opened",
-                dataset_id=dataset_id,
-                records=opened.records,
-                schema_sha256=opened.header.schema_sha256,
-                sealed_sha256=reader.sha256_hex,
-                plaintext_sha256=opened.plaintext_sha256,
-            )
-        detail = self._trainer(state, gate) if self._trainer else "datasets opened"
+            if stream_id.startswith(PUBLIC_PREFIX):
+                self._receive_public(reader, stream_id[len(PUBLIC_PREFIX):], state, gate)
+            elif stream_id == RESUME_STREAM:
+                self._receive_resume(reader, state)
+            else:
+                self._receive_sealed(reader, stream_id, state, gate)
+        if state.spec is not None:
+            detail = self._train(state, gate)
+        else:
+            detail = self._trainer(state, gate) if self._trainer else "datasets opened"
         gate.send(JobResult(status="ok", detail=detail))
         gate.send(Goodbye())
+
+    def _receive_sealed(
+        self, reader: DatasetStreamReader, dataset_id: str, state: JobState, gate: EgressGate
+    ) -> None:
+        assert state.kms is not None
+
+        def budget(header: SealedHeader) -> None:
+            if state.spec is not None:
+                state.plan = plan_run(state.spec, header)
+
+        opened = open_sealed_dataset(reader, expected_dataset_id=dataset_id, kms=state.kms, check_header=budget)
+        if not reader.finished:
+            raise RuntimeFailure(f"dataset {dataset_id!r} stream did not end with its digest")
+        state.datasets[dataset_id] = opened
+        state.sealed_sha256[dataset_id] = reader.sha256_hex
+        gate.audit(
+            "dataset_opened",
+            dataset_id=dataset_id,
+            records=opened.records,
+            schema_sha256=opened.header.schema_sha256,
+            sealed_sha256=reader.sha256_hex,
+            plaintext_sha256=opened.plaintext_sha256,
+        )
+        if state.plan is not None:
+            plan = state.plan
+            gate.audit(
+                "training_planned",
+                sampling_rate=plan.sampling_rate,
+                noise_multiplier=plan.noise_multiplier,
+                steps=plan.steps,
+                delta=plan.delta,
+                planned_epsilon=plan.planned_epsilon,
+                max_epsilon=plan.max_epsilon,
+            )
+
+    def _receive_public(
+        self, reader: DatasetStreamReader, name: str, state: JobState, gate: EgressGate
+    ) -> None:
+        data = _read_bounded(reader, MAX_PUBLIC_BYTES, f"public dataset {name!r}")
+        table = read_ipc_table(data, f"public dataset {name!r}")
+        public = PublicTable(name=name, table=table, sha256=hashlib.sha256(data).hexdigest())
+        state.public[name] = public
+        gate.audit("public_dataset", name=name, records=table.num_rows, sha256=public.sha256)
+
+    def _receive_resume(self, reader: DatasetStreamReader, state: JobState) -> None:
+        if state.spec is None or state.kms is None:
+            raise ProtocolError("a checkpoint to resume from needs a training job")
+        data = _read_bounded(reader, MAX_CHECKPOINT_BYTES, "checkpoint")
+        state.resume = open_checkpoint(
+            data,
+            decrypt=state.kms.decrypt,
+            expected_job_id=state.job_id,
+            expected_spec_sha256=state.spec.sha256,
+        )
+
+    def _train(self, state: JobState, gate: EgressGate) -> str:
+        assert state.spec is not None and state.kms is not None
+        if state.plan is None or not state.datasets:
+            raise ProtocolError("a training job needs its sealed dataset")
+        [(dataset_id, opened)] = state.datasets.items()
+        inputs = TrainingInputs(
+            job_id=state.job_id,
+            spec=state.spec,
+            plan=state.plan,
+            train=opened,
+            train_sealed_sha256=state.sealed_sha256[dataset_id],
+            public=dict(state.public),
+            resume=state.resume,
+            nsm=self._nsm,
+            generate_data_key=state.kms.generate_data_key,
+        )
+        return TrainingLoop(inputs, gate).run()
 
     def _kms_client(self, creds: Credentials) -> object:
         url = self._config.kms_url.replace("{port}", str(self._forwarder.address.port))
@@ -167,6 +270,15 @@ class EnclaveRuntime:
             verify=self._config.kms_ca_bundle if url.startswith("https") else None,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=30),
         )
+
+
+def _read_bounded(reader: DatasetStreamReader, limit: int, what: str) -> bytes:
+    data = reader.read(limit + 1)
+    if len(data) > limit:
+        raise RuntimeFailure(f"{what} exceeds {limit} bytes")
+    if not reader.finished:
+        raise RuntimeFailure(f"{what} stream did not end with its digest")
+    return data
 
 
 def _expect(channel: FramedChannel, kind: type[M]) -> M:

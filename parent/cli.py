@@ -18,10 +18,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "seal",
     "policy",
     "verify_attestation",
+    "verify_certificate",
     "kms_emulator",
     "parent_serve",
     "mock_enclave",
     "demo",
+    "privacy",
+    "checkpoint",
 )
 
 

@@ -120,3 +120,21 @@ def open_source(uri: str, s3_client: Any | None = None) -> SealedSource:
     elif "://" in uri:
         raise DatasetError(f"unsupported dataset location {uri!r}: use a path or s3://bucket/key")
     return LocalSource(uri)
+
+
+class BytesSource(SealedSource):
+    """Bytes already in memory (a public evaluation set, a checkpoint to resume)."""
+
+    def __init__(self, data: bytes, uri: str = "memory:") -> None:
+        self.uri = uri
+        self._data = memoryview(data)
+        self._pos = 0
+        self.size = len(data)
+
+    def read(self, n: int) -> bytes:
+        chunk = self._data[self._pos : self._pos + n]
+        self._pos += len(chunk)
+        return bytes(chunk)
+
+    def close(self) -> None:
+        self._data.release()

@@ -1,7 +1,8 @@
 """Sealed datasets: the sealed-v1 file format, streaming seal/open, Arrow payload helpers.
 
 A sealed file is a header (bound into KMS through its encryption context) followed
-by chunked AES-256-GCM ciphertext of an Arrow IPC stream. See `format` and `stream`.
+by chunked AES-256-GCM ciphertext of an Arrow IPC stream (datasets) or of a training
+checkpoint (payload "hermetic-checkpoint-v1"). See `format` and `stream`.
 """
 from __future__ import annotations
 
@@ -21,12 +22,16 @@ from enclave.sealed.errors import (
     UnsupportedVersion,
 )
 from enclave.sealed.format import (
+    CHECKPOINT_CONTEXT_KEYS,
+    CHECKPOINT_PAYLOAD,
     DEFAULT_CHUNK_SIZE,
     ENCRYPTION_CONTEXT_KEYS,
     MAX_CHUNK_SIZE,
     MAX_HEADER_SIZE,
     MIN_CHUNK_SIZE,
+    PAYLOAD,
     SealedHeader,
+    build_checkpoint_context,
     build_encryption_context,
     format_context_float,
 )
@@ -56,6 +61,8 @@ def check_encryption_context(header: SealedHeader, expected: Mapping[str, str]) 
 
 __all__ = [
     "BadMagic",
+    "CHECKPOINT_CONTEXT_KEYS",
+    "CHECKPOINT_PAYLOAD",
     "ChunkAuthenticationFailed",
     "ChunkTooLarge",
     "DEFAULT_CHUNK_SIZE",
@@ -68,12 +75,14 @@ __all__ = [
     "MalformedChunk",
     "MalformedHeader",
     "MalformedPayload",
+    "PAYLOAD",
     "SHAPE_METADATA_KEY",
     "SealWriter",
     "SealedHeader",
     "TrailingData",
     "TruncatedSealedFile",
     "UnsupportedVersion",
+    "build_checkpoint_context",
     "build_encryption_context",
     "check_encryption_context",
     "field_shape",

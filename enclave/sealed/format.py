@@ -14,10 +14,16 @@ header (it is part of each chunk's AAD, see `enclave.sealed.stream`).
 Header map (exactly these keys, canonical CBOR: sorted keys, definite lengths):
     key_id              text   KMS key id / ARN the data key was generated under
     encrypted_data_key  bytes  the KMS CiphertextBlob of the data key
-    encryption_context  map    text -> text, exactly ENCRYPTION_CONTEXT_KEYS
+    encryption_context  map    text -> text, exactly the keys its payload type requires
     alg                 text   "AES-256-GCM"
     chunk_size          uint   plaintext bytes per chunk (MIN_CHUNK_SIZE .. MAX_CHUNK_SIZE)
-    payload             text   "arrow-ipc-stream"
+    payload             text   "arrow-ipc-stream" or "hermetic-checkpoint-v1"
+
+Each payload type has its own encryption context (CONTEXT_KEYS_BY_PAYLOAD), whose
+"hermetic:format" entry names it, so KMS never releases a dataset key for a file
+posing as a checkpoint or the other way round:
+    arrow-ipc-stream        (datasets)    ENCRYPTION_CONTEXT_KEYS, format "sealed-v1"
+    hermetic-checkpoint-v1  (checkpoints) CHECKPOINT_CONTEXT_KEYS, format "checkpoint-v1"
 
 The encryption context is what KMS binds to the data key, so the privacy budget
 (max_epsilon, delta) and the record count cannot be changed without KMS refusing
@@ -38,13 +44,20 @@ from typing import Any
 
 import cbor2
 
-from enclave.sealed.errors import BadMagic, MalformedHeader, UnsupportedVersion
+from enclave.sealed.errors import (
+    BadMagic,
+    EncryptionContextMismatch,
+    MalformedHeader,
+    UnsupportedVersion,
+)
 
 MAGIC = b"HRMTSEAL"
 VERSION = 1
 FORMAT_NAME = "sealed-v1"
 ALG = "AES-256-GCM"
 PAYLOAD = "arrow-ipc-stream"
+CHECKPOINT_PAYLOAD = "hermetic-checkpoint-v1"
+CHECKPOINT_FORMAT_NAME = "checkpoint-v1"
 
 _PREFIX = struct.Struct(">8sHI")
 PREFIX_SIZE = _PREFIX.size  # 14
@@ -72,6 +85,16 @@ ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
         FORMAT_CONTEXT_KEY,
     }
 )
+CHECKPOINT_CONTEXT_KEYS: frozenset[str] = frozenset(
+    {FORMAT_CONTEXT_KEY, "job_id", "spec_sha256", "step"}
+)
+CONTEXT_KEYS_BY_PAYLOAD: Mapping[str, frozenset[str]] = MappingProxyType(
+    {PAYLOAD: ENCRYPTION_CONTEXT_KEYS, CHECKPOINT_PAYLOAD: CHECKPOINT_CONTEXT_KEYS}
+)
+FORMAT_BY_PAYLOAD: Mapping[str, str] = MappingProxyType(
+    {PAYLOAD: FORMAT_NAME, CHECKPOINT_PAYLOAD: CHECKPOINT_FORMAT_NAME}
+)
+_PAYLOADS = sorted(CONTEXT_KEYS_BY_PAYLOAD)
 _HEADER_KEYS = frozenset(
     {"key_id", "encrypted_data_key", "encryption_context", "alg", "chunk_size", "payload"}
 )
@@ -107,24 +130,56 @@ def build_encryption_context(
     return ctx
 
 
-def validate_encryption_context(ctx: Mapping[str, Any]) -> None:
-    """Raise MalformedHeader unless `ctx` is a well-formed sealed-v1 context."""
+def build_checkpoint_context(*, job_id: str, spec_sha256: str, step: int) -> dict[str, str]:
+    """The encryption context of a sealed checkpoint; raises MalformedHeader if invalid."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise MalformedHeader("checkpoint step must be a non-negative integer")
+    ctx = {
+        FORMAT_CONTEXT_KEY: CHECKPOINT_FORMAT_NAME,
+        "job_id": job_id,
+        "spec_sha256": spec_sha256,
+        "step": str(step),
+    }
+    validate_encryption_context(ctx, CHECKPOINT_PAYLOAD)
+    return ctx
+
+
+def validate_encryption_context(ctx: Mapping[str, Any], payload: str = PAYLOAD) -> None:
+    """Raise MalformedHeader unless `ctx` is a well-formed context for `payload`."""
     if not isinstance(ctx, Mapping):
         raise MalformedHeader("encryption_context must be a map")
+    if not isinstance(payload, str) or payload not in CONTEXT_KEYS_BY_PAYLOAD:
+        raise MalformedHeader(f"unsupported payload {payload!r}, expected one of {_PAYLOADS}")
+    required = CONTEXT_KEYS_BY_PAYLOAD[payload]
     keys = set(ctx)
-    if keys != ENCRYPTION_CONTEXT_KEYS:
-        missing = sorted(ENCRYPTION_CONTEXT_KEYS - keys, key=str)
-        extra = sorted(keys - ENCRYPTION_CONTEXT_KEYS, key=str)
+    if keys != required:
+        missing = sorted(required - keys, key=str)
+        extra = sorted(keys - required, key=str)
         raise MalformedHeader(
             f"encryption_context keys wrong (missing {missing}, unexpected {extra})"
         )
     for key, value in ctx.items():
         if not isinstance(value, str) or not value or len(value) > _MAX_CONTEXT_VALUE:
             raise MalformedHeader(f"encryption_context[{key!r}] must be a non-empty short string")
-    if ctx[FORMAT_CONTEXT_KEY] != FORMAT_NAME:
+    expected_format = FORMAT_BY_PAYLOAD[payload]
+    if ctx[FORMAT_CONTEXT_KEY] != expected_format:
         raise MalformedHeader(
-            f"encryption_context format is {ctx[FORMAT_CONTEXT_KEY]!r}, expected {FORMAT_NAME!r}"
+            f"encryption_context format is {ctx[FORMAT_CONTEXT_KEY]!r}, expected {expected_format!r}"
         )
+    if payload == CHECKPOINT_PAYLOAD:
+        _validate_checkpoint_context(ctx)
+    else:
+        _validate_dataset_context(ctx)
+
+
+def _validate_checkpoint_context(ctx: Mapping[str, str]) -> None:
+    if not _DECIMAL.fullmatch(ctx["step"]):
+        raise MalformedHeader("encryption_context step must be a plain decimal integer")
+    if not _HEX64.fullmatch(ctx["spec_sha256"]):
+        raise MalformedHeader("encryption_context spec_sha256 must be 64 lowercase hex digits")
+
+
+def _validate_dataset_context(ctx: Mapping[str, str]) -> None:
     eps = _context_float(ctx, "max_epsilon")
     if not (math.isfinite(eps) and eps > 0):
         raise MalformedHeader("encryption_context max_epsilon must be finite and > 0")
@@ -165,7 +220,9 @@ class SealedHeader:
             raise MalformedHeader("key_id must be a non-empty string of at most 2048 characters")
         if not isinstance(self.encrypted_data_key, bytes) or not 0 < len(self.encrypted_data_key) <= _MAX_BLOB:
             raise MalformedHeader("encrypted_data_key must be 1..6144 bytes")
-        validate_encryption_context(self.encryption_context)
+        if not isinstance(self.payload, str) or self.payload not in CONTEXT_KEYS_BY_PAYLOAD:
+            raise MalformedHeader(f"unsupported payload {self.payload!r}, expected one of {_PAYLOADS}")
+        validate_encryption_context(self.encryption_context, self.payload)
         # A private read-only copy: the header hash must not change under our feet.
         object.__setattr__(
             self, "encryption_context", MappingProxyType(dict(self.encryption_context))
@@ -180,33 +237,40 @@ class SealedHeader:
             raise MalformedHeader(
                 f"chunk_size must be an integer in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]"
             )
-        if self.payload != PAYLOAD:
-            raise MalformedHeader(f"unsupported payload {self.payload!r}, expected {PAYLOAD!r}")
 
-    # -- context accessors -------------------------------------------------
+    # -- context accessors (datasets) ----------------------------------------
+    def _dataset_entry(self, key: str) -> str:
+        # A checkpoint handed in where a dataset is expected is refused by type,
+        # before anyone asks KMS for its key.
+        if self.payload != PAYLOAD:
+            raise EncryptionContextMismatch(
+                f"sealed file holds a {self.payload!r} payload, not a dataset"
+            )
+        return self.encryption_context[key]
+
     @property
     def dataset_id(self) -> str:
-        return self.encryption_context["dataset_id"]
+        return self._dataset_entry("dataset_id")
 
     @property
     def owner(self) -> str:
-        return self.encryption_context["owner"]
+        return self._dataset_entry("owner")
 
     @property
     def max_epsilon(self) -> float:
-        return float(self.encryption_context["max_epsilon"])
+        return float(self._dataset_entry("max_epsilon"))
 
     @property
     def delta(self) -> float:
-        return float(self.encryption_context["delta"])
+        return float(self._dataset_entry("delta"))
 
     @property
     def record_count(self) -> int:
-        return int(self.encryption_context["record_count"])
+        return int(self._dataset_entry("record_count"))
 
     @property
     def schema_sha256(self) -> str:
-        return self.encryption_context["schema_sha256"]
+        return self._dataset_entry("schema_sha256")
 
     # -- wire form ---------------------------------------------------------
     def header_bytes(self) -> bytes:

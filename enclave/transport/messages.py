@@ -399,3 +399,81 @@ class AuditEvent(Message):
 class JobResult(Message):
     status: str
     detail: str
+
+
+# ---------------------------------------------------------------- training (0x4_)
+# Stream ids in JobStart.datasets: a plain id is a sealed dataset; "public:NAME" is a
+# public evaluation set (plain Arrow IPC, hashed into the certificate);
+# "checkpoint:resume" is a sealed checkpoint to resume from.
+PUBLIC_PREFIX = "public:"
+RESUME_STREAM = "checkpoint:resume"
+
+
+@register(0x12)
+@dataclass(frozen=True)
+class TrainingJob(Message):
+    """The job spec (TOML text, hashed into the certificate); no code, only choices."""
+
+    spec_toml: str
+
+    def _validate(self) -> None:
+        _require(0 < len(self.spec_toml) <= 64 * 1024, "TrainingJob.spec_toml must be 1..65536 characters")
+
+
+@register(0x40)
+@dataclass(frozen=True)
+class TrainingProgress(Message):
+    """Data-independent progress: step counts and the epsilon spent so far."""
+
+    step: int
+    total_steps: int
+    epsilon: float
+
+    def _validate(self) -> None:
+        _require(0 <= self.step <= self.total_steps, "TrainingProgress.step must be within 0..total_steps")
+
+
+@register(0x41)
+@dataclass(frozen=True)
+class MetricRelease(Message):
+    """A metric the egress gate released: on public data, or DP-accounted."""
+
+    name: str
+    value: float
+    kind: str
+    step: int
+
+
+@register(0x42)
+@dataclass(frozen=True)
+class CheckpointBegin(Message):
+    step: int
+    size: int
+    final: bool
+
+
+@register(0x43)
+@dataclass(frozen=True)
+class CheckpointData(Message):
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"CheckpointData(<{len(self.data)} bytes>)"
+
+
+@register(0x44)
+@dataclass(frozen=True)
+class CheckpointEnd(Message):
+    step: int
+    sha256: bytes
+
+    def _validate(self) -> None:
+        _require(len(self.sha256) == 32, "CheckpointEnd.sha256 must be 32 bytes")
+
+
+@register(0x45)
+@dataclass(frozen=True)
+class CertificateIssued(Message):
+    """The privacy certificate file (canonical CBOR: body + attestation)."""
+
+    data: bytes

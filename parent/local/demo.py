@@ -29,9 +29,12 @@ from parent.storage import write_atomic
 log = logging.getLogger(__name__)
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+FASHION_MNIST_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+PUBLIC_TEST_NAME = "fashion-mnist-test"
 ACCOUNT = "111122223333"
 OWNER_ARN = f"arn:aws:iam::{ACCOUNT}:user/data-owner"
 PARENT_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/hermetic-parent"
+MODEL_OWNER_ARN = f"arn:aws:iam::{ACCOUNT}:user/model-owner"
 REGION = "us-east-1"
 
 
@@ -81,6 +84,13 @@ class DemoReport:
     parent_traffic_bytes: int = 0
     modified_enclave_pcr0: str = ""
     modified_enclave_outcome: str = ""
+    job_id: str = ""
+    epsilon: float = 0.0
+    delta: float = 0.0
+    steps: int = 0
+    test_accuracy: float | None = None
+    certificate: str = ""
+    model_sha256: str = ""
     proved: list[str] = field(default_factory=list)
 
 
@@ -92,7 +102,61 @@ def _clean_env() -> dict[str, str | None]:
     return {k: None for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
 
 
-def run_demo(out_dir: Path, say: Say, dataset: Path = FASHION_MNIST) -> DemoReport:
+@dataclass(frozen=True)
+class Recipe:
+    """The demo's training job: a registered model and its DP-SGD hyper-parameters."""
+
+    model: str = "tanh_cnn"
+    batch_size: int = 512
+    epochs: float = 6.0
+    lr: float = 2.0
+    momentum: float = 0.9
+    max_grad_norm: float = 0.1
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    eval_every: int = 200
+    checkpoint_every: int = 500
+
+    def spec_toml(self, key_id: str) -> str:
+        return f"""[job]
+name = "fashion-mnist-demo"
+
+[model]
+name = "{self.model}"
+
+[optimizer]
+name = "sgd"
+lr = {self.lr!r}
+momentum = {self.momentum!r}
+
+[privacy]
+expected_batch_size = {self.batch_size}
+epochs = {self.epochs!r}
+max_grad_norm = {self.max_grad_norm!r}
+delta = {self.delta!r}
+target_epsilon = {self.epsilon!r}
+accountant = "prv"
+
+[eval]
+public = "{PUBLIC_TEST_NAME}"
+every_steps = {self.eval_every}
+
+[checkpoint]
+every_steps = {self.checkpoint_every}
+key_id = "{key_id}"
+"""
+
+
+Progress = Callable[[int, int, float], None]
+
+
+def run_demo(
+    out_dir: Path,
+    say: Say,
+    dataset: Path = FASHION_MNIST,
+    recipe: Recipe = Recipe(),
+    progress: Progress | None = None,
+) -> DemoReport:
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     state = out_dir / "state"
@@ -113,11 +177,12 @@ def run_demo(out_dir: Path, say: Say, dataset: Path = FASHION_MNIST) -> DemoRepo
 
         owner = AwsIdentity.fresh("OWNER", OWNER_ARN)
         parent = AwsIdentity.fresh("PARENT", PARENT_ROLE_ARN)
+        model_owner = AwsIdentity.fresh("MODEL", MODEL_OWNER_ARN)
         principals = out_dir / "principals.json"
         write_atomic(
             principals,
             json.dumps({i.access_key_id: {"secret_access_key": i.secret_access_key, "arn": i.arn}
-                        for i in (owner, parent)}).encode(),
+                        for i in (owner, parent, model_owner)}).encode(),
             mode=0o600,
         )
         policy_path = out_dir / "data-owner-policy.json"
@@ -125,7 +190,13 @@ def run_demo(out_dir: Path, say: Say, dataset: Path = FASHION_MNIST) -> DemoRepo
             "policy", "render", "--template", "data-owner", "--measurements", str(measurements),
             "--owner-arn", OWNER_ARN, "--parent-role-arn", PARENT_ROLE_ARN, "--out", str(policy_path),
         ), logs)
-        say(f"data-owner key policy rendered from the measurements -> {policy_path.name}")
+        model_policy_path = out_dir / "model-owner-policy.json"
+        run_command("policy-render-model", hermetic_argv(
+            "policy", "render", "--template", "model-owner", "--measurements", str(measurements),
+            "--model-owner-arn", MODEL_OWNER_ARN, "--parent-role-arn", PARENT_ROLE_ARN,
+            "--out", str(model_policy_path),
+        ), logs)
+        say("data-owner and model-owner key policies rendered from the measurements")
 
         kms = Service("kms-emulator", hermetic_argv(
             "kms-emulator", "serve", "--state", str(state / "kms"), "--principals", str(principals),
@@ -142,8 +213,8 @@ def run_demo(out_dir: Path, say: Say, dataset: Path = FASHION_MNIST) -> DemoRepo
         report.key_id = key_id
         sealed = out_dir / "fashion-mnist-train.sealed"
         seal_out = run_command("seal", hermetic_argv(
-            "seal", str(dataset), "--key-id", key_id, "--out", str(sealed), "--max-epsilon", "3",
-            "--delta", "1e-5", "--owner", "demo-hospital", "--kms-endpoint", kms_url, "--json",
+            "seal", str(dataset), "--key-id", key_id, "--out", str(sealed), "--max-epsilon", repr(recipe.epsilon),
+            "--delta", repr(recipe.delta), "--owner", "demo-hospital", "--kms-endpoint", kms_url, "--json",
         ), logs, env={**_clean_env(), **owner.env()})
         sealed_info = json.loads(seal_out)
         report.dataset_id = sealed_info["dataset_id"]
@@ -192,12 +263,108 @@ def run_demo(out_dir: Path, say: Say, dataset: Path = FASHION_MNIST) -> DemoRepo
             raise DemoFailed(f"a modified enclave was not refused: {report.modified_enclave_outcome}")
         say(f"enclave with modified code (PCR0 {report.modified_enclave_pcr0[:24]}…) refused by KMS")
         report.proved.append("an enclave whose code differs (different PCR0) is refused the key")
+
+        model_key = model_owner.client("kms", kms_url).create_key(
+            Policy=model_policy_path.read_text(), Description="hermetic demo model-owner key"
+        )["KeyMetadata"]["KeyId"]
+        _train(report, recipe, model_key, state, run_dir, logs, services, parent, kms_port, sealed,
+               out_dir, say, progress)
+        _verify_outputs(report, ca, pcrs, model_owner, kms_url, out_dir, logs, say)
     finally:
         for service in reversed(services):
             service.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
     write_atomic(out_dir / "report.json", (json.dumps(asdict(report), indent=2) + "\n").encode())
     return report
+
+
+def _train(
+    report: DemoReport,
+    recipe: Recipe,
+    model_key: str,
+    state: Path,
+    run_dir: Path,
+    logs: Path,
+    services: list[Service],
+    parent: AwsIdentity,
+    kms_port: str,
+    sealed: Path,
+    out_dir: Path,
+    say: Say,
+    progress: Progress | None,
+) -> None:
+    spec_path = out_dir / "job.toml"
+    write_atomic(spec_path, recipe.spec_toml(model_key).encode())
+    control = f"unix://{run_dir / 'train.sock'}"
+    relay = f"unix://{run_dir / 'train-kms.sock'}"
+    enclave = Service("enclave-train", hermetic_argv(
+        "mock-enclave", "run", "--state", str(state), "--listen", control, "--kms-relay", relay,
+        "--sessions", "1",
+    ), logs, env=_clean_env())
+    services.append(enclave)
+    enclave.wait_ready()
+    report.job_id = f"demo-{secrets.token_hex(4)}"
+    say(f"training job {report.job_id}: {recipe.model}, batch {recipe.batch_size}, {recipe.epochs:g} epochs, "
+        f"target epsilon {recipe.epsilon:g} at delta {recipe.delta:g}")
+    target = f"127.0.0.1:{kms_port}"
+    job = Service("parent-train", hermetic_argv(
+        "parent", "run", "--enclave", control, "--kms-relay", relay, "--kms-target", target,
+        "--allow", target, "--dataset", f"{report.dataset_id}={sealed}", "--region", REGION,
+        "--kms-endpoint", f"http://{target}", "--spec", str(spec_path),
+        "--public", f"{PUBLIC_TEST_NAME}={FASHION_MNIST_TEST}", "--out", str(out_dir / "job"),
+        "--job-id", report.job_id, "--events",
+    ), logs, env={**_clean_env(), **parent.env()})
+    services.append(job)
+    result: dict[str, Any] | None = None
+    for event in job.events():
+        if event.get("event") == "progress" and progress is not None:
+            progress(int(event["step"]), int(event["total"]), float(event["epsilon"]))
+        elif event.get("event") == "result":
+            result = event
+    code = job.proc.wait()
+    enclave.stop()
+    if code != 0 or result is None:
+        raise DemoFailed(f"the training job failed; see {job.log_path}")
+    accuracies = [m for m in result.get("metrics", []) if m["kind"] == "public_eval"]
+    if accuracies:
+        report.test_accuracy = float(accuracies[-1]["value"])
+    report.certificate = str(result["certificate"])
+    say(f"training done: {result['detail']}")
+
+
+def _verify_outputs(
+    report: DemoReport,
+    ca: LocalCa,
+    pcrs: dict[int, bytes],
+    model_owner: AwsIdentity,
+    kms_url: str,
+    out_dir: Path,
+    logs: Path,
+    say: Say,
+) -> None:
+    pcr_args = [arg for i in (0, 1, 2) for arg in ("--pcr", f"{i}={pcrs[i].hex()}")]
+    verified = json.loads(run_command("verify-certificate", hermetic_argv(
+        "verify-certificate", report.certificate, "--root", str(ca.root_cert_path), *pcr_args, "--json",
+    ), logs))
+    if not verified.get("valid"):
+        raise DemoFailed(f"the certificate did not verify: {verified}")
+    report.epsilon = float(verified["epsilon"])
+    report.delta = float(verified["delta"])
+    report.steps = int(verified["steps"])
+    report.model_sha256 = str(verified["model_sha256"])
+    if report.epsilon > 0 and report.delta > 0:
+        say(f"certificate verified offline: epsilon {report.epsilon:.3f} ({verified['accountant']}) at delta "
+            f"{report.delta:g} over {report.steps} steps, recomputed independently; enclave PCR0 matches")
+    report.proved.append("the privacy certificate verifies offline and its epsilon recomputes")
+    decrypted = json.loads(run_command("checkpoint-decrypt", hermetic_argv(
+        "checkpoint", "decrypt", str(out_dir / "job" / "model.ckpt.sealed"), "--out",
+        str(out_dir / "model.pt"), "--kms-endpoint", kms_url, "--region", REGION, "--json",
+    ), logs, env={**_clean_env(), **model_owner.env()}))
+    if decrypted.get("model_sha256") != report.model_sha256:
+        raise DemoFailed("the model owner's decrypted checkpoint does not match the certificate's model hash")
+    say(f"model owner decrypted the final checkpoint: model SHA-256 {report.model_sha256[:16]}… "
+        "matches the certificate")
+    report.proved.append("only the model owner can read the checkpoint, and it is the certified model")
 
 
 def _plain_decrypt_as(identity: AwsIdentity, kms_url: str, sealed: Path) -> str:

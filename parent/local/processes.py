@@ -6,12 +6,14 @@ the PID we started, and their stderr goes to a log file for diagnosis.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 from pathlib import Path
 
 from enclave.errors import HermeticError
@@ -46,7 +48,7 @@ class Service:
         self.name = name
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "wb")
         child_env = child_environment(env)
         child_env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(  # noqa: S603 - argv is ours
@@ -68,6 +70,17 @@ class Service:
                 return self.address
         code = self.proc.wait()
         raise ProcessFailed(f"{self.name} exited with {code} before it was ready; see {self.log_path}")
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """JSON lines the process prints on stdout, as they come, until it closes stdout."""
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("{"):
+                try:
+                    yield dict(json.loads(line))
+                except ValueError:
+                    log.warning("%s printed a malformed event line", self.name)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:

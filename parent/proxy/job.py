@@ -17,7 +17,7 @@ import boto3
 from enclave.errors import ConfigError
 from enclave.transport.address import Address
 from enclave.transport.framing import Tap
-from enclave.transport.messages import Credentials
+from enclave.transport.messages import Credentials, Message
 from parent.proxy.relay import KmsRelay
 from parent.proxy.session import DatasetInput, ParentSession, SessionOutcome
 
@@ -70,6 +70,8 @@ def run_job(
     s3_client: object | None = None,
     progress: Callable[[str, int], None] | None = None,
     connect_timeout: float = 30.0,
+    extra: Sequence[Message] = (),
+    on_message: Callable[[Message], None] | None = None,
 ) -> SessionOutcome:
     relay = KmsRelay(
         relay_listen,
@@ -88,9 +90,10 @@ def run_job(
             tap=tap,
             s3_client=s3_client,
             progress=progress,
+            on_message=on_message,
         )
         started = time.monotonic()
-        outcome = session.run(job_id, datasets)
+        outcome = session.run(job_id, datasets, extra)
         log.info("job %s done in %.1fs", job_id, time.monotonic() - started)
         return outcome
     finally:

@@ -163,8 +163,14 @@ class ParentSession:
         self._progress = progress
         self._on_message = on_message
 
-    def run(self, job_id: str, datasets: Sequence[tuple[str, DatasetInput]]) -> SessionOutcome:
-        """Send the job and its datasets; return the outcome or raise a one-line error."""
+    def run(
+        self,
+        job_id: str,
+        datasets: Sequence[tuple[str, DatasetInput]],
+        extra: Sequence[Message] = (),
+    ) -> SessionOutcome:
+        """Send the job, any `extra` set-up messages (e.g. the training spec) and the
+        datasets; return the outcome or raise a one-line error."""
         job = JobStart(job_id=job_id, datasets=[dataset_id for dataset_id, _ in datasets])
         sock = connect(self.control, timeout=self._connect_timeout)
         channel = FramedChannel(
@@ -178,6 +184,8 @@ class ParentSession:
             try:
                 channel.send(self._credentials)
                 channel.send(job)
+                for message in extra:
+                    channel.send(message)
                 for index, (dataset_id, where) in enumerate(datasets):
                     summaries.append(self._stream_one(channel, index, dataset_id, where))
             except (PeerDisconnected, ChannelClosed) as exc:

@@ -33,6 +33,7 @@ ACCOUNT = "111122223333"
 REGION = "us-east-1"
 OWNER = ("AKIDOWNER", "owner-secret", f"arn:aws:iam::{ACCOUNT}:user/data-owner")
 PARENT = ("ASIAPARENT", "parent-secret", f"arn:aws:iam::{ACCOUNT}:role/hermetic-parent")
+MODEL_OWNER = ("AKIDMODELOWNER", "model-secret", f"arn:aws:iam::{ACCOUNT}:user/model-owner")
 
 
 def kms_client(url: str, who: tuple[str, str, str]) -> Any:
@@ -57,13 +58,25 @@ class DataPath:
     key_id: str
     pcrs: dict[int, bytes]
     sock_dir: Path
+    state_dir: Path
+    model_key_id: str
 
-    def seal(self, tmp_path: Path, records: int = 3000, dataset_id: str = "patients-v1") -> Sealed:
+    def seal(
+        self,
+        tmp_path: Path,
+        records: int = 3000,
+        dataset_id: str = "patients-v1",
+        width: int = 64,
+        max_epsilon: float = 3.0,
+    ) -> Sealed:
         rng = np.random.default_rng(7)
-        features = rng.integers(0, 256, size=(records, 64), dtype=np.uint8)
+        features = rng.integers(0, 256, size=(records, width), dtype=np.uint8)
         labels = rng.integers(0, 10, size=records, dtype=np.uint8)
         src = tmp_path / "patients.npz"
-        np.savez(src, features=features, labels=labels)
+        if width == 784:  # image-shaped: the columns a training job reads
+            np.savez(src, image=features, label=labels)
+        else:
+            np.savez(src, features=features, labels=labels)
         client = kms_client(self.emulator.url, OWNER)
         captured: dict[str, bytes] = {}
 
@@ -73,7 +86,7 @@ class DataPath:
         client.meta.events.register("after-call.kms.GenerateDataKey", grab)
         out = tmp_path / "patients.sealed"
         result = seal_dataset(
-            src, out, key_id=self.key_id, kms_client=client, max_epsilon=3.0, delta=1e-5,
+            src, out, key_id=self.key_id, kms_client=client, max_epsilon=max_epsilon, delta=1e-5,
             owner="hospital", dataset_id=dataset_id, chunk_size=64 * 1024,
         )
         # Random rows are unique: any 48 bytes of them in the parent's traffic is a leak.
@@ -132,6 +145,7 @@ def data_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
     principals = {
         OWNER[0]: Principal(OWNER[1], OWNER[2]),
         PARENT[0]: Principal(PARENT[1], PARENT[2]),
+        MODEL_OWNER[0]: Principal(MODEL_OWNER[1], MODEL_OWNER[2]),
     }
     pcrs = measure_enclave_package()
     policy = render_policy(
@@ -139,8 +153,16 @@ def data_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
         {f"PCR{i}": v.hex() for i, v in pcrs.items()},
         {"OWNER_ARN": OWNER[2], "PARENT_ROLE_ARN": PARENT[2]},
     )
+    model_policy = render_policy(
+        REPO / "kms-policies" / "model-owner.template.json",
+        {f"PCR{i}": v.hex() for i, v in pcrs.items()},
+        {"MODEL_OWNER_ARN": MODEL_OWNER[2], "PARENT_ROLE_ARN": PARENT[2]},
+    )
     sock_dir = Path(tempfile.mkdtemp(prefix="h-it-"))
     with KmsEmulator(state / "kms", principals, ca.root_der) as emulator:
         key_id = kms_client(emulator.url, OWNER).create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
-        yield DataPath(ca, emulator, key_id, pcrs, sock_dir)
+        model_key_id = kms_client(emulator.url, MODEL_OWNER).create_key(
+            Policy=json.dumps(model_policy)
+        )["KeyMetadata"]["KeyId"]
+        yield DataPath(ca, emulator, key_id, pcrs, sock_dir, state, model_key_id)
     shutil.rmtree(sock_dir, ignore_errors=True)

@@ -23,10 +23,11 @@ def test_leak_scan_finds_plaintext_when_it_is_there() -> None:
     assert _plaintext_leaks(FASHION_MNIST, b"\x00" * 100_000) == 0
 
 
-def test_demo_proves_the_data_path(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    """`hermetic demo`, shortened to a fraction of an epoch: every stage, every proof."""
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "parent.cli", "demo", "--out", str(out)],
+        [sys.executable, "-m", "parent.cli", "demo", "--out", str(out), "--epochs", "0.2"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr
@@ -36,5 +37,12 @@ def test_demo_proves_the_data_path(tmp_path: Path) -> None:
     assert report["parent_plain_decrypt"] == "AccessDeniedException"
     assert "AccessDenied" in report["modified_enclave_outcome"]
     assert report["modified_enclave_pcr0"] != report["pcr0"]
-    assert len(report["proved"]) == 4
+    assert len(report["proved"]) == 6
     assert "equals the owner's" in proc.stdout
+    # A fraction of an epoch still spends the whole budget it planned, and no more.
+    assert 0 < report["epsilon"] <= 3.0
+    assert report["steps"] > 0
+    assert report["test_accuracy"] is not None and 0.1 < report["test_accuracy"] <= 1.0
+    assert (out / "job" / "certificate.cbor").exists()
+    assert (out / "model.pt").exists()
+    assert "Test accuracy on the public Fashion-MNIST test set" in proc.stdout

@@ -159,7 +159,7 @@ def test_credentials_repr_hides_secrets() -> None:
 def test_registry_is_extensible_and_refuses_clashes() -> None:
     reg = MessageRegistry()
 
-    @reg.register(0x40)
+    @reg.register(0xE0)
     @dataclass(frozen=True)
     class TrainingStep(Message):
         step: int
@@ -176,7 +176,7 @@ def test_registry_is_extensible_and_refuses_clashes() -> None:
         FrameDecoder().feed(frame)
 
     with pytest.raises(ValueError, match="taken"):
-        @reg.register(0x40)
+        @reg.register(0xE0)
         @dataclass(frozen=True)
         class Other(Message):
             x: int

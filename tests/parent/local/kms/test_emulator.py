@@ -310,8 +310,13 @@ def test_model_owner_policy(clients: dict[str, Any], make_nsm: Callable[..., Moc
     enclave = AttestedKms(clients["parent"], make_nsm())
     checkpoint_key, blob = enclave.generate_data_key(key_id, {"job": "j1"})
     assert clients["model_owner"].decrypt(CiphertextBlob=blob, EncryptionContext={"job": "j1"})["Plaintext"] == checkpoint_key
+    # The attested enclave reopens its own checkpoints to resume; only as CiphertextForRecipient.
+    assert enclave.decrypt(blob, {"job": "j1"}) == checkpoint_key
+    with pytest.raises(ClientError) as plain:
+        clients["parent"].decrypt(CiphertextBlob=blob, EncryptionContext={"job": "j1"})
+    assert _code(plain) == "AccessDeniedException"
     with pytest.raises(KmsAccessDenied):
-        enclave.decrypt(blob, {"job": "j1"})
+        AttestedKms(clients["parent"], make_nsm(BAD_PCRS)).decrypt(blob, {"job": "j1"})
     with pytest.raises(KmsAccessDenied):
         AttestedKms(clients["parent"], make_nsm(BAD_PCRS)).generate_data_key(key_id, {"job": "j1"})
 

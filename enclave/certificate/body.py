@@ -1,0 +1,441 @@
+"""The privacy certificate body: what the enclave claims about one training job.
+
+The body is a canonical CBOR map whose keys are the field names below; nested
+records are maps keyed by their field names, `pcrs` maps PCR index (int) to
+lowercase hex, `ledger` is a list of `{"q", "sigma", "steps"}` maps (one per
+accounting segment; a resumed run with other parameters adds a segment). Floats
+are always float64 on the wire, integers are CBOR integers, nothing is optional.
+
+Constructors check types, sizes and finiteness (MalformedCertificate); whether
+the values make sense together is `enclave.certificate.checks`' job.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any
+
+from enclave.certificate.canonical import canonical_dumps, strict_loads
+from enclave.certificate.errors import MalformedCertificate
+
+__all__ = [
+    "BODY_VERSION",
+    "CertificateBody",
+    "DatasetRecord",
+    "MAX_BODY_SIZE",
+    "PublicDatasetRecord",
+    "ReleasedMetric",
+    "body_to_json",
+    "decode_body",
+    "encode_body",
+]
+
+BODY_VERSION = 1
+#: A body lists datasets, metrics and ledger segments; a few hundred KiB is far above
+#: any real job and keeps a hostile file from costing more than a moment to refuse.
+MAX_BODY_SIZE = 256 * 1024
+MAX_TEXT = 1024
+MAX_KEY_ID = 2048
+MAX_DATASETS = 256
+MAX_PUBLIC_DATASETS = 256
+MAX_METRICS = 4096
+MAX_LEDGER_SEGMENTS = 4096
+MAX_CONTEXT_ENTRIES = 32
+MAX_ACCOUNTANTS = 8
+MAX_PCRS = 32
+
+LEDGER_KEYS = ("q", "sigma", "steps")
+BUDGET_KEYS = ("max_epsilon", "delta")
+
+
+# --- value checks shared by constructors and the decoder -------------------------------
+
+
+def _text(value: Any, what: str, *, limit: int = MAX_TEXT) -> str:
+    if type(value) is not str:
+        raise MalformedCertificate(f"{what} is not a text string")
+    if not value or len(value) > limit:
+        raise MalformedCertificate(f"{what} length {len(value)} is outside 1..{limit}")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    # bool is an int subclass; True is not a record count.
+    if type(value) is not int:
+        raise MalformedCertificate(f"{what} is not an integer")
+    if value < 0 or value > 2**63 - 1:
+        raise MalformedCertificate(f"{what} is outside 0..2^63-1")
+    return value
+
+
+def _real(value: Any, what: str) -> float:
+    # Producers may pass ints (e.g. max_grad_norm=1); the wire form is always float64.
+    if type(value) not in (float, int):
+        raise MalformedCertificate(f"{what} is not a number")
+    try:
+        result = float(value)
+    except OverflowError:
+        raise MalformedCertificate(f"{what} is too large") from None
+    if not math.isfinite(result):
+        raise MalformedCertificate(f"{what} is not finite")
+    return result
+
+
+def _sequence(value: Any, what: str, limit: int) -> tuple[Any, ...]:
+    # Sets are refused too: their order, and so the encoding, would vary between runs.
+    if isinstance(value, (str, bytes, bytearray, Mapping, set, frozenset)) or not hasattr(
+        value, "__iter__"
+    ):
+        raise MalformedCertificate(f"{what} is not a list")
+    items = tuple(value)
+    if len(items) > limit:
+        raise MalformedCertificate(f"{what} has {len(items)} entries, more than {limit}")
+    return items
+
+
+def _mapping(value: Any, what: str) -> Mapping[Any, Any]:
+    if not isinstance(value, Mapping):
+        raise MalformedCertificate(f"{what} is not a map")
+    return value
+
+
+def _frozen(mapping: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+# --- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One sealed private dataset the job read, as its KMS encryption context bound it."""
+
+    dataset_id: str
+    sealed_sha256: str
+    key_id: str
+    encryption_context: Mapping[str, str] = field(hash=False)
+    records: int
+
+    def __post_init__(self) -> None:
+        _text(self.dataset_id, "dataset_id")
+        _text(self.sealed_sha256, "dataset sealed_sha256")
+        _text(self.key_id, "dataset key_id", limit=MAX_KEY_ID)
+        context = _mapping(self.encryption_context, "dataset encryption_context")
+        if len(context) > MAX_CONTEXT_ENTRIES:
+            raise MalformedCertificate(
+                f"dataset encryption_context has more than {MAX_CONTEXT_ENTRIES} entries"
+            )
+        for key, value in context.items():
+            _text(key, "encryption_context key")
+            _text(value, f"encryption_context[{key!r}]")
+        object.__setattr__(self, "encryption_context", _frozen(dict(sorted(context.items()))))
+        _count(self.records, "dataset records")
+
+
+@dataclass(frozen=True)
+class PublicDatasetRecord:
+    """A public (non-private) dataset the job used, e.g. an evaluation set."""
+
+    name: str
+    sha256: str
+    records: int
+
+    def __post_init__(self) -> None:
+        _text(self.name, "public dataset name")
+        _text(self.sha256, "public dataset sha256")
+        _count(self.records, "public dataset records")
+
+
+@dataclass(frozen=True)
+class ReleasedMetric:
+    """A number that left the enclave: data-independent (cost 0) or DP-accounted."""
+
+    name: str
+    value: float
+    kind: str
+    step: int
+    epsilon_cost: float
+
+    def __post_init__(self) -> None:
+        _text(self.name, "metric name")
+        object.__setattr__(self, "value", _real(self.value, f"metric {self.name!r} value"))
+        _text(self.kind, f"metric {self.name!r} kind")
+        _count(self.step, f"metric {self.name!r} step")
+        object.__setattr__(
+            self, "epsilon_cost", _real(self.epsilon_cost, f"metric {self.name!r} epsilon_cost")
+        )
+
+
+def _segment(value: Any, index: int) -> Mapping[str, Any]:
+    what = f"ledger[{index}]"
+    if isinstance(value, Mapping):
+        if set(value) != set(LEDGER_KEYS):
+            raise MalformedCertificate(f"{what} must have exactly the keys q, sigma, steps")
+        q, sigma, steps = (value[k] for k in LEDGER_KEYS)
+    elif all(hasattr(value, k) for k in LEDGER_KEYS):
+        # A privacy ledger's own Segment objects are accepted as they are.
+        q, sigma, steps = (getattr(value, k) for k in LEDGER_KEYS)
+    else:
+        raise MalformedCertificate(f"{what} is not a q/sigma/steps segment")
+    return _frozen(
+        {"q": _real(q, f"{what}.q"), "sigma": _real(sigma, f"{what}.sigma"),
+         "steps": _count(steps, f"{what}.steps")}
+    )
+
+
+# --- the body ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class CertificateBody:
+    """Everything a privacy certificate states; see the module docstring for the wire form."""
+
+    version: int = BODY_VERSION
+    job_id: str
+    spec_sha256: str
+    pcrs: Mapping[int, str] = field(hash=False)
+    datasets: tuple[DatasetRecord, ...]
+    public_datasets: tuple[PublicDatasetRecord, ...]
+    sampling_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    steps: int
+    delta: float
+    epsilon: Mapping[str, float] = field(hash=False)
+    accountant: str
+    ledger: tuple[Mapping[str, Any], ...] = field(hash=False)
+    model_sha256: str
+    checkpoint_sha256: str
+    metrics: tuple[ReleasedMetric, ...]
+    started_at: str
+    finished_at: str
+    budget: Mapping[str, float] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        if type(self.version) is not int or self.version != BODY_VERSION:
+            raise MalformedCertificate(f"certificate body version must be {BODY_VERSION}")
+        _text(self.job_id, "job_id")
+        _text(self.spec_sha256, "spec_sha256")
+        self._set("pcrs", _pcrs(self.pcrs))
+        self._set("datasets", _records(self.datasets, "datasets", MAX_DATASETS, DatasetRecord))
+        self._set("public_datasets", _records(
+            self.public_datasets, "public_datasets", MAX_PUBLIC_DATASETS, PublicDatasetRecord))
+        for name in ("sampling_rate", "noise_multiplier", "max_grad_norm", "delta"):
+            self._set(name, _real(getattr(self, name), name))
+        _count(self.steps, "steps")
+        self._set("epsilon", _epsilons(self.epsilon))
+        _text(self.accountant, "accountant", limit=32)
+        segments = _sequence(self.ledger, "ledger", MAX_LEDGER_SEGMENTS)
+        self._set("ledger", tuple(_segment(s, i) for i, s in enumerate(segments)))
+        _text(self.model_sha256, "model_sha256")
+        _text(self.checkpoint_sha256, "checkpoint_sha256")
+        self._set("metrics", _records(self.metrics, "metrics", MAX_METRICS, ReleasedMetric))
+        _text(self.started_at, "started_at", limit=64)
+        _text(self.finished_at, "finished_at", limit=64)
+        self._set("budget", _budget(self.budget))
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+
+def _pcrs(value: Any) -> Mapping[int, str]:
+    mapping = _mapping(value, "pcrs")
+    if not 1 <= len(mapping) <= MAX_PCRS:
+        raise MalformedCertificate(f"pcrs has {len(mapping)} entries, expected 1..{MAX_PCRS}")
+    result: dict[int, str] = {}
+    for index, pcr in mapping.items():
+        if type(index) is not int:
+            raise MalformedCertificate("pcrs has a non-integer index")
+        if isinstance(pcr, (bytes, bytearray)):
+            pcr = bytes(pcr).hex()
+        result[index] = _text(pcr, f"PCR{index}", limit=128)
+    return _frozen(dict(sorted(result.items())))
+
+
+def _records(value: Any, what: str, limit: int, kind: type) -> tuple[Any, ...]:
+    items = _sequence(value, what, limit)
+    for item in items:
+        if type(item) is not kind:
+            raise MalformedCertificate(f"{what} holds a {type(item).__name__}, not a {kind.__name__}")
+    return items
+
+
+def _epsilons(value: Any) -> Mapping[str, float]:
+    mapping = _mapping(value, "epsilon")
+    if not 1 <= len(mapping) <= MAX_ACCOUNTANTS:
+        raise MalformedCertificate(f"epsilon has {len(mapping)} entries, expected 1..{MAX_ACCOUNTANTS}")
+    result = {_text(k, "epsilon accountant", limit=32): _real(v, f"epsilon[{k!r}]")
+              for k, v in mapping.items()}
+    return _frozen(dict(sorted(result.items())))
+
+
+def _budget(value: Any) -> Mapping[str, float]:
+    mapping = _mapping(value, "budget")
+    if set(mapping) != set(BUDGET_KEYS):
+        raise MalformedCertificate("budget must have exactly the keys max_epsilon, delta")
+    return _frozen({k: _real(mapping[k], f"budget {k}") for k in BUDGET_KEYS})
+
+
+# --- wire form ---------------------------------------------------------------------------
+
+
+def _wire(body: CertificateBody) -> dict[str, Any]:
+    return {
+        "version": body.version,
+        "job_id": body.job_id,
+        "spec_sha256": body.spec_sha256,
+        "pcrs": dict(body.pcrs),
+        "datasets": [
+            {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,
+             "encryption_context": dict(d.encryption_context), "records": d.records}
+            for d in body.datasets
+        ],
+        "public_datasets": [
+            {"name": p.name, "sha256": p.sha256, "records": p.records} for p in body.public_datasets
+        ],
+        "sampling_rate": body.sampling_rate,
+        "noise_multiplier": body.noise_multiplier,
+        "max_grad_norm": body.max_grad_norm,
+        "steps": body.steps,
+        "delta": body.delta,
+        "epsilon": dict(body.epsilon),
+        "accountant": body.accountant,
+        "ledger": [dict(s) for s in body.ledger],
+        "model_sha256": body.model_sha256,
+        "checkpoint_sha256": body.checkpoint_sha256,
+        "metrics": [
+            {"name": m.name, "value": m.value, "kind": m.kind, "step": m.step,
+             "epsilon_cost": m.epsilon_cost}
+            for m in body.metrics
+        ],
+        "started_at": body.started_at,
+        "finished_at": body.finished_at,
+        "budget": dict(body.budget),
+    }
+
+
+def encode_body(body: CertificateBody) -> bytes:
+    """The canonical CBOR bytes of `body` (the bytes whose SHA-384 the enclave attests)."""
+    if not isinstance(body, CertificateBody):
+        raise TypeError("encode_body needs a CertificateBody")
+    data = canonical_dumps(_wire(body))
+    if len(data) > MAX_BODY_SIZE:
+        raise MalformedCertificate(f"certificate body is {len(data)} bytes, more than {MAX_BODY_SIZE}")
+    return data
+
+
+def body_to_json(body: CertificateBody) -> dict[str, Any]:
+    """A JSON-ready dict of `body` for people (PCR indexes become strings)."""
+    wire = _wire(body)
+    wire["pcrs"] = {str(index): value for index, value in body.pcrs.items()}
+    return wire
+
+
+# --- strict decoding ------------------------------------------------------------------------
+
+
+_BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
+_FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta"})
+
+
+def _keys(raw: Any, expected: tuple[str, ...], what: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise MalformedCertificate(f"{what} is not a map")
+    keys = set(raw)
+    if keys != set(expected):
+        missing = sorted(set(expected) - keys)
+        unknown = sorted(repr(k)[:40] for k in keys - set(expected))
+        raise MalformedCertificate(f"{what} keys wrong (missing {missing}, unknown {unknown})")
+    return raw
+
+
+def _wire_float(value: Any, what: str) -> float:
+    if type(value) is not float:
+        raise MalformedCertificate(f"{what} is not a float")
+    return value
+
+
+def _wire_list(value: Any, what: str) -> list[Any]:
+    if type(value) is not list:
+        raise MalformedCertificate(f"{what} is not an array")
+    return value
+
+
+def _decode_dataset(raw: Any, index: int) -> DatasetRecord:
+    what = f"datasets[{index}]"
+    m = _keys(raw, tuple(f.name for f in fields(DatasetRecord)), what)
+    return DatasetRecord(
+        dataset_id=m["dataset_id"], sealed_sha256=m["sealed_sha256"], key_id=m["key_id"],
+        encryption_context=_mapping(m["encryption_context"], f"{what}.encryption_context"),
+        records=m["records"],
+    )
+
+
+def _decode_public(raw: Any, index: int) -> PublicDatasetRecord:
+    m = _keys(raw, tuple(f.name for f in fields(PublicDatasetRecord)), f"public_datasets[{index}]")
+    return PublicDatasetRecord(name=m["name"], sha256=m["sha256"], records=m["records"])
+
+
+def _decode_metric(raw: Any, index: int) -> ReleasedMetric:
+    what = f"metrics[{index}]"
+    m = _keys(raw, tuple(f.name for f in fields(ReleasedMetric)), what)
+    return ReleasedMetric(
+        name=m["name"], value=_wire_float(m["value"], f"{what}.value"), kind=m["kind"],
+        step=m["step"], epsilon_cost=_wire_float(m["epsilon_cost"], f"{what}.epsilon_cost"),
+    )
+
+
+def _decode_segment(raw: Any, index: int) -> Mapping[str, Any]:
+    what = f"ledger[{index}]"
+    m = _keys(raw, LEDGER_KEYS, what)
+    _wire_float(m["q"], f"{what}.q")
+    _wire_float(m["sigma"], f"{what}.sigma")
+    return m
+
+
+def decode_body(data: bytes) -> CertificateBody:
+    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v1 body."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise MalformedCertificate("certificate body is not a byte string")
+    if len(data) > MAX_BODY_SIZE:
+        raise MalformedCertificate(f"certificate body is {len(data)} bytes, more than {MAX_BODY_SIZE}")
+    raw = _keys(strict_loads(bytes(data), what="certificate body"), _BODY_KEYS, "certificate body")
+    for name in _FLOAT_FIELDS:
+        _wire_float(raw[name], name)
+    epsilon = _mapping(raw["epsilon"], "epsilon")
+    for key, value in epsilon.items():
+        _wire_float(value, f"epsilon[{str(key)[:32]!r}]")
+    for index, pcr in _mapping(raw["pcrs"], "pcrs").items():
+        if type(pcr) is not str:
+            raise MalformedCertificate(f"PCR{str(index)[:8]} is not a hex text string")
+    budget = _keys(raw["budget"], BUDGET_KEYS, "budget")
+    for key in BUDGET_KEYS:
+        _wire_float(budget[key], f"budget {key}")
+    return CertificateBody(
+        version=raw["version"],
+        job_id=raw["job_id"],
+        spec_sha256=raw["spec_sha256"],
+        pcrs=_mapping(raw["pcrs"], "pcrs"),
+        datasets=tuple(_decode_dataset(d, i)
+                       for i, d in enumerate(_wire_list(raw["datasets"], "datasets"))),
+        public_datasets=tuple(_decode_public(p, i) for i, p in
+                              enumerate(_wire_list(raw["public_datasets"], "public_datasets"))),
+        sampling_rate=raw["sampling_rate"],
+        noise_multiplier=raw["noise_multiplier"],
+        max_grad_norm=raw["max_grad_norm"],
+        steps=raw["steps"],
+        delta=raw["delta"],
+        epsilon=epsilon,
+        accountant=raw["accountant"],
+        ledger=tuple(_decode_segment(s, i)
+                     for i, s in enumerate(_wire_list(raw["ledger"], "ledger"))),
+        model_sha256=raw["model_sha256"],
+        checkpoint_sha256=raw["checkpoint_sha256"],
+        metrics=tuple(_decode_metric(m, i)
+                      for i, m in enumerate(_wire_list(raw["metrics"], "metrics"))),
+        started_at=raw["started_at"],
+        finished_at=raw["finished_at"],
+        budget=budget,
+    )

@@ -1,0 +1,408 @@
+"""The job spec: a TOML file that selects a registered model and its hyper-parameters.
+
+No code comes with a job: a spec names a model from the image's registry and sets
+numbers. Schema (unknown sections and keys are refused; every message names the key)::
+
+    [job]        name = "fashion-mnist-dp"          # 1..128 of [A-Za-z0-9._-]
+    [model]      name = "tanh_cnn"                  # checked against the registry by the trainer
+    [data]       train = "<dataset id>"             # optional: default the job's only sealed dataset
+                 features = "image"                 # optional, default "image"
+                 label = "label"                    # optional, default "label"
+    [optimizer]  name = "sgd" | "adam"
+                 lr = 4.0                           # finite, > 0
+                 momentum = 0.9                     # sgd only, [0, 1), default 0.0
+                 weight_decay = 0.0                 # finite, >= 0, default 0.0
+    [privacy]    expected_batch_size = 2048         # B; the sampling rate is q = B / N
+                 epochs = 40 | steps = N            # exactly one
+                 max_grad_norm = 0.1                # C
+                 delta = 1e-5
+                 target_epsilon = 3.0 | noise_multiplier = 1.2   # exactly one
+                 accountant = "prv" | "rdp"         # optional, default "prv"
+    [eval]       public = "<public dataset name>"   # optional section; public is optional
+                 every_steps = 200                  # optional, default 200
+    [checkpoint] every_steps = 500                  # optional: default only the final checkpoint
+                 key_id = "<model owner KMS key id, ARN or alias>"
+
+The hash that goes into the privacy certificate, `JobSpec.sha256`, is SHA-256 over
+the canonical CBOR (RFC 8949 core deterministic encoding, cbor2 ``canonical=True``)
+of `to_canonical()`: every section and key always present, defaults filled in,
+absent optional values as null, integers as integers and real-valued settings as
+floats (``lr = 4`` and ``lr = 4.0`` are the same spec). TOML formatting, comments,
+key order and number spelling (``1e-5`` vs ``0.00001``) therefore do not change
+the hash; any value does.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import cbor2
+
+from enclave.errors import ConfigError
+
+SPEC_FORMAT = "hermetic-job-spec-v1"
+OPTIMIZERS = ("sgd", "adam")
+ACCOUNTANTS = ("prv", "rdp")
+DEFAULT_FEATURES = "image"
+DEFAULT_LABEL = "label"
+DEFAULT_ACCOUNTANT = "prv"
+DEFAULT_EVAL_EVERY = 200
+
+# Bounds that keep a spec sane without restricting any real job.
+MAX_BATCH_SIZE = 10_000_000
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 100_000.0
+MAX_EVERY_STEPS = MAX_STEPS
+MAX_KEY_ID = 2048
+MAX_NAME = 128
+MAX_TEXT = 256
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_SECTIONS = ("job", "model", "data", "optimizer", "privacy", "eval", "checkpoint")
+_REQUIRED_SECTIONS = ("job", "model", "optimizer", "privacy", "checkpoint")
+
+
+class SpecError(ConfigError):
+    """The job spec is not valid TOML or violates the schema."""
+
+
+# -- sections -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    train: str | None = None
+    features: str = DEFAULT_FEATURES
+    label: str = DEFAULT_LABEL
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    lr: float
+    momentum: float | None = None  # sgd only (0.0 when not given)
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    expected_batch_size: int
+    max_grad_norm: float
+    delta: float
+    epochs: float | None = None
+    steps: int | None = None
+    target_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    accountant: str = DEFAULT_ACCOUNTANT
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    public: str | None = None
+    every_steps: int = DEFAULT_EVAL_EVERY
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    key_id: str
+    every_steps: int | None = None  # None: only the final checkpoint
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job spec; build it with `from_toml` or `from_mapping`."""
+
+    name: str
+    model: ModelSpec
+    data: DataSpec
+    optimizer: OptimizerSpec
+    privacy: PrivacySpec
+    eval: EvalSpec
+    checkpoint: CheckpointSpec
+
+    # -- parsing ---------------------------------------------------------------
+    @classmethod
+    def from_toml(cls, text: str) -> JobSpec:
+        if not isinstance(text, str):
+            raise SpecError("job spec must be text")
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise SpecError(f"job spec is not valid TOML: {err}") from None
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Any) -> JobSpec:
+        """Validate an already parsed document (the shape tomllib returns)."""
+        if not isinstance(raw, Mapping):
+            raise SpecError("job spec must be a table")
+        _check_keys(raw, "", _SECTIONS)
+        for name in _REQUIRED_SECTIONS:
+            if name not in raw:
+                raise SpecError(f"job spec lacks the [{name}] section")
+        sections = {name: _section(raw, name) for name in _SECTIONS}
+        return cls(
+            name=_parse_job(sections["job"]),
+            model=_parse_model(sections["model"]),
+            data=_parse_data(sections["data"]),
+            optimizer=_parse_optimizer(sections["optimizer"]),
+            privacy=_parse_privacy(sections["privacy"]),
+            eval=_parse_eval(sections["eval"]),
+            checkpoint=_parse_checkpoint(sections["checkpoint"]),
+        )
+
+    # -- canonical form and hash ----------------------------------------------
+    def to_canonical(self) -> dict[str, Any]:
+        """The spec as plain containers: every key present, defaults filled in."""
+        opt, priv = self.optimizer, self.privacy
+        return {
+            "format": SPEC_FORMAT,
+            "job": {"name": self.name},
+            "model": {"name": self.model.name},
+            "data": {
+                "train": self.data.train,
+                "features": self.data.features,
+                "label": self.data.label,
+            },
+            "optimizer": {
+                "name": opt.name,
+                "lr": float(opt.lr),
+                "momentum": None if opt.momentum is None else float(opt.momentum),
+                "weight_decay": float(opt.weight_decay),
+            },
+            "privacy": {
+                "expected_batch_size": int(priv.expected_batch_size),
+                "epochs": None if priv.epochs is None else float(priv.epochs),
+                "steps": priv.steps,
+                "max_grad_norm": float(priv.max_grad_norm),
+                "delta": float(priv.delta),
+                "target_epsilon": None if priv.target_epsilon is None else float(priv.target_epsilon),
+                "noise_multiplier": None if priv.noise_multiplier is None else float(priv.noise_multiplier),
+                "accountant": priv.accountant,
+            },
+            "eval": {"public": self.eval.public, "every_steps": int(self.eval.every_steps)},
+            "checkpoint": {"every_steps": self.checkpoint.every_steps, "key_id": self.checkpoint.key_id},
+        }
+
+    def canonical_cbor(self) -> bytes:
+        return cbor2.dumps(self.to_canonical(), canonical=True)
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of `canonical_cbor()`: the spec hash in the privacy certificate."""
+        return hashlib.sha256(self.canonical_cbor()).hexdigest()
+
+    # -- sampling --------------------------------------------------------------
+    def sampling_rate(self, num_records: int) -> float:
+        """q = B / N, the Poisson sampling rate for a training set of N records."""
+        _check_records(num_records, self.privacy.expected_batch_size)
+        return self.privacy.expected_batch_size / num_records
+
+    def steps_for(self, num_records: int) -> int:
+        """Training steps: `steps` as given, or ceil(epochs / q) = ceil(epochs * N / B)."""
+        _check_records(num_records, self.privacy.expected_batch_size)
+        if self.privacy.steps is not None:
+            return self.privacy.steps
+        assert self.privacy.epochs is not None
+        # Exact rational arithmetic: float division could round 40 * N / B across an integer.
+        exact = Fraction(self.privacy.epochs) * num_records / self.privacy.expected_batch_size
+        return max(1, math.ceil(exact))
+
+
+def _check_records(num_records: int, batch: int) -> None:
+    if isinstance(num_records, bool) or not isinstance(num_records, int) or num_records < 1:
+        raise SpecError(f"the training set must hold at least one record, got {num_records!r}")
+    if batch > num_records:
+        raise SpecError(
+            f"privacy.expected_batch_size {batch} exceeds the training set's {num_records} records"
+        )
+
+
+# -- field helpers ----------------------------------------------------------------
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{name} must be a table ([{name}])")
+    return value
+
+
+def _check_keys(table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            shown = f"{where}.{key}" if where else str(key)
+            kind = "key" if where else "section"
+            raise SpecError(f"unknown {kind} {shown!r} in job spec (allowed: {', '.join(allowed)})")
+
+
+def _text(table: Mapping[str, Any], where: str, key: str, *, required: bool, default: str | None = None,
+          pattern: re.Pattern[str] | None = None, max_len: int = MAX_TEXT) -> str | None:
+    name = f"{where}.{key}"
+    if key not in table:
+        if required:
+            raise SpecError(f"{name} is required")
+        return default
+    value = table[key]
+    if not isinstance(value, str):
+        raise SpecError(f"{name} must be a string, got {_kind(value)}")
+    if not value:
+        raise SpecError(f"{name} must not be empty")
+    if len(value) > max_len:
+        raise SpecError(f"{name} is longer than {max_len} characters")
+    if not value.isprintable() or value != value.strip():
+        raise SpecError(f"{name} must be printable without surrounding spaces")
+    if pattern is not None and not pattern.fullmatch(value):
+        raise SpecError(f"{name} must be 1..{MAX_NAME} characters of [A-Za-z0-9._-], got {value!r}")
+    return value
+
+
+def _choice(table: Mapping[str, Any], where: str, key: str, choices: tuple[str, ...], *,
+            default: str | None = None) -> str:
+    value = _text(table, where, key, required=default is None, default=default)
+    assert value is not None
+    if value not in choices:
+        raise SpecError(f"{where}.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _int(table: Mapping[str, Any], where: str, key: str, *, low: int, high: int) -> int | None:
+    if key not in table:
+        return None
+    value = table[key]
+    name = f"{where}.{key}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{name} must be an integer, got {_kind(value)}")
+    if not low <= value <= high:
+        raise SpecError(f"{name} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _float(table: Mapping[str, Any], where: str, key: str, *, low: float, high: float = math.inf,
+           low_open: bool = False, high_open: bool = False) -> float | None:
+    if key not in table:
+        return None
+    value = table[key]
+    name = f"{where}.{key}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{name} must be a number, got {_kind(value)}")
+    if isinstance(value, int) and abs(value) > 2**53:
+        raise SpecError(f"{name} is too large")
+    number = float(value)
+    if not math.isfinite(number):
+        raise SpecError(f"{name} must be finite, got {number}")
+    too_low = number <= low if low_open else number < low
+    too_high = number >= high if high_open else number > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open or math.isinf(high) else "]"
+        raise SpecError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {number:g}")
+    return number
+
+
+def _required(value: Any, name: str) -> Any:
+    if value is None:
+        raise SpecError(f"{name} is required")
+    return value
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", str: "a string", int: "an integer", float: "a float",
+             list: "an array", dict: "a table"}
+    for kind, text in names.items():
+        if type(value) is kind:
+            return text
+    return type(value).__name__
+
+
+# -- sections ----------------------------------------------------------------------
+def _parse_job(table: Mapping[str, Any]) -> str:
+    _check_keys(table, "job", ("name",))
+    value = _text(table, "job", "name", required=True, pattern=_NAME, max_len=MAX_NAME)
+    assert value is not None
+    return value
+
+
+def _parse_model(table: Mapping[str, Any]) -> ModelSpec:
+    _check_keys(table, "model", ("name",))
+    value = _text(table, "model", "name", required=True, max_len=MAX_NAME)
+    assert value is not None
+    return ModelSpec(name=value)
+
+
+def _parse_data(table: Mapping[str, Any]) -> DataSpec:
+    _check_keys(table, "data", ("train", "features", "label"))
+    train = _text(table, "data", "train", required=False)
+    features = _text(table, "data", "features", required=False, default=DEFAULT_FEATURES)
+    label = _text(table, "data", "label", required=False, default=DEFAULT_LABEL)
+    assert features is not None and label is not None
+    if features == label:
+        raise SpecError(f"data.features and data.label must name different columns, both are {label!r}")
+    return DataSpec(train=train, features=features, label=label)
+
+
+def _parse_optimizer(table: Mapping[str, Any]) -> OptimizerSpec:
+    _check_keys(table, "optimizer", ("name", "lr", "momentum", "weight_decay"))
+    name = _choice(table, "optimizer", "name", OPTIMIZERS)
+    lr = _required(_float(table, "optimizer", "lr", low=0.0, low_open=True), "optimizer.lr")
+    momentum = _float(table, "optimizer", "momentum", low=0.0, high=1.0, high_open=True)
+    if name == "sgd":
+        momentum = 0.0 if momentum is None else momentum
+    elif momentum is not None:
+        raise SpecError(f"optimizer.momentum applies to sgd only, not {name}")
+    weight_decay = _float(table, "optimizer", "weight_decay", low=0.0)
+    return OptimizerSpec(
+        name=name, lr=lr, momentum=momentum, weight_decay=0.0 if weight_decay is None else weight_decay
+    )
+
+
+def _parse_privacy(table: Mapping[str, Any]) -> PrivacySpec:
+    keys = ("expected_batch_size", "epochs", "steps", "max_grad_norm", "delta",
+            "target_epsilon", "noise_multiplier", "accountant")
+    _check_keys(table, "privacy", keys)
+    batch = _required(
+        _int(table, "privacy", "expected_batch_size", low=1, high=MAX_BATCH_SIZE),
+        "privacy.expected_batch_size",
+    )
+    epochs = _float(table, "privacy", "epochs", low=0.0, high=MAX_EPOCHS, low_open=True)
+    steps = _int(table, "privacy", "steps", low=1, high=MAX_STEPS)
+    if (epochs is None) == (steps is None):
+        raise SpecError("privacy needs exactly one of epochs and steps")
+    clip = _required(
+        _float(table, "privacy", "max_grad_norm", low=0.0, low_open=True), "privacy.max_grad_norm"
+    )
+    delta = _required(
+        _float(table, "privacy", "delta", low=0.0, high=1.0, low_open=True, high_open=True),
+        "privacy.delta",
+    )
+    target = _float(table, "privacy", "target_epsilon", low=0.0, low_open=True)
+    sigma = _float(table, "privacy", "noise_multiplier", low=0.0, low_open=True)
+    if (target is None) == (sigma is None):
+        raise SpecError("privacy needs exactly one of target_epsilon and noise_multiplier")
+    accountant = _choice(table, "privacy", "accountant", ACCOUNTANTS, default=DEFAULT_ACCOUNTANT)
+    return PrivacySpec(
+        expected_batch_size=batch, max_grad_norm=clip, delta=delta, epochs=epochs, steps=steps,
+        target_epsilon=target, noise_multiplier=sigma, accountant=accountant,
+    )
+
+
+def _parse_eval(table: Mapping[str, Any]) -> EvalSpec:
+    _check_keys(table, "eval", ("public", "every_steps"))
+    public = _text(table, "eval", "public", required=False, max_len=MAX_NAME)
+    every = _int(table, "eval", "every_steps", low=1, high=MAX_EVERY_STEPS)
+    return EvalSpec(public=public, every_steps=DEFAULT_EVAL_EVERY if every is None else every)
+
+
+def _parse_checkpoint(table: Mapping[str, Any]) -> CheckpointSpec:
+    _check_keys(table, "checkpoint", ("every_steps", "key_id"))
+    key_id = _text(table, "checkpoint", "key_id", required=True, max_len=MAX_KEY_ID)
+    assert key_id is not None
+    every = _int(table, "checkpoint", "every_steps", low=1, high=MAX_EVERY_STEPS)
+    return CheckpointSpec(key_id=key_id, every_steps=every)

@@ -1,0 +1,289 @@
+"""The DP-SGD training loop inside the enclave, from opened data to certificate.
+
+What leaves, all through the egress gate: progress (step counts and the epsilon
+spent, which depend only on q, sigma, steps and delta), accuracy on PUBLIC data,
+checkpoints sealed under the model owner's KMS key, and the privacy certificate.
+Training loss and accuracy on private data never leave.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from enclave.certificate.body import (
+    CertificateBody,
+    DatasetRecord,
+    PublicDatasetRecord,
+    ReleasedMetric,
+)
+from enclave.certificate.issue import issue_certificate
+from enclave.datasets import OpenedDataset
+from enclave.egress import EgressGate
+from enclave.errors import DatasetError, RuntimeFailure
+from enclave.nsm.interface import Nsm
+from enclave.privacy import PrivacyLedger
+from enclave.training.checkpoint import CheckpointState, SamplerState, model_sha256, seal_checkpoint
+from enclave.training.dpsgd import DpSgd
+from enclave.training.models import build_model, preprocess
+from enclave.training.plan import BudgetExceeded, PlannedRun
+from enclave.training.rng import seed_from
+from enclave.training.sampler import PoissonSampler
+from enclave.training.spec import JobSpec
+from enclave.transport.messages import (
+    CertificateIssued,
+    CheckpointBegin,
+    CheckpointData,
+    CheckpointEnd,
+    MetricRelease,
+    TrainingProgress,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FRAME = 512 * 1024
+PROGRESS_UPDATES = 50
+PCR_INDICES = (0, 1, 2)
+EVAL_BATCH = 2048
+
+
+class ResumeMismatch(RuntimeFailure):
+    """A checkpoint does not continue this job's plan."""
+
+
+@dataclass(frozen=True)
+class PublicTable:
+    name: str
+    table: pa.Table
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    job_id: str
+    spec: JobSpec
+    plan: PlannedRun
+    train: OpenedDataset
+    train_sealed_sha256: str
+    public: Mapping[str, PublicTable]
+    resume: CheckpointState | None
+    nsm: Nsm
+    generate_data_key: Callable[[str, dict[str, str]], tuple[bytes, bytes]]
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def table_arrays(table: pa.Table, features: str, label: str) -> tuple[np.ndarray, torch.Tensor]:
+    """uint8 feature rows [N, F] and int64 labels from an Arrow table."""
+    try:
+        column = table.column(features).combine_chunks()
+        labels = table.column(label).combine_chunks()
+    except KeyError as err:
+        raise DatasetError(f"dataset lacks column {err}") from None
+    if not pa.types.is_fixed_size_list(column.type) or column.type.value_type != pa.uint8():
+        raise DatasetError(f"column {features!r} must be fixed_size_list<uint8>, got {column.type}")
+    rows = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    y = torch.from_numpy(labels.to_numpy(zero_copy_only=False).astype(np.int64))
+    return rows, y
+
+
+def accuracy(model: nn.Module, model_name: str, rows: np.ndarray, labels: torch.Tensor) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(rows), EVAL_BATCH):
+            x = preprocess(model_name, rows[start : start + EVAL_BATCH])
+            correct += int((model(x).argmax(dim=1) == labels[start : start + EVAL_BATCH]).sum())
+    model.train()
+    return correct / max(1, len(rows))
+
+
+def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
+    opt = spec.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opt.name == "adam":
+        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum or 0.0, weight_decay=opt.weight_decay)
+
+
+class Trainer:
+    def __init__(self, inputs: TrainingInputs, gate: EgressGate) -> None:
+        self._in = inputs
+        self._gate = gate
+        self._metrics: list[ReleasedMetric] = []
+
+    def run(self) -> str:
+        inp, spec, plan = self._in, self._in.spec, self._in.plan
+        started = inp.clock()
+        rng = seed_from(inp.nsm.get_random)
+        model = build_model(spec.model.name, rng=rng.fork(b"model-init"))
+        optimizer = build_optimizer(spec, model)
+        ledger = PrivacyLedger(plan.delta, plan.accountant)
+        start = 0
+        if inp.resume is not None:
+            start = self._restore(model, optimizer, inp.resume)
+            ledger = PrivacyLedger.from_dict(inp.resume.ledger)
+            self._check_resumed_ledger(ledger, start)
+        rows, labels = table_arrays(inp.train.table, spec.data.features, spec.data.label)
+        sampler = PoissonSampler(len(rows), plan.sampling_rate, rng.fork(b"poisson-sampler"))
+        engine = DpSgd(
+            model,
+            optimizer,
+            max_grad_norm=spec.privacy.max_grad_norm,
+            noise_multiplier=plan.noise_multiplier,
+            expected_batch_size=spec.privacy.expected_batch_size,
+            rng=rng.fork(b"gaussian-noise"),
+        )
+        # Never take a step that would exceed the data owner's budget.
+        last = min(plan.steps, plan.max_steps_within_budget)
+        if start > last:
+            raise BudgetExceeded(f"checkpoint is at step {start}, beyond the {last} steps the budget allows")
+        public = self._public_eval_set()
+        progress_every = max(1, plan.steps // PROGRESS_UPDATES)
+        eval_every = spec.eval.every_steps
+        ckpt_every = spec.checkpoint.every_steps
+        self._gate.send(TrainingProgress(step=start, total_steps=plan.steps, epsilon=float(ledger.epsilon())))
+        began = time.monotonic()
+        for step in range(start + 1, last + 1):
+            batch = sampler.sample()
+            engine.step(preprocess(spec.model.name, rows[batch]), labels[batch])
+            ledger.record(plan.sampling_rate, plan.noise_multiplier)
+            if step % progress_every == 0 and step < last:
+                self._gate.send(TrainingProgress(step=step, total_steps=plan.steps, epsilon=float(ledger.epsilon())))
+            if public is not None and eval_every and step % eval_every == 0 and step < last:
+                self._release_accuracy(model, public, step)
+            if ckpt_every and step % ckpt_every == 0 and step < last:
+                self._emit_checkpoint(model, optimizer, ledger, step, final=False)
+        log.info("trained %d steps in %.1fs", last - start, time.monotonic() - began)
+        eps = {name: float(ledger.epsilon(name)) for name in ("prv", "rdp")}
+        self._gate.send(TrainingProgress(step=last, total_steps=plan.steps, epsilon=eps[plan.accountant]))
+        if public is not None:
+            self._release_accuracy(model, public, last)
+        checkpoint = self._emit_checkpoint(model, optimizer, ledger, last, final=True)
+        body = CertificateBody(
+            job_id=inp.job_id,
+            spec_sha256=spec.sha256,
+            pcrs={i: inp.nsm.describe_pcr(i).value.hex() for i in PCR_INDICES},
+            datasets=(
+                DatasetRecord(
+                    dataset_id=inp.train.dataset_id,
+                    sealed_sha256=inp.train_sealed_sha256,
+                    key_id=inp.train.header.key_id,
+                    encryption_context=dict(inp.train.header.encryption_context),
+                    records=inp.train.records,
+                ),
+            ),
+            public_datasets=tuple(
+                PublicDatasetRecord(name=p.name, sha256=p.sha256, records=p.table.num_rows)
+                for p in inp.public.values()
+            ),
+            sampling_rate=plan.sampling_rate,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=spec.privacy.max_grad_norm,
+            steps=ledger.steps,
+            delta=plan.delta,
+            epsilon=eps,
+            accountant=plan.accountant,
+            ledger=tuple(s.to_dict() for s in ledger.segments),
+            model_sha256=model_sha256(model.state_dict()),
+            checkpoint_sha256=hashlib.sha256(checkpoint).hexdigest(),
+            metrics=tuple(self._metrics),
+            started_at=_rfc3339(started),
+            finished_at=_rfc3339(inp.clock()),
+            budget={"max_epsilon": plan.max_epsilon, "delta": plan.budget_delta},
+        )
+        self._gate.send(CertificateIssued(data=issue_certificate(body, inp.nsm)))
+        summary = f"{ledger.steps} steps, epsilon {eps[plan.accountant]:.4f} ({plan.accountant})"
+        if self._metrics:
+            summary += f", public accuracy {self._metrics[-1].value:.4f}"
+        return summary
+
+    # ------------------------------------------------------------------ pieces
+
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: CheckpointState) -> int:
+        try:
+            model.load_state_dict(dict(state.model_state))
+            optimizer.load_state_dict(state.optimizer_state)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ResumeMismatch(f"checkpoint does not fit the model: {str(err).splitlines()[0]}") from None
+        self._metrics = [
+            ReleasedMetric(
+                name=str(m["name"]), value=float(m["value"]), kind=str(m["kind"]),
+                step=int(m["step"]), epsilon_cost=float(m["epsilon_cost"]),
+            )
+            for m in state.metrics
+        ]
+        log.info("resumed at step %d", state.step)
+        return state.step
+
+    def _check_resumed_ledger(self, ledger: PrivacyLedger, start: int) -> None:
+        plan = self._in.plan
+        if ledger.steps != start:
+            raise ResumeMismatch(f"checkpoint ledger holds {ledger.steps} steps, its state says {start}")
+        if ledger.delta != plan.delta or ledger.accountant != plan.accountant:
+            raise ResumeMismatch("checkpoint ledger was kept with another delta or accountant")
+        for seg in ledger.segments:
+            if seg.q != plan.sampling_rate or seg.sigma != plan.noise_multiplier:
+                raise ResumeMismatch("checkpoint ledger used another sampling rate or noise multiplier")
+
+    def _public_eval_set(self) -> tuple[PublicTable, np.ndarray, torch.Tensor] | None:
+        name = self._in.spec.eval.public
+        if name is None:
+            return None
+        table = self._in.public.get(name)
+        if table is None:
+            raise DatasetError(f"the job spec evaluates on public dataset {name!r}, which was not sent")
+        rows, labels = table_arrays(table.table, self._in.spec.data.features, self._in.spec.data.label)
+        return table, rows, labels
+
+    def _release_accuracy(
+        self, model: nn.Module, public: tuple[PublicTable, np.ndarray, torch.Tensor], step: int
+    ) -> None:
+        table, rows, labels = public
+        value = accuracy(model, self._in.spec.model.name, rows, labels)
+        metric = ReleasedMetric(
+            name=f"accuracy/{table.name}", value=value, kind="public_eval", step=step, epsilon_cost=0.0
+        )
+        self._metrics.append(metric)
+        self._gate.send(MetricRelease(name=metric.name, value=value, kind=metric.kind, step=step))
+
+    def _emit_checkpoint(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ledger: PrivacyLedger,
+        step: int,
+        *,
+        final: bool,
+    ) -> bytes:
+        inp = self._in
+        state = CheckpointState(
+            job_id=inp.job_id,
+            spec_sha256=inp.spec.sha256,
+            step=step,
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            ledger=ledger.to_dict(),
+            sampler=SamplerState(steps=step, q=inp.plan.sampling_rate),
+            metrics=tuple(
+                {"name": m.name, "value": m.value, "kind": m.kind, "step": m.step, "epsilon_cost": m.epsilon_cost}
+                for m in self._metrics
+            ),
+        )
+        data = seal_checkpoint(state, key_id=inp.spec.checkpoint.key_id, generate_data_key=inp.generate_data_key)
+        self._gate.send(CheckpointBegin(step=step, size=len(data), final=final))
+        for offset in range(0, len(data), CHECKPOINT_FRAME):
+            self._gate.send(CheckpointData(data=data[offset : offset + CHECKPOINT_FRAME]))
+        self._gate.send(CheckpointEnd(step=step, sha256=hashlib.sha256(data).digest()))
+        return data

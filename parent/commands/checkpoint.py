@@ -1,0 +1,107 @@
+"""`hermetic checkpoint decrypt|inspect`: the model owner's view of sealed checkpoints."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from enclave.errors import ConfigError
+
+DEFAULT_REGION = "us-east-1"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    p = subparsers.add_parser(
+        "checkpoint",
+        help="inspect or decrypt a sealed training checkpoint",
+        description=(
+            "Sealed checkpoints are encrypted by the enclave under the model owner's KMS key. "
+            "`inspect` reads the header only; `decrypt` asks KMS (as the model owner) for the "
+            "data key and writes the model and optimizer state as a torch file."
+        ),
+    )
+    p.set_defaults(func=run)
+    sub = p.add_subparsers(dest="checkpoint_command", metavar="ACTION")
+    sub.required = True
+
+    dec = sub.add_parser("decrypt", help="decrypt a checkpoint with the model owner's KMS credentials")
+    dec.add_argument("checkpoint", metavar="CKPT", help="sealed checkpoint file")
+    dec.add_argument("--out", required=True, metavar="FILE.pt", help="torch file to write (mode 0600)")
+    dec.add_argument("--job-id", default=None, help="refuse a checkpoint of any other job")
+    dec.add_argument("--spec-sha256", default=None, help="refuse a checkpoint made under any other job spec")
+    dec.add_argument("--kms-endpoint", default=None, metavar="URL", help="KMS endpoint, e.g. the emulator")
+    dec.add_argument("--region", default=None, help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1)")
+    dec.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    dec.set_defaults(func=run)
+
+    ins = sub.add_parser("inspect", help="show a checkpoint's header (no KMS call)")
+    ins.add_argument("checkpoint", metavar="CKPT", help="sealed checkpoint file")
+    ins.add_argument("--json", action="store_true", help="print the header as one JSON object")
+    ins.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # parent.checkpoints (and torch with it) is imported per action: `hermetic --help` stays fast.
+    if args.checkpoint_command == "inspect":
+        return _inspect(args)
+    return _decrypt(args)
+
+
+def _region(args: argparse.Namespace) -> str:
+    return args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+
+
+def _kms_client(args: argparse.Namespace) -> Any:
+    import boto3
+
+    kwargs: dict[str, Any] = {"region_name": _region(args)}
+    if args.kms_endpoint:
+        kwargs["endpoint_url"] = args.kms_endpoint
+    try:
+        # A fresh session: the default one caches the credentials it first resolved.
+        return boto3.session.Session().client("kms", **kwargs)
+    except ValueError as err:  # botocore rejects malformed endpoint URLs this way
+        raise ConfigError(f"bad KMS endpoint {args.kms_endpoint!r}: {err}") from None
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from parent.checkpoints import inspect_checkpoint
+
+    info = inspect_checkpoint(args.checkpoint)
+    if args.json:
+        print(json.dumps(info.to_json(), sort_keys=True))
+        return 0
+    print(f"sealed checkpoint {info.path} ({info.size} bytes)")
+    print(f"  job_id       {info.job_id}")
+    print(f"  step         {info.step}")
+    print(f"  spec_sha256  {info.spec_sha256}")
+    print(f"  key_id       {info.key_id}")
+    print(f"  payload      {info.payload} (chunks of {info.chunk_size} bytes)")
+    for key in sorted(info.encryption_context):
+        print(f"  context      {key}={info.encryption_context[key]}")
+    return 0
+
+
+def _decrypt(args: argparse.Namespace) -> int:
+    from parent.checkpoints import decrypt_checkpoint, write_plain_checkpoint
+
+    info, state = decrypt_checkpoint(
+        args.checkpoint,
+        kms_client=_kms_client(args),
+        expected_job_id=args.job_id,
+        expected_spec_sha256=args.spec_sha256,
+    )
+    result = write_plain_checkpoint(info, state, args.out)
+    if args.json:
+        print(json.dumps(result.to_json(), sort_keys=True))
+        return 0
+    print(f"decrypted checkpoint -> {result.out_path}")
+    print(f"  job_id        {result.job_id}")
+    print(f"  step          {result.step}")
+    print(f"  spec_sha256   {result.spec_sha256}")
+    print(f"  model_sha256  {result.model_sha256}")
+    print(f"  key_id        {result.key_id}")
+    print(f"  tensors       {result.tensors} ({result.parameters} parameters)")
+    print(f"  metrics       {result.metrics} released")
+    return 0

@@ -1,0 +1,135 @@
+"""`hermetic privacy`: epsilon of a DP-SGD run, the noise a budget needs, the steps it allows.
+
+    hermetic privacy epsilon   --sampling-rate Q --noise-multiplier S --steps T --delta D
+    hermetic privacy noise     --target-epsilon E --delta D --sampling-rate Q --steps T
+    hermetic privacy max-steps --sampling-rate Q --noise-multiplier S --delta D --epsilon-budget E
+
+All take `--accountant prv|rdp` (default prv, the PLD accountant) and `--json`.
+Malformed numbers are usage errors (exit 2); budgets no setting can meet exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+from enclave import privacy
+from enclave.privacy import ACCOUNTANTS, PrivacyParameterError, params
+
+
+def _arg_type(check: Callable[[Any], Any], convert: Callable[[str], Any],
+              noun: str = "a number") -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text[:40]!r}") from None
+        try:
+            return check(value)
+        except PrivacyParameterError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
+def _int(text: str) -> int:
+    return int(text.strip(), 10)
+
+
+_q = _arg_type(params.check_q, float)
+_sigma = _arg_type(params.check_sigma, float)
+_steps = _arg_type(params.check_steps, _int, "an integer")
+_delta = _arg_type(params.check_delta, float)
+_target = _arg_type(lambda v: params.check_epsilon(v, "target epsilon"), float)
+_budget = _arg_type(lambda v: params.check_epsilon(v, "epsilon budget", allow_zero=True), float)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    parser = subparsers.add_parser(
+        "privacy",
+        help="DP accounting: epsilon, noise multiplier, step budget",
+        description="Differential-privacy accounting for Poisson-sampled Gaussian DP-SGD "
+                    "(add/remove-one neighbours).",
+    )
+    sub = parser.add_subparsers(dest="privacy_command", metavar="ACTION")
+    sub.required = True
+
+    eps = sub.add_parser("epsilon", help="epsilon spent by a run")
+    _common(eps, sigma=True)
+    eps.add_argument("--steps", required=True, type=_steps, metavar="T", help="number of steps")
+    eps.set_defaults(func=run_epsilon)
+
+    noise = sub.add_parser("noise", help="smallest noise multiplier meeting a target epsilon")
+    noise.add_argument("--target-epsilon", required=True, type=_target, metavar="E")
+    _common(noise, sigma=False)
+    noise.add_argument("--steps", required=True, type=_steps, metavar="T", help="number of steps")
+    noise.set_defaults(func=run_noise)
+
+    most = sub.add_parser("max-steps", help="most steps an epsilon budget allows")
+    _common(most, sigma=True)
+    most.add_argument("--epsilon-budget", required=True, type=_budget, metavar="E")
+    most.set_defaults(func=run_max_steps)
+
+
+def _common(parser: argparse.ArgumentParser, sigma: bool) -> None:
+    parser.add_argument("--sampling-rate", required=True, type=_q, metavar="Q",
+                        help="Poisson sampling rate q in (0, 1]")
+    if sigma:
+        parser.add_argument("--noise-multiplier", required=True, type=_sigma, metavar="S",
+                            help="noise standard deviation / clipping norm")
+    parser.add_argument("--delta", required=True, type=_delta, metavar="D", help="delta in (0, 1)")
+    parser.add_argument("--accountant", choices=ACCOUNTANTS, default="prv",
+                        help="prv: privacy loss distributions (default); rdp: Renyi DP")
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def _number(value: float) -> float | None:
+    # JSON has no infinity: an unbounded epsilon is null.
+    return value if math.isfinite(value) else None
+
+
+def _emit(args: argparse.Namespace, record: dict[str, Any], line: str) -> None:
+    if args.json:
+        print(json.dumps(record, allow_nan=False, sort_keys=True))
+    else:
+        print(line)
+
+
+def run_epsilon(args: argparse.Namespace) -> int:
+    value = privacy.epsilon(args.sampling_rate, args.noise_multiplier, args.steps, args.delta,
+                            accountant=args.accountant)
+    record = {"epsilon": _number(value), "sampling_rate": args.sampling_rate,
+              "noise_multiplier": args.noise_multiplier, "steps": args.steps,
+              "delta": args.delta, "accountant": args.accountant}
+    _emit(args, record, f"epsilon = {value:.6g} at delta = {args.delta:g} "
+                        f"({args.accountant}; q = {args.sampling_rate:g}, "
+                        f"sigma = {args.noise_multiplier:g}, {args.steps} steps)")
+    return 0
+
+
+def run_noise(args: argparse.Namespace) -> int:
+    sigma = privacy.noise_multiplier(args.target_epsilon, args.delta, args.sampling_rate, args.steps,
+                                     accountant=args.accountant)
+    reached = privacy.epsilon(args.sampling_rate, sigma, args.steps, args.delta,
+                              accountant=args.accountant)
+    record = {"noise_multiplier": sigma, "epsilon": _number(reached),
+              "target_epsilon": args.target_epsilon, "sampling_rate": args.sampling_rate,
+              "steps": args.steps, "delta": args.delta, "accountant": args.accountant}
+    _emit(args, record, f"noise multiplier = {sigma:.6g} (epsilon = {reached:.6g} <= "
+                        f"{args.target_epsilon:g} at delta = {args.delta:g}; {args.accountant}; "
+                        f"q = {args.sampling_rate:g}, {args.steps} steps)")
+    return 0
+
+
+def run_max_steps(args: argparse.Namespace) -> int:
+    steps = privacy.max_steps(args.sampling_rate, args.noise_multiplier, args.delta,
+                              args.epsilon_budget, accountant=args.accountant)
+    record = {"max_steps": steps, "epsilon_budget": args.epsilon_budget,
+              "sampling_rate": args.sampling_rate, "noise_multiplier": args.noise_multiplier,
+              "delta": args.delta, "accountant": args.accountant}
+    _emit(args, record, f"max steps = {steps} within epsilon {args.epsilon_budget:g} at delta = "
+                        f"{args.delta:g} ({args.accountant}; q = {args.sampling_rate:g}, "
+                        f"sigma = {args.noise_multiplier:g})")
+    return 0

@@ -1,0 +1,201 @@
+"""`hermetic verify-certificate`: check a privacy certificate offline.
+
+Exit status: 0 valid, 1 invalid (one-line reason on stderr), 2 usage error.
+The epsilons printed are the ones this verifier recomputed from the ledger, not
+the ones the certificate states.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from enclave.attestation import AttestationPolicy
+from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
+from enclave.certificate import (
+    KNOWN_ACCOUNTANTS,
+    VerifiedCertificate,
+    body_to_json,
+    verify_certificate,
+)
+from enclave.certificate.checks import metrics_epsilon
+from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
+from enclave.errors import ConfigError, HermeticError
+
+_HEX_RE = re.compile(r"[0-9a-fA-F]*")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+    parser = subparsers.add_parser(
+        "verify-certificate",
+        help="verify a Hermetic privacy certificate offline",
+        description=(
+            "Verify a privacy certificate: the attestation document (chain to the pinned "
+            "AWS root at the document's own time, ES384 signature), its binding to the "
+            "certificate body, the attested PCRs, the body's consistency with the sealed "
+            "budgets, and the epsilon recomputed from the privacy ledger."
+        ),
+    )
+    parser.add_argument("certificate", metavar="CERT", help="certificate file; '-' for stdin")
+    parser.add_argument("--root", metavar="PEM", type=Path,
+                        help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
+    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=_parse_pcr, default=None,
+                        help="required attested PCR value; may repeat, all must match")
+    parser.add_argument("--accountant", choices=KNOWN_ACCOUNTANTS, default=None,
+                        help="accountant whose recomputed epsilon is reported (default: the"
+                             " certificate's primary); all are always checked")
+    parser.add_argument("--json", action="store_true", help="print the result as a JSON object")
+    parser.set_defaults(func=run, _parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    try:
+        data = _read_certificate(args.certificate)
+        root_der = _read_root(args.root) if args.root is not None else None
+        verified = verify_certificate(data, root_der=root_der, policy=policy,
+                                      accountant=args.accountant)
+    except HermeticError as err:
+        if args.json:
+            # Scripts get a verdict on stdout too; the reason line still goes to stderr.
+            print(json.dumps({"valid": False, "error": str(err), "error_type": type(err).__name__}))
+        raise
+    report = _report(verified)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_summary(report)
+    return 0
+
+
+# --- arguments (errors exit 2 through argparse) ------------------------------------------
+
+
+def _parse_pcr(text: str) -> tuple[int, bytes]:
+    index_text, sep, value_text = text.partition("=")
+    if not sep or not index_text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected N=HEX, got {text!r}")
+    index = int(index_text)
+    if not 0 <= index < PCR_COUNT:
+        raise argparse.ArgumentTypeError(f"PCR index {index} is outside 0..{PCR_COUNT - 1}")
+    cleaned = value_text.strip().removeprefix("0x")
+    if len(cleaned) % 2 or not _HEX_RE.fullmatch(cleaned):
+        raise argparse.ArgumentTypeError(f"PCR{index} value is not hex: {value_text!r}")
+    value = bytes.fromhex(cleaned)
+    if len(value) not in PCR_VALUE_SIZES:
+        raise argparse.ArgumentTypeError(f"PCR{index} value must be 32, 48 or 64 bytes, got {len(value)}")
+    return index, value
+
+
+def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
+    pcrs: dict[int, bytes] = {}
+    for index, value in args.pcr or ():
+        if pcrs.get(index, value) != value:
+            args._parser.error(f"--pcr {index} given twice with different values")  # exits 2
+        pcrs[index] = value
+    return AttestationPolicy.from_pcrs(pcrs) if pcrs else None
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+def _read_certificate(name: str) -> bytes:
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(MAX_CERTIFICATE_SIZE + 1)
+        else:
+            with open(name, "rb") as handle:
+                data = handle.read(MAX_CERTIFICATE_SIZE + 1)
+    except OSError as err:
+        raise ConfigError(f"cannot read certificate {name}: {err.strerror}") from err
+    if len(data) > MAX_CERTIFICATE_SIZE:
+        raise ConfigError(f"certificate {name} is larger than {MAX_CERTIFICATE_SIZE} bytes")
+    return data
+
+
+def _read_root(path: Path) -> bytes:
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"cannot read root certificate {path}: {err.strerror}") from err
+    try:
+        if b"-----BEGIN" in blob:
+            cert = x509.load_pem_x509_certificate(blob)
+        else:
+            cert = x509.load_der_x509_certificate(blob)
+    except ValueError:
+        raise ConfigError(f"root certificate {path} is not a PEM or DER X.509 certificate") from None
+    return cert.public_bytes(Encoding.DER)
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def _report(verified: VerifiedCertificate) -> dict[str, Any]:
+    body = verified.body
+    shown = body_to_json(body)
+    return {
+        "valid": True,
+        "job_id": body.job_id,
+        "spec_sha256": body.spec_sha256,
+        "epsilon": verified.epsilon,
+        "epsilons": dict(verified.epsilons),
+        "stated_epsilons": dict(body.epsilon),
+        "metrics_epsilon": metrics_epsilon(body),
+        "delta": body.delta,
+        "accountant": verified.accountant,
+        "budget": dict(body.budget),
+        "pcrs": shown["pcrs"],
+        "datasets": [
+            {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,
+             "records": d.records}
+            for d in body.datasets
+        ],
+        "public_datasets": shown["public_datasets"],
+        "model_sha256": body.model_sha256,
+        "checkpoint_sha256": body.checkpoint_sha256,
+        "steps": body.steps,
+        "sampling_rate": body.sampling_rate,
+        "noise_multiplier": body.noise_multiplier,
+        "max_grad_norm": body.max_grad_norm,
+        "ledger": shown["ledger"],
+        "metrics": shown["metrics"],
+        "started_at": body.started_at,
+        "finished_at": body.finished_at,
+        "attested_at": verified.attested_at.isoformat(timespec="milliseconds"),
+        "module_id": verified.attestation.module_id,
+        "body_sha384": verified.body_sha384.hex(),
+    }
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    print("privacy certificate: VALID")
+    print(f"  job:          {report['job_id']} (spec sha256 {report['spec_sha256']})")
+    print(f"  epsilon:      {report['epsilon']:.6g} ({report['accountant']}, recomputed from the ledger;"
+          f" budget {report['budget']['max_epsilon']:.6g})")
+    others = ", ".join(f"{name} {value:.6g}" for name, value in report["epsilons"].items()
+                       if name != report["accountant"])
+    if others:
+        print(f"  cross-check:  {others}")
+    if report["metrics_epsilon"] > 0:
+        total = report["epsilons"][report["accountant"]] + report["metrics_epsilon"]
+        print(f"  DP metrics:   epsilon {report['metrics_epsilon']:.6g} more (total {total:.6g})")
+    print(f"  delta:        {report['delta']:.3g}")
+    print(f"  training:     {report['steps']} steps, q={report['sampling_rate']:.6g}, "
+          f"sigma={report['noise_multiplier']:.6g}, C={report['max_grad_norm']:.6g}")
+    for dataset in report["datasets"]:
+        print(f"  dataset:      {dataset['dataset_id']} ({dataset['records']} records, "
+              f"sealed sha256 {dataset['sealed_sha256']})")
+    print(f"  model:        sha256 {report['model_sha256']}")
+    print(f"  checkpoint:   sha256 {report['checkpoint_sha256']}")
+    print(f"  enclave PCR0: {report['pcrs'].get('0')}")
+    print(f"  attested at:  {report['attested_at']}")
+    for metric in report["metrics"]:
+        print(f"  metric:       {metric['name']} = {metric['value']:.6g} ({metric['kind']}, "
+              f"step {metric['step']}, epsilon cost {metric['epsilon_cost']:.3g})")

@@ -1,0 +1,169 @@
+"""`hermetic verify-certificate` through the real CLI entry point: exit codes 0/1/2."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from enclave.certificate import decode_envelope, encode_envelope, issue_certificate, recompute_epsilon
+from parent.cli import main
+from parent.local.local_ca import LocalCa
+from tests.enclave.certificate.factory import PCRS, make_body, new_nsm
+
+JSON_KEYS = {
+    "valid", "epsilon", "epsilons", "delta", "accountant", "pcrs", "datasets", "model_sha256",
+    "checkpoint_sha256", "steps", "sampling_rate", "noise_multiplier", "max_grad_norm", "metrics",
+    "job_id", "spec_sha256", "attested_at",
+}
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
+    return LocalCa.load_or_create(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture()
+def root_pem(ca: LocalCa, tmp_path: Path) -> Path:
+    path = tmp_path / "root.pem"
+    path.write_bytes(ca.root_pem)
+    return path
+
+
+@pytest.fixture()
+def cert(ca: LocalCa, tmp_path: Path) -> Path:
+    path = tmp_path / "job.cert"
+    path.write_bytes(issue_certificate(make_body(), new_nsm(ca)))
+    return path
+
+
+def run(*argv: str) -> int:
+    return main(["verify-certificate", *argv])
+
+
+def usage_error(*argv: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run(*argv)
+    assert exc.value.code == 2
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("hermetic: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_valid_certificate_summary(cert: Path, root_pem: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(str(cert), "--root", str(root_pem)) == 0
+    out = capsys.readouterr().out
+    body = make_body()
+    assert "VALID" in out
+    assert "job-0001" in out
+    assert f"enclave PCR0: {PCRS[0].hex()}" in out
+    assert body.model_sha256 in out
+    assert "patients-2024" in out
+    assert "test_accuracy" in out
+    assert "prv" in out and "rdp" in out
+
+
+def test_json_output(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(str(cert), "--root", str(root_pem), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert JSON_KEYS <= set(report)
+    body = make_body()
+    assert report["valid"] is True
+    assert report["accountant"] == "prv"
+    assert report["epsilon"] == recompute_epsilon(body.ledger, body.delta, "prv")
+    assert set(report["epsilons"]) == {"prv", "rdp"}
+    assert report["delta"] == body.delta
+    assert report["pcrs"]["0"] == PCRS[0].hex()
+    assert report["datasets"] == [{
+        "dataset_id": "patients-2024", "sealed_sha256": body.datasets[0].sealed_sha256,
+        "key_id": "alias/hospital-a", "records": 60000,
+    }]
+    assert report["steps"] == 100 and report["sampling_rate"] == 0.01
+    assert report["noise_multiplier"] == 1.1 and report["max_grad_norm"] == 1.0
+    assert report["metrics"][0]["name"] == "test_accuracy"
+    assert report["job_id"] == "job-0001" and report["spec_sha256"] == body.spec_sha256
+    assert report["model_sha256"] == body.model_sha256
+    assert report["checkpoint_sha256"] == body.checkpoint_sha256
+    assert report["attested_at"].endswith("+00:00")
+
+
+def test_accountant_choice(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(str(cert), "--root", str(root_pem), "--json", "--accountant", "rdp") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accountant"] == "rdp" and report["epsilon"] == report["epsilons"]["rdp"]
+
+
+def test_stdin(cert: Path, root_pem: Path, monkeypatch: pytest.MonkeyPatch,
+               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(cert.read_bytes())))
+    assert run("-", "--root", str(root_pem)) == 0
+    assert "VALID" in capsys.readouterr().out
+
+
+def test_default_aws_root_refuses_mock_certificates(cert: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(str(cert)) == 1
+    one_line_error(capsys)
+
+
+def test_pcr_requirements(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(str(cert), "--root", str(root_pem), "--pcr", f"0={PCRS[0].hex()}",
+               "--pcr", f"3={PCRS[3].hex()}") == 0
+    capsys.readouterr()
+    assert run(str(cert), "--root", str(root_pem), "--pcr", f"0={'00' * 48}") == 1
+    assert "PCR" in one_line_error(capsys)
+
+
+def test_invalid_json_verdict(cert: Path, root_pem: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    body_bytes, attestation = decode_envelope(cert.read_bytes())
+    tampered = tmp_path / "tampered.cert"
+    tampered.write_bytes(encode_envelope(body_bytes.replace(b"job-0001", b"job-0002"), attestation))
+    assert run(str(tampered), "--root", str(root_pem), "--json") == 1
+    captured = capsys.readouterr()
+    verdict = json.loads(captured.out)
+    assert verdict["valid"] is False and verdict["error_type"] == "CertificateBindingError"
+    assert captured.err.startswith("hermetic: error: ") and captured.err.count("\n") == 1
+
+
+def test_truncated_and_missing_files(cert: Path, root_pem: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    truncated = tmp_path / "truncated.cert"
+    truncated.write_bytes(cert.read_bytes()[:-10])
+    assert run(str(truncated), "--root", str(root_pem)) == 1
+    one_line_error(capsys)
+    assert run(str(tmp_path / "absent.cert"), "--root", str(root_pem)) == 1
+    one_line_error(capsys)
+    bad_root = tmp_path / "bad.pem"
+    bad_root.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    assert run(str(cert), "--root", str(bad_root)) == 1
+    one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [
+    (),
+    ("--pcr", "0=00"),
+    ("--pcr", "x=" + "00" * 48),
+    ("--pcr", "40=" + "00" * 48),
+    ("--pcr", "0=" + "zz" * 48),
+    ("--pcr", "0=" + "00" * 48, "--pcr", "0=" + "11" * 48),
+    ("--accountant", "moments"),
+    ("--bogus",),
+])
+def test_usage_errors(cert: Path, argv: tuple[str, ...]) -> None:
+    usage_error(*((str(cert),) if argv else ()), *argv)
+
+
+def test_json_verdict_for_unreadable_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(str(tmp_path / "absent.cert"), "--json") == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {
+        "valid": False, "error": captured.err.removeprefix("hermetic: error: ").strip(),
+        "error_type": "ConfigError",
+    }
