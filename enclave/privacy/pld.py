@@ -228,7 +228,7 @@ def step_pld(q: float, sigma: float, h: float) -> StepPld:
     # remove: the part of each interval's mass that goes to its upper end b.
     # P - Q e^a = q D1 - (e^a - 1 + q) D0, written so nothing overflows for a <= LOSS_CAP.
     up = (q * d1 - (np.expm1(a) + q) * d0) / gap
-    up = np.clip(up, 0.0, mass_a) * 0.98
+    up = np.clip(up, 0.0, mass_a)
     remove = np.zeros(len(ks))
     remove[:-1] += mass_a - up
     remove[1:] += up
