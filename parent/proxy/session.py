@@ -18,6 +18,7 @@ types (training progress, checkpoints) need no change here.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -245,12 +246,10 @@ class ParentSession:
     def _stream_one(
         self, channel: FramedChannel, index: int, dataset_id: str, where: DatasetInput
     ) -> StreamSummary:
-        progress = None
-        if self._progress is not None:
-            report = self._progress
-
-            def progress(n: int) -> None:
-                report(dataset_id, n)
+        report = self._progress
+        progress: Callable[[int], None] | None = None
+        if report is not None:
+            progress = functools.partial(report, dataset_id)
 
         if isinstance(where, str):
             try:

@@ -203,3 +203,24 @@ def test_tampered_document_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[
     path.write_bytes(bytes(data))
     assert run(str(path), "--at", "document") == 1
     assert "signature" in capsys.readouterr().err
+
+
+def test_mock_enclave_documents_verify_against_the_local_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from parent.local.local_ca import LocalCa
+    from parent.local.mock_nsm import MockNsm
+
+    ca = LocalCa.load_or_create(tmp_path / "state")
+    nsm = MockNsm(ca)
+    nonce = b"\x01" * 16
+    doc = tmp_path / "mock.cbor"
+    doc.write_bytes(nsm.attest(nonce=nonce, user_data=b"job"))
+    pcr0 = nsm.describe_pcr(0).value.hex()
+    root = str(ca.root_cert_path)
+    assert main(["verify-attestation", str(doc), "--root", root, "--pcr", f"0={pcr0}",
+                 "--nonce", nonce.hex(), "--user-data", b"job".hex(), "--max-age", "60"]) == 0
+    assert pcr0[:16] in capsys.readouterr().out
+    # The pinned AWS root (the default) does not vouch for the local CA.
+    assert main(["verify-attestation", str(doc)]) == 1
+    assert main(["verify-attestation", str(doc), "--root", root, "--pcr", "0=" + "00" * 48]) == 1
