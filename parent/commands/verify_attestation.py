@@ -9,13 +9,11 @@ import base64
 import binascii
 import json
 import re
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave.attestation import (
     AttestationDocument,
@@ -26,7 +24,7 @@ from enclave.attestation import (
 )
 from enclave.attestation.cose import MAX_DOCUMENT_SIZE
 from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
-from enclave.errors import ConfigError
+from parent.inputs import load_certificate_der, read_bounded
 
 AT_DOCUMENT = "document"
 SUMMARY_PCRS = (0, 1, 2, 8)
@@ -157,17 +155,7 @@ def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
 
 
 def _read_document(name: str) -> bytes:
-    try:
-        if name == "-":
-            raw = sys.stdin.buffer.read(_MAX_INPUT + 1)
-        else:
-            with open(name, "rb") as handle:
-                raw = handle.read(_MAX_INPUT + 1)
-    except OSError as err:
-        raise ConfigError(f"cannot read attestation document {name}: {err.strerror}") from err
-    if len(raw) > _MAX_INPUT:
-        raise ConfigError(f"attestation document {name} is larger than {_MAX_INPUT} bytes")
-    return decode_document_text(raw)
+    return decode_document_text(read_bounded(name, _MAX_INPUT, "attestation document"))
 
 
 def _looks_like_cose(data: bytes) -> bool:
@@ -200,18 +188,7 @@ def decode_document_text(raw: bytes) -> bytes:
 
 
 def _read_root(path: Path) -> bytes:
-    try:
-        blob = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"cannot read root certificate {path}: {err.strerror}") from err
-    try:
-        if b"-----BEGIN" in blob:
-            cert = x509.load_pem_x509_certificate(blob)
-        else:
-            cert = x509.load_der_x509_certificate(blob)
-    except ValueError as err:
-        raise ConfigError(f"root certificate {path} is not a PEM or DER X.509 certificate") from err
-    return cert.public_bytes(Encoding.DER)
+    return load_certificate_der(path)
 
 
 # --- output --------------------------------------------------------------------------

@@ -9,12 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave.attestation import AttestationPolicy
 from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
@@ -26,7 +23,8 @@ from enclave.certificate import (
 )
 from enclave.certificate.checks import metrics_epsilon
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
-from enclave.errors import ConfigError, HermeticError
+from enclave.errors import HermeticError
+from parent.inputs import load_certificate_der, read_bounded
 
 _HEX_RE = re.compile(r"[0-9a-fA-F]*")
 
@@ -106,32 +104,11 @@ def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
 
 
 def _read_certificate(name: str) -> bytes:
-    try:
-        if name == "-":
-            data = sys.stdin.buffer.read(MAX_CERTIFICATE_SIZE + 1)
-        else:
-            with open(name, "rb") as handle:
-                data = handle.read(MAX_CERTIFICATE_SIZE + 1)
-    except OSError as err:
-        raise ConfigError(f"cannot read certificate {name}: {err.strerror}") from err
-    if len(data) > MAX_CERTIFICATE_SIZE:
-        raise ConfigError(f"certificate {name} is larger than {MAX_CERTIFICATE_SIZE} bytes")
-    return data
+    return read_bounded(name, MAX_CERTIFICATE_SIZE, "certificate")
 
 
 def _read_root(path: Path) -> bytes:
-    try:
-        blob = path.read_bytes()
-    except OSError as err:
-        raise ConfigError(f"cannot read root certificate {path}: {err.strerror}") from err
-    try:
-        if b"-----BEGIN" in blob:
-            cert = x509.load_pem_x509_certificate(blob)
-        else:
-            cert = x509.load_der_x509_certificate(blob)
-    except ValueError:
-        raise ConfigError(f"root certificate {path} is not a PEM or DER X.509 certificate") from None
-    return cert.public_bytes(Encoding.DER)
+    return load_certificate_der(path)
 
 
 # --- output --------------------------------------------------------------------------------

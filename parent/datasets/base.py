@@ -63,6 +63,28 @@ class DatasetReader(abc.ABC):
         """Yield record batches of at most `batch_rows` rows, in order."""
 
 
+class FileDatasetReader(DatasetReader):
+    """A reader over one file whose schema and count are known once it is opened.
+
+    Subclasses set `_path`, `_schema` and `_count` in their constructor.
+    """
+
+    _path: Path
+    _schema: pa.Schema | None
+    _count: int
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self._path,)
+
+    def schema(self) -> pa.Schema:
+        assert self._schema is not None
+        return self._schema
+
+    def count(self) -> int:
+        return self._count
+
+
 def check_batch_rows(batch_rows: int) -> int:
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise ValueError("batch_rows must be a positive integer")

@@ -11,14 +11,14 @@ import pyarrow.csv as pacsv
 from parent.datasets.base import (
     DEFAULT_BATCH_ROWS,
     DatasetNotFound,
-    DatasetReader,
+    FileDatasetReader,
     MalformedDataset,
     check_batch_rows,
     rebatch,
 )
 
 
-class CsvReader(DatasetReader):
+class CsvReader(FileDatasetReader):
     """A header-row CSV file. Column types are inferred from the first block and
     then pinned, so every pass yields the same schema; counting is one pass."""
 
@@ -56,17 +56,6 @@ class CsvReader(DatasetReader):
             raise MalformedDataset(
                 f"{self._path.name}: CSV rows do not match the columns inferred from the first block ({err})"
             ) from None
-
-    @property
-    def paths(self) -> tuple[Path, ...]:
-        return (self._path,)
-
-    def schema(self) -> pa.Schema:
-        assert self._schema is not None
-        return self._schema
-
-    def count(self) -> int:
-        return self._count
 
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         check_batch_rows(batch_rows)

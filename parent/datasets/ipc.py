@@ -11,14 +11,14 @@ import pyarrow.ipc
 from parent.datasets.base import (
     DEFAULT_BATCH_ROWS,
     DatasetNotFound,
-    DatasetReader,
+    FileDatasetReader,
     MalformedDataset,
     check_batch_rows,
     rebatch,
 )
 
 
-class IpcReader(DatasetReader):
+class IpcReader(FileDatasetReader):
     """An Arrow IPC file (random access, counted from its footer) or, failing that, an IPC stream."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -52,16 +52,6 @@ class IpcReader(DatasetReader):
                 f"{self._path.name}: not an Arrow IPC file or stream (Feather v1 is not supported): {err}"
             ) from None
         return schema, count
-
-    @property
-    def paths(self) -> tuple[Path, ...]:
-        return (self._path,)
-
-    def schema(self) -> pa.Schema:
-        return self._schema
-
-    def count(self) -> int:
-        return self._count
 
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         check_batch_rows(batch_rows)

@@ -25,7 +25,7 @@ import pyarrow as pa
 from parent.datasets.base import (
     DEFAULT_BATCH_ROWS,
     DatasetNotFound,
-    DatasetReader,
+    FileDatasetReader,
     DimensionMismatch,
     MalformedDataset,
     TruncatedDataset,
@@ -60,7 +60,7 @@ def _read_npy_header(fp: IO[bytes], label: str) -> tuple[tuple[int, ...], bool, 
     raise UnsupportedDataset(f"{label}: .npy format version {version} is not supported")
 
 
-class NpzReader(DatasetReader):
+class NpzReader(FileDatasetReader):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
         members: list[_Member] = []
@@ -97,16 +97,6 @@ class NpzReader(DatasetReader):
             raise DatasetNotFound(f"no such file: {self._path}") from None
         except (zipfile.BadZipFile, OSError) as err:
             raise MalformedDataset(f"{self._path.name}: not a readable .npz archive ({err})") from None
-
-    @property
-    def paths(self) -> tuple[Path, ...]:
-        return (self._path,)
-
-    def schema(self) -> pa.Schema:
-        return self._schema
-
-    def count(self) -> int:
-        return self._count
 
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         check_batch_rows(batch_rows)

@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 from parent.datasets.base import (
     DEFAULT_BATCH_ROWS,
     DatasetNotFound,
-    DatasetReader,
+    FileDatasetReader,
     MalformedDataset,
     check_batch_rows,
 )
 
 
-class ParquetReader(DatasetReader):
+class ParquetReader(FileDatasetReader):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = Path(path)
         with self._open() as pf:
@@ -32,16 +32,6 @@ class ParquetReader(DatasetReader):
             raise DatasetNotFound(f"no such file: {self._path}") from None
         except (pa.ArrowException, OSError) as err:
             raise MalformedDataset(f"{self._path.name}: not a readable Parquet file ({err})") from None
-
-    @property
-    def paths(self) -> tuple[Path, ...]:
-        return (self._path,)
-
-    def schema(self) -> pa.Schema:
-        return self._schema
-
-    def count(self) -> int:
-        return self._count
 
     def iter_batches(self, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         check_batch_rows(batch_rows)

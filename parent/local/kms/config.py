@@ -14,10 +14,9 @@ import json
 import re
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave.errors import ConfigError
+from parent.inputs import load_certificate_der
 from parent.local.kms.sigv4 import Principal
 
 _ARN_RE = re.compile(r"^arn:aws[a-z-]*:(?:iam|sts)::\d{12}:.+$")
@@ -58,15 +57,4 @@ def load_principals(path: Path) -> dict[str, Principal]:
 
 def load_root_der(path: Path) -> bytes:
     """The attestation trust anchor from a PEM or DER certificate file, as DER."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read attestation root {path}: {exc.strerror}") from None
-    try:
-        if b"-----BEGIN" in data:
-            cert = x509.load_pem_x509_certificate(data)
-        else:
-            cert = x509.load_der_x509_certificate(data)
-    except ValueError:
-        raise ConfigError(f"attestation root {path} is not an X.509 certificate") from None
-    return cert.public_bytes(Encoding.DER)
+    return load_certificate_der(path, "attestation root")

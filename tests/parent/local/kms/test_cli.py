@@ -89,7 +89,7 @@ def test_config_errors_exit_1(tmp_path: Path, local_ca: Any, capsys: pytest.Capt
     not_cert = tmp_path / "nope.pem"
     not_cert.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     assert main([*base[:-2], "--root", str(not_cert), "--principals", str(good)]) == 1
-    assert "not an X.509 certificate" in capsys.readouterr().err
+    assert "is not a PEM or DER X.509 certificate" in capsys.readouterr().err
 
 
 def test_usage_error_exits_2() -> None:
