@@ -35,4 +35,78 @@ bench: install dataset
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) out .hermetic .pytest_cache
+	rm -rf $(VENV) .venv-checkov out .hermetic .pytest_cache
+
+# --- Deployment: KMS key policies from the EIF's measurements, checkov for terraform/ ---
+# make policies OWNER_ARN=... MODEL_OWNER_ARN=... PARENT_ROLE_ARN=...
+# renders kms-policies/*.template.json into $(POLICY_OUT); terraform/ reads them there.
+POLICY_MEASUREMENTS ?= eif/measurements.json
+POLICY_OUT ?= kms-policies/rendered
+OWNER_ARN ?=
+MODEL_OWNER_ARN ?=
+PARENT_ROLE_ARN ?=
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV_CONSTRAINTS := tests/terraform/checkov-constraints.txt
+
+.PHONY: policies checkov
+
+policies: install
+	@if [ ! -f "$(POLICY_MEASUREMENTS)" ]; then \
+		echo "make policies: $(POLICY_MEASUREMENTS) not found; build the image first with 'make eif' (needs Docker and nitro-cli) or set POLICY_MEASUREMENTS=<nitro-cli describe-eif output>" >&2; \
+		exit 1; \
+	fi
+	@missing=""; \
+	[ -n "$(OWNER_ARN)" ] || missing="$$missing OWNER_ARN"; \
+	[ -n "$(MODEL_OWNER_ARN)" ] || missing="$$missing MODEL_OWNER_ARN"; \
+	[ -n "$(PARENT_ROLE_ARN)" ] || missing="$$missing PARENT_ROLE_ARN"; \
+	if [ -n "$$missing" ]; then echo "make policies: set$$missing (IAM ARNs; see docs/DEPLOY.md)" >&2; exit 1; fi
+	@mkdir -p "$(POLICY_OUT)"
+	$(VENV)/bin/hermetic policy render --template data-owner --measurements "$(POLICY_MEASUREMENTS)" \
+		--owner-arn "$(OWNER_ARN)" --parent-role-arn "$(PARENT_ROLE_ARN)" --out "$(POLICY_OUT)/data-owner.json"
+	$(VENV)/bin/hermetic policy render --template model-owner --measurements "$(POLICY_MEASUREMENTS)" \
+		--model-owner-arn "$(MODEL_OWNER_ARN)" --parent-role-arn "$(PARENT_ROLE_ARN)" --out "$(POLICY_OUT)/model-owner.json"
+
+# checkov pins boto3/botocore below the runtime pins, so it lives in its own venv;
+# tests/terraform runs it from there.
+checkov: $(CHECKOV_STAMP)
+
+$(CHECKOV_STAMP): $(CHECKOV_CONSTRAINTS)
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check -c $(CHECKOV_CONSTRAINTS) checkov
+	@touch $@
+
+test: checkov
+
+# ---- Nitro Enclaves: reproducible EIF and run scripts (eif/README.md) ----
+EIF ?= eif/hermetic.eif
+CPUS ?= 2
+MEMORY_MIB ?= 8192
+CID ?= 16
+SOURCE_DATE_EPOCH ?= 1767225600
+AWS_REGION ?= us-east-1
+SIGNING_CERT ?=
+SIGNING_KEY ?=
+DEBUG_MODE ?= 0
+RELAY ?= 1
+
+.PHONY: eif run-enclave stop-enclave
+
+# Docker image (pinned base, hashed wheels, fixed SOURCE_DATE_EPOCH) -> nitro-cli
+# build-enclave -> $(EIF) and eif/measurements.json, cross-checked with measure-eif.
+eif: install
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) AWS_REGION=$(AWS_REGION) \
+	SIGNING_CERT="$(SIGNING_CERT)" SIGNING_KEY="$(SIGNING_KEY)" \
+	EIF_OUT=$(EIF) HERMETIC=$(VENV)/bin/hermetic scripts/eif-build.sh
+
+run-enclave:
+	CPUS=$(CPUS) MEMORY_MIB=$(MEMORY_MIB) CID=$(CID) EIF=$(EIF) AWS_REGION=$(AWS_REGION) \
+	DEBUG_MODE=$(DEBUG_MODE) RELAY=$(RELAY) HERMETIC=$(VENV)/bin/hermetic scripts/run-enclave.sh
+
+stop-enclave:
+	scripts/stop-enclave.sh
+
+# Accuracy against epsilon on Fashion-MNIST in the mock enclave (long: not in CI).
+.PHONY: bench-utility
+bench-utility: install dataset
+	$(PY) -m bench.utility

@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "privacy",
     "checkpoint",
+    "measure_eif",
 )
 
 

@@ -1,14 +1,21 @@
-"""`hermetic parent run`: the parent's side of one job (KMS relay + dataset streaming)."""
+"""`hermetic parent run`: the parent's side of one job (KMS relay + dataset streaming);
+`hermetic parent serve`: the long-running KMS relay."""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import signal
 import sys
+import threading
+import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from enclave.errors import ConfigError
+from enclave.errors import ConfigError, HermeticError
 from enclave.transport.address import parse_address
 
 
@@ -42,6 +49,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     # For audits of the parent itself: every byte it sent or received, raw.
     run.add_argument("--tap", type=Path, help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the KMS relay for the enclave until SIGTERM (the long-running parent process)",
+        description=(
+            "Relay the enclave's KMS connections (the vsock-proxy role) to one allow-listed "
+            "target until SIGTERM or SIGINT, logging one JSON object per line. Jobs are run "
+            "with `hermetic parent run` (see eif/README.md)."
+        ),
+    )
+    serve.add_argument("--kms-relay", type=parse_address, default=parse_address("vsock://3:8000"),
+                       help="address the enclave's forwarder dials (default vsock://3:8000)")
+    serve.add_argument("--region", default="us-east-1", help="AWS region (default target kms.REGION.amazonaws.com:443)")
+    serve.add_argument("--kms-target", default=None, help="HOST:PORT to relay to (default: the regional KMS endpoint)")
+    serve.add_argument("--allow", action="append", default=[], metavar="HOST:PORT",
+                       help="allow-listed relay target (repeatable; default: the KMS target)")
+    serve.add_argument("--allowlist", type=Path, metavar="FILE",
+                       help="file of allow-listed HOST:PORT, one a line ('#' comments)")
+    serve.add_argument("--pid-file", type=Path, help="write this process's PID here while serving")
+    serve.add_argument("--log-file", type=Path, help="append JSON log lines here (default: stderr)")
+    serve.add_argument("--stats-interval", type=float, default=60.0, metavar="SECONDS",
+                       help="log relay statistics this often (0: never; default 60)")
+    serve.set_defaults(func=_serve)
+
+
+
+
+serve_log = logging.getLogger("hermetic.parent.serve")
 
 
 def _event(event: str, **fields: Any) -> None:
@@ -181,4 +216,115 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  certificate: {report['certificate']}")
         if report["final_checkpoint"]:
             print(f"  final checkpoint: {report['final_checkpoint']}")
+    return 0
+
+
+# ---------------------------------------------------------------- parent serve
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, fields (from `extra={"fields": ...}`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "fields": dict(getattr(record, "fields", {}) or {}),
+        }
+        if record.exc_info:
+            entry["fields"]["exception"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(entry, default=str)
+
+
+def read_allowlist(path: Path) -> list[str]:
+    """HOST:PORT entries, one a line; blank lines and '#' comments ignored."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read allow-list {path}: {err}") from None
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def serve_until(relay: Any, stop: threading.Event, stats_interval: float) -> None:
+    """Run `relay` until `stop` is set, logging its statistics every `stats_interval` seconds."""
+    started = time.monotonic()
+    relay.start()
+    serve_log.info("serving", extra={"fields": {"relay": str(relay.address), "target": str(relay.target)}})
+    try:
+        while not stop.wait(stats_interval if stats_interval > 0 else None):
+            serve_log.info("relay stats", extra={"fields": {
+                "active_connections": relay.active_connections,
+                "uptime_s": round(time.monotonic() - started, 1),
+            }})
+    finally:
+        relay.stop()
+        serve_log.info("stopped", extra={"fields": {"uptime_s": round(time.monotonic() - started, 1)}})
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_pid_file(path: Path) -> None:
+    from parent.storage import write_atomic
+
+    try:
+        old = int(path.read_text("ascii").strip())
+    except (OSError, ValueError):
+        old = None
+    if old is not None and old != os.getpid() and _pid_alive(old):
+        raise ConfigError(f"{path} names running process {old}: stop it first (make stop-enclave)")
+    write_atomic(path, f"{os.getpid()}\n".encode())
+
+
+def _release_pid_file(path: Path) -> None:
+    try:
+        if int(path.read_text("ascii").strip()) == os.getpid():
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from parent.proxy.job import RelayTarget
+    from parent.proxy.relay import KmsRelay
+
+    handler: logging.Handler
+    handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    level = logging.DEBUG if getattr(args, "verbose", 0) >= 2 else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+    target = RelayTarget.parse(args.kms_target or f"kms.{args.region}.amazonaws.com:443")
+    entries = list(args.allow) + (read_allowlist(args.allowlist) if args.allowlist else [])
+    allow = [RelayTarget.parse(a) for a in entries] or [target]
+    relay = KmsRelay(args.kms_relay, target.host, target.port, [(a.host, a.port) for a in allow])
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        del frame
+        serve_log.info("signal received", extra={"fields": {"signal": signal.Signals(signum).name}})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.pid_file:
+        _claim_pid_file(args.pid_file)
+    try:
+        serve_until(relay, stop, args.stats_interval)
+    except HermeticError as err:
+        serve_log.error("relay failed", extra={"fields": {"error": str(err), "kind": type(err).__name__}})
+        raise
+    finally:
+        if args.pid_file:
+            _release_pid_file(args.pid_file)
     return 0

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# make run-enclave: start the enclave from eif/hermetic.eif, then the parent's KMS relay
+# (`hermetic parent serve`) in the background.
+#   env: CPUS (2), MEMORY_MIB (8192), CID (16), EIF (eif/hermetic.eif), AWS_REGION
+#        (us-east-1), DEBUG_MODE (1 = nitro-cli --debug-mode: PCRs read as zero, KMS
+#        will refuse), STATE (.hermetic: enclave.json, parent-serve.pid/.log),
+#        ALLOWLIST (file for parent serve; default: only kms.REGION.amazonaws.com:443),
+#        HERMETIC (default .venv/bin/hermetic), RELAY (1; 0 = another relay already owns
+#        vsock port 8000, e.g. the AWS vsock-proxy unit the Terraform user data installs)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cpus=${CPUS:-2}
+memory=${MEMORY_MIB:-8192}
+cid=${CID:-16}
+eif=${EIF:-$root/eif/hermetic.eif}
+region=${AWS_REGION:-us-east-1}
+state=${STATE:-$root/.hermetic}
+hermetic=${HERMETIC:-$root/.venv/bin/hermetic}
+
+if ! command -v nitro-cli >/dev/null 2>&1; then
+    echo "run-enclave: nitro-cli not found: run this on a Nitro Enclaves-enabled instance" \
+         "with aws-nitro-enclaves-cli installed (see eif/README.md)" >&2
+    exit 1
+fi
+if [ ! -f "$eif" ]; then
+    echo "run-enclave: $eif not found: run 'make eif' first" >&2
+    exit 1
+fi
+mkdir -p "$state"
+pidfile=$state/parent-serve.pid
+if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    echo "run-enclave: parent serve already runs (PID $(cat "$pidfile")): 'make stop-enclave' first" >&2
+    exit 1
+fi
+
+debug=()
+if [ "${DEBUG_MODE:-0}" = 1 ]; then
+    echo "run-enclave: DEBUG MODE: the console is readable and PCR0/1/2 are all zero;" \
+         "key policies will (rightly) refuse this enclave" >&2
+    debug=(--debug-mode)
+fi
+nitro-cli run-enclave --cpu-count "$cpus" --memory "$memory" --enclave-cid "$cid" \
+    --eif-path "$eif" "${debug[@]}" > "$state/enclave.json.tmp"
+mv -f "$state/enclave.json.tmp" "$state/enclave.json"
+cat "$state/enclave.json"
+
+if [ "${RELAY:-1}" = 0 ]; then
+    echo "run-enclave: RELAY=0: not starting parent serve; vsock port 8000 must already be served" >&2
+    exit 0
+fi
+allow=()
+if [ -n "${ALLOWLIST:-}" ]; then
+    allow=(--allowlist "$ALLOWLIST")
+fi
+nohup "$hermetic" parent serve --kms-relay vsock://3:8000 --region "$region" "${allow[@]}" \
+    --pid-file "$pidfile" --log-file "$state/parent-serve.log" </dev/null >/dev/null 2>>"$state/parent-serve.log" &
+echo "run-enclave: parent serve started (PID $!), logs in $state/parent-serve.log" >&2
+echo "run-enclave: submit jobs with: $hermetic parent run --enclave vsock://$cid:5000 --kms-relay tcp://127.0.0.1:0 --kms-target kms.$region.amazonaws.com:443 --region $region --dataset ID=s3://... --spec job.toml" >&2

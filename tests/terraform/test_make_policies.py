@@ -1,0 +1,103 @@
+"""`make policies`: key policies rendered from eif/measurements.json for Terraform to load."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parent.local.kms.policy_eval import Decision, RequestContext, evaluate, parse_policy
+from tests.terraform.conftest import REPO
+
+ACCOUNT = "111122223333"
+PARENT_ROLE = f"arn:aws:iam::{ACCOUNT}:role/hermetic-parent"  # what the module names its role
+PARENT_SESSION = f"arn:aws:sts::{ACCOUNT}:assumed-role/hermetic-parent/i-0123456789abcdef0"
+OWNER = "arn:aws:iam::444455556666:role/hospital-data"
+MODEL_OWNER = "arn:aws:iam::777788889999:role/model-owner"
+PCR0, PCR1, PCR2 = "a1" * 48, "b2" * 48, "c3" * 48
+KEY = f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _nitro_cli_measurements() -> dict[str, Any]:
+    # The shape `nitro-cli describe-eif` and `build-enclave` print.
+    return {"Measurements": {"HashAlgorithm": "Sha384 { ... }", "PCR0": PCR0, "PCR1": PCR1, "PCR2": PCR2}}
+
+
+def make_policies(**variables: str) -> subprocess.CompletedProcess[str]:
+    # -o: treat the venv stamp as up to date, so the test never reinstalls packages.
+    argv = ["make", "--no-print-directory", "-o", ".venv/.installed", "policies"]
+    argv += [f"{name}={value}" for name, value in variables.items()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False, env=env, timeout=120)
+
+
+def test_missing_measurements_says_how_to_get_them(tmp_path: Path) -> None:
+    result = make_policies(POLICY_MEASUREMENTS=str(tmp_path / "measurements.json"),
+                           POLICY_OUT=str(tmp_path / "out"), OWNER_ARN=OWNER, MODEL_OWNER_ARN=MODEL_OWNER,
+                           PARENT_ROLE_ARN=PARENT_ROLE)
+    assert result.returncode != 0
+    assert "measurements.json not found" in result.stderr and "make eif" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_arns_are_named(tmp_path: Path) -> None:
+    measurements = tmp_path / "measurements.json"
+    measurements.write_text(json.dumps(_nitro_cli_measurements()))
+    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(tmp_path / "out"),
+                           OWNER_ARN=OWNER)
+    assert result.returncode != 0
+    assert "set MODEL_OWNER_ARN PARENT_ROLE_ARN" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _decide(policy: Any, principal: str, action: str, pcr0: str | None) -> Decision:
+    keys = {} if pcr0 is None else {"kms:RecipientAttestation:ImageSha384": pcr0,
+                                    "kms:RecipientAttestation:PCR0": pcr0}
+    return evaluate(policy, RequestContext(principal, action, KEY, keys))
+
+
+def test_renders_both_policies_for_terraform(tmp_path: Path) -> None:
+    measurements = tmp_path / "measurements.json"
+    measurements.write_text(json.dumps(_nitro_cli_measurements()))
+    out = tmp_path / "rendered"
+    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out),
+                           OWNER_ARN=OWNER, MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["data-owner.json", "model-owner.json"]
+
+    data_text = (out / "data-owner.json").read_text("utf-8")
+    model_text = (out / "model-owner.json").read_text("utf-8")
+    for text in (data_text, model_text):
+        # The module's preconditions: the policy names its parent role and has the attestation condition.
+        assert PARENT_ROLE in text and "kms:RecipientAttestation:ImageSha384" in text
+        assert "${" not in text
+
+    data = parse_policy(json.loads(data_text))
+    assert _decide(data, PARENT_SESSION, "kms:Decrypt", PCR0) is Decision.ALLOW
+    assert _decide(data, PARENT_SESSION, "kms:Decrypt", "dd" * 48) is Decision.IMPLICIT_DENY
+    assert _decide(data, PARENT_SESSION, "kms:Decrypt", None) is Decision.EXPLICIT_DENY
+    assert _decide(data, OWNER, "kms:GenerateDataKey", None) is Decision.ALLOW
+    assert _decide(data, OWNER, "kms:Decrypt", None) is Decision.IMPLICIT_DENY
+
+    model = parse_policy(json.loads(model_text))
+    assert _decide(model, PARENT_SESSION, "kms:GenerateDataKey", PCR0) is Decision.ALLOW
+    assert _decide(model, PARENT_SESSION, "kms:GenerateDataKey", "dd" * 48) is Decision.IMPLICIT_DENY
+    assert _decide(model, PARENT_SESSION, "kms:GenerateDataKey", None) is Decision.EXPLICIT_DENY
+    assert _decide(model, MODEL_OWNER, "kms:Decrypt", None) is Decision.ALLOW
+
+
+def test_bad_measurements_fail_without_output(tmp_path: Path) -> None:
+    measurements = tmp_path / "measurements.json"
+    measurements.write_text(json.dumps({"Measurements": {"PCR0": "not-hex"}}))
+    out = tmp_path / "rendered"
+    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out),
+                           OWNER_ARN=OWNER, MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE)
+    assert result.returncode != 0
+    assert "hermetic: error: measurement PCR0 must be 96 hex digits" in result.stderr
+    assert not (out / "data-owner.json").exists()
