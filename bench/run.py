@@ -5,7 +5,7 @@ import importlib
 import sys
 
 # Each module exposes main(argv) -> int and prints a table plus JSON lines.
-BENCHES: tuple[str, ...] = ("sealing",)
+BENCHES: tuple[str, ...] = ("sealing", "dpsgd")
 
 
 def main(argv: list[str] | None = None) -> int:

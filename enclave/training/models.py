@@ -24,15 +24,19 @@ from torch import nn
 
 from enclave.errors import ConfigError, DatasetError
 from enclave.training.rng import Csprng
+from enclave.training.scattering import Scattering2d
 
 __all__ = [
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "MODELS",
+    "FeatureTransform",
+    "FeatureTransformError",
     "InputFormatError",
     "ModelSpec",
     "UnknownModel",
     "build_model",
+    "feature_transform",
     "get_spec",
     "model_generator",
     "preprocess",
@@ -121,6 +125,40 @@ def _tanh_cnn() -> nn.Module:
     )
 
 
+# ScatterNet models (Tramer & Boneh 2021, models.py of ftramer/Handcrafted-DP): a fixed
+# scattering transform (J=2, L=8: 81 channels of 7x7) normalised by GroupNorm with 27
+# groups and no affine parameters, as in the paper, then a trainable classifier.
+SCATTER_J = 2
+SCATTER_L = 8
+SCATTER_GROUPS = 27
+
+
+def _scatter_front() -> list[nn.Module]:
+    scattering = Scattering2d(J=SCATTER_J, shape=(28, 28), L=SCATTER_L)
+    return [scattering, nn.GroupNorm(SCATTER_GROUPS, scattering.out_channels, affine=False)]
+
+
+def _scatter_linear() -> nn.Module:
+    # ScatterNet + linear: 81 * 7 * 7 = 3969 features -> 10 logits.
+    return nn.Sequential(*_scatter_front(), nn.Flatten(), nn.Linear(81 * 7 * 7, 10))
+
+
+def _scatter_cnn() -> nn.Module:
+    # ScatterNet + CNN (the paper's MNIST_CNN with 81 input channels):
+    # 7 -conv3/2,p1-> 4 -conv3/1,p1-> 4, so 32 * 4 * 4 = 512 features.
+    return nn.Sequential(
+        *_scatter_front(),
+        nn.Conv2d(81, 16, 3, stride=2, padding=1),
+        nn.Tanh(),
+        nn.Conv2d(16, 32, 3, stride=1, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(512, 32),
+        nn.Tanh(),
+        nn.Linear(32, 10),
+    )
+
+
 def _spec(name: str, input_shape: tuple[int, ...], layers: Callable[[], nn.Module]) -> ModelSpec:
     return ModelSpec(
         name=name,
@@ -135,7 +173,76 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType(
     {
         "mlp": _spec("mlp", (784,), _mlp),
         "tanh_cnn": _spec("tanh_cnn", (1, 28, 28), _tanh_cnn),
+        "scatter_linear": _spec("scatter_linear", (1, 28, 28), _scatter_linear),
+        "scatter_cnn": _spec("scatter_cnn", (1, 28, 28), _scatter_cnn),
     }
+)
+
+#: Models whose first layers are a fixed function of one record: name -> how many
+#: leading modules of the built nn.Sequential form that fixed front end.
+_FIXED_FRONT: Mapping[str, int] = MappingProxyType({"scatter_linear": 2, "scatter_cnn": 2})
+
+
+class FeatureTransformError(ConfigError):
+    """A model handed to a feature transform is not the registered architecture it serves."""
+
+
+@dataclass(frozen=True)
+class FeatureTransform:
+    """The fixed front end of a registered model, to apply once to a whole table.
+
+    For a model built by `build_model(name)`, `head(model)(features(rows))` equals
+    `model(preprocess(name, rows))` (to float32 rounding, chunking aside), and the head
+    holds every parameter of the model (the same tensor objects), so an optimizer and
+    DP-SGD engine built on the head train the model, and `model.state_dict()` is the
+    checkpoint. The front end has no parameters and no buffers, and maps each record on
+    its own through a deterministic, data-independent function: computing it for the
+    whole private table once releases nothing and costs no privacy budget. Its output
+    does not depend on train/eval mode.
+    """
+
+    name: str
+    front_layers: int
+    feature_shape: tuple[int, ...]
+
+    def front(self, model: nn.Module) -> nn.Module:
+        return self._split(model)[0]
+
+    def head(self, model: nn.Module) -> nn.Module:
+        return self._split(model)[1]
+
+    def features(self, model: nn.Module, rows: np.ndarray | torch.Tensor, *, chunk: int = 1024) -> torch.Tensor:
+        """uint8 pixel rows [N, 784] -> float32 front-end features [N, *feature_shape], no autograd."""
+        front = self.front(model)
+        if chunk < 1:
+            raise FeatureTransformError(f"chunk must be positive, got {chunk}")
+        out = torch.empty((len(rows), *self.feature_shape), dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, len(rows), chunk):
+                stop = min(start + chunk, len(rows))
+                out[start:stop] = front(preprocess(self.name, rows[start:stop]))
+        return out
+
+    def _split(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        if not isinstance(model, nn.Sequential) or len(model) <= self.front_layers:
+            raise FeatureTransformError(f"model is not a built {self.name!r}")
+        front, head = model[: self.front_layers], model[self.front_layers :]
+        if any(True for _ in front.parameters()) or any(True for _ in front.buffers()):
+            raise FeatureTransformError(f"the front end of {self.name!r} holds parameters or buffers")
+        return front, head
+
+
+def feature_transform(name: str) -> FeatureTransform | None:
+    """The fixed front end of model `name`, or None when every layer is trainable."""
+    spec = get_spec(name)
+    layers = _FIXED_FRONT.get(name)
+    if layers is None:
+        return None
+    return FeatureTransform(name=spec.name, front_layers=layers, feature_shape=_FEATURE_SHAPES[name])
+
+
+_FEATURE_SHAPES: Mapping[str, tuple[int, ...]] = MappingProxyType(
+    {"scatter_linear": (81, 7, 7), "scatter_cnn": (81, 7, 7)}
 )
 
 

@@ -33,7 +33,7 @@ from enclave.nsm.interface import Nsm
 from enclave.privacy import PrivacyLedger
 from enclave.training.checkpoint import CheckpointState, SamplerState, model_sha256, seal_checkpoint
 from enclave.training.dpsgd import DpSgd
-from enclave.training.models import build_model, preprocess
+from enclave.training.models import FeatureTransform, build_model, feature_transform, preprocess
 from enclave.training.plan import BudgetExceeded, PlannedRun
 from enclave.training.rng import seed_from
 from enclave.training.sampler import PoissonSampler
@@ -109,6 +109,18 @@ def accuracy(model: nn.Module, model_name: str, rows: np.ndarray, labels: torch.
     return correct / max(1, len(rows))
 
 
+def features_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """`accuracy` for a model whose fixed front end was already applied (FeatureTransform)."""
+    head.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(features), EVAL_BATCH):
+            logits = head(features[start : start + EVAL_BATCH])
+            correct += int((logits.argmax(dim=1) == labels[start : start + EVAL_BATCH]).sum())
+    head.train()
+    return correct / max(1, len(features))
+
+
 def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
     opt = spec.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
@@ -122,12 +134,19 @@ class Trainer:
         self._in = inputs
         self._gate = gate
         self._metrics: list[ReleasedMetric] = []
+        self._transform: FeatureTransform | None = None
+        self._model: nn.Module | None = None
 
     def run(self) -> str:
         inp, spec, plan = self._in, self._in.spec, self._in.plan
         started = inp.clock()
         rng = seed_from(inp.nsm.get_random)
         model = build_model(spec.model.name, rng=rng.fork(b"model-init"))
+        # A model with a fixed front end (no parameters, one record at a time,
+        # data-independent) has it applied once to each table instead of every step;
+        # DP-SGD then runs on the head, which holds all of the model's parameters.
+        self._transform = feature_transform(spec.model.name)
+        self._model = model
         optimizer = build_optimizer(spec, model)
         ledger = PrivacyLedger(plan.delta, plan.accountant)
         start = 0
@@ -137,8 +156,9 @@ class Trainer:
             self._check_resumed_ledger(ledger, start)
         rows, labels = table_arrays(inp.train.table, spec.data.features, spec.data.label)
         sampler = PoissonSampler(len(rows), plan.sampling_rate, rng.fork(b"poisson-sampler"))
+        net, inputs = self._trainable_inputs(model, rows)
         engine = DpSgd(
-            model,
+            net,
             optimizer,
             max_grad_norm=spec.privacy.max_grad_norm,
             noise_multiplier=plan.noise_multiplier,
@@ -157,7 +177,7 @@ class Trainer:
         began = time.monotonic()
         for step in range(start + 1, last + 1):
             batch = sampler.sample()
-            engine.step(preprocess(spec.model.name, rows[batch]), labels[batch])
+            engine.step(inputs(batch), labels[batch])
             ledger.record(plan.sampling_rate, plan.noise_multiplier)
             if step % progress_every == 0 and step < last:
                 self._gate.send(TrainingProgress(step=step, total_steps=plan.steps, epsilon=float(ledger.epsilon())))
@@ -211,6 +231,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
 
+    def _trainable_inputs(
+        self, model: nn.Module, rows: np.ndarray
+    ) -> tuple[nn.Module, Callable[[np.ndarray], torch.Tensor]]:
+        """The module DP-SGD trains and a batch -> its inputs function."""
+        name = self._in.spec.model.name
+        if self._transform is None:
+            return model, lambda batch: preprocess(name, rows[batch])
+        began = time.monotonic()
+        features = self._transform.features(model, rows)
+        log.info("computed %s features of %d records in %.1fs", name, len(rows), time.monotonic() - began)
+        return self._transform.head(model), lambda batch: features[torch.from_numpy(batch)]
+
     def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: CheckpointState) -> int:
         try:
             model.load_state_dict(dict(state.model_state))
@@ -245,13 +277,18 @@ class Trainer:
         if table is None:
             raise DatasetError(f"the job spec evaluates on public dataset {name!r}, which was not sent")
         rows, labels = table_arrays(table.table, self._in.spec.data.features, self._in.spec.data.label)
+        if self._transform is not None:
+            return table, self._transform.features(self._model, rows), labels
         return table, rows, labels
 
     def _release_accuracy(
         self, model: nn.Module, public: tuple[PublicTable, np.ndarray, torch.Tensor], step: int
     ) -> None:
         table, rows, labels = public
-        value = accuracy(model, self._in.spec.model.name, rows, labels)
+        if self._transform is not None:
+            value = features_accuracy(self._transform.head(model), rows, labels)
+        else:
+            value = accuracy(model, self._in.spec.model.name, rows, labels)
         metric = ReleasedMetric(
             name=f"accuracy/{table.name}", value=value, kind="public_eval", step=step, epsilon_cost=0.0
         )

@@ -31,8 +31,8 @@ def _pixels(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 784), dtype=np.uint8)
 
 
-def test_registry_holds_exactly_the_two_models_and_is_read_only() -> None:
-    assert sorted(MODELS) == ["mlp", "tanh_cnn"]
+def test_registry_holds_the_registered_models_and_is_read_only() -> None:
+    assert sorted(MODELS) == ["mlp", "scatter_cnn", "scatter_linear", "tanh_cnn"]
     assert all(isinstance(spec, ModelSpec) and spec.name == name for name, spec in MODELS.items())
     assert MODELS["mlp"].input_shape == (784,) and MODELS["tanh_cnn"].input_shape == (1, 28, 28)
     assert all(spec.num_classes == 10 and spec.input_features == 784 for spec in MODELS.values())
