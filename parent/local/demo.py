@@ -316,12 +316,7 @@ def _train(
         "--job-id", report.job_id, "--events",
     ), logs, env={**_clean_env(), **parent.env()})
     services.append(job)
-    result: dict[str, Any] | None = None
-    for event in job.events():
-        if event.get("event") == "progress" and progress is not None:
-            progress(int(event["step"]), int(event["total"]), float(event["epsilon"]))
-        elif event.get("event") == "result":
-            result = event
+    result = job.follow_job(progress)
     code = job.proc.wait()
     enclave.stop()
     if code != 0 or result is None:

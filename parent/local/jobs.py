@@ -199,12 +199,7 @@ class LocalStack:
                 "--job-id", job_id, "--events",
             ), self.logs, env={**_clean_env(), **self.parent.env()})
             self._services.append(job)
-            result: dict[str, Any] | None = None
-            for event in job.events():
-                if event.get("event") == "progress" and progress is not None:
-                    progress(int(event["step"]), int(event["total"]), float(event["epsilon"]))
-                elif event.get("event") == "result":
-                    result = event
+            result = job.follow_job(progress)
             code = job.proc.wait()
             job.stop()
         finally:

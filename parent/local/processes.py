@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from pathlib import Path
 
@@ -81,6 +81,16 @@ class Service:
                     yield dict(json.loads(line))
                 except ValueError:
                     log.warning("%s printed a malformed event line", self.name)
+
+    def follow_job(self, progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any] | None:
+        """Feed `hermetic parent run --events` progress to `progress`; return its result event."""
+        result: dict[str, Any] | None = None
+        for event in self.events():
+            if event.get("event") == "progress" and progress is not None:
+                progress(int(event["step"]), int(event["total"]), float(event["epsilon"]))
+            elif event.get("event") == "result":
+                result = event
+        return result
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc.poll() is None:
