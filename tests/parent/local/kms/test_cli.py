@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +37,16 @@ def _root_file(tmp_path: Path, local_ca: Any) -> Path:
     return path
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return path.read_text().strip()
-        if proc.poll() is not None:
-            raise AssertionError(f"emulator exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
-        time.sleep(0.02)  # readiness poll on the ready file, bounded by the deadline
-    raise AssertionError("emulator never became ready")
+def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> str:
+    """Block on the emulator's `ready URL` line (printed after the ready file is written)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith(b"ready "):
+        proc.wait(timeout=30)
+        raise AssertionError(f"emulator exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
+    url = path.read_text().strip()
+    assert line.split(b" ", 1)[1].strip().decode() == url
+    return url
 
 
 def test_serve_as_a_process(tmp_path: Path, local_ca: Any) -> None:
@@ -70,7 +70,7 @@ def test_serve_as_a_process(tmp_path: Path, local_ca: Any) -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()
-    assert out.startswith(b"ready http://127.0.0.1:")
+    assert not out  # the ready line was already read; nothing else goes to stdout
     assert not list(ready.parent.glob(".*.tmp"))
 
 
