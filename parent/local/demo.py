@@ -116,11 +116,13 @@ class Recipe:
     epsilon: float = 3.0
     delta: float = 1e-5
     eval_every: int = 200
-    checkpoint_every: int = 500
+    checkpoint_every: int | None = 500  # None: only the final checkpoint
+    job_name: str = "fashion-mnist-demo"
 
     def spec_toml(self, key_id: str) -> str:
+        every = "" if self.checkpoint_every is None else f"every_steps = {self.checkpoint_every}\n"
         return f"""[job]
-name = "fashion-mnist-demo"
+name = "{self.job_name}"
 
 [model]
 name = "{self.model}"
@@ -143,8 +145,7 @@ public = "{PUBLIC_TEST_NAME}"
 every_steps = {self.eval_every}
 
 [checkpoint]
-every_steps = {self.checkpoint_every}
-key_id = "{key_id}"
+{every}key_id = "{key_id}"
 """
 
 
