@@ -9,7 +9,9 @@ One step on a Poisson-sampled batch:
 3. the clipped gradients summed, N(0, sigma^2 C^2) noise added to every coordinate
    (`Csprng.normal`, floating-point-attack guarded), and the result divided by the
    *expected* batch size B = N q — not the realised batch size, which is data-dependent
-   and would leak; an empty batch therefore yields noise / B;
+   and would leak; an empty batch therefore yields noise / B. The noise does not depend
+   on the data, so when a core is spare it is drawn one step ahead on a worker thread
+   (`enclave.training.noise.StepNoise`), off the step's critical path;
 4. that written into `p.grad` and `optimizer.step()` called.
 
 Two engines compute steps 1-3 and give the same result to float32 rounding:
@@ -233,6 +235,7 @@ class DpSgd:
         loss: str = "cross_entropy",
         micro_batch: int = 1024,
         engine: str = "fast",
+        noise_ahead: bool | None = None,
     ) -> None:
         check_privatizable(model)
         if engine not in ENGINES:
@@ -259,10 +262,17 @@ class DpSgd:
         self.loss = loss
         self.micro_batch = micro_batch
         self.engine = engine
-        self._rng = rng
+        # Imported here: noise and fastclip build on this module's definitions.
+        from enclave.training.noise import StepNoise, spare_core
+
+        self._noise = StepNoise(
+            rng,
+            [(p.shape, p.dtype) for p in trainable.values()],
+            self.noise_std,
+            ahead=spare_core() if noise_ahead is None else noise_ahead,
+        )
         self._fast = None
         if engine == "fast":
-            # Imported here: fastclip builds on this module's definitions.
             from enclave.training.fastclip import FastClip
 
             self._fast = FastClip(model, loss)
@@ -298,8 +308,16 @@ class DpSgd:
                     sums[name].add_(torch.tensordot(factors.to(g.dtype), g, dims=1))
         # Noise is drawn for every step and every parameter in named_parameters order,
         # whatever the batch held, so the CSPRNG stream position never depends on data.
-        for name, p in trainable.items():
-            noise = self._rng.normal(p.shape, std=self.noise_std, dtype=p.dtype)
+        drawn = self._noise.take()
+        if len(drawn) != len(trainable):
+            raise DpSgdConfigError("the model's trainable parameters changed after DP-SGD was set up")
+        for (name, p), noise in zip(trainable.items(), drawn):
+            if noise.shape != p.shape or noise.dtype != p.dtype:
+                raise DpSgdConfigError(f"parameter {name} changed shape or dtype after DP-SGD was set up")
             p.grad = sums[name].add_(noise.to(p.device)).div_(self.expected_batch_size)
         self.optimizer.step()
         return StepStats(batch_size=n, clipped_fraction=clipped / n if n else 0.0)
+
+    def close(self) -> None:
+        """Stop drawing noise ahead (waits for the draw in flight); the engine takes no more steps."""
+        self._noise.close()

@@ -73,8 +73,10 @@ _FORK_INFO = b"hermetic/csprng/v1/fork\x00"
 # the scratch input small and cache-friendly without changing the stream.
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
-# normal() draws Box–Muller pairs for at most 2 * _NORMAL_BLOCK outputs at a time.
-_NORMAL_BLOCK = 1 << 15
+# normal() draws Box–Muller pairs for at most 2 * _NORMAL_BLOCK outputs at a time;
+# GUARD_TERMS * _NORMAL_BLOCK elements per operation stays below torch's parallel grain
+# (32768), so those operations never start a thread-pool team.
+_NORMAL_BLOCK = 8000
 
 
 class SeedError(ConfigError):
@@ -229,15 +231,18 @@ class Csprng:
         if not dtype.is_floating_point:
             raise RngArgumentError(f"normal() needs a floating dtype, got {dtype}")
         size = math.prod(dims)
-        out = torch.empty(size, dtype=torch.float64)
-        # Blocks keep the float64 scratch small enough to stay in cache (one 32 MB
-        # buffer per million outputs is dominated by page faults); the block size is
-        # part of how the stream maps to outputs, so it is a fixed constant.
+        out = torch.empty(size, dtype=dtype)
+        factor = scale / math.sqrt(GUARD_TERMS)
+        # Blocks keep the float64 scratch in cache, and every operation on a block
+        # under torch's parallel grain, so a draw runs on the calling thread alone:
+        # DP-SGD draws on a worker thread while the step uses torch's thread pool,
+        # and a second pool team there would only fight it for the cores. The block
+        # size is part of how the stream maps to outputs, so it is a fixed constant.
         for start in range(0, size, 2 * _NORMAL_BLOCK):
             count = min(2 * _NORMAL_BLOCK, size - start)
-            out[start : start + count] = self._guarded_standard_normals(count)
-        out.mul_(scale / math.sqrt(GUARD_TERMS))
-        return out.to(dtype).reshape(dims)
+            # Scaled in float64, then rounded once to dtype.
+            out[start : start + count] = self._guarded_standard_normals(count).mul_(factor)
+        return out.reshape(dims)
 
     def _guarded_standard_normals(self, count: int) -> torch.Tensor:
         """count float64 values, each a sum of GUARD_TERMS independent N(0, 1) (variance GUARD_TERMS)."""
@@ -245,14 +250,17 @@ class Csprng:
         # One Box–Muller pair yields a cos and a sin output. Pairs are laid out as
         # [GUARD_TERMS, half]: output j sums the cos of the GUARD_TERMS pairs in column j,
         # output half + j the sin of the same pairs, so no sum contains two values
-        # derived from the same uniforms.
-        u = torch.from_numpy(self.uniform(2 * GUARD_TERMS * half)).view(2, GUARD_TERMS, half)
-        # 1 - u is exact for 53-bit u and lies in (0, 1], so the log is finite.
-        radius = torch.log1p(-u[0]).mul_(-2.0).sqrt_()
-        angle = u[1].mul(2.0 * math.pi)
-        cos_sum = (radius * torch.cos(angle)).sum(dim=0)
-        sin_sum = (radius * torch.sin(angle)).sum(dim=0)
-        return torch.cat((cos_sum, sin_sum))[:count]
+        # derived from the same uniforms. The uniforms are k * 2^-53 for the 53-bit
+        # integers k of `_bits53` (the same values `uniform` returns), converted in
+        # torch's vectorised kernels rather than numpy's.
+        k = torch.from_numpy(self._bits53(2 * GUARD_TERMS * half).view(np.int64)).view(2, GUARD_TERMS, half)
+        # 1 - u = (2^53 - k) * 2^-53 is exact and lies in (0, 1], so the log is finite.
+        radius = torch.sub(_TWO_53, k[0]).to(torch.float64).mul_(1.0 / _TWO_53).log_().mul_(-2.0).sqrt_()
+        angle = k[1].to(torch.float64).mul_(2.0 * math.pi / _TWO_53)
+        out = torch.empty(2, half, dtype=torch.float64)
+        torch.sum(torch.cos(angle).mul_(radius), dim=0, out=out[0])
+        torch.sum(angle.sin_().mul_(radius), dim=0, out=out[1])
+        return out.view(-1)[:count]
 
     # -- derivation ----------------------------------------------------------------------
 

@@ -175,16 +175,19 @@ class Trainer:
         ckpt_every = spec.checkpoint.every_steps
         self._gate.send(TrainingProgress(step=start, total_steps=plan.steps, epsilon=float(ledger.epsilon())))
         began = time.monotonic()
-        for step in range(start + 1, last + 1):
-            batch = sampler.sample()
-            engine.step(inputs(batch), labels[batch])
-            ledger.record(plan.sampling_rate, plan.noise_multiplier)
-            if step % progress_every == 0 and step < last:
-                self._gate.send(TrainingProgress(step=step, total_steps=plan.steps, epsilon=float(ledger.epsilon())))
-            if public is not None and eval_every and step % eval_every == 0 and step < last:
-                self._release_accuracy(model, public, step)
-            if ckpt_every and step % ckpt_every == 0 and step < last:
-                self._emit_checkpoint(model, optimizer, ledger, step, final=False)
+        try:
+            for step in range(start + 1, last + 1):
+                batch = sampler.sample()
+                engine.step(inputs(batch), labels[batch])
+                ledger.record(plan.sampling_rate, plan.noise_multiplier)
+                if step % progress_every == 0 and step < last:
+                    self._gate.send(TrainingProgress(step=step, total_steps=plan.steps, epsilon=float(ledger.epsilon())))
+                if public is not None and eval_every and step % eval_every == 0 and step < last:
+                    self._release_accuracy(model, public, step)
+                if ckpt_every and step % ckpt_every == 0 and step < last:
+                    self._emit_checkpoint(model, optimizer, ledger, step, final=False)
+        finally:
+            engine.close()  # stops the worker drawing the next step's noise
         log.info("trained %d steps in %.1fs", last - start, time.monotonic() - began)
         eps = {name: float(ledger.epsilon(name)) for name in ("prv", "rdp")}
         self._gate.send(TrainingProgress(step=last, total_steps=plan.steps, epsilon=eps[plan.accountant]))

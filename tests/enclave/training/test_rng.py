@@ -5,7 +5,6 @@ import copy
 import math
 import os
 import pickle
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -316,20 +315,13 @@ def test_normal_refuses_bad_shape_and_dtype() -> None:
         Csprng(SEED).normal(3, 1.0, dtype=torch.int64)
 
 
-def test_a_million_normals_in_well_under_100_ms() -> None:
-    # Single-threaded CPU time, not wall time: other jobs on a shared 2-core machine
-    # inflate wall time (and spinning worker threads inflate multi-threaded CPU time)
-    # without saying anything about the sampler. Best of five after a warm-up.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        r = Csprng(SEED)
-        r.normal(1_000_000, 1.0)
-        best = math.inf
-        for _ in range(5):
-            start = time.process_time()
-            r.normal(1_000_000, 1.0)
-            best = min(best, time.process_time() - start)
-    finally:
-        torch.set_num_threads(threads)
-    assert best < 0.1, f"1M guarded normals took {best * 1e3:.0f} ms of CPU"
+def test_normal_blocks_stay_under_torchs_parallel_grain() -> None:
+    # Draws run on DP-SGD's noise worker; an operation above torch's grain (32768
+    # elements, ATen's GRAIN_SIZE) would start a thread-pool team competing with the step.
+    assert GUARD_TERMS * rng_module._NORMAL_BLOCK < 32768
+
+
+def test_normal_scales_in_float64_before_rounding_to_dtype() -> None:
+    wide = Csprng(SEED).normal(3001, 2.5, dtype=torch.float64)
+    narrow = Csprng(SEED).normal(3001, 2.5, dtype=torch.float32)
+    assert torch.equal(narrow, wide.to(torch.float32))
