@@ -22,9 +22,7 @@ import argparse
 import gzip
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -37,6 +35,7 @@ from enclave.training.models import build_model, feature_transform, preprocess
 from enclave.training.rng import Csprng
 from parent.local.demo import FASHION_MNIST, FASHION_MNIST_TEST, Recipe
 from parent.local.jobs import JobOutcome, LocalStack
+from parent.storage import open_atomic, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -238,24 +237,13 @@ def plot(rows: list[RunRow], nonprivate: dict[str, Any] | None, path: Path) -> N
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    _write_via_temp(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with open_atomic(path) as handle:
+        fig.savefig(handle, format="png")
     plt.close(fig)
 
 
-def _write_via_temp(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: Path, text: str) -> None:
-    _write_via_temp(path, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(path, text.encode())
 
 
 # --------------------------------------------------------------------------- main
