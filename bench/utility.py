@@ -47,38 +47,41 @@ FASHION_MNIST_LABELS = FASHION_MNIST.with_name("train-labels-idx1-ubyte.gz")
 FASHION_MNIST_TEST_LABELS = FASHION_MNIST_TEST.with_name("t10k-labels-idx1-ubyte.gz")
 
 
+#: Epochs per target epsilon; everything else is the demo's recipe (Tramer & Boneh's
+#: ScatterNet + linear: batch 8192, lr 16, momentum 0.9, C 0.1). Tuned out of the enclave
+#: on the same features (two seeds each): at epsilon 1, 20 epochs beat 40 by about a
+#: point (88.0% against 87.2%); at 3, 40 epochs were best (20: 89.2%, 80: 89.6%); at 8,
+#: 80 epochs (90.6-90.8%) beat 40 (about 90.4%). EMA of the weights, other learning
+#: rates, C 0.5, batch 4096, cosine or linear decay and scatter_cnn were no better.
+EPOCHS = {1.0: 20.0, 3.0: 40.0, 8.0: 80.0}
+
+
 def utility_recipe(epsilon: float) -> Recipe:
-    """Tramer & Boneh's ScatterNet + linear recipe at `epsilon`, with the demo's spec format.
+    """The demo's recipe at `epsilon` (epochs from EPOCHS, else the demo's).
 
     One evaluation, at the end (only the final model's accuracy is reported), and only
     the final checkpoint.
     """
-    return Recipe(
-        model="scatter_linear",
-        batch_size=8192,
-        epochs=40.0,
-        lr=16.0,
-        momentum=0.9,
-        max_grad_norm=0.1,
+    demo = Recipe()
+    return replace(
+        demo,
         epsilon=epsilon,
         delta=DELTA,
+        epochs=EPOCHS.get(epsilon, demo.epochs),
         eval_every=100_000_000,
         checkpoint_every=None,
         job_name=f"bench-utility-eps{epsilon:g}",
     )
 
 
-#: Plain-SGD learning rates of the non-private reference (same batch and epochs), tuned
-#: on these features: for scatter_linear 0.05 gave 90.1%, 0.2 gave 89.9%, 1.6 gave 87.6%.
-NONPRIVATE_LR = {"scatter_linear": 0.05}
+#: The non-private reference: plain SGD (no clipping or noise) with the recipe's model and
+#: batch size for NONPRIVATE_EPOCHS epochs at a learning rate tuned per model on these
+#: features: scatter_linear 40 epochs at lr 1.6 gave 90.2% (lr 0.05 90.1%; 120 epochs at
+#: lr 0.4 90.5%, and full-batch L-BFGS to convergence peaked at 90.7%, its ceiling).
+NONPRIVATE_LR = {"scatter_linear": 1.6}
+NONPRIVATE_EPOCHS = 40.0
 
-#: The recipes: Tramer & Boneh's ScatterNet + linear for Fashion-MNIST (batch 8192,
-#: lr 16, momentum 0.9, C 0.1, GroupNorm with 27 groups, 40 epochs), tuned per epsilon.
-RECIPES: dict[float, Recipe] = {
-    1.0: utility_recipe(1.0),
-    3.0: utility_recipe(3.0),
-    8.0: utility_recipe(8.0),
-}
+RECIPES: dict[float, Recipe] = {eps: utility_recipe(eps) for eps in sorted(GOALS)}
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"sigma {outcome.noise_multiplier:.4f}, {outcome.seconds / 60:.1f} min", flush=True)
             save()
     if not args.skip_nonprivate:
-        base = recipes[-1]
+        base = replace(recipes[-1], epochs=NONPRIVATE_EPOCHS)
         lr = args.nonprivate_lr
         if lr is None:
             lr = NONPRIVATE_LR.get(base.model, base.lr * base.max_grad_norm)
