@@ -235,7 +235,7 @@ class Csprng:
         factor = scale / math.sqrt(GUARD_TERMS)
         # Blocks keep the float64 scratch in cache, and every operation on a block
         # under torch's parallel grain, so a draw runs on the calling thread alone:
-        # DP-SGD draws on a worker thread while the step uses torch's thread pool,
+        # DP-SGD may draw on a worker thread while the step uses torch's thread pool,
         # and a second pool team there would only fight it for the cores. The block
         # size is part of how the stream maps to outputs, so it is a fixed constant.
         for start in range(0, size, 2 * _NORMAL_BLOCK):
