@@ -43,6 +43,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from enclave.errors import ConfigError, DatasetError
+from enclave.training.noise import StepNoise, spare_core
 from enclave.training.rng import Csprng
 
 __all__ = [
@@ -262,9 +263,6 @@ class DpSgd:
         self.loss = loss
         self.micro_batch = micro_batch
         self.engine = engine
-        # Imported here: noise and fastclip build on this module's definitions.
-        from enclave.training.noise import StepNoise, spare_core
-
         self._noise = StepNoise(
             rng,
             [(p.shape, p.dtype) for p in trainable.values()],
@@ -273,6 +271,7 @@ class DpSgd:
         )
         self._fast = None
         if engine == "fast":
+            # Imported here: fastclip builds on this module's definitions.
             from enclave.training.fastclip import FastClip
 
             self._fast = FastClip(model, loss)

@@ -15,14 +15,13 @@ on a 2-core machine, measured with the seed MLP at batch 256, the step then took
 
 What this does not change: the stream. Exactly one draw per step, each in parameter
 order, all on the one worker, so the outputs are the same function of the seed as a
-synchronous draw and the stream position after k steps is k + 1 draws (the one drawn
+synchronous draw and the stream position after k steps is k draws (k + 1 when drawing
 ahead) whatever the data — `close()` waits for the draw in flight, so it can be
 checked. The drawn-ahead noise of the last step is simply never used; it never leaves
 the process.
 """
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,8 +32,6 @@ from enclave.errors import ConfigError
 from enclave.training.rng import Csprng
 
 __all__ = ["NoiseClosed", "StepNoise", "spare_core"]
-
-log = logging.getLogger(__name__)
 
 
 def spare_core() -> bool:

@@ -181,7 +181,8 @@ class Trainer:
                 engine.step(inputs(batch), labels[batch])
                 ledger.record(plan.sampling_rate, plan.noise_multiplier)
                 if step % progress_every == 0 and step < last:
-                    self._gate.send(TrainingProgress(step=step, total_steps=plan.steps, epsilon=float(ledger.epsilon())))
+                    spent = float(ledger.epsilon())
+                    self._gate.send(TrainingProgress(step=step, total_steps=plan.steps, epsilon=spent))
                 if public is not None and eval_every and step % eval_every == 0 and step < last:
                     self._release_accuracy(model, public, step)
                 if ckpt_every and step % ckpt_every == 0 and step < last:
