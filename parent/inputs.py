@@ -1,13 +1,18 @@
 """Reading the files people hand to the CLI: bounded, with one-line errors."""
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
 from enclave.errors import ConfigError
+
+HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
 
 def read_bounded(name: str, limit: int, what: str) -> bytes:
@@ -39,3 +44,35 @@ def load_certificate_der(path: Path, what: str = "root certificate") -> bytes:
     except ValueError:
         raise ConfigError(f"{what} {path} is not a PEM or DER X.509 certificate") from None
     return cert.public_bytes(Encoding.DER)
+
+
+def parse_hex(text: str) -> bytes:
+    """argparse type: a hex string, optionally 0x-prefixed (empty allowed)."""
+    cleaned = text.strip().removeprefix("0x").removeprefix("0X")
+    if len(cleaned) % 2 or (cleaned and not HEX_RE.fullmatch(cleaned)):
+        raise argparse.ArgumentTypeError(f"not a hex string: {text!r}")
+    return bytes.fromhex(cleaned)
+
+
+def parse_pcr(text: str) -> tuple[int, bytes]:
+    """argparse type for --pcr N=HEX: a PCR index and a 32-, 48- or 64-byte value."""
+    index_text, sep, value_text = text.partition("=")
+    if not sep or not index_text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected N=HEX, got {text!r}")
+    index = int(index_text)
+    if not 0 <= index < PCR_COUNT:
+        raise argparse.ArgumentTypeError(f"PCR index {index} is outside 0..{PCR_COUNT - 1}")
+    value = parse_hex(value_text)
+    if len(value) not in PCR_VALUE_SIZES:
+        raise argparse.ArgumentTypeError(f"PCR{index} value must be 32, 48 or 64 bytes, got {len(value)}")
+    return index, value
+
+
+def pcr_values(parser: argparse.ArgumentParser, given: list[tuple[int, bytes]] | None) -> dict[int, bytes]:
+    """The repeated --pcr options as {index: value}; one index given two values is a usage error (exit 2)."""
+    pcrs: dict[int, bytes] = {}
+    for index, value in given or ():
+        if pcrs.get(index, value) != value:
+            parser.error(f"--pcr {index} given twice with different values")
+        pcrs[index] = value
+    return pcrs

@@ -8,7 +8,6 @@ import argparse
 import base64
 import binascii
 import json
-import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,12 @@ from enclave.attestation import (
     verify_attestation,
 )
 from enclave.attestation.cose import MAX_DOCUMENT_SIZE
-from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
-from parent.inputs import load_certificate_der, read_bounded
+from parent.inputs import HEX_RE, load_certificate_der, parse_hex, parse_pcr, pcr_values, read_bounded
 
 AT_DOCUMENT = "document"
 SUMMARY_PCRS = (0, 1, 2, 8)
 # base64 of the largest accepted document plus line breaks; anything bigger is refused unread.
 _MAX_INPUT = MAX_DOCUMENT_SIZE * 2
-_HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
@@ -50,11 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     parser.add_argument("--at", metavar="TIME", type=_parse_at,
                         help="verification time, ISO-8601 (UTC if no offset) or 'document' for the"
                              " document's own timestamp; default: now")
-    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=_parse_pcr, default=None,
+    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
                         help="required PCR value; may repeat, all must match")
-    parser.add_argument("--nonce", metavar="HEX", type=_parse_hex, help="required nonce")
-    parser.add_argument("--user-data", metavar="HEX", type=_parse_hex, help="required user_data")
-    parser.add_argument("--public-key", metavar="HEX", type=_parse_hex, help="required public_key")
+    parser.add_argument("--nonce", metavar="HEX", type=parse_hex, help="required nonce")
+    parser.add_argument("--user-data", metavar="HEX", type=parse_hex, help="required user_data")
+    parser.add_argument("--public-key", metavar="HEX", type=parse_hex, help="required public_key")
     parser.add_argument("--max-age", metavar="SECONDS", type=_parse_max_age,
                         help="refuse documents older than this at the verification time")
     parser.add_argument("--json", action="store_true", help="print the result as a JSON object")
@@ -64,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
 def run(args: argparse.Namespace) -> int:
     policy = _policy(args)
     data = _read_document(args.document)
-    root_der = _read_root(args.root) if args.root is not None else None
+    root_der = load_certificate_der(args.root) if args.root is not None else None
 
     at: datetime
     if args.at == AT_DOCUMENT:
@@ -93,26 +90,6 @@ def run(args: argparse.Namespace) -> int:
 # --- argument parsing (errors here exit 2 through argparse) ---------------------------
 
 
-def _parse_hex(text: str) -> bytes:
-    cleaned = text.strip().removeprefix("0x").removeprefix("0X")
-    if len(cleaned) % 2 or (cleaned and not _HEX_RE.fullmatch(cleaned)):
-        raise argparse.ArgumentTypeError(f"not a hex string: {text!r}")
-    return bytes.fromhex(cleaned)
-
-
-def _parse_pcr(text: str) -> tuple[int, bytes]:
-    index_text, sep, value_text = text.partition("=")
-    if not sep or not index_text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected N=HEX, got {text!r}")
-    index = int(index_text)
-    if not 0 <= index < PCR_COUNT:
-        raise argparse.ArgumentTypeError(f"PCR index {index} is outside 0..{PCR_COUNT - 1}")
-    value = _parse_hex(value_text)
-    if len(value) not in PCR_VALUE_SIZES:
-        raise argparse.ArgumentTypeError(f"PCR{index} value must be 32, 48 or 64 bytes, got {len(value)}")
-    return index, value
-
-
 def _parse_at(text: str) -> datetime | str:
     if text.strip().lower() == AT_DOCUMENT:
         return AT_DOCUMENT
@@ -134,11 +111,7 @@ def _parse_max_age(text: str) -> timedelta:
 
 
 def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
-    pcrs: dict[int, bytes] = {}
-    for index, value in args.pcr or ():
-        if pcrs.get(index, value) != value:
-            args._parser.error(f"--pcr {index} given twice with different values")  # exits 2
-        pcrs[index] = value
+    pcrs = pcr_values(args._parser, args.pcr)
     if not (pcrs or args.nonce is not None or args.user_data is not None
             or args.public_key is not None or args.max_age is not None):
         return None
@@ -172,7 +145,7 @@ def decode_document_text(raw: bytes) -> bytes:
     except UnicodeDecodeError:
         return raw
     compact = "".join(text.split())
-    if compact and _HEX_RE.fullmatch(compact) and len(compact) % 2 == 0:
+    if compact and HEX_RE.fullmatch(compact) and len(compact) % 2 == 0:
         decoded = bytes.fromhex(compact)
         if _looks_like_cose(decoded):
             return decoded
@@ -185,10 +158,6 @@ def decode_document_text(raw: bytes) -> bytes:
         if _looks_like_cose(decoded):
             return decoded
     return raw  # let the parser explain what is wrong with it
-
-
-def _read_root(path: Path) -> bytes:
-    return load_certificate_der(path)
 
 
 # --- output --------------------------------------------------------------------------

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-
 from enclave.attestation import AttestationPolicy
-from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
 from enclave.certificate import (
     KNOWN_ACCOUNTANTS,
     VerifiedCertificate,
@@ -24,9 +21,7 @@ from enclave.certificate import (
 from enclave.certificate.checks import metrics_epsilon
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
 from enclave.errors import HermeticError
-from parent.inputs import load_certificate_der, read_bounded
-
-_HEX_RE = re.compile(r"[0-9a-fA-F]*")
+from parent.inputs import load_certificate_der, parse_pcr, pcr_values, read_bounded
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
@@ -43,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     parser.add_argument("certificate", metavar="CERT", help="certificate file; '-' for stdin")
     parser.add_argument("--root", metavar="PEM", type=Path,
                         help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
-    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=_parse_pcr, default=None,
+    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
                         help="required attested PCR value; may repeat, all must match")
     parser.add_argument("--accountant", choices=KNOWN_ACCOUNTANTS, default=None,
                         help="accountant whose recomputed epsilon is reported (default: the"
@@ -56,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     policy = _policy(args)
     try:
         data = _read_certificate(args.certificate)
-        root_der = _read_root(args.root) if args.root is not None else None
+        root_der = load_certificate_der(args.root) if args.root is not None else None
         verified = verify_certificate(data, root_der=root_der, policy=policy,
                                       accountant=args.accountant)
     except HermeticError as err:
@@ -75,28 +70,8 @@ def run(args: argparse.Namespace) -> int:
 # --- arguments (errors exit 2 through argparse) ------------------------------------------
 
 
-def _parse_pcr(text: str) -> tuple[int, bytes]:
-    index_text, sep, value_text = text.partition("=")
-    if not sep or not index_text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"expected N=HEX, got {text!r}")
-    index = int(index_text)
-    if not 0 <= index < PCR_COUNT:
-        raise argparse.ArgumentTypeError(f"PCR index {index} is outside 0..{PCR_COUNT - 1}")
-    cleaned = value_text.strip().removeprefix("0x")
-    if len(cleaned) % 2 or not _HEX_RE.fullmatch(cleaned):
-        raise argparse.ArgumentTypeError(f"PCR{index} value is not hex: {value_text!r}")
-    value = bytes.fromhex(cleaned)
-    if len(value) not in PCR_VALUE_SIZES:
-        raise argparse.ArgumentTypeError(f"PCR{index} value must be 32, 48 or 64 bytes, got {len(value)}")
-    return index, value
-
-
 def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
-    pcrs: dict[int, bytes] = {}
-    for index, value in args.pcr or ():
-        if pcrs.get(index, value) != value:
-            args._parser.error(f"--pcr {index} given twice with different values")  # exits 2
-        pcrs[index] = value
+    pcrs = pcr_values(args._parser, args.pcr)
     return AttestationPolicy.from_pcrs(pcrs) if pcrs else None
 
 
@@ -105,10 +80,6 @@ def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
 
 def _read_certificate(name: str) -> bytes:
     return read_bounded(name, MAX_CERTIFICATE_SIZE, "certificate")
-
-
-def _read_root(path: Path) -> bytes:
-    return load_certificate_der(path)
 
 
 # --- output --------------------------------------------------------------------------------
