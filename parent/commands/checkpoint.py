@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from typing import Any
 
-from enclave.errors import ConfigError
-
-DEFAULT_REGION = "us-east-1"
+from parent.commands.kms_args import add_kms_arguments, kms_client
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
@@ -30,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     dec.add_argument("--out", required=True, metavar="FILE.pt", help="torch file to write (mode 0600)")
     dec.add_argument("--job-id", default=None, help="refuse a checkpoint of any other job")
     dec.add_argument("--spec-sha256", default=None, help="refuse a checkpoint made under any other job spec")
-    dec.add_argument("--kms-endpoint", default=None, metavar="URL", help="KMS endpoint, e.g. the emulator")
-    dec.add_argument("--region", default=None, help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1)")
+    add_kms_arguments(dec)
     dec.add_argument("--json", action="store_true", help="print the result as one JSON object")
     dec.set_defaults(func=run)
 
@@ -46,23 +41,6 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint_command == "inspect":
         return _inspect(args)
     return _decrypt(args)
-
-
-def _region(args: argparse.Namespace) -> str:
-    return args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-
-
-def _kms_client(args: argparse.Namespace) -> Any:
-    import boto3
-
-    kwargs: dict[str, Any] = {"region_name": _region(args)}
-    if args.kms_endpoint:
-        kwargs["endpoint_url"] = args.kms_endpoint
-    try:
-        # A fresh session: the default one caches the credentials it first resolved.
-        return boto3.session.Session().client("kms", **kwargs)
-    except ValueError as err:  # botocore rejects malformed endpoint URLs this way
-        raise ConfigError(f"bad KMS endpoint {args.kms_endpoint!r}: {err}") from None
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -88,7 +66,7 @@ def _decrypt(args: argparse.Namespace) -> int:
 
     info, state = decrypt_checkpoint(
         args.checkpoint,
-        kms_client=_kms_client(args),
+        kms_client=kms_client(args),
         expected_job_id=args.job_id,
         expected_spec_sha256=args.spec_sha256,
     )

@@ -4,18 +4,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
-from typing import Any
 
 from enclave.errors import ConfigError
 from enclave.sealed import DEFAULT_CHUNK_SIZE
+from parent.commands.kms_args import add_kms_arguments, kms_client
 from parent.datasets import open_dataset
 from parent.seal import SealResult, seal_dataset
 
 # Below this many records sealing takes well under a second: no progress bar.
 PROGRESS_MIN_RECORDS = 10_000
-DEFAULT_REGION = "us-east-1"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
@@ -34,8 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
     p.add_argument("--delta", required=True, type=float, help="privacy budget delta, in (0, 1)")
     p.add_argument("--owner", default=None, help="data owner name (default: the login name)")
     p.add_argument("--dataset-id", default=None, help="dataset id (default: file name + random suffix)")
-    p.add_argument("--kms-endpoint", default=None, metavar="URL", help="KMS endpoint, e.g. the emulator")
-    p.add_argument("--region", default=None, help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION or us-east-1)")
+    add_kms_arguments(p)
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run)
@@ -48,29 +45,13 @@ def _login_name() -> str:
         return ""
 
 
-def _region(args: argparse.Namespace) -> str:
-    return args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-
-
-def _kms_client(args: argparse.Namespace) -> Any:
-    import boto3
-
-    kwargs: dict[str, Any] = {"region_name": _region(args)}
-    if args.kms_endpoint:
-        kwargs["endpoint_url"] = args.kms_endpoint
-    try:
-        return boto3.client("kms", **kwargs)
-    except ValueError as err:  # botocore rejects malformed endpoint URLs this way
-        raise ConfigError(f"bad KMS endpoint {args.kms_endpoint!r}: {err}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     owner = args.owner or _login_name()
     if not owner:
         raise ConfigError("--owner is required (no login name to default to)")
     reader = open_dataset(args.input)
     count = reader.count()
-    client = _kms_client(args)
+    client = kms_client(args)
     bar = None
     if sys.stderr.isatty() and count >= PROGRESS_MIN_RECORDS:
         from tqdm import tqdm
