@@ -221,54 +221,69 @@ class ConvRule(Rule):
             return F.pad(x, m._reversed_padding_repeated_twice, mode=mode), [0] * len(m.kernel_size)
         return x, list(m.padding)  # type: ignore[arg-type]
 
-    def _columns(self, x: torch.Tensor) -> torch.Tensor:
-        """im2col of x: [n, C_in * prod(kernel), positions], channel-major like weight.view(C_out, -1).
+    def _geometry(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+        """(kernel, stride, dilation) as 2-D tuples; a Conv1d is a Conv2d of height 1."""
+        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        if isinstance(m, nn.Conv1d):
+            return (1, m.kernel_size[0]), (1, m.stride[0]), (1, m.dilation[0])
+        return tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)  # type: ignore[return-value]
 
-        Built as a strided view of the (padded) input and one reshape copy: the same
-        matrix as F.unfold, whose CPU kernel loops over samples and is several times slower.
+    def _columns(self, x: torch.Tensor) -> torch.Tensor:
+        """Kernel-last im2col of x: [n * groups, positions, kh * kw * C_in / groups].
+
+        Row t of sample i (and group) holds the receptive field of output position t in
+        (kh, kw, channel) order, so each row is gathered from runs of contiguous channels
+        of a channels-last copy of the input, and the batched matmul that consumes it reads
+        contiguous rows. (Channel-major columns, as F.unfold builds them, gather with the
+        convolution's stride in the innermost dimension and cost several times more.) The
+        per-sample gradients come out in the same order; `_weight_layout` restores the
+        weight's (channel, kh, kw) order once, on the clipped sum.
         """
         m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
         x, padding = self._padded(x)
-        if any(padding):
-            pad: list[int] = []
-            for p in reversed(padding):
-                pad += [p, p]
-            x = F.pad(x, pad)
         if isinstance(m, nn.Conv1d):
             x = x.unsqueeze(2)
-            kernel, stride, dilation = (1, *m.kernel_size), (1, *m.stride), (1, *m.dilation)
-        else:
-            kernel, stride, dilation = tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)
+            padding = [0, *padding]
+        (kh, kw), (sh_, sw_), (dh, dw) = self._geometry()
         n, c, h, w = x.shape
-        out_h = (h - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-        out_w = (w - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-        sn, sc, sh, sw = x.stride()
-        patches = x.as_strided(
-            (n, c, kernel[0], kernel[1], out_h, out_w),
-            (sn, sc, sh * dilation[0], sw * dilation[1], sh * stride[0], sw * stride[1]),
-            x.storage_offset(),
+        ph, pw = padding
+        # One copy: the channels-last input written into a zero-padded buffer.
+        last = x.new_zeros((n, h + 2 * ph, w + 2 * pw, c))
+        last[:, ph : ph + h, pw : pw + w].copy_(x.permute(0, 2, 3, 1))
+        out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh_ + 1
+        out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw_ + 1
+        groups = m.groups
+        sn, sy, sx, sc = last.stride()
+        patches = last.as_strided(
+            (n, groups, out_h, out_w, kh, kw, c // groups),
+            (sn, sc * (c // groups), sy * sh_, sx * sw_, sy * dh, sx * dw, sc),
         )
-        return patches.reshape(n, c * kernel[0] * kernel[1], out_h * out_w)
+        return patches.reshape(n * groups, out_h * out_w, kh * kw * (c // groups))
+
+    def _weight_layout(self, t: torch.Tensor) -> torch.Tensor:
+        """A [C_out, kh * kw * C_in/groups] gradient in `_columns`' order, as the weight is laid out."""
+        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        kernel, _, _ = self._geometry()
+        return t.reshape(m.out_channels, *kernel, -1).permute(0, 3, 1, 2).reshape(m.weight.shape)
 
     def _per_sample_weight(self, x: torch.Tensor, g: torch.Tensor, n: int) -> torch.Tensor:
-        """[n, *weight.shape] per-sample weight gradients: per sample and group, g_i cols_i^T.
+        """[n, C_out, kh * kw * C_in/groups] per-sample weight gradients (kernel-last order).
 
-        Computed CONV_CHUNK samples at a time so each chunk's unfolded input is still in
-        cache when the batched matmul reads it. (Folding the batch into the groups of one
-        convolution gives the same result, but oneDNN's speed on such shapes varies by
-        an order of magnitude from run to run.)
+        Per sample and group, g_i cols_i, computed CONV_CHUNK samples at a time so each
+        chunk's columns are still in cache when the batched matmul reads them. (Folding
+        the batch into the groups of one convolution gives the same result, but oneDNN's
+        speed on such shapes varies by an order of magnitude from run to run.)
         """
         m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
         groups = m.groups
-        out = torch.empty((n, *m.weight.shape), dtype=g.dtype)
-        flat = out.view(n * groups, m.out_channels // groups, -1)
+        p_g = m.out_channels // groups
+        out = torch.empty((n, m.out_channels, m.weight[0].numel()), dtype=g.dtype)
+        flat = out.view(n * groups, p_g, -1)
         for start in range(0, n, CONV_CHUNK):
             stop = min(n, start + CONV_CHUNK)
-            cols = self._columns(x[start:stop])
-            rows = cols.shape[1] // groups
             torch.bmm(
-                g[start:stop].reshape((stop - start) * groups, m.out_channels // groups, -1),
-                cols.view((stop - start) * groups, rows, -1).transpose(1, 2),
+                g[start:stop].reshape((stop - start) * groups, p_g, -1),
+                self._columns(x[start:stop]),
                 out=flat[start * groups : stop * groups],
             )
         return out
@@ -293,11 +308,8 @@ class ConvRule(Rule):
             if len(calls) == 1 and use_gram(n, positions, d_g * groups, p_g * groups, groups):
                 x, g = inputs[0], grads[0]
                 assert isinstance(x, torch.Tensor)
-                cols = self._columns(x)
-                a_rows = cols.view(n * groups, d_g, positions).transpose(1, 2)
                 g_rows = g.reshape(n * groups, p_g, positions).transpose(1, 2)
-                sq[w_name] = _gram_sq_norm(a_rows, g_rows).view(n, groups).sum(dim=1)
-                del cols, a_rows
+                sq[w_name] = _gram_sq_norm(self._columns(x), g_rows).view(n, groups).sum(dim=1)
                 paths[w_name] = PATH_GHOST_GRAM
             else:
                 for x, g in zip(inputs, grads):
@@ -320,7 +332,7 @@ class ConvRule(Rule):
             out: dict[str, torch.Tensor] = {}
             if w_name is not None:
                 if per_sample_w is not None:
-                    out[w_name] = _weighted(c, per_sample_w)
+                    out[w_name] = self._weight_layout(_weighted(c, per_sample_w))
                 else:
                     x, g = inputs[0], grads[0]
                     assert isinstance(x, torch.Tensor)

@@ -74,8 +74,11 @@ _FORK_INFO = b"hermetic/csprng/v1/fork\x00"
 _CHUNK = 1 << 20
 _ZEROS = bytes(_CHUNK)
 # normal() draws Box–Muller pairs for at most 2 * _NORMAL_BLOCK outputs at a time;
-# GUARD_TERMS * _NORMAL_BLOCK elements per operation stays below torch's parallel grain
-# (32768), so those operations never start a thread-pool team.
+# GUARD_TERMS * _NORMAL_BLOCK elements per operation keeps the element-wise arithmetic
+# below torch's parallel grain (32768) and the float64 scratch in cache. The
+# transcendental kernels (log, sqrt, cos, sin) go through ATen's vectorised-math path,
+# whose grain is 2048, so those still use torch's thread pool: measured on 32 000
+# float64 values, 2 threads take about 0.55x the time of 1.
 _NORMAL_BLOCK = 8000
 
 
@@ -233,11 +236,9 @@ class Csprng:
         size = math.prod(dims)
         out = torch.empty(size, dtype=dtype)
         factor = scale / math.sqrt(GUARD_TERMS)
-        # Blocks keep the float64 scratch in cache, and every operation on a block
-        # under torch's parallel grain, so a draw runs on the calling thread alone:
-        # DP-SGD may draw on a worker thread while the step uses torch's thread pool,
-        # and a second pool team there would only fight it for the cores. The block
-        # size is part of how the stream maps to outputs, so it is a fixed constant.
+        # Blocks keep the float64 scratch in cache (see _NORMAL_BLOCK for which
+        # operations use torch's thread pool). The block size is part of how the
+        # stream maps to outputs, so it is a fixed constant.
         for start in range(0, size, 2 * _NORMAL_BLOCK):
             count = min(2 * _NORMAL_BLOCK, size - start)
             # Scaled in float64, then rounded once to dtype.

@@ -315,9 +315,9 @@ def test_normal_refuses_bad_shape_and_dtype() -> None:
         Csprng(SEED).normal(3, 1.0, dtype=torch.int64)
 
 
-def test_normal_blocks_stay_under_torchs_parallel_grain() -> None:
-    # Draws run on DP-SGD's noise worker; an operation above torch's grain (32768
-    # elements, ATen's GRAIN_SIZE) would start a thread-pool team competing with the step.
+def test_normal_blocks_keep_elementwise_work_under_torchs_parallel_grain() -> None:
+    # Above ATen's GRAIN_SIZE (32768 elements) the element-wise parts of a block would
+    # also start a thread-pool team, on top of the transcendental kernels that do.
     assert GUARD_TERMS * rng_module._NORMAL_BLOCK < 32768
 
 
