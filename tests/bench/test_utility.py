@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.utility import GOALS, RunRow, _epsilons, plot, results_markdown
+from bench.utility import EPOCHS, GOALS, MODEL, RECIPES, RunRow, _epsilons, plot, results_markdown
+from enclave.training.spec import JobSpec
+from parent.local.demo import Recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -51,3 +53,14 @@ def test_epsilons_parse(text: str, expected: list[float]) -> None:
 def test_epsilons_refuse(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         _epsilons(text)
+
+
+def test_every_epsilon_trains_the_two_scale_scatternet_with_the_demo_recipe() -> None:
+    demo = Recipe()
+    for eps, recipe in RECIPES.items():
+        assert recipe.model == MODEL == "scatter2_linear"
+        assert (recipe.epsilon, recipe.epochs) == (eps, EPOCHS[eps])
+        assert (recipe.batch_size, recipe.lr, recipe.momentum, recipe.max_grad_norm) == (
+            demo.batch_size, demo.lr, demo.momentum, demo.max_grad_norm)
+        spec = JobSpec.from_toml(recipe.spec_toml("arn:aws:kms:us-east-1:111122223333:key/model"))
+        assert spec.model.name == "scatter2_linear" and spec.privacy.target_epsilon == eps

@@ -11,6 +11,7 @@ from enclave.training.dpsgd import DpSgd, check_privatizable, per_sample_gradien
 from enclave.training.models import (
     MODELS,
     FeatureTransform,
+    TwoScaleScatter,
     FeatureTransformError,
     build_model,
     feature_transform,
@@ -21,7 +22,7 @@ from enclave.training.rng import Csprng
 from enclave.training.scattering import Scattering2d
 
 SEED = bytes(range(32))
-SCATTER = ["scatter_linear", "scatter_cnn"]
+SCATTER = ["scatter_linear", "scatter_cnn", "scatter2_linear"]
 
 
 def _pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -29,7 +30,7 @@ def _pixels(n: int, seed: int = 0) -> np.ndarray:
 
 
 def test_the_original_models_are_unchanged_and_scatter_models_added() -> None:
-    assert {"mlp", "tanh_cnn", "scatter_linear", "scatter_cnn"} <= set(MODELS)
+    assert {"mlp", "tanh_cnn", "scatter_linear", "scatter_cnn", "scatter2_linear"} <= set(MODELS)
     for name in SCATTER:
         spec = get_spec(name)
         assert spec.input_shape == (1, 28, 28) and spec.input_features == 784 and spec.num_classes == 10
@@ -44,6 +45,23 @@ def test_scatter_linear_is_tramer_boneh_scatternet_linear() -> None:
     assert (norm.num_groups, norm.num_channels, norm.affine) == (27, 81, False)
     assert (linear.in_features, linear.out_features) == (3969, 10)
     assert sorted(model.state_dict()) == ["3.bias", "3.weight"]
+
+
+def test_scatter2_linear_joins_two_scattering_scales_before_one_linear_layer() -> None:
+    model = build_model("scatter2_linear", rng=Csprng(SEED))
+    assert [type(m) for m in model] == [TwoScaleScatter, nn.Linear]
+    front, linear = model
+    assert (front.coarse.J, front.coarse.L, front.fine.J, front.fine.L) == (2, 8, 1, 8)
+    assert (front.coarse_norm.num_groups, front.coarse_norm.affine) == (27, False)
+    assert (front.fine_norm.num_groups, front.fine_norm.num_channels, front.fine_norm.affine) == (3, 9, False)
+    assert (linear.in_features, linear.out_features) == (81 * 7 * 7 + 9 * 14 * 14, 10)
+    assert sorted(model.state_dict()) == ["1.bias", "1.weight"]
+    # The first 3969 features are scatter_linear's, in its order; the rest the J=1 scale's.
+    x = preprocess("scatter2_linear", _pixels(3))
+    one_scale = build_model("scatter_linear", rng=Csprng(SEED))
+    torch.testing.assert_close(front(x)[:, :3969], one_scale[:3](x))
+    fine = nn.functional.group_norm(Scattering2d(J=1, shape=(28, 28), L=8)(x), 3, eps=1e-5)
+    torch.testing.assert_close(front(x)[:, 3969:], fine.flatten(1))
 
 
 def test_scatter_cnn_is_tramer_boneh_scatternet_cnn() -> None:
@@ -66,7 +84,9 @@ def test_builds_accepts_preprocess_and_is_privatizable(name: str) -> None:
     out = model(preprocess(name, _pixels(4)))
     assert out.shape == (4, 10) and torch.isfinite(out).all()
     # Only the classifier is trainable; the front end holds nothing.
-    assert sum(p.numel() for p in model[:2].parameters()) == 0
+    transform = feature_transform(name)
+    assert transform is not None
+    assert sum(p.numel() for p in transform.front(model).parameters()) == 0
     state = torch.get_rng_state()
     a, b = build_model(name, rng=Csprng(SEED)).state_dict(), build_model(name, rng=Csprng(SEED)).state_dict()
     assert torch.equal(state, torch.get_rng_state())
@@ -91,16 +111,18 @@ def test_per_sample_gradients_equal_batch_of_one_backward(name: str) -> None:
 def test_head_on_cached_features_is_the_model(name: str) -> None:
     model = build_model(name, rng=Csprng(SEED))
     transform = feature_transform(name)
-    assert isinstance(transform, FeatureTransform) and transform.feature_shape == (81, 7, 7)
+    assert isinstance(transform, FeatureTransform)
+    assert transform.feature_shape == ((81 * 7 * 7 + 9 * 14 * 14,) if name == "scatter2_linear" else (81, 7, 7))
     pixels = _pixels(5, seed=2)
     features = transform.features(model, pixels, chunk=2)
-    assert features.shape == (5, 81, 7, 7) and features.dtype == torch.float32 and not features.requires_grad
+    assert features.shape == (5, *transform.feature_shape)
+    assert features.dtype == torch.float32 and not features.requires_grad
     head = transform.head(model)
     torch.testing.assert_close(head(features), model(preprocess(name, pixels)), rtol=1e-5, atol=1e-5)
     # The head trains the model itself: the very same parameter objects.
     assert [id(p) for p in head.parameters()] == [id(p) for p in model.parameters()]
     check_privatizable(head)
-    assert transform.features(model, pixels[:0]).shape == (0, 81, 7, 7)
+    assert transform.features(model, pixels[:0]).shape == (0, *transform.feature_shape)
 
 
 def test_dp_step_on_cached_features_equals_step_on_pixels() -> None:
