@@ -55,6 +55,7 @@ def test_scatter2_linear_joins_two_scattering_scales_before_one_linear_layer() -
     assert (front.coarse_norm.num_groups, front.coarse_norm.affine) == (27, False)
     assert (front.fine_norm.num_groups, front.fine_norm.num_channels, front.fine_norm.affine) == (3, 9, False)
     assert (linear.in_features, linear.out_features) == (81 * 7 * 7 + 9 * 14 * 14, 10)
+    assert front.coarse.out_shape == (81, 7, 7) and front.fine.out_shape == (9, 14, 14)
     assert sorted(model.state_dict()) == ["1.bias", "1.weight"]
     # The first 3969 features are scatter_linear's, in its order; the rest the J=1 scale's.
     x = preprocess("scatter2_linear", _pixels(3))
