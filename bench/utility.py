@@ -227,14 +227,14 @@ def plot(rows: list[RunRow], nonprivate: dict[str, Any] | None, path: Path) -> N
         ax.plot([r.epsilon for r in done], [100 * float(r.accuracy) for r in done], "o-", color="tab:blue",
                 label=f"DP-SGD in the mock enclave ({done[0].model})")
         for r in done:
-            ax.annotate(f"{100 * float(r.accuracy):.1f}%", (r.epsilon, 100 * float(r.accuracy)),
+            ax.annotate(f"{100 * float(r.accuracy):.2f}%", (r.epsilon, 100 * float(r.accuracy)),
                         textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     goals = [(e, g) for e, g in GOALS.items() if any(r.target_epsilon == e for r in rows)]
     if goals:
         ax.plot([e for e, _ in goals], [100 * g for _, g in goals], "x", color="tab:red", label="issue 4 goal")
     if nonprivate is not None:
         ax.axhline(100 * nonprivate["accuracy"], color="tab:gray", linestyle="--",
-                   label=f"non-private ({100 * nonprivate['accuracy']:.1f}%)")
+                   label=f"non-private ({100 * nonprivate['accuracy']:.2f}%)")
     ax.set_xscale("log")
     ticks = sorted({r.target_epsilon for r in rows} | set(GOALS))
     ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
