@@ -11,8 +11,8 @@ from enclave.training.dpsgd import DpSgd, check_privatizable, per_sample_gradien
 from enclave.training.models import (
     MODELS,
     FeatureTransform,
-    TwoScaleScatter,
     FeatureTransformError,
+    TwoScaleScatter,
     build_model,
     feature_transform,
     get_spec,
