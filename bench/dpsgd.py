@@ -12,7 +12,7 @@ of the model and times one training step of each on the same fixed batch:
   would set it up (noise from torch's generator, not secure_mode);
 * ``engine``: ``hermetic`` without the noise (the fast clipping engine, the division by
   the expected batch size and the SGD step), and ``noise``: the CSPRNG noise draw alone
-  (Csprng.normal for every parameter) — shown to explain where ``hermetic``'s time goes.
+  (one step's StepNoise draw for every parameter) — shown to explain where ``hermetic``'s time goes.
 
 Repetitions are interleaved (every rep runs each contender once for a block of steps,
 in rotating order) and the per-step median over reps is reported. Peak memory: one more
@@ -121,8 +121,12 @@ def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
 
         rng = Csprng(os.urandom(32))
         if name == "noise":
-            shapes = [p.shape for p in net.parameters()]
-            return lambda: [rng.normal(s, std=NOISE_MULTIPLIER * MAX_GRAD_NORM) for s in shapes] and None
+            from enclave.training.noise import StepNoise
+
+            # DpSgd's own draw (one step's noise for every parameter), in line.
+            specs = [(p.shape, p.dtype) for p in net.parameters()]
+            noise = StepNoise(rng, specs, NOISE_MULTIPLIER * MAX_GRAD_NORM, ahead=False)
+            return lambda: noise.take() and None
         dp = DpSgd(
             net,
             torch.optim.SGD(net.parameters(), lr=lr),

@@ -13,7 +13,13 @@ a descheduled thread and the two threads trade the GIL between many small operat
 on a 2-core machine, measured with the seed MLP at batch 256, the step then took about
 1.5 times as long as drawing in line. `spare_core()` is the default test DpSgd uses.
 
-What this does not change: the stream. Exactly one draw per step, each in parameter
+A step's noise is one `Csprng.normal` call over all parameters laid end to end (one
+call per run of parameters of the same dtype), split into views of each parameter's
+shape. One call instead of one per parameter saves the sampler's fixed cost per call
+(about 30 µs): measured with the tanh CNN's 8 parameter tensors (26 010 values),
+0.51 ms against 0.77-0.84 ms.
+
+What drawing ahead does not change: the stream. Exactly one draw per step, in parameter
 order, all on the one worker, so the outputs are the same function of the seed as a
 synchronous draw and the stream position after k steps is k draws (k + 1 when drawing
 ahead) whatever the data — `close()` waits for the draw in flight, so it can be
@@ -44,7 +50,11 @@ class NoiseClosed(ConfigError):
 
 
 class StepNoise:
-    """One step's noise per `take()`: N(0, std^2) for each (shape, dtype), guarded, from `rng`."""
+    """One step's noise per `take()`: N(0, std^2) for each (shape, dtype), guarded, from `rng`.
+
+    Each run of consecutive specs with one dtype is a single `rng.normal` over their
+    values laid end to end, split into views of the specs' shapes.
+    """
 
     def __init__(
         self,
@@ -55,7 +65,12 @@ class StepNoise:
         ahead: bool = True,
     ) -> None:
         self._rng = rng
-        self._specs = [(torch.Size(shape), dtype) for shape, dtype in specs]
+        # Consecutive specs of one dtype, each run drawn as one flat vector.
+        self._runs: list[tuple[torch.dtype, list[torch.Size]]] = []
+        for shape, dtype in specs:
+            if not self._runs or self._runs[-1][0] != dtype:
+                self._runs.append((dtype, []))
+            self._runs[-1][1].append(torch.Size(shape))
         self._std = float(std)
         self._ahead = ahead
         self._pool: ThreadPoolExecutor | None = None
@@ -63,7 +78,11 @@ class StepNoise:
         self._closed = False
 
     def _draw(self) -> list[torch.Tensor]:
-        return [self._rng.normal(shape, std=self._std, dtype=dtype) for shape, dtype in self._specs]
+        out: list[torch.Tensor] = []
+        for dtype, shapes in self._runs:
+            flat = self._rng.normal(sum(s.numel() for s in shapes), std=self._std, dtype=dtype)
+            out.extend(part.view(shape) for part, shape in zip(flat.split([s.numel() for s in shapes]), shapes))
+        return out
 
     def take(self) -> list[torch.Tensor]:
         """This step's noise, one tensor per spec; starts drawing the next step's."""

@@ -143,9 +143,21 @@ def _reference_grads(
         norms += g.reshape(x.shape[0], -1).pow(2).sum(1)
     norms = norms.sqrt()
     factors = torch.clamp(clip / (norms + 1e-6), max=1.0)
+    noise = _flat_noise(noise_rng, model, sigma * clip)
     for name, p in model.named_parameters():
         summed = (per[name] * factors.reshape(-1, *([1] * p.dim()))).sum(0)
-        out[name] = (summed + noise_rng.normal(p.shape, sigma * clip)) / b
+        out[name] = (summed + noise[name]) / b
+    return out
+
+
+def _flat_noise(rng: Csprng, model: nn.Module, std: float) -> dict[str, torch.Tensor]:
+    """One step's noise as DP-SGD maps the stream: one draw over every (float32) parameter in order."""
+    params = list(model.named_parameters())
+    flat = rng.normal(sum(p.numel() for _, p in params), std)
+    out, offset = {}, 0
+    for name, p in params:
+        out[name] = flat[offset : offset + p.numel()].reshape(p.shape)
+        offset += p.numel()
     return out
 
 
@@ -211,9 +223,9 @@ def test_empty_batch_moves_parameters_only_by_noise_over_b() -> None:
     x, y = _batch("tanh_cnn", 0)
     stats = dp.step(x, y)
     assert stats == StepStats(batch_size=0, clipped_fraction=0.0)
-    reference = Csprng(NOISE_SEED)
+    reference = _flat_noise(Csprng(NOISE_SEED), model, sigma * clip)
     for name, p in model.named_parameters():
-        noise = reference.normal(p.shape, sigma * clip)
+        noise = reference[name]
         torch.testing.assert_close(p.grad, noise / b, rtol=0, atol=0)
         torch.testing.assert_close(p.detach(), before[name] - lr * noise / b, rtol=1e-6, atol=1e-7)
 

@@ -16,9 +16,15 @@ SEED = bytes(range(32))
 SPECS = [(torch.Size([5, 3]), torch.float32), (torch.Size([5]), torch.float32), (torch.Size([2, 2]), torch.float64)]
 
 
+def _one_step(rng: Csprng, std: float) -> list[torch.Tensor]:
+    # SPECS' float32 run (15 + 5 values) is one draw, the float64 spec another.
+    run = rng.normal(20, std=std, dtype=torch.float32)
+    return [run[:15].view(5, 3), run[15:], rng.normal((2, 2), std=std, dtype=torch.float64)]
+
+
 def _reference(steps: int, std: float) -> list[list[torch.Tensor]]:
     rng = Csprng(SEED)
-    return [[rng.normal(shape, std=std, dtype=dtype) for shape, dtype in SPECS] for _ in range(steps)]
+    return [_one_step(rng, std) for _ in range(steps)]
 
 
 @pytest.mark.parametrize("ahead", [True, False])
@@ -31,7 +37,7 @@ def test_each_take_is_the_next_in_line_draw_of_every_spec(ahead: bool) -> None:
     for step, expected in zip(got, _reference(4, 1.5)):
         assert [t.dtype for t in step] == [d for _, d in SPECS]
         for a, b in zip(step, expected):
-            assert torch.equal(a, b)
+            assert a.shape == b.shape and torch.equal(a, b)
 
 
 def test_draws_after_the_first_run_on_the_worker_thread() -> None:
@@ -58,7 +64,7 @@ def test_close_waits_for_the_draw_in_flight_and_refuses_more() -> None:
     noise.take()
     noise.close()
     per_step = Csprng(SEED)
-    [per_step.normal(shape, std=1.0, dtype=dtype) for shape, dtype in SPECS]
+    _one_step(per_step, 1.0)
     assert rng.bytes_drawn == 2 * per_step.bytes_drawn  # this step and the one drawn ahead
     noise.close()  # idempotent
     with pytest.raises(NoiseClosed):
