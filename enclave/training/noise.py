@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import groupby
 
 import torch
 
@@ -65,12 +66,11 @@ class StepNoise:
         ahead: bool = True,
     ) -> None:
         self._rng = rng
-        # Consecutive specs of one dtype, each run drawn as one flat vector.
-        self._runs: list[tuple[torch.dtype, list[torch.Size]]] = []
-        for shape, dtype in specs:
-            if not self._runs or self._runs[-1][0] != dtype:
-                self._runs.append((dtype, []))
-            self._runs[-1][1].append(torch.Size(shape))
+        # Consecutive specs of one dtype, each run drawn as one flat vector: (dtype, shapes, sizes).
+        self._runs: list[tuple[torch.dtype, list[torch.Size], list[int]]] = []
+        for dtype, run in groupby(specs, key=lambda spec: spec[1]):
+            shapes = [torch.Size(shape) for shape, _ in run]
+            self._runs.append((dtype, shapes, [s.numel() for s in shapes]))
         self._std = float(std)
         self._ahead = ahead
         self._pool: ThreadPoolExecutor | None = None
@@ -79,9 +79,9 @@ class StepNoise:
 
     def _draw(self) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
-        for dtype, shapes in self._runs:
-            flat = self._rng.normal(sum(s.numel() for s in shapes), std=self._std, dtype=dtype)
-            out.extend(part.view(shape) for part, shape in zip(flat.split([s.numel() for s in shapes]), shapes))
+        for dtype, shapes, sizes in self._runs:
+            flat = self._rng.normal(sum(sizes), std=self._std, dtype=dtype)
+            out.extend(part.view(shape) for part, shape in zip(flat.split(sizes), shapes))
         return out
 
     def take(self) -> list[torch.Tensor]:
