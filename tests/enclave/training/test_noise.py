@@ -115,3 +115,35 @@ def test_drawing_ahead_by_default_only_when_torch_leaves_a_core_spare(monkeypatc
     assert spare_core()
     _, engine = _engine(None)  # type: ignore[arg-type]
     assert engine._noise._ahead
+
+
+def test_the_worker_runs_torch_on_one_thread_and_leaves_the_callers_pool_alone() -> None:
+    # A worker with torch's default count would start a second OpenMP team and slow
+    # the training thread's pool (see noise.py); the caller's count must not change.
+    rng = Csprng(SEED)
+    counts: list[tuple[str, int]] = []
+    original = rng.normal
+
+    class Spy:
+        def normal(self, *args: object, **kwargs: object) -> torch.Tensor:
+            counts.append((threading.current_thread().name, torch.get_num_threads()))
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        noise = StepNoise(Spy(), SPECS[:1], 1.0)  # type: ignore[arg-type]
+        for _ in range(3):
+            noise.take()
+        noise.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert counts[0] == (threading.current_thread().name, 2)
+    assert [n for name, n in counts[1:] if name.startswith("dp-noise")] == [1, 1, 1]
+
+
+def test_this_torch_build_has_both_per_thread_limits() -> None:
+    # If a torch upgrade moves libgomp's or MKL's setter, the worker silently keeps
+    # torch's default count; this makes that visible.
+    assert len(noise_module._thread_limit_setters()) == 2
