@@ -27,6 +27,10 @@ CASES: list[dict[str, Any]] = DOC["cases"]
 # never noticeably below it: reporting less than the truth is the worst bug.
 PRV_BELOW, PRV_ABOVE = 0.005, 0.03
 RDP_REL = 0.01
+# dp-accounting's PLD composes by FFT, whose rounding follows the CPU's code path: on an
+# AMD EPYC machine every cheap fixture case (made on an Intel one) came back within a
+# relative 4.9e-8 (RDP exactly). 1e-6 allows that and still catches any real drift.
+LIVE_PLD_REL = 1e-6
 
 
 def _id(case: dict[str, Any]) -> str:
@@ -88,5 +92,5 @@ def test_random_fixture_cases_recomputed_live() -> None:
     for case in rng.sample(cheap, 3):
         pld = make_reference.reference_pld(case["q"], case["sigma"], case["steps"], (case["delta"],))[0]
         rdp = make_reference.reference_rdp(case["q"], case["sigma"], case["steps"], (case["delta"],))[0]
-        assert pld == pytest.approx(case["pld"], rel=1e-9), f"seed {seed}: {_id(case)}"
+        assert pld == pytest.approx(case["pld"], rel=LIVE_PLD_REL), f"seed {seed}: {_id(case)}"
         assert rdp == pytest.approx(case["rdp"], rel=1e-9), f"seed {seed}: {_id(case)}"
