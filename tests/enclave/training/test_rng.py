@@ -54,6 +54,21 @@ def _ks_statistic(samples: np.ndarray, cdf) -> float:
     return float(max(upper.max(), lower.max()))
 
 
+def _guard_terms_by_hand(seed: bytes, count: int, block: int) -> np.ndarray:
+    """normal()'s [GUARD_TERMS, count] standard Box–Muller terms rebuilt in numpy from the
+    raw uniforms, one block of at most 2 * block outputs at a time."""
+    r = Csprng(seed)
+    parts = []
+    for start in range(0, count, 2 * block):
+        size = min(2 * block, count - start)
+        half = (size + 1) // 2
+        u = r.uniform(2 * GUARD_TERMS * half).reshape(2, GUARD_TERMS, half)
+        radius = np.sqrt(-2.0 * np.log(1.0 - u[0]))
+        angle = 2.0 * np.pi * u[1]
+        parts.append(np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :size])
+    return np.concatenate(parts, axis=1)
+
+
 # -- the keystream -------------------------------------------------------------------
 
 
@@ -261,11 +276,7 @@ def test_normal_is_the_documented_sum_of_guard_terms() -> None:
     """Rebuild normal() from the raw uniforms by hand: GUARD_TERMS Box–Muller terms per output."""
     assert GUARD_TERMS >= 4
     count, std = 1001, 3.0
-    half = (count + 1) // 2
-    u = Csprng(SEED).uniform(2 * GUARD_TERMS * half).reshape(2, GUARD_TERMS, half)
-    radius = np.sqrt(-2.0 * np.log(1.0 - u[0]))
-    angle = 2.0 * np.pi * u[1]
-    terms = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)[:, :count]
+    terms = _guard_terms_by_hand(SEED, count, block=count)
     expected = terms.sum(axis=0) * (std / math.sqrt(GUARD_TERMS))
     got = Csprng(SEED).normal(count, std, dtype=torch.float64).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
@@ -315,10 +326,24 @@ def test_normal_refuses_bad_shape_and_dtype() -> None:
         Csprng(SEED).normal(3, 1.0, dtype=torch.int64)
 
 
-def test_normal_blocks_keep_elementwise_work_under_torchs_parallel_grain() -> None:
-    # Above ATen's GRAIN_SIZE (32768 elements) the element-wise parts of a block would
-    # also start a thread-pool team, on top of the transcendental kernels that do.
-    assert GUARD_TERMS * rng_module._NORMAL_BLOCK < 32768
+@pytest.mark.parametrize("count", [16 * 3, 16 * 7 + 5, 16 * 9 + 1, 16 * 12])
+def test_normal_groups_of_blocks_keep_the_block_by_block_mapping(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    # Blocks of 16 outputs, computed 3 at a time: full groups, a short group, a short
+    # last block. The outputs are those of drawing block after block, bit for bit.
+    monkeypatch.setattr(rng_module, "_NORMAL_BLOCK", 8)
+    monkeypatch.setattr(rng_module, "_NORMAL_GROUP", 1)
+    one_by_one = Csprng(SEED).normal(count, 1.5, dtype=torch.float64)
+    monkeypatch.setattr(rng_module, "_NORMAL_GROUP", 3)
+    r = Csprng(SEED)
+    grouped = r.normal(count, 1.5, dtype=torch.float64)
+    assert torch.equal(grouped, one_by_one)
+    assert r.bytes_drawn == sum(
+        (min(16, count - s) + 1) // 2 * 2 * GUARD_TERMS * 8 for s in range(0, count, 16)
+    )
+    by_hand = _guard_terms_by_hand(SEED, count, block=8).sum(axis=0) * (1.5 / math.sqrt(GUARD_TERMS))
+    np.testing.assert_allclose(grouped.numpy(), by_hand, rtol=1e-12, atol=1e-12)
 
 
 def test_normal_scales_in_float64_before_rounding_to_dtype() -> None:
