@@ -21,6 +21,9 @@ never mix; the ratio of Hermetic's peak to the non-private step's peak is report
 alongside, the ratio of the growth above the post-setup RSS, which strips the shared
 cost of the Python and torch runtime).
 
+Every worker first fixes glibc's malloc thresholds (`enclave.training.heap`), as the
+enclave's trainer does before training, so every contender runs on that allocator.
+
 Opacus is a benchmark-only dependency: nothing under enclave/ or parent/ imports it.
 Output: a table, goal checks, then one JSON line per (model, batch).
 """
@@ -62,6 +65,11 @@ def _threads() -> int:
 def _setup_torch() -> None:
     import torch
 
+    from enclave.training.heap import retain_freed_memory
+
+    # The enclave's trainer fixes glibc's malloc thresholds before training; the
+    # worker does the same for every contender, so all run on the same allocator.
+    retain_freed_memory()
     torch.set_num_threads(_threads())
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)

@@ -33,6 +33,7 @@ from enclave.nsm.interface import Nsm
 from enclave.privacy import PrivacyLedger
 from enclave.training.checkpoint import CheckpointState, SamplerState, model_sha256, seal_checkpoint
 from enclave.training.dpsgd import DpSgd
+from enclave.training.heap import retain_freed_memory
 from enclave.training.models import FeatureTransform, build_model, feature_transform, preprocess
 from enclave.training.plan import BudgetExceeded, PlannedRun
 from enclave.training.rng import seed_from
@@ -140,6 +141,8 @@ class Trainer:
     def run(self) -> str:
         inp, spec, plan = self._in, self._in.spec, self._in.plan
         started = inp.clock()
+        # Each step frees and reallocates the same temporaries; keep them mapped.
+        retain_freed_memory()
         rng = seed_from(inp.nsm.get_random)
         model = build_model(spec.model.name, rng=rng.fork(b"model-init"))
         # A model with a fixed front end (no parameters, one record at a time,
