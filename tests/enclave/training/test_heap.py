@@ -85,3 +85,21 @@ def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(heap.ctypes, "CDLL", lambda _name: NotGlibc())
     assert heap._apply() is False
+
+
+def test_a_training_run_fixes_the_thresholds_before_anything_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unittest.mock import MagicMock
+
+    from enclave.training import trainer
+
+    class Applied(Exception):
+        pass
+
+    def applied() -> bool:
+        raise Applied
+
+    # The stand-in stops the run at the call; without the call the run would go on
+    # into the (mock) inputs and fail some other way.
+    monkeypatch.setattr(trainer, "retain_freed_memory", applied)
+    with pytest.raises(Applied):
+        trainer.Trainer(MagicMock(), MagicMock()).run()
