@@ -67,9 +67,7 @@ def _setup_torch() -> None:
 
     from enclave.training.heap import retain_freed_memory
 
-    # The enclave's trainer fixes glibc's malloc thresholds before training; the
-    # worker does the same for every contender, so all run on the same allocator.
-    retain_freed_memory()
+    retain_freed_memory()  # as the enclave's trainer does (see the module docstring)
     torch.set_num_threads(_threads())
     torch.set_num_interop_threads(1)
     torch.manual_seed(0)
