@@ -21,7 +21,7 @@ never mix; the ratio of Hermetic's peak to the non-private step's peak is report
 alongside, the ratio of the growth above the post-setup RSS, which strips the shared
 cost of the Python and torch runtime).
 
-Every worker first fixes glibc's malloc thresholds (`enclave.training.heap`), as the
+Every worker first fixes glibc's malloc thresholds (`enclave.native.heap`), as the
 enclave's trainer does before training, so every contender runs on that allocator.
 
 Opacus is a benchmark-only dependency: nothing under enclave/ or parent/ imports it.
@@ -65,7 +65,7 @@ def _threads() -> int:
 def _setup_torch() -> None:
     import torch
 
-    from enclave.training.heap import retain_freed_memory
+    from enclave.native.heap import retain_freed_memory
 
     retain_freed_memory()  # as the enclave's trainer does (see the module docstring)
     torch.set_num_threads(_threads())
@@ -85,7 +85,7 @@ def _batch(model: str, batch: int):  # type: ignore[no-untyped-def]
 
 def _fresh_model(model: str):  # type: ignore[no-untyped-def]
     from enclave.training.models import build_model
-    from enclave.training.rng import Csprng
+    from enclave.hazmat.csprng import Csprng
 
     return build_model(model, rng=Csprng(bytes(range(32))))
 
@@ -123,7 +123,7 @@ def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
         return engine_step
     if name in ("hermetic", "noise"):
         from enclave.training.dpsgd import DpSgd
-        from enclave.training.rng import Csprng
+        from enclave.hazmat.csprng import Csprng
 
         rng = Csprng(os.urandom(32))
         if name == "noise":

@@ -36,8 +36,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.sealed import DEFAULT_CHUNK_SIZE, SealedHeader, build_encryption_context
-from enclave.sealed.stream import chunk_aad, chunk_nonce, iter_plaintext, read_header, seal_stream
+from enclave.sealed.format import DEFAULT_CHUNK_SIZE, SealedHeader, build_encryption_context
+from enclave.hazmat.chunk_aead import chunk_aad, chunk_nonce
+from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
 
 MIB = 1024 * 1024
 THROUGHPUT_MIB = int(os.environ.get("HERMETIC_BENCH_SEAL_MIB", "256"))

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from enclave.training.models import build_model, feature_transform, preprocess
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 from parent.local.demo import FASHION_MNIST, FASHION_MNIST_TEST, Recipe
 from parent.local.jobs import JobOutcome, LocalStack
 from parent.storage import open_atomic, write_atomic

@@ -3,7 +3,7 @@
     python -m enclave --listen vsock://any:5000 --kms-relay vsock://3:8000 \\
         --kms-url https://kms.us-east-1.amazonaws.com --kms-forward-port 443
 
-It opens the real Nitro Secure Module (`/dev/nsm`, else libnsm.so) and serves
+It opens the real Nitro Secure Module (`/dev/nsm`) and serves
 parent sessions until SIGTERM. It never imports `parent`: the mock NSM and every
 other local stand-in are out of reach of this path, so an image built from the
 `enclave` package alone cannot be talked into using them.
@@ -19,7 +19,7 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 from enclave.errors import ConfigError, HermeticError
-from enclave.nsm import open_default_nsm
+from enclave.native.nsm_device import DeviceNsm
 from enclave.runtime import EnclaveRuntime, RuntimeConfig
 from enclave.transport.address import Address, parse_address
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-        nsm = open_default_nsm()
+        nsm = DeviceNsm()
     except HermeticError as err:
         log.error("cannot start: %s", err)
         return 1

@@ -18,14 +18,10 @@ import pyarrow.ipc
 
 from enclave.errors import DatasetError
 
-from enclave.sealed import (
-    EncryptionContextMismatch,
-    SealedHeader,
-    iter_plaintext,
-    read_header,
-    read_table,
-    verify_records,
-)
+from enclave.sealed.errors import EncryptionContextMismatch
+from enclave.sealed.format import SealedHeader
+from enclave.sealed.stream import iter_plaintext, read_header
+from enclave.sealed.records import read_table, verify_records
 
 log = logging.getLogger(__name__)
 

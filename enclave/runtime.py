@@ -21,7 +21,7 @@ import boto3
 from botocore.config import Config
 
 from enclave.datasets import OpenedDataset, open_sealed_dataset, read_ipc_table
-from enclave.sealed import SealedHeader
+from enclave.sealed.format import SealedHeader
 from enclave.training.checkpoint import CheckpointState, open_checkpoint
 from enclave.training.plan import PlannedRun, plan_run
 from enclave.training.spec import JobSpec
@@ -29,7 +29,7 @@ from enclave.training.trainer import PublicTable, TrainingInputs
 from enclave.training.trainer import Trainer as TrainingLoop
 from enclave.egress import EgressGate
 from enclave.errors import HermeticError, RuntimeFailure
-from enclave.kms import AttestedKms
+from enclave.kms.attested import AttestedKms
 from enclave.nsm.interface import Nsm
 from enclave.transport.address import Address
 from enclave.transport.errors import ProtocolError, TransportTimeout

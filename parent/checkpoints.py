@@ -22,7 +22,7 @@ import torch
 from enclave.errors import ConfigError
 from enclave.kms.attested import kms_error_from_client_error
 from enclave.kms.errors import KmsResponseError, KmsUnavailable
-from enclave.sealed.stream import KEY_SIZE
+from enclave.hazmat.chunk_aead import KEY_SIZE
 from enclave.training.checkpoint import (
     CheckpointState,
     Decrypt,

@@ -28,15 +28,9 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from enclave.errors import ConfigError, DatasetError, KmsError
-from enclave.sealed import (
-    DEFAULT_CHUNK_SIZE,
-    MAX_CHUNK_SIZE,
-    MIN_CHUNK_SIZE,
-    SealedHeader,
-    SealWriter,
-    build_encryption_context,
-    schema_sha256,
-)
+from enclave.sealed.format import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SealedHeader, build_encryption_context
+from enclave.sealed.stream import SealWriter
+from enclave.sealed.records import schema_sha256
 from enclave.sealed.errors import MalformedHeader
 from parent.datasets import DEFAULT_BATCH_ROWS, DatasetReader, open_dataset
 from parent.storage import open_atomic

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
-from enclave.attestation.cose import cbor_decode_strict, decode_cose_sign1
+from enclave.hazmat.cose import cbor_decode_strict, decode_cose_sign1
 from enclave.attestation.errors import DocumentTooLarge, MalformedDocument
 
 log = logging.getLogger(__name__)

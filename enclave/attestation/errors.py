@@ -1,36 +1,9 @@
-"""Typed failures of attestation parsing and verification.
-
-Every distinct way a document can be refused has its own class so callers (the
-KMS emulator, the CLI, audit logs) can react to the reason, not to a string.
-All derive from `enclave.errors.AttestationError`.
-"""
+"""Typed failures of reading an attestation document (structure, sizes, algorithm)."""
 from __future__ import annotations
 
 from enclave.errors import AttestationError
 
-__all__ = [
-    "AttestationError",
-    "BadBasicConstraints",
-    "BadCertificate",
-    "BadKeyUsage",
-    "BadSignature",
-    "CertificateExpired",
-    "CertificateNotYetValid",
-    "ChainBroken",
-    "ChainError",
-    "DocumentInFuture",
-    "DocumentTooLarge",
-    "DocumentTooOld",
-    "MalformedDocument",
-    "NonceMismatch",
-    "PcrMismatch",
-    "PolicyViolation",
-    "PublicKeyMismatch",
-    "RootPinMismatch",
-    "UnsupportedAlgorithm",
-    "UntrustedRoot",
-    "UserDataMismatch",
-]
+__all__ = ["AttestationError", "DocumentTooLarge", "MalformedDocument", "UnsupportedAlgorithm"]
 
 
 class MalformedDocument(AttestationError):
@@ -43,71 +16,3 @@ class DocumentTooLarge(MalformedDocument):
 
 class UnsupportedAlgorithm(AttestationError):
     """The document or a certificate uses an algorithm other than ECDSA P-384 / ES384."""
-
-
-class BadSignature(AttestationError):
-    """The COSE_Sign1 signature does not verify under the leaf certificate's key."""
-
-
-class RootPinMismatch(AttestationError):
-    """The bundled AWS root certificate does not match its pinned SHA-256."""
-
-
-class ChainError(AttestationError):
-    """The certificate chain from the leaf to the pinned root is not valid."""
-
-
-class UntrustedRoot(ChainError):
-    """The chain does not end at the pinned root certificate."""
-
-
-class ChainBroken(ChainError):
-    """A certificate is not issued (name and signature) by the next one up the chain."""
-
-
-class BadCertificate(ChainError):
-    """A certificate cannot be parsed or is structurally unacceptable."""
-
-
-class CertificateExpired(ChainError):
-    """A certificate in the chain expired before the verification time."""
-
-
-class CertificateNotYetValid(ChainError):
-    """A certificate in the chain is not yet valid at the verification time."""
-
-
-class BadBasicConstraints(ChainError):
-    """basicConstraints are wrong: an issuer is not a CA, the leaf is a CA, or pathLen is exceeded."""
-
-
-class BadKeyUsage(ChainError):
-    """keyUsage lacks keyCertSign on an issuer or digitalSignature on the leaf."""
-
-
-class PolicyViolation(AttestationError):
-    """A valid document does not satisfy the caller's attestation policy."""
-
-
-class PcrMismatch(PolicyViolation):
-    """No allowed PCR set matches the document's PCRs."""
-
-
-class NonceMismatch(PolicyViolation):
-    """The document's nonce is absent or differs from the expected one."""
-
-
-class UserDataMismatch(PolicyViolation):
-    """The document's user_data is absent or differs from the expected one."""
-
-
-class PublicKeyMismatch(PolicyViolation):
-    """The document's public_key is absent or differs from the expected one."""
-
-
-class DocumentTooOld(PolicyViolation):
-    """The document's timestamp is older than the policy's max_age allows."""
-
-
-class DocumentInFuture(PolicyViolation):
-    """The document's timestamp lies in the future beyond the allowed clock skew."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from enclave.certificate.canonical import canonical_dumps, strict_loads
+from enclave.hazmat.cbor import dumps_f64
 from enclave.certificate.errors import MalformedCertificate
 
 __all__ = [
@@ -27,9 +27,8 @@ __all__ = [
     "MAX_BODY_SIZE",
     "PublicDatasetRecord",
     "ReleasedMetric",
-    "body_to_json",
-    "decode_body",
     "encode_body",
+    "wire_map",
 ]
 
 BODY_VERSION = 1
@@ -95,7 +94,7 @@ def _sequence(value: Any, what: str, limit: int) -> tuple[Any, ...]:
     return items
 
 
-def _mapping(value: Any, what: str) -> Mapping[Any, Any]:
+def checked_mapping(value: Any, what: str) -> Mapping[Any, Any]:
     if not isinstance(value, Mapping):
         raise MalformedCertificate(f"{what} is not a map")
     return value
@@ -122,7 +121,7 @@ class DatasetRecord:
         _text(self.dataset_id, "dataset_id")
         _text(self.sealed_sha256, "dataset sealed_sha256")
         _text(self.key_id, "dataset key_id", limit=MAX_KEY_ID)
-        context = _mapping(self.encryption_context, "dataset encryption_context")
+        context = checked_mapping(self.encryption_context, "dataset encryption_context")
         if len(context) > MAX_CONTEXT_ENTRIES:
             raise MalformedCertificate(
                 f"dataset encryption_context has more than {MAX_CONTEXT_ENTRIES} entries"
@@ -241,7 +240,7 @@ class CertificateBody:
 
 
 def _pcrs(value: Any) -> Mapping[int, str]:
-    mapping = _mapping(value, "pcrs")
+    mapping = checked_mapping(value, "pcrs")
     if not 1 <= len(mapping) <= MAX_PCRS:
         raise MalformedCertificate(f"pcrs has {len(mapping)} entries, expected 1..{MAX_PCRS}")
     result: dict[int, str] = {}
@@ -263,7 +262,7 @@ def _records(value: Any, what: str, limit: int, kind: type) -> tuple[Any, ...]:
 
 
 def _epsilons(value: Any) -> Mapping[str, float]:
-    mapping = _mapping(value, "epsilon")
+    mapping = checked_mapping(value, "epsilon")
     if not 1 <= len(mapping) <= MAX_ACCOUNTANTS:
         raise MalformedCertificate(f"epsilon has {len(mapping)} entries, expected 1..{MAX_ACCOUNTANTS}")
     result = {_text(k, "epsilon accountant", limit=32): _real(v, f"epsilon[{k!r}]")
@@ -272,7 +271,7 @@ def _epsilons(value: Any) -> Mapping[str, float]:
 
 
 def _budget(value: Any) -> Mapping[str, float]:
-    mapping = _mapping(value, "budget")
+    mapping = checked_mapping(value, "budget")
     if set(mapping) != set(BUDGET_KEYS):
         raise MalformedCertificate("budget must have exactly the keys max_epsilon, delta")
     return _frozen({k: _real(mapping[k], f"budget {k}") for k in BUDGET_KEYS})
@@ -281,7 +280,8 @@ def _budget(value: Any) -> Mapping[str, float]:
 # --- wire form ---------------------------------------------------------------------------
 
 
-def _wire(body: CertificateBody) -> dict[str, Any]:
+def wire_map(body: CertificateBody) -> dict[str, Any]:
+    """The body as the plain map that is encoded (field name -> value)."""
     return {
         "version": body.version,
         "job_id": body.job_id,
@@ -320,122 +320,7 @@ def encode_body(body: CertificateBody) -> bytes:
     """The canonical CBOR bytes of `body` (the bytes whose SHA-384 the enclave attests)."""
     if not isinstance(body, CertificateBody):
         raise TypeError("encode_body needs a CertificateBody")
-    data = canonical_dumps(_wire(body))
+    data = dumps_f64(wire_map(body))
     if len(data) > MAX_BODY_SIZE:
         raise MalformedCertificate(f"certificate body is {len(data)} bytes, more than {MAX_BODY_SIZE}")
     return data
-
-
-def body_to_json(body: CertificateBody) -> dict[str, Any]:
-    """A JSON-ready dict of `body` for people (PCR indexes become strings)."""
-    wire = _wire(body)
-    wire["pcrs"] = {str(index): value for index, value in body.pcrs.items()}
-    return wire
-
-
-# --- strict decoding ------------------------------------------------------------------------
-
-
-_BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
-_FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta"})
-
-
-def _keys(raw: Any, expected: tuple[str, ...], what: str) -> Mapping[str, Any]:
-    if not isinstance(raw, Mapping):
-        raise MalformedCertificate(f"{what} is not a map")
-    keys = set(raw)
-    if keys != set(expected):
-        missing = sorted(set(expected) - keys)
-        unknown = sorted(repr(k)[:40] for k in keys - set(expected))
-        raise MalformedCertificate(f"{what} keys wrong (missing {missing}, unknown {unknown})")
-    return raw
-
-
-def _wire_float(value: Any, what: str) -> float:
-    if type(value) is not float:
-        raise MalformedCertificate(f"{what} is not a float")
-    return value
-
-
-def _wire_list(value: Any, what: str) -> list[Any]:
-    if type(value) is not list:
-        raise MalformedCertificate(f"{what} is not an array")
-    return value
-
-
-def _decode_dataset(raw: Any, index: int) -> DatasetRecord:
-    what = f"datasets[{index}]"
-    m = _keys(raw, tuple(f.name for f in fields(DatasetRecord)), what)
-    return DatasetRecord(
-        dataset_id=m["dataset_id"], sealed_sha256=m["sealed_sha256"], key_id=m["key_id"],
-        encryption_context=_mapping(m["encryption_context"], f"{what}.encryption_context"),
-        records=m["records"],
-    )
-
-
-def _decode_public(raw: Any, index: int) -> PublicDatasetRecord:
-    m = _keys(raw, tuple(f.name for f in fields(PublicDatasetRecord)), f"public_datasets[{index}]")
-    return PublicDatasetRecord(name=m["name"], sha256=m["sha256"], records=m["records"])
-
-
-def _decode_metric(raw: Any, index: int) -> ReleasedMetric:
-    what = f"metrics[{index}]"
-    m = _keys(raw, tuple(f.name for f in fields(ReleasedMetric)), what)
-    return ReleasedMetric(
-        name=m["name"], value=_wire_float(m["value"], f"{what}.value"), kind=m["kind"],
-        step=m["step"], epsilon_cost=_wire_float(m["epsilon_cost"], f"{what}.epsilon_cost"),
-    )
-
-
-def _decode_segment(raw: Any, index: int) -> Mapping[str, Any]:
-    what = f"ledger[{index}]"
-    m = _keys(raw, LEDGER_KEYS, what)
-    _wire_float(m["q"], f"{what}.q")
-    _wire_float(m["sigma"], f"{what}.sigma")
-    return m
-
-
-def decode_body(data: bytes) -> CertificateBody:
-    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v1 body."""
-    if not isinstance(data, (bytes, bytearray)):
-        raise MalformedCertificate("certificate body is not a byte string")
-    if len(data) > MAX_BODY_SIZE:
-        raise MalformedCertificate(f"certificate body is {len(data)} bytes, more than {MAX_BODY_SIZE}")
-    raw = _keys(strict_loads(bytes(data), what="certificate body"), _BODY_KEYS, "certificate body")
-    for name in _FLOAT_FIELDS:
-        _wire_float(raw[name], name)
-    epsilon = _mapping(raw["epsilon"], "epsilon")
-    for key, value in epsilon.items():
-        _wire_float(value, f"epsilon[{str(key)[:32]!r}]")
-    for index, pcr in _mapping(raw["pcrs"], "pcrs").items():
-        if type(pcr) is not str:
-            raise MalformedCertificate(f"PCR{str(index)[:8]} is not a hex text string")
-    budget = _keys(raw["budget"], BUDGET_KEYS, "budget")
-    for key in BUDGET_KEYS:
-        _wire_float(budget[key], f"budget {key}")
-    return CertificateBody(
-        version=raw["version"],
-        job_id=raw["job_id"],
-        spec_sha256=raw["spec_sha256"],
-        pcrs=_mapping(raw["pcrs"], "pcrs"),
-        datasets=tuple(_decode_dataset(d, i)
-                       for i, d in enumerate(_wire_list(raw["datasets"], "datasets"))),
-        public_datasets=tuple(_decode_public(p, i) for i, p in
-                              enumerate(_wire_list(raw["public_datasets"], "public_datasets"))),
-        sampling_rate=raw["sampling_rate"],
-        noise_multiplier=raw["noise_multiplier"],
-        max_grad_norm=raw["max_grad_norm"],
-        steps=raw["steps"],
-        delta=raw["delta"],
-        epsilon=epsilon,
-        accountant=raw["accountant"],
-        ledger=tuple(_decode_segment(s, i)
-                     for i, s in enumerate(_wire_list(raw["ledger"], "ledger"))),
-        model_sha256=raw["model_sha256"],
-        checkpoint_sha256=raw["checkpoint_sha256"],
-        metrics=tuple(_decode_metric(m, i)
-                      for i, m in enumerate(_wire_list(raw["metrics"], "metrics"))),
-        started_at=raw["started_at"],
-        finished_at=raw["finished_at"],
-        budget=budget,
-    )

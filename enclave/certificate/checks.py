@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from enclave.certificate.accounting import KNOWN_ACCOUNTANTS
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.certificate.body import CertificateBody
 from enclave.certificate.errors import (
     BudgetExceeded,
@@ -132,11 +132,11 @@ def _check_dp_parameters(body: CertificateBody) -> None:
 
 
 def _check_accounting(body: CertificateBody) -> None:
-    if body.accountant not in KNOWN_ACCOUNTANTS:
+    if body.accountant not in ACCOUNTANT_NAMES:
         raise InconsistentCertificate(
-            f"accountant {body.accountant!r} is not one of {', '.join(KNOWN_ACCOUNTANTS)}"
+            f"accountant {body.accountant!r} is not one of {', '.join(ACCOUNTANT_NAMES)}"
         )
-    unknown = sorted(set(body.epsilon) - set(KNOWN_ACCOUNTANTS))
+    unknown = sorted(set(body.epsilon) - set(ACCOUNTANT_NAMES))
     if unknown:
         raise InconsistentCertificate(f"epsilon names unknown accountant(s) {unknown}")
     if body.accountant not in body.epsilon:

@@ -13,11 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from enclave.errors import KmsError
-from enclave.kms.cms import open_recipient_ciphertext
+from enclave.hazmat.cms import RecipientKey
 from enclave.kms.errors import (
     KmsAccessDenied,
     KmsAuthenticationFailed,
@@ -34,7 +31,6 @@ from enclave.kms.errors import (
 log = logging.getLogger(__name__)
 
 KEY_ENCRYPTION_ALGORITHM = "RSAES_OAEP_SHA_256"
-RECIPIENT_KEY_BITS = 2048
 MAX_RANDOM_BYTES = 1024
 
 _ERROR_TYPES: dict[str, type[KmsError]] = {
@@ -94,12 +90,9 @@ class AttestedKms:
         self._client = client
         self._nsm = nsm
 
-    def _recipient(self) -> tuple[rsa.RSAPrivateKey, dict[str, Any]]:
-        private_key = rsa.generate_private_key(public_exponent=65537, key_size=RECIPIENT_KEY_BITS)
-        spki = private_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        document = self._nsm.attest(public_key=spki)
+    def _recipient(self) -> tuple[RecipientKey, dict[str, Any]]:
+        private_key = RecipientKey()
+        document = self._nsm.attest(public_key=private_key.public_der)
         return private_key, {
             "AttestationDocument": document,
             "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
@@ -121,7 +114,7 @@ class AttestedKms:
         return response
 
     @staticmethod
-    def _unwrap(operation: str, response: Mapping[str, Any], private_key: rsa.RSAPrivateKey) -> bytes:
+    def _unwrap(operation: str, response: Mapping[str, Any], private_key: RecipientKey) -> bytes:
         if response.get("Plaintext"):
             raise KmsResponseError(
                 f"KMS {operation} returned Plaintext to an attested request; refusing it"
@@ -129,7 +122,7 @@ class AttestedKms:
         blob = response.get("CiphertextForRecipient")
         if not isinstance(blob, (bytes, bytearray)) or not blob:
             raise KmsResponseError(f"KMS {operation} response has no CiphertextForRecipient")
-        return open_recipient_ciphertext(bytes(blob), private_key)
+        return private_key.open(bytes(blob))
 
     def decrypt(
         self,

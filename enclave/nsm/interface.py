@@ -1,7 +1,7 @@
 """The one interface the enclave uses to reach a Nitro Secure Module.
 
-Backends: `enclave.nsm.device.DeviceNsm` (/dev/nsm ioctl), `enclave.nsm.libnsm.LibNsm`
-(libnsm.so through cffi) and, for local runs only, `parent.local.mock_nsm.MockNsm`.
+Backends: `enclave.native.nsm_device.DeviceNsm` (/dev/nsm ioctl) and, for local runs
+only, `parent.local.mock_nsm.MockNsm`.
 All of them enforce the real NSM's input limits here, before anything is sent, so a
 job that works locally does not fail on Nitro hardware for size reasons.
 """

@@ -23,6 +23,8 @@ from typing import Any, Mapping, TypeVar, Union
 
 import cbor2
 
+from enclave.hazmat.cbor import strict_loads
+
 from enclave.errors import NsmError
 from enclave.nsm.errors import (
     NsmBufferTooSmall,
@@ -59,10 +61,8 @@ __all__ = [
     "LockPcrsResponse",
     "Request",
     "Response",
-    "decode_request",
     "decode_response",
     "encode_request",
-    "encode_response",
     "error_class",
     "expect_response",
 ]
@@ -233,13 +233,13 @@ Response = Union[
 # ---------------------------------------------------------------- encoding
 
 
-def _u16(value: int, what: str) -> int:
+def u16(value: int, what: str) -> int:
     if type(value) is not int or not 0 <= value <= _U16_MAX:
         raise NsmInvalidIndex(f"NSM {what} must be an integer in 0..65535, got {value!r}")
     return value
 
 
-def _opt_bytes(value: bytes | None, what: str) -> bytes | None:
+def opt_bytes(value: bytes | None, what: str) -> bytes | None:
     if value is None:
         return None
     if not isinstance(value, (bytes, bytearray, memoryview)):
@@ -249,24 +249,24 @@ def _opt_bytes(value: bytes | None, what: str) -> bytes | None:
 
 def _request_value(request: Request) -> object:
     if isinstance(request, DescribePcrRequest):
-        return {"DescribePCR": {"index": _u16(request.index, "PCR index")}}
+        return {"DescribePCR": {"index": u16(request.index, "PCR index")}}
     if isinstance(request, ExtendPcrRequest):
-        data = _opt_bytes(request.data, "extend data")
+        data = opt_bytes(request.data, "extend data")
         if data is None:
             raise NsmInvalidArgument("NSM extend data must be bytes")
-        return {"ExtendPCR": {"index": _u16(request.index, "PCR index"), "data": data}}
+        return {"ExtendPCR": {"index": u16(request.index, "PCR index"), "data": data}}
     if isinstance(request, LockPcrRequest):
-        return {"LockPCR": {"index": _u16(request.index, "PCR index")}}
+        return {"LockPCR": {"index": u16(request.index, "PCR index")}}
     if isinstance(request, LockPcrsRequest):
-        return {"LockPCRs": {"range": _u16(request.range, "PCR range")}}
+        return {"LockPCRs": {"range": u16(request.range, "PCR range")}}
     if isinstance(request, DescribeNsmRequest):
         return "DescribeNSM"
     if isinstance(request, AttestationRequest):
         return {
             "Attestation": {
-                "user_data": _opt_bytes(request.user_data, "user_data"),
-                "nonce": _opt_bytes(request.nonce, "nonce"),
-                "public_key": _opt_bytes(request.public_key, "public_key"),
+                "user_data": opt_bytes(request.user_data, "user_data"),
+                "nonce": opt_bytes(request.nonce, "nonce"),
+                "public_key": opt_bytes(request.public_key, "public_key"),
             }
         }
     if isinstance(request, GetRandomRequest):
@@ -284,70 +284,19 @@ def encode_request(request: Request) -> bytes:
     return encoded
 
 
-def _response_value(response: Response) -> object:
-    if isinstance(response, DescribePcrResponse):
-        return {"DescribePCR": {"lock": bool(response.lock), "data": bytes(response.data)}}
-    if isinstance(response, ExtendPcrResponse):
-        return {"ExtendPCR": {"data": bytes(response.data)}}
-    if isinstance(response, LockPcrResponse):
-        return "LockPCR"
-    if isinstance(response, LockPcrsResponse):
-        return "LockPCRs"
-    if isinstance(response, DescribeNsmResponse):
-        return {
-            "DescribeNSM": {
-                "version_major": _u16(response.version_major, "version"),
-                "version_minor": _u16(response.version_minor, "version"),
-                "version_patch": _u16(response.version_patch, "version"),
-                "module_id": str(response.module_id),
-                "max_pcrs": _u16(response.max_pcrs, "max_pcrs"),
-                "locked_pcrs": sorted({_u16(i, "PCR index") for i in response.locked_pcrs}),
-                "digest": Digest(response.digest).name,
-            }
-        }
-    if isinstance(response, AttestationResponse):
-        return {"Attestation": {"document": bytes(response.document)}}
-    if isinstance(response, GetRandomResponse):
-        return {"GetRandom": {"random": bytes(response.random)}}
-    if isinstance(response, ErrorResponse):
-        return {"Error": ErrorCode(response.code).name}
-    raise NsmInvalidArgument(f"not an NSM response: {type(response).__name__}")
-
-
-def encode_response(response: Response) -> bytes:
-    """CBOR bytes of a response, as the NSM sends it (used by stand-ins)."""
-    return cbor2.dumps(_response_value(response))
-
-
 # ---------------------------------------------------------------- decoding
 
 
-class _Shape(Exception):
-    """Internal: the decoded CBOR does not have the expected shape."""
+class ShapeError(NsmError):
+    """The decoded CBOR does not have the shape of an NSM message."""
 
 
-def _loads(data: bytes) -> object:
-    try:
-        return cbor2.loads(
-            bytes(data),
-            max_depth=_MAX_DEPTH,
-            allow_duplicate_keys=False,
-            # Real messages carry no tags; refusing them keeps decoding free of side effects.
-            tag_hook=_refuse_tag,
-        )
-    except _Shape:
-        raise
-    except NsmError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means "not CBOR we accept"
-        raise _Shape(f"not valid CBOR ({type(exc).__name__})") from None
+def loads_message(data: bytes) -> object:
+    """The one CBOR item of an NSM message (tags refused: real messages carry none)."""
+    return strict_loads(data, what="NSM message", error=ShapeError, max_depth=_MAX_DEPTH)
 
 
-def _refuse_tag(decoder: object, tag: object) -> object:
-    raise _Shape("CBOR tags are not allowed")
-
-
-def _variant(value: object) -> tuple[str, object]:
+def variant(value: object) -> tuple[str, object]:
     """Split an externally tagged enum value into (variant name, content or None)."""
     if isinstance(value, str):
         return value, None
@@ -355,141 +304,102 @@ def _variant(value: object) -> tuple[str, object]:
         ((name, content),) = value.items()
         if isinstance(name, str):
             return name, content
-    raise _Shape("not an externally tagged enum value")
+    raise ShapeError("not an externally tagged enum value")
 
 
-def _fields(content: object, variant: str) -> Mapping[Any, Any]:
+def fields_of(content: object, variant: str) -> Mapping[Any, Any]:
     if not isinstance(content, Mapping):
-        raise _Shape(f"{variant} must carry a map of fields")
+        raise ShapeError(f"{variant} must carry a map of fields")
     return content
 
 
-def _get_u16(fields: Mapping[Any, Any], name: str) -> int:
-    value = fields.get(name, _MISSING)
+def get_u16(fields: Mapping[Any, Any], name: str) -> int:
+    value = fields.get(name, MISSING)
     if type(value) is not int or not 0 <= value <= _U16_MAX:
-        raise _Shape(f"field {name} must be a u16")
+        raise ShapeError(f"field {name} must be a u16")
     return value
 
 
-def _get_bytes(fields: Mapping[Any, Any], name: str) -> bytes:
-    value = fields.get(name, _MISSING)
+def get_bytes(fields: Mapping[Any, Any], name: str) -> bytes:
+    value = fields.get(name, MISSING)
     if not isinstance(value, bytes):
-        raise _Shape(f"field {name} must be a byte string")
+        raise ShapeError(f"field {name} must be a byte string")
     return value
 
 
-def _get_opt_bytes(fields: Mapping[Any, Any], name: str) -> bytes | None:
+def get_opt_bytes(fields: Mapping[Any, Any], name: str) -> bytes | None:
     # serde treats a missing Option field as None.
     value = fields.get(name)
     if value is None:
         return None
     if not isinstance(value, bytes):
-        raise _Shape(f"field {name} must be a byte string or null")
+        raise ShapeError(f"field {name} must be a byte string or null")
     return value
 
 
-def _get_bool(fields: Mapping[Any, Any], name: str) -> bool:
-    value = fields.get(name, _MISSING)
+def get_bool(fields: Mapping[Any, Any], name: str) -> bool:
+    value = fields.get(name, MISSING)
     if type(value) is not bool:
-        raise _Shape(f"field {name} must be a boolean")
+        raise ShapeError(f"field {name} must be a boolean")
     return value
 
 
-def _get_text(fields: Mapping[Any, Any], name: str) -> str:
-    value = fields.get(name, _MISSING)
+def get_text(fields: Mapping[Any, Any], name: str) -> str:
+    value = fields.get(name, MISSING)
     if not isinstance(value, str):
-        raise _Shape(f"field {name} must be a text string")
+        raise ShapeError(f"field {name} must be a text string")
     return value
 
 
-_MISSING = object()
+MISSING = object()
 
 
-def _unit(content: object, variant: str) -> None:
+def unit(content: object, variant: str) -> None:
     if content is not None:
-        raise _Shape(f"{variant} is a unit variant")
-
-
-def _decode_request_value(value: object) -> Request:
-    name, content = _variant(value)
-    if name == "DescribePCR":
-        return DescribePcrRequest(_get_u16(_fields(content, name), "index"))
-    if name == "ExtendPCR":
-        fields = _fields(content, name)
-        return ExtendPcrRequest(_get_u16(fields, "index"), _get_bytes(fields, "data"))
-    if name == "LockPCR":
-        return LockPcrRequest(_get_u16(_fields(content, name), "index"))
-    if name == "LockPCRs":
-        return LockPcrsRequest(_get_u16(_fields(content, name), "range"))
-    if name == "DescribeNSM":
-        _unit(content, name)
-        return DescribeNsmRequest()
-    if name == "Attestation":
-        fields = _fields(content, name)
-        return AttestationRequest(
-            user_data=_get_opt_bytes(fields, "user_data"),
-            nonce=_get_opt_bytes(fields, "nonce"),
-            public_key=_get_opt_bytes(fields, "public_key"),
-        )
-    if name == "GetRandom":
-        _unit(content, name)
-        return GetRandomRequest()
-    raise _Shape(f"unknown request variant {name[:40]!r}")
-
-
-def decode_request(data: bytes) -> Request:
-    """Parse a request (the NSM side of the exchange, used by stand-ins)."""
-    if len(data) > NSM_REQUEST_MAX_SIZE:
-        raise NsmInputTooLarge(
-            f"NSM request is {len(data)} bytes, the limit is {NSM_REQUEST_MAX_SIZE}"
-        )
-    try:
-        return _decode_request_value(_loads(data))
-    except _Shape as exc:
-        raise NsmInvalidArgument(f"malformed NSM request: {exc}") from None
+        raise ShapeError(f"{variant} is a unit variant")
 
 
 def _decode_response_value(value: object) -> Response:
-    name, content = _variant(value)
+    name, content = variant(value)
     if name == "DescribePCR":
-        fields = _fields(content, name)
-        return DescribePcrResponse(_get_bool(fields, "lock"), _get_bytes(fields, "data"))
+        fields = fields_of(content, name)
+        return DescribePcrResponse(get_bool(fields, "lock"), get_bytes(fields, "data"))
     if name == "ExtendPCR":
-        return ExtendPcrResponse(_get_bytes(_fields(content, name), "data"))
+        return ExtendPcrResponse(get_bytes(fields_of(content, name), "data"))
     if name == "LockPCR":
-        _unit(content, name)
+        unit(content, name)
         return LockPcrResponse()
     if name == "LockPCRs":
-        _unit(content, name)
+        unit(content, name)
         return LockPcrsResponse()
     if name == "DescribeNSM":
-        fields = _fields(content, name)
-        locked = fields.get("locked_pcrs", _MISSING)
+        fields = fields_of(content, name)
+        locked = fields.get("locked_pcrs", MISSING)
         if not isinstance(locked, list) or any(
             type(i) is not int or not 0 <= i <= _U16_MAX for i in locked
         ):
-            raise _Shape("field locked_pcrs must be an array of u16")
-        digest_name = _get_text(fields, "digest")
+            raise ShapeError("field locked_pcrs must be an array of u16")
+        digest_name = get_text(fields, "digest")
         if digest_name not in Digest.__members__:
-            raise _Shape("field digest is not a known digest")
+            raise ShapeError("field digest is not a known digest")
         return DescribeNsmResponse(
-            version_major=_get_u16(fields, "version_major"),
-            version_minor=_get_u16(fields, "version_minor"),
-            version_patch=_get_u16(fields, "version_patch"),
-            module_id=_get_text(fields, "module_id"),
-            max_pcrs=_get_u16(fields, "max_pcrs"),
+            version_major=get_u16(fields, "version_major"),
+            version_minor=get_u16(fields, "version_minor"),
+            version_patch=get_u16(fields, "version_patch"),
+            module_id=get_text(fields, "module_id"),
+            max_pcrs=get_u16(fields, "max_pcrs"),
             locked_pcrs=tuple(sorted(set(locked))),
             digest=Digest[digest_name],
         )
     if name == "Attestation":
-        return AttestationResponse(_get_bytes(_fields(content, name), "document"))
+        return AttestationResponse(get_bytes(fields_of(content, name), "document"))
     if name == "GetRandom":
-        return GetRandomResponse(_get_bytes(_fields(content, name), "random"))
+        return GetRandomResponse(get_bytes(fields_of(content, name), "random"))
     if name == "Error":
         if not isinstance(content, str) or content not in ErrorCode.__members__:
-            raise _Shape("Error must carry a known error code name")
+            raise ShapeError("Error must carry a known error code name")
         return ErrorResponse(ErrorCode[content])
-    raise _Shape(f"unknown response variant {name[:40]!r}")
+    raise ShapeError(f"unknown response variant {name[:40]!r}")
 
 
 def decode_response(data: bytes) -> Response:
@@ -501,8 +411,8 @@ def decode_response(data: bytes) -> Response:
             f"NSM response is {len(data)} bytes, more than the {NSM_RESPONSE_MAX_SIZE} possible"
         )
     try:
-        return _decode_response_value(_loads(bytes(data)))
-    except _Shape as exc:
+        return _decode_response_value(loads_message(bytes(data)))
+    except ShapeError as exc:
         raise NsmMalformedResponse(f"malformed NSM response: {exc}") from None
 
 

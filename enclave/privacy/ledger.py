@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave.privacy.errors import PrivacyParameterError
-from enclave.privacy.params import check_accountant, check_delta, check_q, check_sigma, check_steps
+from enclave.privacy.accountants import ACCOUNTANTS, PRIMARY, check_accountant
+from enclave.privacy.params import check_delta, check_q, check_sigma, check_steps
 
 __all__ = ["LEDGER_VERSION", "PrivacyLedger", "Segment", "compose_epsilon"]
 
@@ -47,19 +48,13 @@ def compose_epsilon(segments: Iterable[Segment], delta: float, accountant: str) 
     parts = tuple(sorted((q, sigma, steps) for (q, sigma), steps in pooled.items()))
     if not parts:
         return 0.0
-    if accountant == "prv":
-        from enclave.privacy import pld
-
-        return pld.epsilon(parts, delta)
-    from enclave.privacy import rdp
-
-    return rdp.epsilon(parts, delta)
+    return ACCOUNTANTS[accountant].epsilon(parts, delta)
 
 
 class PrivacyLedger:
     """Append-only history of Segments at a fixed delta."""
 
-    def __init__(self, delta: float, accountant: str = "prv", segments: Iterable[Segment] = ()) -> None:
+    def __init__(self, delta: float, accountant: str = PRIMARY, segments: Iterable[Segment] = ()) -> None:
         self._delta = check_delta(delta)
         self._accountant = check_accountant(accountant)
         self._segments: list[Segment] = []

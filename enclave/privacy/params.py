@@ -9,18 +9,12 @@ from typing import Any
 from enclave.privacy.errors import PrivacyParameterError
 
 __all__ = [
-    "ACCOUNTANTS",
-    "check_accountant",
     "check_delta",
     "check_epsilon",
     "check_q",
     "check_sigma",
     "check_steps",
 ]
-
-#: "prv": privacy loss distributions (primary); "rdp": Renyi DP (cross-check).
-ACCOUNTANTS: tuple[str, ...] = ("prv", "rdp")
-
 
 def _real(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -73,10 +67,3 @@ def check_epsilon(value: Any, name: str = "epsilon", allow_zero: bool = False) -
         bound = ">= 0" if allow_zero else "> 0"
         raise PrivacyParameterError(f"{name} must be finite and {bound}, got {eps!r}")
     return eps
-
-
-def check_accountant(value: Any) -> str:
-    if not isinstance(value, str) or value not in ACCOUNTANTS:
-        shown = value[:32] if isinstance(value, str) else type(value).__name__
-        raise PrivacyParameterError(f"unknown accountant {shown!r}; expected one of {', '.join(ACCOUNTANTS)}")
-    return value

@@ -42,7 +42,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
-import cbor2
+from enclave.hazmat.cbor import dumps, strict_loads
 
 from enclave.sealed.errors import (
     BadMagic,
@@ -275,7 +275,7 @@ class SealedHeader:
     # -- wire form ---------------------------------------------------------
     def header_bytes(self) -> bytes:
         """The canonical CBOR of the header map alone."""
-        return cbor2.dumps(
+        return dumps(
             {
                 "key_id": self.key_id,
                 "encrypted_data_key": self.encrypted_data_key,
@@ -283,8 +283,7 @@ class SealedHeader:
                 "alg": self.alg,
                 "chunk_size": self.chunk_size,
                 "payload": self.payload,
-            },
-            canonical=True,
+            }
         )
 
     def encode(self) -> bytes:
@@ -318,10 +317,7 @@ class SealedHeader:
     @classmethod
     def from_header_bytes(cls, body: bytes) -> SealedHeader:
         """Parse the CBOR header map, insisting on its canonical encoding."""
-        try:
-            obj = cbor2.loads(body, allow_indefinite=False, allow_duplicate_keys=False, max_depth=8)
-        except Exception as err:  # cbor2 raises a variety of types on hostile input
-            raise MalformedHeader(f"header is not valid CBOR ({type(err).__name__})") from None
+        obj = strict_loads(body, what="header", error=MalformedHeader, canonical=dumps, max_depth=8)
         if not isinstance(obj, dict):
             raise MalformedHeader("header is not a CBOR map")
         if set(obj) != _HEADER_KEYS:
@@ -364,3 +360,15 @@ def check_header_length(length: int) -> None:
 def unpack_prefix(prefix: bytes) -> tuple[bytes, int, int]:
     """Split the 14-byte fixed prefix into (magic, version, header length)."""
     return _PREFIX.unpack(prefix)
+
+
+def check_encryption_context(header: SealedHeader, expected: Mapping[str, str]) -> None:
+    """Raise EncryptionContextMismatch unless every expected entry is in the header's context."""
+    actual = header.encryption_context
+    for key in sorted(expected):
+        if key not in actual:
+            raise EncryptionContextMismatch(f"encryption context lacks {key!r}")
+        if actual[key] != expected[key]:
+            raise EncryptionContextMismatch(
+                f"encryption context {key!r} is {actual[key]!r}, expected {expected[key]!r}"
+            )

@@ -23,14 +23,11 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+from enclave.hazmat.chunk_aead import TAG_SIZE, ChunkAead
 from enclave.sealed.errors import (
     BadMagic,
     ChunkAuthenticationFailed,
     ChunkTooLarge,
-    InvalidDataKey,
     MalformedChunk,
     TrailingData,
     TruncatedSealedFile,
@@ -46,25 +43,8 @@ from enclave.sealed.format import (
     unpack_prefix,
 )
 
-AAD_PREFIX = b"hermetic-sealed-v1"
-TAG_SIZE = 16
-KEY_SIZE = 32
 _FRAME = struct.Struct(">I")
 _MAX_INDEX = 2**64 - 1  # the AAD carries the index as u64
-
-
-def chunk_nonce(index: int, final: bool) -> bytes:
-    return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
-
-
-def chunk_aad(header_hash: bytes, index: int, final: bool) -> bytes:
-    return AAD_PREFIX + header_hash + index.to_bytes(8, "big") + (b"\x01" if final else b"\x00")
-
-
-def _aead(data_key: bytes) -> AESGCM:
-    if len(data_key) != KEY_SIZE:
-        raise InvalidDataKey(f"data key must be {KEY_SIZE} bytes, got {len(data_key)}")
-    return AESGCM(bytes(data_key))
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
@@ -116,13 +96,6 @@ def _frame_length(raw: bytes, index: int, header: SealedHeader) -> int:
     return length
 
 
-def _open(aead: AESGCM, header_hash: bytes, index: int, final: bool, ct: bytes) -> bytes | None:
-    try:
-        return aead.decrypt(chunk_nonce(index, final), ct, chunk_aad(header_hash, index, final))
-    except InvalidTag:
-        return None
-
-
 def iter_plaintext(stream: BinaryIO, header: SealedHeader, data_key: bytes) -> Iterator[bytes]:
     """Yield each chunk's plaintext once its tag verifies.
 
@@ -132,8 +105,7 @@ def iter_plaintext(stream: BinaryIO, header: SealedHeader, data_key: bytes) -> I
     The consumer must treat what it received as provisional until the
     iterator is exhausted without error.
     """
-    aead = _aead(data_key)
-    header_hash = header.header_hash
+    aead = ChunkAead(data_key, header.header_hash)
     chunk_size = header.chunk_size
     index = 0
     raw = _read_exact(stream, _FRAME.size)
@@ -149,9 +121,9 @@ def iter_plaintext(stream: BinaryIO, header: SealedHeader, data_key: bytes) -> I
         # The next frame's length tells whether this chunk must be the final one.
         raw = _read_exact(stream, _FRAME.size)
         if not raw:
-            plaintext = _open(aead, header_hash, index, True, ct)
+            plaintext = aead.open(index, True, ct)
             if plaintext is None:
-                plaintext = _open(aead, header_hash, index, False, ct)
+                plaintext = aead.open(index, False, ct)
                 if plaintext is None:
                     raise ChunkAuthenticationFailed(index)
                 _check_middle_size(plaintext, index, chunk_size)
@@ -161,9 +133,9 @@ def iter_plaintext(stream: BinaryIO, header: SealedHeader, data_key: bytes) -> I
                 raise MalformedChunk(f"final chunk {index} is empty but is not the only chunk")
             yield plaintext
             return
-        plaintext = _open(aead, header_hash, index, False, ct)
+        plaintext = aead.open(index, False, ct)
         if plaintext is None:
-            if _open(aead, header_hash, index, True, ct) is not None:
+            if aead.open(index, True, ct) is not None:
                 raise TrailingData(f"bytes follow the final chunk {index}")
             raise ChunkAuthenticationFailed(index)
         _check_middle_size(plaintext, index, chunk_size)
@@ -192,9 +164,8 @@ class SealWriter:
     """
 
     def __init__(self, out: BinaryIO, header: SealedHeader, data_key: bytes) -> None:
-        self._aead: AESGCM | None = _aead(data_key)
+        self._aead: ChunkAead | None = ChunkAead(data_key, header.header_hash)
         self._out = out
-        self._header_hash = header.header_hash
         self._chunk_size = header.chunk_size
         self._buf = bytearray()
         self._frame = bytearray(_FRAME.size + header.chunk_size + TAG_SIZE)
@@ -253,12 +224,7 @@ class SealWriter:
         n = len(plaintext) + TAG_SIZE
         frame = memoryview(self._frame)
         _FRAME.pack_into(frame, 0, n)
-        self._aead.encrypt_into(
-            chunk_nonce(self._index, final),
-            plaintext,
-            chunk_aad(self._header_hash, self._index, final),
-            frame[_FRAME.size : _FRAME.size + n],
-        )
+        self._aead.seal_into(self._index, final, plaintext, frame[_FRAME.size : _FRAME.size + n])
         self._out.write(frame[: _FRAME.size + n])
         self.bytes_written += _FRAME.size + n
         self._index += 1

@@ -1,2 +1,1 @@
-"""DP-SGD training inside the enclave: CSPRNG, Poisson sampler, clipping and noise,
-registered models, the job spec and sealed checkpoints."""
+"""DP-SGD training inside the enclave: sampler, clipping engines, noise, models, spec, checkpoints."""

@@ -40,15 +40,8 @@ import torch
 
 from enclave.errors import SealedDataError
 from enclave.kms.errors import KmsResponseError
-from enclave.sealed import (
-    CHECKPOINT_PAYLOAD,
-    DEFAULT_CHUNK_SIZE,
-    SealedHeader,
-    build_checkpoint_context,
-    iter_plaintext,
-    read_header,
-    seal_stream,
-)
+from enclave.sealed.format import CHECKPOINT_PAYLOAD, DEFAULT_CHUNK_SIZE, SealedHeader, build_checkpoint_context
+from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
 from enclave.sealed.errors import MalformedHeader
 
 log = logging.getLogger(__name__)

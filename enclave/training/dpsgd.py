@@ -44,7 +44,7 @@ from torch.func import functional_call, grad, vmap
 
 from enclave.errors import ConfigError, DatasetError
 from enclave.training.noise import StepNoise, spare_core
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 
 __all__ = [
     "CLIP_EPSILON",

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from enclave.errors import ConfigError, DatasetError
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 from enclave.training.scattering import Scattering2d
 
 __all__ = [
@@ -172,22 +172,6 @@ def _scatter_linear() -> nn.Module:
     return nn.Sequential(*_scatter_front(), nn.Flatten(), nn.Linear(81 * 7 * 7, 10))
 
 
-def _scatter_cnn() -> nn.Module:
-    # ScatterNet + CNN (the paper's MNIST_CNN with 81 input channels):
-    # 7 -conv3/2,p1-> 4 -conv3/1,p1-> 4, so 32 * 4 * 4 = 512 features.
-    return nn.Sequential(
-        *_scatter_front(),
-        nn.Conv2d(81, 16, 3, stride=2, padding=1),
-        nn.Tanh(),
-        nn.Conv2d(16, 32, 3, stride=1, padding=1),
-        nn.Tanh(),
-        nn.Flatten(),
-        nn.Linear(512, 32),
-        nn.Tanh(),
-        nn.Linear(32, 10),
-    )
-
-
 def _scatter2_linear() -> nn.Module:
     # Two-scale ScatterNet + linear: 5733 features -> 10 logits.
     return nn.Sequential(TwoScaleScatter(), nn.Linear(TWO_SCALE_FEATURES, 10))
@@ -208,14 +192,13 @@ MODELS: Mapping[str, ModelSpec] = MappingProxyType(
         "mlp": _spec("mlp", (784,), _mlp),
         "tanh_cnn": _spec("tanh_cnn", (1, 28, 28), _tanh_cnn),
         "scatter_linear": _spec("scatter_linear", (1, 28, 28), _scatter_linear),
-        "scatter_cnn": _spec("scatter_cnn", (1, 28, 28), _scatter_cnn),
         "scatter2_linear": _spec("scatter2_linear", (1, 28, 28), _scatter2_linear),
     }
 )
 
 #: Models whose first layers are a fixed function of one record: name -> how many
 #: leading modules of the built nn.Sequential form that fixed front end.
-_FIXED_FRONT: Mapping[str, int] = MappingProxyType({"scatter_linear": 2, "scatter_cnn": 2, "scatter2_linear": 1})
+_FIXED_FRONT: Mapping[str, int] = MappingProxyType({"scatter_linear": 2, "scatter2_linear": 1})
 
 
 class FeatureTransformError(ConfigError):
@@ -277,7 +260,7 @@ def feature_transform(name: str) -> FeatureTransform | None:
 
 
 _FEATURE_SHAPES: Mapping[str, tuple[int, ...]] = MappingProxyType(
-    {"scatter_linear": (81, 7, 7), "scatter_cnn": (81, 7, 7), "scatter2_linear": (TWO_SCALE_FEATURES,)}
+    {"scatter_linear": (81, 7, 7), "scatter2_linear": (TWO_SCALE_FEATURES,)}
 )
 
 

@@ -13,7 +13,7 @@ for the cores; on a 2-core machine, measured with the seed MLP at batch 256, the
 then took about 1.2 times as long as drawing in line. `spare_core()` is the default
 test DpSgd uses.
 
-The worker limits its own OpenMP and MKL thread counts to one (`_one_thread`; both are
+The worker limits its own OpenMP and MKL thread counts to one (`one_thread`; both are
 per-thread settings, the main thread's pool is untouched). Left at torch's defaults, the
 worker's first large element-wise or transcendental op starts a second OpenMP team for
 it (MKL's vector math starts its own as well), and once libgomp manages more threads
@@ -37,55 +37,25 @@ the process.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
-from pathlib import Path
 
 import torch
 
 from enclave.errors import ConfigError
-from enclave.training.rng import Csprng
+from enclave.native.threads import one_thread
+from enclave.hazmat.csprng import Csprng
 
 __all__ = ["NoiseClosed", "StepNoise", "spare_core"]
 
 log = logging.getLogger(__name__)
 
-#: Per-thread thread-count setters: (library, symbol). None is the process's global
-#: namespace, where torch's libgomp is; torch's MKL is linked into libtorch_cpu.
-_THREAD_LIMITS = ((None, "omp_set_num_threads"), ("libtorch_cpu.so", "MKL_Set_Num_Threads_Local"))
-
-
 def spare_core() -> bool:
     """Whether this process may run on more cores than torch's intra-op pool uses."""
     return len(os.sched_getaffinity(0)) > torch.get_num_threads()
-
-
-def _thread_limit_setters() -> list[Callable[[int], object]]:
-    """The per-thread OpenMP and MKL thread-count setters this torch build has."""
-    setters: list[Callable[[int], object]] = []
-    for library, symbol in _THREAD_LIMITS:
-        path = None if library is None else str(Path(torch.__file__).parent / "lib" / library)
-        try:
-            setter = getattr(ctypes.CDLL(path), symbol)
-        except (OSError, AttributeError):
-            log.debug("no %s in this torch build: the noise worker keeps its default", symbol)
-            continue
-        setter.argtypes = [ctypes.c_int]
-        setters.append(setter)
-    return setters
-
-
-def _one_thread() -> None:
-    """Run this thread's torch ops on one thread (see the module docstring for why)."""
-    # ATen sets a thread's OpenMP and MKL counts lazily, on its first parallel op;
-    # asking for the count runs that set-up now, so it cannot undo the limits below.
-    torch.get_num_threads()
-    for setter in _thread_limit_setters():
-        setter(1)
 
 
 class NoiseClosed(ConfigError):
@@ -136,7 +106,7 @@ class StepNoise:
         # by callers that never step.
         noise = self._draw() if self._next is None else self._next.result()
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dp-noise", initializer=_one_thread)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dp-noise", initializer=one_thread)
         self._next = self._pool.submit(self._draw)
         return noise
 

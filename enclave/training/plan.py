@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 
 from enclave.errors import HermeticError
-from enclave.privacy import epsilon, max_steps, noise_multiplier
-from enclave.sealed import SealedHeader
+from enclave.privacy.calibration import epsilon, max_steps, noise_multiplier
+from enclave.sealed.format import SealedHeader
 from enclave.training.spec import JobSpec
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from enclave.errors import ConfigError
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 
 __all__ = ["PoissonSampler", "SamplerConfigError"]
 

@@ -45,13 +45,13 @@ from typing import Any
 import cbor2
 
 from enclave.errors import ConfigError
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
+from enclave.privacy.accountants import PRIMARY as DEFAULT_ACCOUNTANT
 
 SPEC_FORMAT = "hermetic-job-spec-v1"
 OPTIMIZERS = ("sgd", "adam")
-ACCOUNTANTS = ("prv", "rdp")
 DEFAULT_FEATURES = "image"
 DEFAULT_LABEL = "label"
-DEFAULT_ACCOUNTANT = "prv"
 DEFAULT_EVAL_EVERY = 200
 
 # Bounds that keep a spec sane without restricting any real job.
@@ -386,7 +386,7 @@ def _parse_privacy(table: Mapping[str, Any]) -> PrivacySpec:
     sigma = _float(table, "privacy", "noise_multiplier", low=0.0, low_open=True)
     if (target is None) == (sigma is None):
         raise SpecError("privacy needs exactly one of target_epsilon and noise_multiplier")
-    accountant = _choice(table, "privacy", "accountant", ACCOUNTANTS, default=DEFAULT_ACCOUNTANT)
+    accountant = _choice(table, "privacy", "accountant", ACCOUNTANT_NAMES, default=DEFAULT_ACCOUNTANT)
     return PrivacySpec(
         expected_batch_size=batch, max_grad_norm=clip, delta=delta, epochs=epochs, steps=steps,
         target_epsilon=target, noise_multiplier=sigma, accountant=accountant,

@@ -30,13 +30,14 @@ from enclave.datasets import OpenedDataset
 from enclave.egress import EgressGate
 from enclave.errors import DatasetError, RuntimeFailure
 from enclave.nsm.interface import Nsm
-from enclave.privacy import PrivacyLedger
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
+from enclave.privacy.ledger import PrivacyLedger
 from enclave.training.checkpoint import CheckpointState, SamplerState, model_sha256, seal_checkpoint
 from enclave.training.dpsgd import DpSgd
-from enclave.training.heap import retain_freed_memory
+from enclave.native.heap import retain_freed_memory
 from enclave.training.models import FeatureTransform, build_model, feature_transform, preprocess
 from enclave.training.plan import BudgetExceeded, PlannedRun
-from enclave.training.rng import seed_from
+from enclave.hazmat.csprng import seed_from
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
 from enclave.transport.messages import (
@@ -193,7 +194,7 @@ class Trainer:
         finally:
             engine.close()  # stops the worker drawing the next step's noise
         log.info("trained %d steps in %.1fs", last - start, time.monotonic() - began)
-        eps = {name: float(ledger.epsilon(name)) for name in ("prv", "rdp")}
+        eps = {name: float(ledger.epsilon(name)) for name in ACCOUNTANT_NAMES}
         self._gate.send(TrainingProgress(step=last, total_steps=plan.steps, epsilon=eps[plan.accountant]))
         if public is not None:
             self._release_accuracy(model, public, last)

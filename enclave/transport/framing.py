@@ -67,12 +67,6 @@ def encode_frame_parts(msg: Message, registry: MessageRegistry = REGISTRY) -> tu
     return PREFIX.pack(length) + bytes((type_id,)), payload
 
 
-def encode_frame(msg: Message, registry: MessageRegistry = REGISTRY) -> bytes:
-    """The complete frame (prefix included) for `msg`."""
-    head, payload = encode_frame_parts(msg, registry)
-    return head + payload
-
-
 def parse_length(prefix: bytes, max_frame: int) -> int:
     """Body length from a 4-byte prefix, refused if 0 or above `max_frame`."""
     (length,) = PREFIX.unpack(prefix)
@@ -100,54 +94,6 @@ def max_data_chunk(max_frame: int) -> int:
         if n <= limit:
             return max(n, 0)
     raise ValueError("max_frame is too large")
-
-
-class FrameDecoder:
-    """Incremental decoder for a byte stream of frames (pure, no socket).
-
-    `feed` returns the messages completed by the new bytes; `finish` says the
-    stream ended and raises TruncatedFrame if a frame was cut. Every failure
-    is a TransportError subclass.
-    """
-
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, registry: MessageRegistry = REGISTRY) -> None:
-        self.max_frame = max_frame
-        self._registry = registry
-        self._buf = bytearray()
-        self._length: int | None = None
-
-    def feed(self, data: bytes) -> list[Message]:
-        self._buf += data
-        out: list[Message] = []
-        while True:
-            if self._length is None:
-                if len(self._buf) < PREFIX_SIZE:
-                    return out
-                self._length = parse_length(bytes(self._buf[:PREFIX_SIZE]), self.max_frame)
-                del self._buf[:PREFIX_SIZE]
-            if len(self._buf) < self._length:
-                return out
-            body = bytes(self._buf[: self._length])
-            del self._buf[: self._length]
-            self._length = None
-            out.append(decode_body(body, self._registry))
-
-    @property
-    def pending(self) -> int:
-        """Bytes received that do not yet form a whole frame."""
-        return len(self._buf) + (PREFIX_SIZE if self._length is not None else 0)
-
-    def finish(self) -> None:
-        if self.pending:
-            raise TruncatedFrame(f"stream ended inside a frame ({self.pending} bytes left over)")
-
-
-def decode_frames(data: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> list[Message]:
-    """Decode a complete byte string of frames."""
-    decoder = FrameDecoder(max_frame)
-    messages = decoder.feed(data)
-    decoder.finish()
-    return messages
 
 
 class FramedChannel:

@@ -28,6 +28,7 @@ from typing import Any, Callable, ClassVar, Mapping, TypeVar, Union
 
 import cbor2
 
+from enclave.hazmat.cbor import dumps, strict_loads
 from enclave.transport.errors import InvalidMessage, MalformedFrame, UnknownMessageType
 
 PROTOCOL_VERSION = 1
@@ -109,24 +110,13 @@ register = REGISTRY.register
 
 def encode_payload(msg: Message) -> bytes:
     """Canonical CBOR of the message's field map."""
-    return cbor2.dumps(msg.to_fields(), canonical=True)
+    return dumps(msg.to_fields())
 
 
 def decode_payload(cls: type[M], payload: bytes | memoryview) -> M:
     """Strictly decode `payload` into `cls`; anything off raises MalformedFrame."""
     name = cls.__name__
-    try:
-        obj = cbor2.loads(payload)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a malformed frame
-        raise MalformedFrame(f"{name} payload is not valid CBOR: {_short(exc)}") from None
-    # cbor2 ignores trailing bytes and accepts non-shortest forms, tags,
-    # indefinite lengths and duplicate keys; re-encoding catches all of them.
-    try:
-        canonical = cbor2.dumps(obj, canonical=True)
-    except Exception as exc:  # noqa: BLE001
-        raise MalformedFrame(f"{name} payload holds unencodable values: {_short(exc)}") from None
-    if canonical != payload:
-        raise MalformedFrame(f"{name} payload is not canonical CBOR")
+    obj = strict_loads(payload, what=f"{name} payload", error=MalformedFrame, canonical=dumps)
     if not isinstance(obj, dict):
         raise MalformedFrame(f"{name} payload is not a CBOR map")
     expected = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -137,11 +127,6 @@ def decode_payload(cls: type[M], payload: bytes | memoryview) -> M:
         return cls(**obj)
     except InvalidMessage as exc:
         raise MalformedFrame(str(exc)) from None
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:120]
 
 
 def _to_cbor(value: Any) -> Any:

@@ -15,8 +15,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from enclave import privacy
-from enclave.privacy import ACCOUNTANTS, PrivacyParameterError, params
+from enclave.privacy import calibration as privacy
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES, PRIMARY
+from enclave.privacy.errors import PrivacyParameterError
+from enclave.privacy import params
 
 
 def _arg_type(check: Callable[[Any], Any], convert: Callable[[str], Any],
@@ -80,7 +82,7 @@ def _common(parser: argparse.ArgumentParser, sigma: bool) -> None:
         parser.add_argument("--noise-multiplier", required=True, type=_sigma, metavar="S",
                             help="noise standard deviation / clipping norm")
     parser.add_argument("--delta", required=True, type=_delta, metavar="D", help="delta in (0, 1)")
-    parser.add_argument("--accountant", choices=ACCOUNTANTS, default="prv",
+    parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=PRIMARY,
                         help="prv: privacy loss distributions (default); rdp: Renyi DP")
     parser.add_argument("--json", action="store_true", help="print a JSON object")
 

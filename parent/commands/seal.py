@@ -7,7 +7,7 @@ import json
 import sys
 
 from enclave.errors import ConfigError
-from enclave.sealed import DEFAULT_CHUNK_SIZE
+from enclave.sealed.format import DEFAULT_CHUNK_SIZE
 from parent.commands.kms_args import add_kms_arguments, kms_client
 from parent.datasets import open_dataset
 from parent.seal import SealResult, seal_dataset

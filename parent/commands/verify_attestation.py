@@ -14,14 +14,11 @@ from typing import Any
 
 from cryptography import x509
 
-from enclave.attestation import (
-    AttestationDocument,
-    AttestationError,
-    AttestationPolicy,
-    parse_attestation,
-    verify_attestation,
-)
-from enclave.attestation.cose import MAX_DOCUMENT_SIZE
+from enclave.attestation.document import AttestationDocument, parse_attestation
+from enclave.attestation.errors import AttestationError
+from parent.verify.policy import AttestationPolicy
+from parent.verify.attestation import verify_attestation
+from enclave.hazmat.cose import MAX_DOCUMENT_SIZE
 from parent.inputs import HEX_RE, load_certificate_der, parse_hex, parse_pcr, pcr_values, read_bounded
 
 AT_DOCUMENT = "document"

@@ -11,13 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from enclave.attestation import AttestationPolicy
-from enclave.certificate import (
-    KNOWN_ACCOUNTANTS,
-    VerifiedCertificate,
-    body_to_json,
-    verify_certificate,
-)
+from parent.verify.policy import AttestationPolicy
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
+from parent.verify.certificate import VerifiedCertificate, verify_certificate
+from parent.verify.body import body_to_json
 from enclave.certificate.checks import metrics_epsilon
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
 from enclave.errors import HermeticError
@@ -40,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
                         help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
     parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
                         help="required attested PCR value; may repeat, all must match")
-    parser.add_argument("--accountant", choices=KNOWN_ACCOUNTANTS, default=None,
+    parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=None,
                         help="accountant whose recomputed epsilon is reported (default: the"
                              " certificate's primary); all are always checked")
     parser.add_argument("--json", action="store_true", help="print the result as a JSON object")

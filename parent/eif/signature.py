@@ -14,7 +14,6 @@ reports "SignatureCheck" = (signed payload == that encoding for the measured PCR
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from enclave.hazmat.cbor import strict_loads
 from parent.eif.errors import EifBadSignatureSection, EifSignatureInvalid
 from parent.eif.measure import extend_zero
 
@@ -39,6 +39,7 @@ _ECDSA_ALGS: dict[int, tuple[type[ec.EllipticCurve], hashes.HashAlgorithm, int]]
     -36: (ec.SECP521R1, hashes.SHA512(), 66),
 }
 _MAX_DEPTH = 8
+_COSE_TAGS = frozenset({COSE_SIGN1_TAG})
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,7 @@ class SignatureInfo:
 
 
 def _decode(data: bytes, what: str) -> Any:
-    stream = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(stream, max_depth=_MAX_DEPTH)
-    try:
-        item = decoder.decode()
-    except Exception as err:  # noqa: BLE001 - any decoder failure means the same thing
-        raise EifBadSignatureSection(f"{what} is not valid CBOR ({type(err).__name__})") from None
-    if stream.tell() != len(data):
-        raise EifBadSignatureSection(f"{what} has {len(data) - stream.tell()} trailing bytes")
-    return item
+    return strict_loads(data, what=what, error=EifBadSignatureSection, tags=_COSE_TAGS, max_depth=_MAX_DEPTH)
 
 
 def _byte_vec(value: Any, what: str) -> bytes:

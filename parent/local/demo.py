@@ -369,7 +369,7 @@ def _verify_outputs(
 
 
 def _plain_decrypt_as(identity: AwsIdentity, kms_url: str, sealed: Path) -> str:
-    from enclave.sealed import read_header
+    from enclave.sealed.stream import read_header
 
     with sealed.open("rb") as fh:
         header = read_header(fh)

@@ -49,31 +49,8 @@ from enclave.nsm.interface import (
     check_attestation_inputs,
     check_random_length,
 )
-from enclave.nsm.protocol import (
-    NSM_RESPONSE_MAX_SIZE,
-    AttestationRequest,
-    AttestationResponse,
-    DescribeNsmRequest,
-    DescribeNsmResponse,
-    DescribePcrRequest,
-    DescribePcrResponse,
-    Digest,
-    ErrorCode,
-    ErrorResponse,
-    ExtendPcrRequest,
-    ExtendPcrResponse,
-    GetRandomRequest,
-    GetRandomResponse,
-    LockPcrRequest,
-    LockPcrResponse,
-    LockPcrsRequest,
-    LockPcrsResponse,
-    Request,
-    Response,
-    decode_request,
-    encode_request,
-    encode_response,
-)
+from enclave.nsm.protocol import AttestationRequest, AttestationResponse, DescribeNsmRequest, DescribeNsmResponse, DescribePcrRequest, DescribePcrResponse, Digest, ErrorCode, ErrorResponse, ExtendPcrRequest, ExtendPcrResponse, GetRandomRequest, GetRandomResponse, LockPcrRequest, LockPcrResponse, LockPcrsRequest, LockPcrsResponse, NSM_RESPONSE_MAX_SIZE, Request, Response, encode_request
+from parent.local.nsm_wire import decode_request, encode_response
 from parent.local.local_ca import LocalCa
 from parent.local.measure import PCR_LENGTH, measure_enclave_package
 

@@ -15,13 +15,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _row(eps: float, accuracy: float | None) -> RunRow:
     return RunRow(
-        target_epsilon=eps, epsilon=eps - 0.0004, model="scatter_cnn", accuracy=accuracy, steps=293, sigma=2.5,
+        target_epsilon=eps, epsilon=eps - 0.0004, model="scatter2_linear", accuracy=accuracy, steps=293, sigma=2.5,
         sampling_rate=0.1365, minutes=12.5, batch_size=8192, epochs=40.0, lr=4.0, momentum=0.9,
         max_grad_norm=0.1, job_id=f"job-{eps:g}", goal=GOALS.get(eps),
     )
 
 
-NONPRIVATE = {"model": "scatter_cnn", "accuracy": 0.925, "steps": 293, "batch_size": 8192, "epochs": 40.0,
+NONPRIVATE = {"model": "scatter2_linear", "accuracy": 0.925, "steps": 293, "batch_size": 8192, "epochs": 40.0,
               "lr": 0.5, "momentum": 0.9, "minutes": 3.0}
 
 

@@ -90,7 +90,9 @@ def test_stage_takes_only_what_the_image_copies(tmp_path: Path) -> None:
     assert sorted(p.name for p in ctx.iterdir()) == ["eif", "enclave"]
     assert sorted(p.name for p in (ctx / "eif").iterdir()) == ["Dockerfile", "entrypoint.py", "requirements-enclave.txt"]
     assert (ctx / "enclave" / "__main__.py").is_file()
-    assert list((ctx / "enclave" / "attestation" / "roots").glob("*.pem")), "package data is staged too"
+    staged = sorted(p.relative_to(ctx).as_posix() for p in (ctx / "enclave").rglob("*") if p.is_file())
+    tracked = subprocess.run(["git", "ls-files", "enclave"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert staged == sorted(tracked), "the image takes every tracked file of the package, and only those"
     files = list(ctx.rglob("*"))
     assert not [p for p in files if p.name == "__pycache__" or p.suffix == ".pyc"]
     assert {p.stat().st_mtime for p in files} == {1767225600}

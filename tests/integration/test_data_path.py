@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from enclave.runtime import JobState
-from enclave.sealed import SealedHeader, read_header
+from enclave.sealed.format import SealedHeader
+from enclave.sealed.stream import read_header
 from parent.proxy.session import EnclaveError
 from tests.integration.conftest import DataPath
 

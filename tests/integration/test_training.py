@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from enclave.certificate import verify_certificate
-from enclave.privacy import epsilon
+from parent.verify.certificate import verify_certificate
+from enclave.privacy.calibration import epsilon
 from enclave.runtime import EnclaveRuntime, RuntimeConfig
 from enclave.transport.address import UnixAddress
 from enclave.transport.messages import PUBLIC_PREFIX, RESUME_STREAM, CheckpointEnd, Message, TrainingJob

@@ -15,14 +15,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from enclave.errors import ConfigError, DatasetError, KmsError
-from enclave.sealed import (
-    check_encryption_context,
-    iter_plaintext,
-    iter_record_batches,
-    read_header,
-    schema_sha256,
-    verify_records,
-)
+from enclave.sealed.format import check_encryption_context
+from enclave.sealed.stream import iter_plaintext, read_header
+from enclave.sealed.records import iter_record_batches, schema_sha256, verify_records
 from parent.cli import main
 from parent.datasets import DatasetReader
 from parent.seal import SealResult, default_dataset_id, seal_dataset

@@ -68,7 +68,7 @@ AttestationVerifier = Callable[[bytes, bytes, datetime], Any]
 
 def _verify_with_enclave_code(document: bytes, root_der: bytes, at: datetime) -> Any:
     # Imported lazily: the emulator only needs attestation code for Recipient requests.
-    from enclave.attestation import verify_attestation
+    from parent.verify.attestation import verify_attestation
 
     return verify_attestation(document, root_der=root_der, at=at)
 

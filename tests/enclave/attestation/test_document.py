@@ -7,9 +7,9 @@ from typing import Any
 import cbor2
 import pytest
 
-from enclave.attestation import AttestationDocument, parse_attestation
+from enclave.attestation.document import AttestationDocument, parse_attestation
 from enclave.attestation.errors import DocumentTooLarge, MalformedDocument
-from tests.enclave.attestation.chain_factory import (
+from tests.support.attestation_chain import (
     ABSENT,
     AT,
     TestChain,

@@ -4,17 +4,11 @@ from typing import Any, Callable
 
 import pytest
 
-from enclave.certificate import (
-    BudgetExceeded,
-    CertificateBody,
-    CertificatePcrMismatch,
-    DatasetRecord,
-    InconsistentCertificate,
-    ReleasedMetric,
-    check_body,
-)
+from enclave.certificate.errors import BudgetExceeded, CertificatePcrMismatch, InconsistentCertificate
+from enclave.certificate.body import CertificateBody, DatasetRecord, ReleasedMetric
+from enclave.certificate.checks import check_body
 from enclave.certificate.checks import check_attested_pcrs, metrics_epsilon, tightest_budget
-from tests.enclave.certificate.factory import (
+from tests.support.certificates import (
     MAX_EPSILON,
     PCRS,
     context,

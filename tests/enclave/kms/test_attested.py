@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from enclave.errors import KmsError
-from enclave.kms import AttestedKms
+from enclave.kms.attested import AttestedKms
 from enclave.kms.errors import (
     KmsAccessDenied,
     KmsAuthenticationFailed,

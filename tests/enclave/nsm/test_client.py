@@ -7,7 +7,7 @@ import hashlib
 import cbor2
 import pytest
 
-from enclave.nsm import Nsm
+from enclave.nsm.interface import Nsm
 from enclave.nsm.client import ProtocolNsm
 from enclave.nsm.errors import (
     NsmClosed,
@@ -17,21 +17,12 @@ from enclave.nsm.errors import (
     NsmMalformedResponse,
     NsmReadOnlyIndex,
 )
-from enclave.nsm.protocol import (
-    GetRandomResponse,
-    LockPcrResponse,
-    decode_request,
-    encode_response,
-)
+from enclave.nsm.protocol import GetRandomResponse, LockPcrResponse
+from parent.local.nsm_wire import decode_request, encode_response
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 
 PCRS = {0: b"\x01" * 48, 1: b"\x02" * 48, 2: b"\x03" * 48}
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
-    return LocalCa.load_or_create(tmp_path_factory.mktemp("state"))
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""Regenerate reference_epsilons.json with Google's dp-accounting (test-only dependency).
+"""Regenerate tests/vectors/dp-accounting/reference_epsilons.json with Google's dp-accounting (test-only dependency).
 
     .venv/bin/python -m tests.enclave.privacy.make_reference
 
@@ -24,8 +24,9 @@ from typing import Any
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+from tests.support.vectors import DP_ACCOUNTING
 
-FIXTURE = Path(__file__).with_name("reference_epsilons.json")
+FIXTURE = DP_ACCOUNTING / "reference_epsilons.json"
 
 QS = (0.001, 0.004, 0.01, 0.05, 0.2, 1.0)
 SIGMAS = (0.6, 0.8, 1.0, 2.0, 5.0)

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from enclave import privacy
+from enclave.privacy import calibration as privacy
 from tests.enclave.privacy import make_reference
+from tests.support.vectors import DP_ACCOUNTING
 
-FIXTURE = Path(__file__).with_name("reference_epsilons.json")
+FIXTURE = DP_ACCOUNTING / "reference_epsilons.json"
 DOC: dict[str, Any] = json.loads(FIXTURE.read_text())
 CASES: list[dict[str, Any]] = DOC["cases"]
 

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from enclave import privacy
+from enclave.privacy import calibration as privacy
 from enclave.privacy import pld, rdp
 
 CALLS: list[tuple[str, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [

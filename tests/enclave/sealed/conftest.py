@@ -4,7 +4,8 @@ import io
 
 import pytest
 
-from enclave.sealed import SealedHeader, build_encryption_context, seal_stream
+from enclave.sealed.format import SealedHeader, build_encryption_context
+from enclave.sealed.stream import seal_stream
 
 KEY = bytes(range(32))
 

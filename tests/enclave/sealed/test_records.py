@@ -7,19 +7,9 @@ import pyarrow as pa
 import pyarrow.ipc
 import pytest
 
-from enclave.sealed import (
-    ChunkAuthenticationFailed,
-    EncryptionContextMismatch,
-    MalformedPayload,
-    TruncatedSealedFile,
-    field_shape,
-    iter_plaintext,
-    iter_record_batches,
-    read_header,
-    read_table,
-    schema_sha256,
-    verify_records,
-)
+from enclave.sealed.errors import ChunkAuthenticationFailed, EncryptionContextMismatch, MalformedPayload, TruncatedSealedFile
+from enclave.sealed.records import field_shape, iter_record_batches, read_table, schema_sha256, verify_records
+from enclave.sealed.stream import iter_plaintext, read_header
 
 from .conftest import KEY, make_header, seal_bytes
 

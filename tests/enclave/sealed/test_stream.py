@@ -9,17 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enclave.errors import SealedDataError
-from enclave.sealed import (
-    ChunkAuthenticationFailed,
-    ChunkTooLarge,
-    InvalidDataKey,
-    SealWriter,
-    TrailingData,
-    TruncatedSealedFile,
-    iter_plaintext,
-    read_header,
-    seal_stream,
-)
+from enclave.sealed.errors import ChunkAuthenticationFailed, ChunkTooLarge, InvalidDataKey, TrailingData, TruncatedSealedFile
+from enclave.sealed.stream import SealWriter, iter_plaintext, read_header, seal_stream
 from enclave.sealed.errors import MalformedChunk
 
 from .conftest import KEY, make_header, seal_bytes

@@ -14,21 +14,9 @@ import pytest
 import torch
 
 from enclave.kms.errors import KmsInvalidCiphertext, KmsResponseError
-from enclave.sealed import (
-    CHECKPOINT_PAYLOAD,
-    ChunkAuthenticationFailed,
-    EncryptionContextMismatch,
-    InvalidDataKey,
-    MalformedHeader,
-    SealedHeader,
-    TrailingData,
-    TruncatedSealedFile,
-    BadMagic,
-    build_checkpoint_context,
-    build_encryption_context,
-    read_header,
-    seal_stream,
-)
+from enclave.sealed.format import CHECKPOINT_PAYLOAD, SealedHeader, build_checkpoint_context, build_encryption_context
+from enclave.sealed.errors import BadMagic, ChunkAuthenticationFailed, EncryptionContextMismatch, InvalidDataKey, MalformedHeader, TrailingData, TruncatedSealedFile
+from enclave.sealed.stream import read_header, seal_stream
 from enclave.sealed.format import PREFIX_SIZE
 from enclave.training.checkpoint import (
     CHECKPOINT_FORMAT,

@@ -23,7 +23,7 @@ from enclave.training.dpsgd import (
     per_sample_norms,
 )
 from enclave.training.models import MODELS, build_model
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 
 MODEL_SEED = bytes(range(32))
 NOISE_SEED = bytes(range(1, 33))

@@ -28,7 +28,7 @@ from enclave.training.fastclip_layers import (
     PATH_MATERIALISED,
 )
 from enclave.training.models import MODELS, build_model
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 
 RTOL, ATOL = 1e-4, 1e-6
 #: Clipped sums add hundreds of float32 products in a different order from the reference:

@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from enclave.training.dpsgd import DpSgd, DpSgdConfigError
+from enclave.native import threads
 from enclave.training import noise as noise_module
 from enclave.training.noise import NoiseClosed, StepNoise, spare_core
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 
 SEED = bytes(range(32))
 SPECS = [(torch.Size([5, 3]), torch.float32), (torch.Size([5]), torch.float32), (torch.Size([2, 2]), torch.float64)]
@@ -146,4 +147,4 @@ def test_the_worker_runs_torch_on_one_thread_and_leaves_the_callers_pool_alone()
 def test_this_torch_build_has_both_per_thread_limits() -> None:
     # If a torch upgrade moves libgomp's or MKL's setter, the worker silently keeps
     # torch's default count; this makes that visible.
-    assert len(noise_module._thread_limit_setters()) == 2
+    assert len(threads._thread_limit_setters()) == 2

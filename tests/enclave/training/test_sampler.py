@@ -13,7 +13,7 @@ import pytest
 
 from enclave.errors import ConfigError
 from enclave.training import sampler as sampler_module
-from enclave.training.rng import Csprng
+from enclave.hazmat.csprng import Csprng
 from enclave.training.sampler import PoissonSampler, SamplerConfigError
 
 SEED = bytes(range(32))

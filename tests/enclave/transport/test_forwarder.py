@@ -9,7 +9,7 @@ import pytest
 from enclave.transport.address import TcpAddress
 from enclave.transport.errors import AddressError
 from enclave.transport.forwarder import TcpForwarder
-from tests.enclave.transport.servers import echo_server, free_port, recv_all
+from tests.support.servers import echo_server, free_port, recv_all
 
 BLOB = os.urandom(1024 * 1024 + 123)
 

@@ -22,14 +22,8 @@ from enclave.transport.errors import (
     TruncatedFrame,
     UnknownMessageType,
 )
-from enclave.transport.framing import (
-    DEFAULT_MAX_FRAME,
-    FrameDecoder,
-    FramedChannel,
-    decode_frames,
-    encode_frame,
-    max_data_chunk,
-)
+from enclave.transport.framing import DEFAULT_MAX_FRAME, FramedChannel, max_data_chunk
+from tests.support.frames import FrameDecoder, decode_frames, encode_frame
 from enclave.transport.messages import (
     AuditEvent,
     DatasetData,
@@ -39,7 +33,7 @@ from enclave.transport.messages import (
     Message,
 )
 from enclave.transport.sockets import connect, listen
-from tests.enclave.transport.strategies import MESSAGES
+from tests.support.message_strategies import MESSAGES
 
 # ---------------------------------------------------------------- pure codec
 

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from enclave.transport.errors import InvalidMessage, MalformedFrame, UnknownMessageType
-from enclave.transport.framing import FrameDecoder, decode_body, encode_frame
+from enclave.transport.framing import decode_body
+from tests.support.frames import FrameDecoder, encode_frame
 from enclave.transport.messages import (
     REGISTRY,
     AuditEvent,
@@ -26,7 +27,7 @@ from enclave.transport.messages import (
     decode_payload,
     encode_payload,
 )
-from tests.enclave.transport.strategies import MESSAGES
+from tests.support.message_strategies import MESSAGES
 
 ALL_TYPES = [Hello, Goodbye, Error, Credentials, JobStart, DatasetBegin, DatasetData,
              DatasetEnd, AuditEvent, JobResult]

@@ -15,9 +15,10 @@ import pytest
 import torch
 from botocore.config import Config
 
-from enclave.kms import AttestedKms
+from enclave.kms.attested import AttestedKms
 from enclave.kms.errors import KmsAccessDenied
-from enclave.sealed import SealedHeader, build_encryption_context, seal_stream
+from enclave.sealed.format import SealedHeader, build_encryption_context
+from enclave.sealed.stream import seal_stream
 from enclave.training.checkpoint import (
     CheckpointState,
     SamplerState,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from enclave import privacy
+from enclave.privacy import calibration as privacy
 from parent.cli import main
 
 BASE = ["--sampling-rate", "0.004", "--delta", "1e-5"]

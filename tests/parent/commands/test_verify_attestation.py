@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from enclave.attestation import parse_attestation
+from enclave.attestation.document import parse_attestation
 from parent.cli import main
 from parent.commands.verify_attestation import decode_document_text
-from tests.enclave.attestation.chain_factory import AT, make_chain, make_document
+from tests.support.attestation_chain import AT, make_chain, make_document
+from tests.support.vectors import AWS_ATTESTATION
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "attestation"
+FIXTURES = AWS_ATTESTATION
 RECENT = FIXTURES / "aws_2026_indefinite_map.cbor"
 BRAVE = FIXTURES / "aws_2022_brave_definite_map.cbor"
 RECENT_DOC = parse_attestation(RECENT.read_bytes())

@@ -8,21 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from enclave.certificate import decode_envelope, encode_envelope, issue_certificate, recompute_epsilon
+from enclave.certificate.envelope import encode_envelope
+from parent.verify.envelope import decode_envelope
+from enclave.certificate.issue import issue_certificate
+from parent.verify.accounting import recompute_epsilon
 from parent.cli import main
 from parent.local.local_ca import LocalCa
-from tests.enclave.certificate.factory import PCRS, make_body, new_nsm
+from tests.support.certificates import PCRS, make_body, new_nsm
 
 JSON_KEYS = {
     "valid", "epsilon", "epsilons", "delta", "accountant", "pcrs", "datasets", "model_sha256",
     "checkpoint_sha256", "steps", "sampling_rate", "noise_multiplier", "max_grad_norm", "metrics",
     "job_id", "spec_sha256", "attested_at",
 }
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
-    return LocalCa.load_or_create(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture()

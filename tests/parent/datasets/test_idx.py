@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enclave.errors import DatasetError
-from enclave.sealed import field_shape
+from enclave.sealed.records import field_shape
 from parent.datasets import (
     BadIdxMagic,
     DatasetNotFound,

@@ -11,7 +11,7 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
-from enclave.sealed import field_shape
+from enclave.sealed.records import field_shape
 from parent.datasets import (
     CsvReader,
     DatasetNotFound,

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from enclave.nsm import Nsm
+from enclave.nsm.interface import Nsm
 from enclave.nsm.errors import (
     NsmClosed,
     NsmInputTooLarge,
@@ -34,11 +34,6 @@ KEY_ORDER = [
     "module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle",
     "public_key", "user_data", "nonce",
 ]
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> LocalCa:
-    return LocalCa.load_or_create(tmp_path_factory.mktemp("state"))
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +259,7 @@ def test_root_private_key_is_not_in_the_enclave_package(ca: LocalCa) -> None:
 
 
 def test_documents_pass_the_attestation_verifier(ca: LocalCa, tmp_path: Path) -> None:
-    verify = pytest.importorskip("enclave.attestation.verify")
+    verify = pytest.importorskip("parent.verify.attestation")
     mock = MockNsm(ca, {3: PCR3})
     document = mock.attest(user_data=b"cert-hash", nonce=b"n" * 16, public_key=b"k")
     parsed = verify.verify_attestation(document, root_der=ca.root_der)
@@ -290,8 +285,10 @@ def test_documents_pass_the_attestation_verifier(ca: LocalCa, tmp_path: Path) ->
 
 
 def test_measured_pcrs_satisfy_a_policy_and_debug_documents_do_not(ca: LocalCa) -> None:
-    pytest.importorskip("enclave.attestation.verify")
-    from enclave.attestation import AttestationPolicy, PcrMismatch, verify_attestation
+    pytest.importorskip("parent.verify.attestation")
+    from parent.verify.policy import AttestationPolicy
+    from parent.verify.errors import PcrMismatch
+    from parent.verify.attestation import verify_attestation
 
     policy = AttestationPolicy.from_pcrs(measure_enclave_package(), nonce=b"n")
     verify_attestation(MockNsm(ca).attest(nonce=b"n"), root_der=ca.root_der, policy=policy)

@@ -14,7 +14,7 @@ from enclave.transport.address import Address, TcpAddress, UnixAddress
 from enclave.transport.errors import AddressError
 from enclave.transport.forwarder import TcpForwarder
 from parent.proxy.relay import KmsRelay, TargetNotAllowed, is_allowed
-from tests.enclave.transport.servers import echo_server, free_port, http_server, recv_all
+from tests.support.servers import echo_server, free_port, http_server, recv_all
 
 
 def _relay_listen(kind: str, tmp_path: Path) -> Address:

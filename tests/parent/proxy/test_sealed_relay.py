@@ -8,13 +8,8 @@ import threading
 
 import pytest
 
-from enclave.sealed import (
-    SealedHeader,
-    build_encryption_context,
-    iter_plaintext,
-    read_header,
-    seal_stream,
-)
+from enclave.sealed.format import SealedHeader, build_encryption_context
+from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
 from enclave.errors import TransportError
 from enclave.sealed.errors import ChunkAuthenticationFailed
 from enclave.transport.framing import FramedChannel

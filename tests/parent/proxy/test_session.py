@@ -19,7 +19,8 @@ from enclave.transport.errors import (
     TransportError,
     TruncatedFrame,
 )
-from enclave.transport.framing import FrameDecoder, FramedChannel
+from enclave.transport.framing import FramedChannel
+from tests.support.frames import FrameDecoder
 from enclave.transport.messages import (
     PROTOCOL_VERSION,
     AuditEvent,

@@ -13,7 +13,8 @@ import pytest
 from enclave.errors import ConfigError
 from enclave.transport.address import UnixAddress
 from enclave.transport.errors import RemoteError
-from enclave.transport.framing import FrameDecoder, FramedChannel
+from enclave.transport.framing import FramedChannel
+from tests.support.frames import FrameDecoder
 from enclave.transport.messages import DatasetBegin, DatasetData, DatasetEnd, Message
 from enclave.transport.sockets import connect, listen
 from enclave.transport.stream import DatasetStreamReader

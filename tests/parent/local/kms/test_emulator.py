@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from enclave.kms import AttestedKms, open_recipient_ciphertext
+from enclave.kms.attested import AttestedKms
+from enclave.hazmat.cms import open_recipient_ciphertext
 from enclave.kms.errors import KmsAccessDenied, KmsInvalidCiphertext, KmsValidationError
 from parent.local.kms import KmsEmulator
 from parent.local.mock_nsm import MockNsm

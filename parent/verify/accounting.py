@@ -1,0 +1,42 @@
+"""Recomputing a certificate's epsilon from its ledger, independently of what it states.
+
+The verifier trusts no number the enclave wrote about privacy loss: it replays
+the ledger through `enclave.privacy` with every accountant it knows. Anything
+the accountant cannot digest counts as an inconsistent certificate, never as a
+crash, because the ledger arrives from a file an attacker may have crafted
+(behind a valid attestation only if the enclave itself misbehaved).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from enclave.certificate.errors import InconsistentCertificate
+from enclave.errors import HermeticError
+from enclave.privacy.accountants import ACCOUNTANTS, NAMES
+from enclave.privacy.ledger import PrivacyLedger
+
+__all__ = ["REL_TOLERANCE", "recompute_epsilon"]
+
+#: Stated values may differ from the replay only by float noise, never by a real amount.
+REL_TOLERANCE = 1e-6
+
+
+def recompute_epsilon(segments: Sequence[Mapping[str, Any]], delta: float, accountant: str) -> float:
+    """Epsilon at `delta` of the composed `segments` ({"q", "sigma", "steps"}) under `accountant`."""
+    if accountant not in ACCOUNTANTS:
+        raise InconsistentCertificate(f"accountant {accountant[:32]!r} is not one of {', '.join(NAMES)}")
+    try:
+        ledger = PrivacyLedger(delta, accountant=accountant)
+        for seg in segments:
+            ledger.record(seg["q"], seg["sigma"], steps=seg["steps"])
+        value = ledger.epsilon()
+    except (HermeticError, ValueError, ArithmeticError) as err:
+        raise InconsistentCertificate(
+            f"the {accountant} accountant cannot replay the ledger: {err}"
+        ) from None
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise InconsistentCertificate(f"the {accountant} accountant returned {value!r}")
+    return value

@@ -1,0 +1,141 @@
+"""Strict decoding of privacy certificate bodies, and their JSON form for people.
+
+Only the exact canonical bytes of a v1 body decode; every field is type-checked
+again here, so a crafted file cannot smuggle an int where a float is attested.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from enclave.certificate.body import (
+    BUDGET_KEYS,
+    LEDGER_KEYS,
+    MAX_BODY_SIZE,
+    CertificateBody,
+    DatasetRecord,
+    PublicDatasetRecord,
+    ReleasedMetric,
+    checked_mapping,
+    wire_map,
+)
+from enclave.certificate.errors import MalformedCertificate
+from enclave.hazmat.cbor import dumps_f64, strict_loads
+
+__all__ = ["MAX_DEPTH", "body_to_json", "decode_body"]
+
+# body -> datasets -> record -> encryption_context -> value is the deepest path.
+MAX_DEPTH = 8
+
+
+def body_to_json(body: CertificateBody) -> dict[str, Any]:
+    """A JSON-ready dict of `body` for people (PCR indexes become strings)."""
+    wire = wire_map(body)
+    wire["pcrs"] = {str(index): value for index, value in body.pcrs.items()}
+    return wire
+
+
+_BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
+_FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta"})
+
+
+def _keys(raw: Any, expected: tuple[str, ...], what: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise MalformedCertificate(f"{what} is not a map")
+    keys = set(raw)
+    if keys != set(expected):
+        missing = sorted(set(expected) - keys)
+        unknown = sorted(repr(k)[:40] for k in keys - set(expected))
+        raise MalformedCertificate(f"{what} keys wrong (missing {missing}, unknown {unknown})")
+    return raw
+
+
+def _wire_float(value: Any, what: str) -> float:
+    if type(value) is not float:
+        raise MalformedCertificate(f"{what} is not a float")
+    return value
+
+
+def _wire_list(value: Any, what: str) -> list[Any]:
+    if type(value) is not list:
+        raise MalformedCertificate(f"{what} is not an array")
+    return value
+
+
+def _decode_dataset(raw: Any, index: int) -> DatasetRecord:
+    what = f"datasets[{index}]"
+    m = _keys(raw, tuple(f.name for f in fields(DatasetRecord)), what)
+    return DatasetRecord(
+        dataset_id=m["dataset_id"], sealed_sha256=m["sealed_sha256"], key_id=m["key_id"],
+        encryption_context=checked_mapping(m["encryption_context"], f"{what}.encryption_context"),
+        records=m["records"],
+    )
+
+
+def _decode_public(raw: Any, index: int) -> PublicDatasetRecord:
+    m = _keys(raw, tuple(f.name for f in fields(PublicDatasetRecord)), f"public_datasets[{index}]")
+    return PublicDatasetRecord(name=m["name"], sha256=m["sha256"], records=m["records"])
+
+
+def _decode_metric(raw: Any, index: int) -> ReleasedMetric:
+    what = f"metrics[{index}]"
+    m = _keys(raw, tuple(f.name for f in fields(ReleasedMetric)), what)
+    return ReleasedMetric(
+        name=m["name"], value=_wire_float(m["value"], f"{what}.value"), kind=m["kind"],
+        step=m["step"], epsilon_cost=_wire_float(m["epsilon_cost"], f"{what}.epsilon_cost"),
+    )
+
+
+def _decode_segment(raw: Any, index: int) -> Mapping[str, Any]:
+    what = f"ledger[{index}]"
+    m = _keys(raw, LEDGER_KEYS, what)
+    _wire_float(m["q"], f"{what}.q")
+    _wire_float(m["sigma"], f"{what}.sigma")
+    return m
+
+
+def decode_body(data: bytes) -> CertificateBody:
+    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v1 body."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise MalformedCertificate("certificate body is not a byte string")
+    if len(data) > MAX_BODY_SIZE:
+        raise MalformedCertificate(f"certificate body is {len(data)} bytes, more than {MAX_BODY_SIZE}")
+    raw = _keys(strict_loads(bytes(data), what="certificate body", error=MalformedCertificate, canonical=dumps_f64, max_depth=MAX_DEPTH), _BODY_KEYS, "certificate body")
+    for name in _FLOAT_FIELDS:
+        _wire_float(raw[name], name)
+    epsilon = checked_mapping(raw["epsilon"], "epsilon")
+    for key, value in epsilon.items():
+        _wire_float(value, f"epsilon[{str(key)[:32]!r}]")
+    for index, pcr in checked_mapping(raw["pcrs"], "pcrs").items():
+        if type(pcr) is not str:
+            raise MalformedCertificate(f"PCR{str(index)[:8]} is not a hex text string")
+    budget = _keys(raw["budget"], BUDGET_KEYS, "budget")
+    for key in BUDGET_KEYS:
+        _wire_float(budget[key], f"budget {key}")
+    return CertificateBody(
+        version=raw["version"],
+        job_id=raw["job_id"],
+        spec_sha256=raw["spec_sha256"],
+        pcrs=checked_mapping(raw["pcrs"], "pcrs"),
+        datasets=tuple(_decode_dataset(d, i)
+                       for i, d in enumerate(_wire_list(raw["datasets"], "datasets"))),
+        public_datasets=tuple(_decode_public(p, i) for i, p in
+                              enumerate(_wire_list(raw["public_datasets"], "public_datasets"))),
+        sampling_rate=raw["sampling_rate"],
+        noise_multiplier=raw["noise_multiplier"],
+        max_grad_norm=raw["max_grad_norm"],
+        steps=raw["steps"],
+        delta=raw["delta"],
+        epsilon=epsilon,
+        accountant=raw["accountant"],
+        ledger=tuple(_decode_segment(s, i)
+                     for i, s in enumerate(_wire_list(raw["ledger"], "ledger"))),
+        model_sha256=raw["model_sha256"],
+        checkpoint_sha256=raw["checkpoint_sha256"],
+        metrics=tuple(_decode_metric(m, i)
+                      for i, m in enumerate(_wire_list(raw["metrics"], "metrics"))),
+        started_at=raw["started_at"],
+        finished_at=raw["finished_at"],
+        budget=budget,
+    )

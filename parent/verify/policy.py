@@ -1,0 +1,146 @@
+"""What a verified document must additionally say to be accepted.
+
+A policy is checked only after the chain and signature verified, so every field
+compared here is authentic; the comparisons are still constant-time because a
+caller may expose accept/refuse timing to whoever submitted the document.
+"""
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
+from parent.verify.errors import DocumentInFuture, DocumentTooOld, NonceMismatch, PcrMismatch, PublicKeyMismatch, UserDataMismatch
+
+if TYPE_CHECKING:
+    from enclave.attestation.document import AttestationDocument
+
+PcrSet = tuple[tuple[int, bytes], ...]
+
+# NSM and verifier clocks are both NTP-disciplined; a few minutes absorbs drift.
+DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class AttestationPolicy:
+    """Requirements on a verified document; None means "not checked".
+
+    allowed_pcrs: a set of alternatives; the document passes if, for at least one
+    alternative, every (index, value) pair equals the document's PCR. An empty set
+    admits nothing.
+    max_age: the document timestamp must be no older than `at - max_age` and no
+    later than `at + clock_skew`.
+    """
+
+    allowed_pcrs: frozenset[PcrSet] | None = None
+    nonce: bytes | None = None
+    user_data: bytes | None = None
+    public_key: bytes | None = None
+    max_age: timedelta | None = None
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW
+
+    def __post_init__(self) -> None:
+        if self.allowed_pcrs is not None:
+            if not isinstance(self.allowed_pcrs, frozenset):
+                raise TypeError("allowed_pcrs must be a frozenset of PCR tuples")
+            for alternative in self.allowed_pcrs:
+                _validate_pcr_set(alternative)
+        for name in ("nonce", "user_data", "public_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bytes):
+                raise TypeError(f"{name} must be bytes or None")
+        if self.max_age is not None and self.max_age < timedelta(0):
+            raise ValueError("max_age must not be negative")
+        if self.clock_skew < timedelta(0):
+            raise ValueError("clock_skew must not be negative")
+
+    @classmethod
+    def from_pcrs(
+        cls,
+        pcrs: Mapping[int, bytes],
+        *alternatives: Mapping[int, bytes],
+        nonce: bytes | None = None,
+        user_data: bytes | None = None,
+        public_key: bytes | None = None,
+        max_age: timedelta | None = None,
+    ) -> AttestationPolicy:
+        """Policy allowing each given {index: value} mapping as one acceptable PCR set."""
+        allowed = frozenset(pcr_set(mapping) for mapping in (pcrs, *alternatives))
+        return cls(
+            allowed_pcrs=allowed,
+            nonce=nonce,
+            user_data=user_data,
+            public_key=public_key,
+            max_age=max_age,
+        )
+
+    def check(self, document: AttestationDocument, *, at: datetime) -> None:
+        """Raise the PolicyViolation subclass for the first requirement `document` misses."""
+        if self.allowed_pcrs is not None and not any(
+            _pcrs_match(document.pcrs, alternative) for alternative in self.allowed_pcrs
+        ):
+            raise PcrMismatch(
+                f"document PCRs match none of the {len(self.allowed_pcrs)} allowed PCR sets"
+            )
+        _require_equal("nonce", self.nonce, document.nonce, NonceMismatch)
+        _require_equal("user_data", self.user_data, document.user_data, UserDataMismatch)
+        _require_equal("public_key", self.public_key, document.public_key, PublicKeyMismatch)
+        if self.max_age is not None:
+            stamp = document.timestamp
+            if stamp < at - self.max_age:
+                raise DocumentTooOld(
+                    f"document from {stamp.isoformat()} is older than {self.max_age} at {at.isoformat()}"
+                )
+            if stamp > at + self.clock_skew:
+                raise DocumentInFuture(
+                    f"document from {stamp.isoformat()} is later than {at.isoformat()} plus {self.clock_skew}"
+                )
+
+
+def pcr_set(pcrs: Mapping[int, bytes] | Iterable[tuple[int, bytes]]) -> PcrSet:
+    """Canonical (sorted, validated) tuple form of one acceptable PCR assignment."""
+    items = pcrs.items() if isinstance(pcrs, Mapping) else pcrs
+    result = tuple(sorted((int(index), bytes(value)) for index, value in items))
+    _validate_pcr_set(result)
+    return result
+
+
+def _validate_pcr_set(alternative: object) -> None:
+    if not isinstance(alternative, tuple) or not alternative:
+        # An empty alternative would match every document: refuse to build it.
+        raise ValueError("each allowed PCR set must be a non-empty tuple of (index, value) pairs")
+    seen: set[int] = set()
+    for pair in alternative:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            raise ValueError("each allowed PCR entry must be an (index, value) pair")
+        index, value = pair
+        if type(index) is not int or not 0 <= index < PCR_COUNT:
+            raise ValueError(f"PCR index {index!r} is outside 0..{PCR_COUNT - 1}")
+        if not isinstance(value, bytes) or len(value) not in PCR_VALUE_SIZES:
+            raise ValueError(f"PCR{index} value must be 32, 48 or 64 bytes")
+        if index in seen:
+            raise ValueError(f"PCR{index} appears twice in one allowed PCR set")
+        seen.add(index)
+
+
+def _pcrs_match(actual: Mapping[int, bytes], required: PcrSet) -> bool:
+    # Evaluate every pair (no early exit) so timing does not reveal which PCR differed.
+    ok = True
+    for index, value in required:
+        present = actual.get(index)
+        ok &= present is not None and hmac.compare_digest(present, value)
+    return ok
+
+
+def _require_equal(
+    name: str, expected: bytes | None, actual: bytes | None, error: type[Exception]
+) -> None:
+    if expected is None:
+        return
+    if actual is None:
+        raise error(f"document has no {name}, the policy requires one")
+    if not hmac.compare_digest(expected, actual):
+        raise error(f"document {name} differs from the expected value")

@@ -1,0 +1,2 @@
+"""Shared fixtures for every test package."""
+pytest_plugins = ["tests.support.fixtures"]
