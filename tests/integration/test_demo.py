@@ -23,6 +23,7 @@ def test_leak_scan_finds_plaintext_when_it_is_there() -> None:
     assert _plaintext_leaks(FASHION_MNIST, b"\x00" * 100_000) == 0
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """`hermetic demo`, shortened to a fraction of an epoch: every stage, every proof."""
     out = tmp_path / "demo"

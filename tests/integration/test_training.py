@@ -170,6 +170,7 @@ def test_over_budget_job_is_refused_before_any_key_is_used(data_path: DataPath, 
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_uninterrupted_epsilon(data_path: DataPath, tmp_path: Path) -> None:
     sealed = data_path.seal(tmp_path, records=2000, width=784)
     spec = spec_toml(data_path.model_key_id)
