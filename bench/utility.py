@@ -40,42 +40,21 @@ from parent.storage import open_atomic, write_atomic
 log = logging.getLogger(__name__)
 
 DELTA = 1e-5
-#: Issue 4's accuracy goals by epsilon, and the wall-clock limit per run.
+#: Accuracy goals by epsilon, and the wall-clock limit per run.
 GOALS = {1.0: 0.86, 3.0: 0.90, 8.0: 0.91}
 MINUTES_LIMIT = 30.0
 FASHION_MNIST_LABELS = FASHION_MNIST.with_name("train-labels-idx1-ubyte.gz")
 FASHION_MNIST_TEST_LABELS = FASHION_MNIST_TEST.with_name("t10k-labels-idx1-ubyte.gz")
 
 
-#: Epochs per target epsilon; everything else is the demo's recipe (Tramer & Boneh's
-#: ScatterNet + linear: batch 8192, lr 16, momentum 0.9, C 0.1). Tuned out of the enclave
-#: on scatter_linear's features (two seeds each): at epsilon 1, 20 epochs beat 40 by about a
-#: point (88.0% against 87.2%); at 3, 40 epochs were best (20: 89.2%, 80: 89.6%); at 8,
-#: 80 epochs (90.6-90.8%) beat 40 (about 90.4%). EMA of the weights, other learning
-#: rates, C 0.5, batch 4096, cosine or linear decay, Adam and scatter_cnn were no better.
-#: On scatter2_linear at epsilon 8 (seeds 0 and 1, against 91.0% and 90.9% for 80 epochs):
-#: 160 epochs gave 90.9% and 90.7%, batch 16384 for 80 epochs 91.0% and 90.8%. At epsilon 3
-#: (against 90.3% and 90.1%), log(S + 0.01) of the order-1 and -2 scattering coefficients
-#: before GroupNorm gave 90.3% and 90.3%, log(S + 0.1) 90.3% and 90.2%: within seed noise.
+#: Epochs per target epsilon, tuned out of the enclave; everything else is the demo's recipe
+#: (Tramer & Boneh's ScatterNet + linear: batch 8192, lr 16, momentum 0.9, C 0.1). The
+#: tuning runs and the variants that were no better: bench/RESULTS.md.
 EPOCHS = {1.0: 20.0, 3.0: 40.0, 8.0: 80.0}
 
 #: The model every epsilon trains, the demo's: ScatterNet + linear with the J=1 scattering
-#: scale joined to the J=2 one (`scatter2_linear`, 5733 features). Out of the enclave, same
-#: recipe and seeds, it reached 91.2%, 91.1% and 90.9% at epsilon 8 where scatter_linear
-#: reached about 90.6%; 89.9%, 90.2% and 90.0% at epsilon 3 against 90.1%, 89.7% and 89.4%;
-#: and 88.5% against 88.0% at epsilon 1. Also tried on it at epsilon 8, same seeds, none
-#: clearly better: flip augmentation (multiplicity 2, scattering of the mirrored image;
-#: 90.7%, 91.0% with test-time flips, against 90.9%), flip-symmetrised features (91.0%),
-#: the 784 raw pixels joined to the features (91.2 / 91.1 / 91.2% against 90.9 / 91.2 /
-#: 91.1%; at epsilon 3 equal to the last digit), EMA or tail averaging of the weights (within 0.1).
-#: Random ReLU features of these features (a fixed Gaussian 5733 x D projection, ReLU and
-#: LayerNorm before the linear head; non-private ceilings with Adam 91.9% at D 4096 and 92.4%
-#: at D 16384 against 91.5% for the linear head) were no better under DP (seeds 0 and 1,
-#: against 91.3% and 91.2% for the linear head, trained on the same cached features): at
-#: epsilon 8, D 2048 gave 90.9 / 90.6%, D 4096 91.4 / 90.9%, D 8192 91.3 / 91.0%, D 16384 91.1%;
-#: at epsilon 3 (seeds 0-3, against 90.0 / 90.2 / 90.1 / 90.2%), D 4096 gave 90.3 / 90.3 /
-#: 90.3 / 90.2%, D 8192 90.1 / 90.0%, D 2048 89.7 / 89.8%. At most 0.15 points at epsilon 3
-#: and none at 8: not worth a fixed 94 MB matrix in the measured model.
+#: scale joined to the J=2 one (`scatter2_linear`, 5733 features). No other model or variant
+#: tried did clearly better under DP (bench/RESULTS.md).
 MODEL = Recipe().model
 
 
@@ -98,12 +77,8 @@ def utility_recipe(epsilon: float) -> Recipe:
 
 
 #: The non-private reference: plain SGD (no clipping or noise) with the recipe's model and
-#: batch size for NONPRIVATE_EPOCHS epochs at a learning rate tuned per model on these
-#: features: scatter_linear 40 epochs at lr 1.6 gave 90.2% (lr 0.05 90.1%; 120 epochs at
-#: lr 0.4 90.5%; full-batch L-BFGS peaked at 91.3% before it overfit); scatter2_linear 40
-#: epochs at lr 6.4 gave 90.7% (lr 1.6 90.1%, lr 12.8 90.0%; 80 epochs at lr 3.2 86.1%).
-#: Plain SGD's last iterate stays below the clipped DP runs' at epsilon 8, whose clipping
-#: normalises each sample's step.
+#: batch size for NONPRIVATE_EPOCHS epochs, at a learning rate tuned per model on these
+#: features (bench/RESULTS.md).
 NONPRIVATE_LR = {"scatter_linear": 1.6, "scatter2_linear": 6.4}
 NONPRIVATE_EPOCHS = 40.0
 

@@ -1,7 +1,8 @@
 """The attestation document payload (aws-nitro-enclaves-nsm-api attestation_process.md).
 
 `parse_attestation` checks structure and types only; it proves nothing about who
-made the document. Use `verify_attestation` before trusting any field.
+made the document. Verification (certificate chain, signature, policy) is host-side,
+in `parent.verify`: trust no field before it.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 These checks need nothing but the body: the enclave runs them before it signs
 (an inconsistent certificate never leaves) and the verifier runs them after the
-attestation binding holds. Replaying the ledger is separate (`accounting`).
+attestation binding holds. Replaying the ledger is the verifier's alone
+(`parent.verify.accounting`).
 """
 from __future__ import annotations
 

@@ -78,11 +78,9 @@ _ZEROS = bytes(_CHUNK)
 # how the stream maps to outputs and is fixed. How many consecutive blocks are computed
 # together is not: _NORMAL_GROUP full blocks go through each torch operation at once,
 # which saves per-operation dispatch and, above ATen's parallel grain (32768 elements),
-# lets the element-wise arithmetic use the thread pool too. Measured on 2 cores (AMD
-# EPYC), interleaved medians of three runs: 101 770 outputs (the seed MLP's noise) took
-# 4.6-7.4 ms one block at a time and 4.2-5.7 ms in groups of 8; 1 000 000 outputs 57-67
-# and 45-52 ms; the outputs are bit-identical. Groups of 2 / 4 / 16 gave 4.8 / 4.6 /
-# 4.4 ms against 4.4 for 8, whose float64 scratch stays near 10 MB.
+# lets the element-wise arithmetic use the thread pool too. The outputs are the same
+# for any group size; 8 is the fastest measured that keeps the float64 scratch near
+# 10 MB (bench/RESULTS.md).
 _NORMAL_BLOCK = 8000
 _NORMAL_GROUP = 8
 

@@ -7,9 +7,7 @@ dynamically as large blocks are freed, up to 32 MiB and 64 MiB. A DP-SGD step
 allocates and frees the same few-megabyte temporaries every time (the noise draw's
 float64 scratch, activations, gradients), and under the dynamic thresholds much of
 that memory goes back to the kernel between steps and is page-faulted back in,
-zero-filled. Measured on 2 cores (AMD EPYC) with the seed MLP at batch 256,
-alternating runs: 1 130-1 180 minor faults per DP step and 14.1-16.4 ms a step; with
-the thresholds fixed, 1-5 faults and 11.2-12.3 ms, the peak RSS unchanged (335 MiB).
+zero-filled, on every step (measured: bench/RESULTS.md).
 
 `retain_freed_memory()` fixes both thresholds at the top of glibc's own dynamic
 range: the values glibc itself adopts after freeing a 32 MiB block. Requests from

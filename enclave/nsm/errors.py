@@ -25,7 +25,7 @@ __all__ = [
 
 
 class NsmUnavailable(NsmError):
-    """No NSM can be reached: no /dev/nsm, no libnsm.so, or it failed to open."""
+    """No NSM can be reached: there is no /dev/nsm, or it failed to open."""
 
 
 class NsmClosed(NsmError):

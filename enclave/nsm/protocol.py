@@ -78,7 +78,7 @@ _MAX_DEPTH = 8
 
 
 class ErrorCode(enum.IntEnum):
-    """NSM error codes; the values are the C ABI (repr(C)) discriminants of libnsm."""
+    """NSM error codes; the values are the nsm-api's C ABI (repr(C)) discriminants."""
 
     Success = 0
     InvalidArgument = 1
@@ -92,7 +92,7 @@ class ErrorCode(enum.IntEnum):
 
 
 class Digest(enum.IntEnum):
-    """PCR bank digest; values are the libnsm C ABI discriminants."""
+    """PCR bank digest; the values are the nsm-api's C ABI discriminants."""
 
     SHA256 = 0
     SHA384 = 1

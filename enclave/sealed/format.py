@@ -9,7 +9,7 @@ Layout of a sealed file::
     chunks   (u32 big-endian ciphertext length || ciphertext-with-16-byte-tag)*
 
 header_hash = SHA-256(magic || version || hlen || header) binds every chunk to the
-header (it is part of each chunk's AAD, see `enclave.sealed.stream`).
+header (it is part of each chunk's AAD, see `enclave.hazmat.chunk_aead`).
 
 Header map (exactly these keys, canonical CBOR: sorted keys, definite lengths):
     key_id              text   KMS key id / ARN the data key was generated under

@@ -144,10 +144,9 @@ class TwoScaleScatter(nn.Module):
 
     Both use L=8 and three channels per normalisation group, as the J=2 front end above.
     The J=1 coefficients keep twice the spatial resolution of the J=2 ones (order 0 and 1
-    only), which a linear classifier cannot recover from the coarser scale. Trained
-    non-privately to convergence (full-batch L-BFGS), linear models on either scale alone
-    peak at 91.3% (J=2) and 90.2% (J=1) test accuracy. No parameters, no buffers: a fixed
-    function of one record.
+    only), which a linear classifier cannot recover from the coarser scale; under DP the
+    joined features train a more accurate linear model than the J=2 scale alone
+    (bench/RESULTS.md). No parameters, no buffers: a fixed function of one record.
     """
 
     def __init__(self) -> None:

@@ -9,24 +9,21 @@ spare core the draw costs the step almost nothing.
 
 Drawing ahead only pays when a core is free for it. With torch's thread pool already
 using every core (the default), a third busy thread competes with the pool's threads
-for the cores; on a 2-core machine, measured with the seed MLP at batch 256, the step
-then took about 1.2 times as long as drawing in line. `spare_core()` is the default
-test DpSgd uses.
+for the cores and the step gets slower than drawing in line (bench/RESULTS.md), so
+`spare_core()` is the default test DpSgd uses.
 
 The worker limits its own OpenMP and MKL thread counts to one (`one_thread`; both are
 per-thread settings, the main thread's pool is untouched). Left at torch's defaults, the
 worker's first large element-wise or transcendental op starts a second OpenMP team for
 it (MKL's vector math starts its own as well), and once libgomp manages more threads
 than there are CPUs it stops spinning at barriers and sleeps on a futex instead — for
-every team, the main one included. Measured on 2 cores while such a worker was merely
-alive: the MLP's non-private step at batch 256 took 2.6-3.2 ms against 1.05-1.3 ms, and
-back to 1.06-1.6 ms with the worker limited to one thread.
+every team, the main one included, which slows even a non-private step while the
+worker merely exists (bench/RESULTS.md).
 
 A step's noise is one `Csprng.normal` call over all parameters laid end to end (one
 call per run of parameters of the same dtype), split into views of each parameter's
-shape. One call instead of one per parameter saves the sampler's fixed cost per call
-(about 30 µs): measured with the tanh CNN's 8 parameter tensors (26 010 values),
-0.51 ms against 0.77-0.84 ms.
+shape. One call instead of one per parameter pays the sampler's fixed cost per call
+once per step (bench/RESULTS.md).
 
 What drawing ahead does not change: the stream. Exactly one draw per step, in parameter
 order, all on the one worker, so the outputs are the same function of the seed as a

@@ -107,10 +107,9 @@ class Recipe:
     """The demo's training job: a registered model and its DP-SGD hyper-parameters."""
 
     # Tramer & Boneh (2021)'s ScatterNet + linear recipe for Fashion-MNIST, with the J=1
-    # scattering scale joined to their J=2 one (`scatter2_linear`): issue 4's best
-    # measured, about 90% at epsilon 3 (their single-scale features gave about 89.7%, and
-    # the demo's earlier end-to-end tanh CNN 86.8%). The scattering features are computed
-    # once inside the enclave, then 293 DP-SGD steps train the linear head.
+    # scattering scale joined to their J=2 one (`scatter2_linear`), chosen from the recipes
+    # measured (bench/RESULTS.md). The scattering features are computed once inside the
+    # enclave, then 293 DP-SGD steps train the linear head.
     model: str = "scatter2_linear"
     batch_size: int = 8192
     epochs: float = 40.0
