@@ -200,7 +200,7 @@ def results_markdown(rows: list[RunRow], nonprivate: dict[str, Any] | None) -> s
             f"no clipping or noise, trained in-process): **{nonprivate['accuracy']:.2%}** "
             f"({nonprivate['minutes']:.1f} min).",
         ]
-    lines += ["", f"Goals (issue 4): {', '.join(f'{g:.0%} at epsilon {e:g}' for e, g in GOALS.items())}, "
+    lines += ["", f"Accuracy goals: {', '.join(f'{g:.0%} at epsilon {e:g}' for e, g in GOALS.items())}, "
               f"each run under {MINUTES_LIMIT:g} minutes.", ""]
     return "\n".join(lines)
 
@@ -221,7 +221,7 @@ def plot(rows: list[RunRow], nonprivate: dict[str, Any] | None, path: Path) -> N
                         textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     goals = [(e, g) for e, g in GOALS.items() if any(r.target_epsilon == e for r in rows)]
     if goals:
-        ax.plot([e for e, _ in goals], [100 * g for _, g in goals], "x", color="tab:red", label="issue 4 goal")
+        ax.plot([e for e, _ in goals], [100 * g for _, g in goals], "x", color="tab:red", label="accuracy goal")
     if nonprivate is not None:
         ax.axhline(100 * nonprivate["accuracy"], color="tab:gray", linestyle="--",
                    label=f"non-private ({100 * nonprivate['accuracy']:.2f}%)")

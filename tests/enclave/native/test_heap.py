@@ -71,13 +71,6 @@ def test_retain_is_idempotent_and_reports_the_same_outcome() -> None:
     assert heap.retain_freed_memory() is heap.retain_freed_memory()
 
 
-def test_thresholds_are_glibcs_own_ceiling() -> None:
-    # mallopt refuses an mmap threshold above 32 MiB on 64-bit; twice that is the
-    # trim threshold glibc pairs with it.
-    assert heap.MMAP_THRESHOLD == 32 << 20
-    assert heap.TRIM_THRESHOLD == 2 * heap.MMAP_THRESHOLD
-
-
 def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     class NotGlibc:
         def mallopt(self, *_: object) -> int:

@@ -42,8 +42,8 @@ def standard_sections() -> list[tuple[int, bytes]]:
     return [(KERNEL, KERNEL_BYTES), (CMDLINE, CMD), (METADATA, META), (RAMDISK, BOOT), (RAMDISK, APP)]
 
 
-def test_issue_constant_is_the_extend_of_an_empty_stream() -> None:
-    # The issue's PCR2 for an image without application ramdisk is SHA384(0^48 || SHA384(b"")),
+def test_pcr_of_an_empty_stream_is_the_extend_of_its_digest() -> None:
+    # PCR2 of an image without an application ramdisk is SHA384(0^48 || SHA384(b"")),
     # not SHA384(0^96) (extending with a zero digest) and not SHA384(b"").
     constant = "21b9efbc184807662e966d34f390821309eeac6802309798826296bf3e8bec7c10edb30948c90ba67310f7b964fc500a"
     assert PCR2_EMPTY.hex() == constant
