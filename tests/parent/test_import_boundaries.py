@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from parent.cli import build_parser
 
@@ -149,17 +150,13 @@ OPTIONAL_IMPORTS_OF_DEPENDENCIES = {
 }
 
 
-def _normalise(dist: str) -> str:
-    return re.sub(r"[-_.]+", "-", dist).lower()
-
-
 def _enclave_distributions() -> set[str]:
     """The image's full dependency closure, from the pinned list the EIF installs."""
     names = set()
     for line in (ROOT / "eif" / "requirements-enclave.txt").read_text("utf-8").splitlines():
         requirement = line.split("#", 1)[0].strip()
         if requirement:
-            names.add(_normalise(re.split(r"[=<>!~\[; ]", requirement, maxsplit=1)[0]))
+            names.add(canonicalize_name(re.split(r"[=<>!~\[; ]", requirement, maxsplit=1)[0]))
     return names
 
 
@@ -169,7 +166,7 @@ def _outside_the_enclave(report: dict[str, Any], allowed: set[str]) -> list[str]
     for name, info in sorted(report.items()):
         if name in stdlib or name == "enclave":
             continue
-        dists = {_normalise(d) for d in info["dists"]}
+        dists = {canonicalize_name(d) for d in info["dists"]}
         if name in NEVER_IN_ENCLAVE or "hermetic" in dists:
             bad.append(name)
         elif dists:
