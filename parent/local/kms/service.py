@@ -2,8 +2,8 @@
 
 Each operation takes the authenticated caller's ARN and the decoded JSON request,
 authorises it against the key policy (parsed by parent.kms_policy, decided by
-parent.local.kms.policy_eval) and returns
-the JSON response with bytes values (the HTTP layer base64-encodes them).
+parent.local.kms.policy_eval) and returns the JSON response with bytes values
+(the HTTP layer base64-encodes them).
 `Recipient` requests are verified against the attestation root given at start-up;
 the document's PCRs become `kms:RecipientAttestation:*` condition keys and the
 secret is returned only as CMS EnvelopedData to the document's public key.
