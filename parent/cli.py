@@ -13,7 +13,9 @@ from collections.abc import Sequence
 
 from enclave.errors import HermeticError
 
-# Each module in parent.commands registers its own sub-command(s).
+# Each module in parent.commands registers its own sub-command(s). The dev commands
+# (kms_emulator, mock_enclave, demo) import parent.local only in their handlers, so
+# building this parser loads no stand-in (tests/parent/test_import_boundaries.py).
 COMMAND_MODULES: tuple[str, ...] = (
     "seal",
     "policy",

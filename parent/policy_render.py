@@ -5,7 +5,8 @@ OWNER_ARN, PARENT_ROLE_ARN, MODEL_OWNER_ARN (principals) and IMAGE_SHA384 (= PCR
 PCR0, PCR1, PCR2, PCR8 (measurements, lower-case hex). PCR8 is optional: a
 statement that mentions it is dropped when the image is not signed. Any other
 missing value, an unknown placeholder or malformed input is a PolicyError, and the
-result is checked against the policy grammar the KMS emulator enforces.
+result is checked against the policy grammar (parent.kms_policy, which the KMS
+emulator enforces too).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import PolicyError
+from parent.kms_policy import parse_policy
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]*)\}")
 PRINCIPAL_PLACEHOLDERS = frozenset({"OWNER_ARN", "PARENT_ROLE_ARN", "MODEL_OWNER_ARN"})
@@ -108,8 +110,6 @@ def render_template(
     rendered = {k: _substitute(v, values) for k, v in template.items() if k != "Statement"}
     rendered["Statement"] = kept
     # Fail here, not at CreateKey time, if the result is outside the supported grammar.
-    from parent.local.kms.policy_eval import parse_policy
-
     parse_policy(rendered)
     return rendered
 

@@ -10,7 +10,6 @@ from types import FrameType
 
 from enclave.errors import ConfigError
 from parent.storage import write_atomic
-from parent.local.kms import KmsEmulator, load_principals, load_root_der
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
@@ -36,6 +35,9 @@ def _write_ready(path: Path, url: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: a stand-in, never loaded by the production commands or their --help.
+    from parent.local.kms import KmsEmulator, load_principals, load_root_der
+
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ConfigError("--tls-cert and --tls-key must be given together")
     if not 0 <= args.port <= 65535:

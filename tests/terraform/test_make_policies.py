@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from parent.local.kms.policy_eval import Decision, RequestContext, evaluate, parse_policy
+from parent.kms_policy import parse_policy
+from parent.local.kms.policy_eval import Decision, RequestContext, evaluate
 from tests.terraform.conftest import REPO
 
 ACCOUNT = "111122223333"

@@ -5,7 +5,7 @@ status below, exactly the shape botocore turns into a ClientError.
 """
 from __future__ import annotations
 
-from enclave.errors import KmsError, PolicyError
+from enclave.errors import KmsError
 
 
 class KmsApiError(KmsError):
@@ -81,7 +81,3 @@ class IncompleteSignatureException(_ClientFault):
 
 class MissingAuthenticationTokenException(_ClientFault):
     code = "MissingAuthenticationTokenException"
-
-
-class MalformedPolicy(PolicyError):
-    """A key policy document is not valid JSON policy grammar this emulator supports."""

@@ -1,8 +1,9 @@
 """The KMS operations of the local emulator, independent of HTTP.
 
 Each operation takes the authenticated caller's ARN and the decoded JSON request,
-authorises it against the key policy (parent.local.kms.policy_eval) and returns
-the JSON response with bytes values (the HTTP layer base64-encodes them).
+authorises it against the key policy (parsed by parent.kms_policy, decided by
+parent.local.kms.policy_eval) and returns the JSON response with bytes values
+(the HTTP layer base64-encodes them).
 `Recipient` requests are verified against the attestation root given at start-up;
 the document's PCRs become `kms:RecipientAttestation:*` condition keys and the
 secret is returned only as CMS EnvelopedData to the document's public key.
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from enclave.errors import AttestationError
+from parent.kms_policy import KeyPolicy, MalformedPolicy, parse_policy
 from parent.local.kms import ciphertext
 from parent.local.kms.cms_builder import build_recipient_ciphertext
 from parent.local.kms.errors import (
@@ -33,7 +35,6 @@ from parent.local.kms.errors import (
     IncorrectKeyException,
     InvalidAliasNameException,
     InvalidCiphertextException,
-    MalformedPolicy,
     MalformedPolicyDocumentException,
     NotFoundException,
     SerializationException,
@@ -41,13 +42,7 @@ from parent.local.kms.errors import (
     UnsupportedOperationException,
     ValidationException,
 )
-from parent.local.kms.policy_eval import (
-    Decision,
-    KeyPolicy,
-    RequestContext,
-    evaluate,
-    parse_policy,
-)
+from parent.local.kms.policy_eval import Decision, RequestContext, evaluate
 from parent.local.kms.store import KeyStore, StoredKey
 
 log = logging.getLogger(__name__)

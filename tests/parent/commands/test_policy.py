@@ -8,7 +8,8 @@ import pytest
 
 from enclave.errors import PolicyError
 from parent.cli import main
-from parent.local.kms.policy_eval import Decision, RequestContext, evaluate, parse_policy
+from parent.kms_policy import parse_policy
+from parent.local.kms.policy_eval import Decision, RequestContext, evaluate
 from parent.policy_render import render_policy
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "kms-policies"
