@@ -103,18 +103,3 @@ def test_without_an_nsm_it_exits_1_with_a_reason(caplog: pytest.LogCaptureFixtur
     assert code == 1
     assert any("cannot start" in r.getMessage() and "NSM" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "ctl.sock").exists()
-
-
-def test_python_m_enclave_loads_no_parent_module() -> None:
-    code = (
-        "import sys, runpy\n"
-        "sys.argv = ['enclave', '--help']\n"
-        "try:\n    runpy.run_module('enclave', run_name='__main__')\n"
-        "except SystemExit:\n    pass\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('parent', 'tests'))\n"
-        "print('LOADED', bad)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "--kms-forward-port" in out.stdout
-    assert "LOADED []" in out.stdout
