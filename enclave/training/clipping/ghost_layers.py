@@ -1,4 +1,4 @@
-"""Per-layer rules of the fast clipping engine: per-sample norms and clipped sums.
+"""Per-layer rules of the ghost clipping engine ("fast"): per-sample norms and clipped sums.
 
 Every rule receives, for one module, the inputs it was called with during the engine's
 single forward pass and the gradients of the summed loss with respect to its outputs
@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from enclave.training.dpsgd import UnsupportedLayer
+from enclave.training.clipping.rules import GhostClippingError
 
 __all__ = [
     "MATERIALISE_BUDGET_BYTES",
@@ -49,7 +49,6 @@ __all__ = [
     "PATH_GHOST_OUTER",
     "PATH_MATERIALISED",
     "Call",
-    "FastClipError",
     "Pending",
     "Rule",
     "rule_for",
@@ -61,10 +60,6 @@ PATH_GHOST_OUTER = "ghost-outer"
 PATH_GHOST_GRAM = "ghost-gram"
 PATH_MATERIALISED = "materialised"
 PATH_FALLBACK = "fallback"
-
-
-class FastClipError(UnsupportedLayer):
-    """The fast engine cannot privatise this model correctly (use engine="vmap" or change the model)."""
 
 
 @dataclass
@@ -300,7 +295,7 @@ class ConvRule(Rule):
         grads = [c.out_grad() for c in calls]
         for x in inputs:
             if not isinstance(x, torch.Tensor) or x.dim() != len(m.kernel_size) + 2 or x.shape[0] != n:
-                raise FastClipError(f"{type(m).__name__} was called without a leading batch dimension")
+                raise GhostClippingError(f"{type(m).__name__} was called without a leading batch dimension")
         per_sample_w: torch.Tensor | None = None
         if w_name is not None:
             positions = grads[0][0, 0].numel()
