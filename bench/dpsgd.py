@@ -46,11 +46,11 @@ OPACUS = ("opacus_hooks", "opacus_functorch", "opacus_ghost")
 REPS = int(os.environ.get("HERMETIC_BENCH_DPSGD_REPS", "7"))
 #: Target wall time of one timed block (steps are repeated until a block lasts this long).
 BLOCK_SECONDS = 0.1
-#: torch intra-op threads in every worker (issue 4 measures with 2); --threads overrides it.
+#: torch intra-op threads in every worker (the goals are set for 2); --threads overrides it.
 DEFAULT_THREADS = 2
 MAX_GRAD_NORM = 1.0
 NOISE_MULTIPLIER = 1.0
-#: issue 4 goals at batch 256: (max DP / non-private, min speed-up over Opacus' fastest).
+#: Goals at batch 256: (max DP / non-private, min speed-up over Opacus' fastest).
 GOALS = {"mlp": (1.5, 3.0), "tanh_cnn": (1.3, 1.3)}
 GOAL_BATCH = 256
 GOAL_PEAK_RSS = 1.5

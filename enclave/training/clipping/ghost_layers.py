@@ -229,10 +229,8 @@ class ConvRule(Rule):
         Row t of sample i (and group) holds the receptive field of output position t in
         (kh, kw, channel) order, so each row is gathered from runs of contiguous channels
         of a channels-last copy of the input, and the batched matmul that consumes it reads
-        contiguous rows. (Channel-major columns, as F.unfold builds them, gather with the
-        convolution's stride in the innermost dimension and cost several times more.) The
-        per-sample gradients come out in the same order; `_weight_layout` restores the
-        weight's (channel, kh, kw) order once, on the clipped sum.
+        contiguous rows. The per-sample gradients come out in the same order;
+        `_weight_layout` restores the weight's (channel, kh, kw) order once, on the clipped sum.
         """
         m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
         x, padding = self._padded(x)
@@ -265,9 +263,7 @@ class ConvRule(Rule):
         """[n, C_out, kh * kw * C_in/groups] per-sample weight gradients (kernel-last order).
 
         Per sample and group, g_i cols_i, computed CONV_CHUNK samples at a time so each
-        chunk's columns are still in cache when the batched matmul reads them. (Folding
-        the batch into the groups of one convolution gives the same result, but oneDNN's
-        speed on such shapes varies by an order of magnitude from run to run.)
+        chunk's columns are still in cache when the batched matmul reads them.
         """
         m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
         groups = m.groups
