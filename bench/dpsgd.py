@@ -10,8 +10,9 @@ of the model and times one training step of each on the same fixed batch:
 * ``opacus_hooks`` / ``opacus_functorch`` / ``opacus_ghost``: Opacus' PrivacyEngine
   with grad_sample_mode "hooks", "functorch" and "ghost" (flat clipping), as a user
   would set it up (noise from torch's generator, not secure_mode);
-* ``engine``: ``hermetic`` without the noise (the fast clipping engine, the division by
-  the expected batch size and the SGD step), and ``noise``: the CSPRNG noise draw alone
+* ``engine``: ``hermetic`` without the noise (the ghost clipping engine
+  `enclave.training.clipping.ghost.GhostClipping`, the division by the expected batch
+  size and the SGD step), and ``noise``: the CSPRNG noise draw alone
   (one step's StepNoise draw for every parameter) — shown to explain where ``hermetic``'s time goes.
 
 Repetitions are interleaved (every rep runs each contender once for a block of steps,
@@ -45,11 +46,11 @@ OPACUS = ("opacus_hooks", "opacus_functorch", "opacus_ghost")
 REPS = int(os.environ.get("HERMETIC_BENCH_DPSGD_REPS", "7"))
 #: Target wall time of one timed block (steps are repeated until a block lasts this long).
 BLOCK_SECONDS = 0.1
-#: torch intra-op threads in every worker (issue 4 measures with 2); --threads overrides it.
+#: torch intra-op threads in every worker (the goals are set for 2); --threads overrides it.
 DEFAULT_THREADS = 2
 MAX_GRAD_NORM = 1.0
 NOISE_MULTIPLIER = 1.0
-#: issue 4 goals at batch 256: (max DP / non-private, min speed-up over Opacus' fastest).
+#: Goals at batch 256: (max DP / non-private, min speed-up over Opacus' fastest).
 GOALS = {"mlp": (1.5, 3.0), "tanh_cnn": (1.3, 1.3)}
 GOAL_BATCH = 256
 GOAL_PEAK_RSS = 1.5
@@ -108,14 +109,14 @@ def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
 
         return step
     if name == "engine":
-        from enclave.training.fastclip import FastClip
+        from enclave.training.clipping.ghost import GhostClipping
 
-        clip = FastClip(net)
+        clip = GhostClipping(net, max_grad_norm=MAX_GRAD_NORM)
         opt = torch.optim.SGD(net.parameters(), lr=lr)
         named = [(k, p) for k, p in net.named_parameters()]
 
         def engine_step() -> None:
-            sums = clip.clipped_sum(x, y, MAX_GRAD_NORM).sums
+            sums = clip.clipped_sum(x, y).sums
             for k, p in named:
                 p.grad = sums[k].div_(float(batch))
             opt.step()

@@ -1,4 +1,4 @@
-"""DP-SGD: per-sample gradients, clipping, noise, the update rule, refused layers."""
+"""DP-SGD: the update rule, the noise, the step statistics and the configurations it refuses."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,24 +6,17 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from enclave.errors import ConfigError, DatasetError
-from enclave.training.dpsgd import (
-    BatchMismatch,
-    DpSgd,
-    DpSgdConfigError,
-    StepStats,
-    UnknownLoss,
-    UnsupportedLayer,
-    check_privatizable,
-    clip_per_sample,
-    per_sample_gradients,
-    per_sample_norms,
-)
-from enclave.training.models import MODELS, build_model
+from enclave.errors import DatasetError
 from enclave.hazmat.csprng import Csprng
+from enclave.training.clipping.ghost import GhostClipping
+from enclave.training.clipping.reference import ReferenceClipping, per_sample_norms
+from enclave.training.clipping.registry import ENGINES
+from enclave.training.clipping.rules import BatchMismatch, DpSgdConfigError, UnknownLoss, UnsupportedLayer
+from enclave.training.dpsgd import DpSgd, StepStats
+from enclave.training.models import MODELS, build_model
+from tests.enclave.training.per_sample import loop_gradients
 
 MODEL_SEED = bytes(range(32))
 NOISE_SEED = bytes(range(1, 33))
@@ -33,20 +26,6 @@ def _batch(name: str, n: int, seed: int = 0, scale: float = 1.0) -> tuple[torch.
     g = torch.Generator().manual_seed(seed)
     shape = MODELS[name].input_shape
     return torch.randn(n, *shape, generator=g) * scale, torch.randint(0, 10, (n,), generator=g)
-
-
-def _loop_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Reference per-sample gradients: one ordinary backward pass per sample."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    per: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for i in range(x.shape[0]):
-        model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
-        for n, p in model.named_parameters():
-            if p.requires_grad:
-                per[n].append(p.grad.detach().clone())
-    model.zero_grad(set_to_none=True)
-    return {n: torch.stack(v) for n, v in per.items()}
 
 
 def _tiny() -> nn.Module:
@@ -62,72 +41,6 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-# -- per-sample gradients ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("micro_batch", [1024, 4])
-def test_vmap_gradients_equal_batch_size_one_backward(name: str, micro_batch: int) -> None:
-    model = build_model(name, rng=Csprng(MODEL_SEED)).eval()  # eval: dropout off
-    x, y = _batch(name, 10)
-    fast = per_sample_gradients(model, x, y, micro_batch=micro_batch)
-    slow = _loop_gradients(model, x, y)
-    assert fast.keys() == slow.keys()
-    for key in slow:
-        assert fast[key].shape == (10, *dict(model.named_parameters())[key].shape)
-        torch.testing.assert_close(fast[key], slow[key], rtol=1e-4, atol=1e-6)
-
-
-def test_per_sample_gradients_of_an_empty_batch_are_empty() -> None:
-    model = build_model("mlp", rng=Csprng(MODEL_SEED))
-    x, y = _batch("mlp", 0)
-    grads = per_sample_gradients(model, x, y)
-    assert all(g.shape[0] == 0 for g in grads.values())
-
-
-def test_dropout_masks_differ_per_sample_in_train_mode() -> None:
-    model = build_model("mlp", rng=Csprng(MODEL_SEED))
-    x, y = _batch("mlp", 1)
-    xs, ys = x.repeat(8, 1), y.repeat(8)
-    torch.manual_seed(0)
-    train = per_sample_gradients(model.train(), xs, ys)["1.weight"]
-    assert not all(torch.equal(train[0], train[i]) for i in range(1, 8))
-    evaluated = per_sample_gradients(model.eval(), xs, ys)["1.weight"]
-    assert all(torch.allclose(evaluated[0], evaluated[i]) for i in range(1, 8))
-
-
-# -- clipping -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("clip", [1e-3, 0.1, 1.0, 10.0])
-def test_clipped_per_sample_norms_never_exceed_c(name: str, clip: float) -> None:
-    model = build_model(name, rng=Csprng(MODEL_SEED)).eval()
-    # Mixed input scales give both tiny and huge per-sample gradients.
-    x, y = _batch(name, 16, seed=3)
-    x = x * torch.logspace(-3, 3, 16).reshape(-1, *([1] * (x.dim() - 1)))
-    grads = per_sample_gradients(model, x, y)
-    norms = per_sample_norms(grads)
-    clipped, factors = clip_per_sample(grads, clip)
-    clipped_norms = per_sample_norms(clipped)
-    assert torch.all(clipped_norms <= clip + 1e-5)
-    # Gradients already inside the ball are left alone (up to the 1e-6 guard).
-    inside = norms + 1e-6 <= clip
-    assert torch.all(factors[inside] == 1.0)
-    torch.testing.assert_close(clipped_norms[inside], norms[inside])
-    # Those outside land on the sphere.
-    torch.testing.assert_close(clipped_norms[~inside], torch.full_like(norms[~inside], clip), rtol=1e-5, atol=1e-6)
-
-
-def test_norm_is_taken_over_all_parameters_together() -> None:
-    grads = {"a": torch.tensor([[3.0, 0.0]]), "b": torch.tensor([[[4.0]]])}
-    assert per_sample_norms(grads).tolist() == [5.0]
-    clipped, factors = clip_per_sample(grads, 1.0)
-    assert factors.item() == pytest.approx(1.0 / (5.0 + 1e-6))
-    assert clipped["a"][0, 0].item() == pytest.approx(0.6, rel=1e-5)
-    assert clipped["b"][0, 0, 0].item() == pytest.approx(0.8, rel=1e-5)
-
-
 # -- the update rule ---------------------------------------------------------------------
 
 
@@ -135,7 +48,7 @@ def _reference_grads(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float, sigma: float, b: float
 ) -> dict[str, torch.Tensor]:
     """clip each loop gradient, sum, add noise from an identically seeded Csprng, divide by B."""
-    per = _loop_gradients(model, x, y)
+    per = loop_gradients(model, x, y)
     noise_rng = Csprng(NOISE_SEED)
     out = {}
     norms = torch.zeros(x.shape[0])
@@ -161,11 +74,12 @@ def _flat_noise(rng: Csprng, model: nn.Module, std: float) -> dict[str, torch.Te
     return out
 
 
-def test_update_equals_hand_computed_reference() -> None:
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_update_equals_hand_computed_reference(engine: str) -> None:
     model = _tiny()
     g = torch.Generator().manual_seed(11)
     x, y = torch.randn(5, 3, generator=g) * 3, torch.randint(0, 2, (5,), generator=g)
-    norms = per_sample_norms(_loop_gradients(model, x, y))
+    norms = per_sample_norms(loop_gradients(model, x, y))
     clip = float(norms.median())  # some samples clipped, some not
     sigma, b, lr = 0.8, 12.5, 0.5  # B deliberately not the realised batch size
     expected = _reference_grads(model, x, y, clip, sigma, b)
@@ -177,6 +91,7 @@ def test_update_equals_hand_computed_reference() -> None:
         noise_multiplier=sigma,
         expected_batch_size=b,
         rng=Csprng(NOISE_SEED),
+        engine=engine,
     )
     stats = dp.step(x, y)
     for name, p in model.named_parameters():
@@ -187,8 +102,9 @@ def test_update_equals_hand_computed_reference() -> None:
     assert 0.0 < stats.clipped_fraction < 1.0
 
 
+@pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("micro_batch", [1, 3])
-def test_micro_batching_does_not_change_the_update(micro_batch: int) -> None:
+def test_micro_batching_does_not_change_the_update(engine: str, micro_batch: int) -> None:
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(7, 3, generator=g) * 2, torch.randint(0, 2, (7,), generator=g)
     results = []
@@ -202,13 +118,15 @@ def test_micro_batching_does_not_change_the_update(micro_batch: int) -> None:
             expected_batch_size=7,
             rng=Csprng(NOISE_SEED),
             micro_batch=mb,
+            engine=engine,
         ).step(x, y)
         results.append(_snapshot(model))
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], rtol=1e-5, atol=1e-6)
 
 
-def test_empty_batch_moves_parameters_only_by_noise_over_b() -> None:
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_empty_batch_moves_parameters_only_by_noise_over_b(engine: str) -> None:
     model = build_model("tanh_cnn", rng=Csprng(MODEL_SEED))
     before = _snapshot(model)
     clip, sigma, b, lr = 1.5, 1.1, 64.0, 0.25
@@ -219,6 +137,7 @@ def test_empty_batch_moves_parameters_only_by_noise_over_b() -> None:
         noise_multiplier=sigma,
         expected_batch_size=b,
         rng=Csprng(NOISE_SEED),
+        engine=engine,
     )
     x, y = _batch("tanh_cnn", 0)
     stats = dp.step(x, y)
@@ -293,34 +212,10 @@ def test_clipped_fraction_extremes_and_frozen_stats() -> None:
 # -- refusals ----------------------------------------------------------------------------
 
 
-class _RunningMean(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-        self.register_buffer("seen", torch.zeros(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lin(x)
-
-
-@pytest.mark.parametrize(
-    ("layer", "kind"),
-    [
-        (nn.BatchNorm1d(4), "BatchNorm1d"),
-        (nn.BatchNorm2d(4, track_running_stats=False), "BatchNorm2d"),
-        (nn.SyncBatchNorm(4), "SyncBatchNorm"),
-        (nn.InstanceNorm2d(4, track_running_stats=True), "InstanceNorm2d"),
-        (_RunningMean(), "_RunningMean"),
-    ],
-)
-def test_sample_mixing_or_stateful_layers_are_refused(layer: nn.Module, kind: str) -> None:
-    model = nn.Sequential(nn.Linear(4, 4), layer)
-    with pytest.raises(UnsupportedLayer) as info:
-        check_privatizable(model)
-    message = str(info.value)
-    assert "layer 1" in message and kind in message and "\n" not in message
-    assert issubclass(UnsupportedLayer, ConfigError)
-    with pytest.raises(UnsupportedLayer):
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_a_layer_the_engines_refuse_is_refused(engine: str) -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    with pytest.raises(UnsupportedLayer, match="BatchNorm1d"):
         DpSgd(
             model,
             torch.optim.SGD(model.parameters(), lr=0.1),
@@ -328,14 +223,8 @@ def test_sample_mixing_or_stateful_layers_are_refused(layer: nn.Module, kind: st
             noise_multiplier=1.0,
             expected_batch_size=4.0,
             rng=Csprng(NOISE_SEED),
+            engine=engine,
         )
-
-
-@pytest.mark.parametrize(
-    "layer", [nn.InstanceNorm2d(4, affine=True), nn.GroupNorm(2, 4), nn.LayerNorm(4), nn.Dropout(0.5)]
-)
-def test_per_sample_layers_are_accepted(layer: nn.Module) -> None:
-    check_privatizable(nn.Sequential(nn.Linear(4, 4), layer))
 
 
 def _dp(model: nn.Module | None = None, **overrides) -> DpSgd:
@@ -360,6 +249,8 @@ def _dp(model: nn.Module | None = None, **overrides) -> DpSgd:
         {"micro_batch": 0},
         {"rng": torch.Generator()},
         {"optimizer": torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1)},
+        {"engine": "ghost"},
+        {"model": nn.Sequential(nn.Linear(3, 2).requires_grad_(False))},
     ],
 )
 def test_impossible_configurations_are_refused(overrides: dict) -> None:
@@ -383,3 +274,47 @@ def test_mismatched_inputs_and_targets_are_refused(x: torch.Tensor, y: torch.Ten
     with pytest.raises(BatchMismatch):
         _dp().step(x, y)
     assert issubclass(BatchMismatch, DatasetError)
+
+
+# -- the engines ---------------------------------------------------------------------------
+
+
+def _dp_on(model: nn.Module, engine: str, seed: bytes) -> DpSgd:
+    return DpSgd(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        max_grad_norm=0.7,
+        noise_multiplier=1.1,
+        expected_batch_size=6.0,
+        rng=Csprng(seed),
+        micro_batch=4,
+        engine=engine,
+    )
+
+
+def test_fast_engine_steps_equal_vmap_engine_steps() -> None:
+    fast_model = build_model("tanh_cnn", rng=Csprng(MODEL_SEED))
+    vmap_model = build_model("tanh_cnn", rng=Csprng(MODEL_SEED))
+    fast, ref = _dp_on(fast_model, "fast", b"n" * 32), _dp_on(vmap_model, "vmap", b"n" * 32)
+    assert isinstance(fast.engine, GhostClipping) and isinstance(ref.engine, ReferenceClipping)
+    for step, n in enumerate([7, 0, 1, 9]):
+        x, y = _batch("tanh_cnn", n, seed=step)
+        stats_fast, stats_ref = fast.step(x, y), ref.step(x, y)
+        assert stats_fast == stats_ref
+        for (name, p), q in zip(fast_model.named_parameters(), vmap_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fast_is_the_default_engine() -> None:
+    model = _tiny()
+    dp = DpSgd(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        max_grad_norm=0.3,
+        noise_multiplier=1.0,
+        expected_batch_size=4.0,
+        rng=Csprng(NOISE_SEED),
+        micro_batch=5,
+    )
+    assert isinstance(dp.engine, GhostClipping)
+    assert (dp.engine.max_grad_norm, dp.engine.micro_batch) == (dp.max_grad_norm, 5) == (0.3, 5)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from enclave.errors import ConfigError, DatasetError
-from enclave.training.dpsgd import check_privatizable
+from enclave.training.clipping.rules import check_privatizable
 from enclave.training.models import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,

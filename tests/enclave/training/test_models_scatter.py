@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from enclave.errors import ConfigError
-from enclave.training.dpsgd import DpSgd, check_privatizable, per_sample_gradients
+from enclave.training.clipping.reference import per_sample_gradients
+from enclave.training.clipping.rules import check_privatizable
+from enclave.training.dpsgd import DpSgd
 from enclave.training.models import (
     MODELS,
     FeatureTransform,

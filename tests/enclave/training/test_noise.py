@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from enclave.training.dpsgd import DpSgd, DpSgdConfigError
+from enclave.training.clipping.rules import DpSgdConfigError
+from enclave.training.dpsgd import DpSgd
 from enclave.native import threads
 from enclave.training import noise as noise_module
 from enclave.training.noise import NoiseClosed, StepNoise, spare_core

@@ -1,4 +1,4 @@
-"""Fast clipping engine: equals the reference per-sample computation for every supported layer."""
+"""Ghost clipping engine ("fast"): equals the reference per-sample computation for every supported layer."""
 from __future__ import annotations
 
 import copy
@@ -11,24 +11,18 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from enclave.training.dpsgd import (
-    DpSgd,
-    DpSgdConfigError,
-    UnsupportedLayer,
-    clip_per_sample,
-    per_sample_gradients,
-    per_sample_norms,
-)
-from enclave.training import fastclip_layers
-from enclave.training.fastclip import FastClip, FastClipError, fast_per_sample_norms
-from enclave.training.fastclip_layers import (
+from enclave.hazmat.csprng import Csprng
+from enclave.training.clipping import ghost_layers
+from enclave.training.clipping.ghost import GhostClipping
+from enclave.training.clipping.ghost_layers import (
     PATH_FALLBACK,
     PATH_GHOST_GRAM,
     PATH_GHOST_OUTER,
     PATH_MATERIALISED,
 )
+from enclave.training.clipping.reference import clip_per_sample, per_sample_gradients, per_sample_norms
+from enclave.training.clipping.rules import GhostClippingError, UnsupportedLayer
 from enclave.training.models import MODELS, build_model
-from enclave.hazmat.csprng import Csprng
 
 RTOL, ATOL = 1e-4, 1e-6
 #: Clipped sums add hundreds of float32 products in a different order from the reference:
@@ -50,7 +44,7 @@ def _assert_equivalent(
     """Fast == reference for norms and clipped sum; C at the median norm so both regimes occur."""
     model.eval()
     if len(x) == 0:
-        result = FastClip(model).clipped_sum(x, y, 1.0, micro_batch=micro_batch)
+        result = GhostClipping(model, max_grad_norm=1.0, micro_batch=micro_batch).clipped_sum(x, y)
         assert result.norms.shape == (0,) and result.clipped == 0
         for name, p in model.named_parameters():
             assert torch.equal(result.sums[name], torch.zeros_like(p))
@@ -58,7 +52,7 @@ def _assert_equivalent(
     norms_ref, _ = _reference(model, x, y, 1.0)
     clip = float(norms_ref.median()) if len(norms_ref) else 1.0
     _, sums_ref = _reference(model, x, y, clip)
-    result = FastClip(model).clipped_sum(x, y, clip, micro_batch=micro_batch)
+    result = GhostClipping(model, max_grad_norm=clip, micro_batch=micro_batch).clipped_sum(x, y)
     torch.testing.assert_close(result.norms, norms_ref, rtol=RTOL, atol=ATOL)
     assert result.sums.keys() == sums_ref.keys()
     for name, expected in sums_ref.items():
@@ -153,7 +147,7 @@ def test_conv2d(conv: dict, path: str) -> None:
 def test_conv_gram_path_when_materialising_exceeds_the_memory_budget(
     conv: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fastclip_layers, "MATERIALISE_BUDGET_BYTES", 0)
+    monkeypatch.setattr(ghost_layers, "MATERIALISE_BUDGET_BYTES", 0)
     model = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.LazyLinear(3))
     x, y = _data((conv.in_channels, 7, 6) if isinstance(conv, nn.Conv2d) else (conv.in_channels, 9))
     model(x)
@@ -280,11 +274,12 @@ def test_registered_models(name: str, n: int) -> None:
     _assert_equivalent(model, x, y, micro_batch=4)  # eval mode: the MLP's dropout off
 
 
-def test_norm_helper_matches_reference() -> None:
+def test_per_sample_norms_match_reference() -> None:
     model = build_model("tanh_cnn", rng=Csprng(bytes(range(32)))).eval()
     x, y = _data(MODELS["tanh_cnn"].input_shape, n=5, classes=10)
     expected = per_sample_norms(per_sample_gradients(model, x, y))
-    torch.testing.assert_close(fast_per_sample_norms(model, x, y), expected, rtol=RTOL, atol=ATOL)
+    ours = GhostClipping(model, max_grad_norm=1.0).per_sample_norms(x, y)
+    torch.testing.assert_close(ours, expected, rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -292,7 +287,7 @@ def test_a_single_clipped_gradient_never_exceeds_the_clip_norm(seed: int) -> Non
     model = build_model("tanh_cnn", rng=Csprng(bytes(range(32)))).eval()
     x, y = _data(MODELS["tanh_cnn"].input_shape, n=1, classes=10, seed=seed)
     for clip in (1e-3, 0.1, 10.0):
-        result = FastClip(model).clipped_sum(x * 30, y, clip)
+        result = GhostClipping(model, max_grad_norm=clip).clipped_sum(x * 30, y)
         total = math.sqrt(sum(float(v.square().sum()) for v in result.sums.values()))
         assert total <= clip * (1 + 1e-5)
         if float(result.norms[0]) > clip:
@@ -340,10 +335,10 @@ def test_ghost_paths_never_build_per_sample_weight_gradients(model_name: str) ->
         model = build_model("tanh_cnn", rng=Csprng(bytes(range(32))))
         shape, expected = MODELS["tanh_cnn"].input_shape, ["7.weight", "9.weight"]
     x, y = _data(shape, n=n, classes=10)
-    engine = FastClip(model)
-    engine.clipped_sum(x[:2], y[:2], 1.0)  # the one-time coverage check runs outside the probe
+    engine = GhostClipping(model, max_grad_norm=1.0)
+    engine.clipped_sum(x[:2], y[:2])  # the one-time coverage check runs outside the probe
     with _Shapes() as probe:
-        result = engine.clipped_sum(x, y, 1.0)
+        result = engine.clipped_sum(x, y)
     params = dict(model.named_parameters())
     ghost = [k for k, path in result.paths.items() if path in (PATH_GHOST_OUTER, PATH_GHOST_GRAM)]
     assert sorted(ghost) == expected
@@ -360,57 +355,19 @@ def _per_sample_shapes(n: int, shape: torch.Size) -> set[tuple[int, ...]]:
     return {(n, *shape), (n, shape[0], math.prod(shape[1:]))}
 
 
-# -- DpSgd with the fast engine ------------------------------------------------------------
-
-
-def _engine(model: nn.Module, engine: str, seed: bytes) -> DpSgd:
-    return DpSgd(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.5),
-        max_grad_norm=0.7,
-        noise_multiplier=1.1,
-        expected_batch_size=6.0,
-        rng=Csprng(seed),
-        micro_batch=4,
-        engine=engine,
-    )
-
-
-def test_fast_engine_steps_equal_vmap_engine_steps() -> None:
-    fast_model = build_model("tanh_cnn", rng=Csprng(bytes(range(32))))
-    vmap_model = build_model("tanh_cnn", rng=Csprng(bytes(range(32))))
-    fast, ref = _engine(fast_model, "fast", b"n" * 32), _engine(vmap_model, "vmap", b"n" * 32)
-    assert fast.engine == "fast" and ref.engine == "vmap"
-    for step, n in enumerate([7, 0, 1, 9]):
-        x, y = _data(MODELS["tanh_cnn"].input_shape, n=n, classes=10, seed=step)
-        stats_fast, stats_ref = fast.step(x, y), ref.step(x, y)
-        assert stats_fast == stats_ref
-        for (name, p), q in zip(fast_model.named_parameters(), vmap_model.parameters()):
-            torch.testing.assert_close(p, q, rtol=RTOL, atol=1e-5, msg=name)
-
-
-def test_fast_is_the_default_and_unknown_engines_are_refused() -> None:
-    model = _seeded(nn.Sequential(nn.Linear(3, 2)))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    kwargs = dict(max_grad_norm=1.0, noise_multiplier=1.0, expected_batch_size=4.0)
-    assert DpSgd(model, opt, rng=Csprng(b"a" * 32), **kwargs).engine == "fast"
-    with pytest.raises(DpSgdConfigError, match="engine"):
-        DpSgd(model, opt, rng=Csprng(b"b" * 32), engine="ghost", **kwargs)
-
-
-# -- what the fast engine refuses ----------------------------------------------------------
+# -- what the ghost engine refuses ----------------------------------------------------------
 
 
 def test_batch_norm_is_refused() -> None:
     with pytest.raises(UnsupportedLayer, match="batch statistics"):
-        FastClip(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)))
+        GhostClipping(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)), max_grad_norm=1.0)
 
 
 def test_tied_parameters_are_refused() -> None:
     a, b = nn.Linear(4, 4), nn.Linear(4, 4)
     b.weight = a.weight
-    with pytest.raises(FastClipError, match="shared"):
-        FastClip(nn.Sequential(a, b))
+    with pytest.raises(GhostClippingError, match="shared"):
+        GhostClipping(nn.Sequential(a, b), max_grad_norm=1.0)
 
 
 def test_a_module_reused_in_two_places_is_supported() -> None:
@@ -421,8 +378,8 @@ def test_a_module_reused_in_two_places_is_supported() -> None:
 
 
 def test_embedding_max_norm_is_refused() -> None:
-    with pytest.raises(FastClipError, match="max_norm"):
-        FastClip(nn.Sequential(nn.Embedding(4, 3, max_norm=1.0)))
+    with pytest.raises(GhostClippingError, match="max_norm"):
+        GhostClipping(nn.Sequential(nn.Embedding(4, 3, max_norm=1.0)), max_grad_norm=1.0)
 
 
 def test_parameter_used_outside_its_module_is_refused_on_first_batch() -> None:
@@ -436,11 +393,11 @@ def test_parameter_used_outside_its_module_is_refused_on_first_batch() -> None:
             # a.weight reused by the parent: a hook on `a` never sees this use.
             return self.b(self.a(x) + F.linear(x, self.a.weight))
 
-    engine = FastClip(_seeded(Sneaky()))
+    engine = GhostClipping(_seeded(Sneaky()), max_grad_norm=1.0)
     x, y = _data((4,))
-    with pytest.raises(FastClipError, match="a.weight"):
-        engine.clipped_sum(x, y, 1.0)
-    assert engine.clipped_sum(x[:0], y[:0], 1.0).sums["a.weight"].abs().sum() == 0  # empty: no forward
+    with pytest.raises(GhostClippingError, match="a.weight"):
+        engine.clipped_sum(x, y)
+    assert engine.clipped_sum(x[:0], y[:0]).sums["a.weight"].abs().sum() == 0  # empty: no forward
 
 
 def test_layer_seeing_samples_along_another_dimension_is_refused() -> None:
@@ -456,11 +413,11 @@ def test_layer_seeing_samples_along_another_dimension_is_refused() -> None:
             h = self.lin(x.view(-1, 2, 4).transpose(0, 1))  # [2, n, 5]
             return self.out(torch.tanh(h).transpose(0, 1).flatten(1))
 
-    engine = FastClip(_seeded(SeqFirst()))
+    engine = GhostClipping(_seeded(SeqFirst()), max_grad_norm=1.0)
     x, y = _data((8,))
-    engine.clipped_sum(x[:1], y[:1], 1.0)  # one sample cannot be mis-grouped: no check yet
-    with pytest.raises(FastClipError, match="dimension other than the first"):
-        engine.clipped_sum(x, y, 1.0)
+    engine.clipped_sum(x[:1], y[:1])  # one sample cannot be mis-grouped: no check yet
+    with pytest.raises(GhostClippingError, match="dimension other than the first"):
+        engine.clipped_sum(x, y)
 
 
 def test_input_modified_in_place_after_use_is_refused() -> None:
@@ -476,5 +433,5 @@ def test_input_modified_in_place_after_use_is_refused() -> None:
             h.mul_(0)  # the LayerNorm rule would re-normalise zeros
             return self.out(out + h)
 
-    with pytest.raises(FastClipError, match="in place"):
-        FastClip(_seeded(Clobber())).clipped_sum(*_data((4,)), 1.0)
+    with pytest.raises(GhostClippingError, match="in place"):
+        GhostClipping(_seeded(Clobber()), max_grad_norm=1.0).clipped_sum(*_data((4,)))

@@ -1,4 +1,4 @@
-"""Per-layer rules of the fast clipping engine: per-sample norms and clipped sums.
+"""Per-layer rules of the ghost clipping engine ("fast"): per-sample norms and clipped sums.
 
 Every rule receives, for one module, the inputs it was called with during the engine's
 single forward pass and the gradients of the summed loss with respect to its outputs
@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from enclave.training.dpsgd import UnsupportedLayer
+from enclave.training.clipping.rules import GhostClippingError
 
 __all__ = [
     "MATERIALISE_BUDGET_BYTES",
@@ -49,7 +49,6 @@ __all__ = [
     "PATH_GHOST_OUTER",
     "PATH_MATERIALISED",
     "Call",
-    "FastClipError",
     "Pending",
     "Rule",
     "rule_for",
@@ -61,10 +60,6 @@ PATH_GHOST_OUTER = "ghost-outer"
 PATH_GHOST_GRAM = "ghost-gram"
 PATH_MATERIALISED = "materialised"
 PATH_FALLBACK = "fallback"
-
-
-class FastClipError(UnsupportedLayer):
-    """The fast engine cannot privatise this model correctly (use engine="vmap" or change the model)."""
 
 
 @dataclass
@@ -234,10 +229,8 @@ class ConvRule(Rule):
         Row t of sample i (and group) holds the receptive field of output position t in
         (kh, kw, channel) order, so each row is gathered from runs of contiguous channels
         of a channels-last copy of the input, and the batched matmul that consumes it reads
-        contiguous rows. (Channel-major columns, as F.unfold builds them, gather with the
-        convolution's stride in the innermost dimension and cost several times more.) The
-        per-sample gradients come out in the same order; `_weight_layout` restores the
-        weight's (channel, kh, kw) order once, on the clipped sum.
+        contiguous rows. The per-sample gradients come out in the same order;
+        `_weight_layout` restores the weight's (channel, kh, kw) order once, on the clipped sum.
         """
         m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
         x, padding = self._padded(x)
@@ -270,9 +263,7 @@ class ConvRule(Rule):
         """[n, C_out, kh * kw * C_in/groups] per-sample weight gradients (kernel-last order).
 
         Per sample and group, g_i cols_i, computed CONV_CHUNK samples at a time so each
-        chunk's columns are still in cache when the batched matmul reads them. (Folding
-        the batch into the groups of one convolution gives the same result, but oneDNN's
-        speed on such shapes varies by an order of magnitude from run to run.)
+        chunk's columns are still in cache when the batched matmul reads them.
         """
         m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
         groups = m.groups
@@ -300,7 +291,7 @@ class ConvRule(Rule):
         grads = [c.out_grad() for c in calls]
         for x in inputs:
             if not isinstance(x, torch.Tensor) or x.dim() != len(m.kernel_size) + 2 or x.shape[0] != n:
-                raise FastClipError(f"{type(m).__name__} was called without a leading batch dimension")
+                raise GhostClippingError(f"{type(m).__name__} was called without a leading batch dimension")
         per_sample_w: torch.Tensor | None = None
         if w_name is not None:
             positions = grads[0][0, 0].numel()

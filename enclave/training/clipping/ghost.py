@@ -1,9 +1,9 @@
-"""Fast per-sample clipping for DP-SGD: ghost norms and book-keeping, one forward and one backward.
+"""The ghost clipping engine ("fast"): ghost norms and book-keeping, one forward and one backward.
 
-`FastClip(model, loss).clipped_sum(inputs, targets, max_grad_norm)` returns the same
-clipped sum sum_i min(1, C / (||g_i|| + 1e-6)) g_i as the reference engine in
-`enclave.training.dpsgd` (vmap over per-sample gradients), computed as follows for
-each micro-batch:
+`GhostClipping(model, max_grad_norm=C).clipped_sum(inputs, targets)` returns the same
+clipped sum sum_i min(1, C / (||g_i|| + 1e-6)) g_i as the reference engine
+(`enclave.training.clipping.reference`, vmap over per-sample gradients), computed as
+follows for each micro-batch:
 
 1. one forward pass with forward hooks on every module that owns trainable parameters,
    recording the inputs of each call (references, not copies: backward keeps them
@@ -14,7 +14,7 @@ each micro-batch:
    (not the output tensors) are used so an in-place operation applied to an output
    afterwards (ReLU(inplace=True)) cannot shift which gradient is returned;
 3. per-sample squared norms per layer from (input, output gradient) by the rules in
-   `fastclip_layers` (ghost norms for Linear, Conv and Embedding where cheaper than
+   `ghost_layers` (ghost norms for Linear, Conv and Embedding where cheaper than
    materialising, small materialised gradients for norm layers, torch.func otherwise);
 4. the clip factors, then each layer's clipped sum as one weighted product (for Linear,
    (c * g)^T a; for Conv, the convolution's weight gradient with c-scaled output
@@ -28,7 +28,7 @@ forward), and a layer whose input carries the samples along a dimension other th
 first (the rules group rows by the leading dimension). So on its first batch of two or
 more samples the engine checks, once, on up to three of them in eval mode, that its
 unclipped sum equals autograd's gradient for every trainable parameter and that its
-per-sample norms equal the reference engine's, and refuses the model (FastClipError,
+per-sample norms equal the reference engine's, and refuses the model (GhostClippingError,
 an UnsupportedLayer) otherwise. The outcome depends on the model's structure, not on
 the values of the samples, for any model it accepts or refuses in practice.
 """
@@ -38,7 +38,6 @@ import copy
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,22 +46,21 @@ from torch.autograd.graph import get_gradient_edge
 from torch.func import vmap
 from torch.utils._pytree import tree_flatten
 
-from enclave.training.dpsgd import (
-    CLIP_EPSILON,
-    LOSSES,
-    UnknownLoss,
+from enclave.training.clipping.engine import ClipResult
+from enclave.training.clipping.ghost_layers import Call, Pending, Rule, rule_for
+from enclave.training.clipping.reference import per_sample_gradients, per_sample_norms
+from enclave.training.clipping.rules import (
+    GhostClippingError,
+    check_batch,
     check_privatizable,
-    per_sample_gradients,
-    per_sample_norms,
+    clip_factors,
+    loss_function,
+    positive,
+    positive_int,
+    trainable_parameters,
 )
-from enclave.training.fastclip_layers import Call, FastClipError, Pending, Rule, rule_for
 
-__all__ = [
-    "ClipResult",
-    "FastClip",
-    "FastClipError",
-    "fast_per_sample_norms",
-]
+__all__ = ["GhostClipping"]
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +70,6 @@ _CHECK_RTOL = 1e-3
 _CHECK_SAMPLES = 3
 
 
-@dataclass(frozen=True)
-class ClipResult:
-    """The clipped sum of one batch and what produced it.
-
-    `norms` and `clipped` are functions of the private data: diagnostics inside the
-    enclave only, never released.
-    """
-
-    sums: dict[str, torch.Tensor]
-    norms: torch.Tensor
-    clipped: int
-    #: parameter name -> computation path (see fastclip_layers.PATH_*), from the last micro-batch.
-    paths: dict[str, str]
-
-
 def _versions(tree: object) -> tuple[int, ...]:
     """Version counters of the tensors in `tree` (they change on every in-place write)."""
     return tuple(a._version for a in tree_flatten(tree)[0] if isinstance(a, torch.Tensor))
@@ -94,27 +77,32 @@ def _versions(tree: object) -> tuple[int, ...]:
 
 def _summed_loss(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """sum_i loss(logits_i as a batch of one, target_i): what the reference differentiates per sample."""
-    fn = LOSSES.get(loss) if isinstance(loss, str) else None
-    if fn is None:
-        raise UnknownLoss(f"unknown loss {loss!r}; registered losses: {', '.join(sorted(LOSSES))}")
+    fn = loss_function(loss)
     if fn is F.cross_entropy:
         return lambda logits, targets: F.cross_entropy(logits, targets, reduction="sum")
     per_sample = vmap(lambda lg, t: fn(lg.unsqueeze(0), t.unsqueeze(0)))
     return lambda logits, targets: per_sample(logits, targets).sum()
 
 
-class FastClip:
+class GhostClipping:
     """Per-sample clipped gradient sums for `model` without per-sample gradients where avoidable."""
 
-    def __init__(self, model: nn.Module, loss: str = "cross_entropy") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        max_grad_norm: float,
+        loss: str = "cross_entropy",
+        micro_batch: int = 1024,
+    ) -> None:
         check_privatizable(model)
         self.model = model
         self.loss = loss
         self._loss_sum = _summed_loss(loss)
+        self.max_grad_norm = positive(max_grad_norm, "max_grad_norm")
+        self.micro_batch = positive_int(micro_batch, "micro_batch")
         self._rules: list[Rule] = []
-        self._trainable: dict[str, nn.Parameter] = {
-            name: p for name, p in model.named_parameters() if p.requires_grad
-        }
+        self._trainable = trainable_parameters(model)
         # A module reused in several places is fine (its calls are combined); one
         # parameter owned by two different modules is not.
         owners: dict[int, tuple[int, str]] = {}
@@ -122,7 +110,7 @@ class FastClip:
             for local, p in module.named_parameters(recurse=False):
                 full = f"{prefix}.{local}" if prefix else local
                 if id(p) in owners and owners[id(p)][0] != id(module):
-                    raise FastClipError(
+                    raise GhostClippingError(
                         f"parameter {full} is shared with {owners[id(p)][1]}; the fast engine cannot clip tied "
                         "parameters (use engine='vmap')"
                     )
@@ -140,7 +128,7 @@ class FastClip:
             if not names:
                 continue
             if isinstance(module, nn.Embedding) and module.max_norm is not None:
-                raise FastClipError(
+                raise GhostClippingError(
                     f"layer {prefix or '<root>'} (Embedding) renormalises its weights in place from the "
                     "data it looks up (max_norm), an un-noised data-dependent update"
                 )
@@ -206,7 +194,7 @@ class FastClip:
             for call in calls[index]:
                 if _versions((call.args, call.kwargs)) != versions[id(call)][1]:
                     # Checked before the backward, whose own check covers saved tensors only.
-                    raise FastClipError(
+                    raise GhostClippingError(
                         f"the input of {type(self._rules[index].module).__name__} was modified in place after "
                         "the layer used it; the fast engine needs the values the layer saw"
                     )
@@ -233,7 +221,7 @@ class FastClip:
 
     def per_sample_norms(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """[n] norms of each sample's unclipped gradient over all trainable parameters."""
-        n = int(inputs.shape[0])
+        n = check_batch(inputs, targets)
         if n == 0:
             return torch.zeros(0)
         calls, _ = self._forward_backward(inputs, targets)
@@ -246,16 +234,13 @@ class FastClip:
                 total = total + sq
         return total.sqrt()
 
-    def clipped_sum(
-        self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        max_grad_norm: float,
-        *,
-        micro_batch: int = 1024,
-    ) -> ClipResult:
-        """sum_i min(1, C / (||g_i|| + 1e-6)) g_i for every trainable parameter (zeros when empty)."""
-        n = int(inputs.shape[0])
+    def clipped_sum(self, inputs: torch.Tensor, targets: torch.Tensor) -> ClipResult:
+        """sum_i min(1, C / (||g_i|| + 1e-6)) g_i for every trainable parameter (zeros when empty).
+
+        `paths` reports each parameter's computation path (`ghost_layers.PATH_*`) in the
+        last micro-batch.
+        """
+        n = check_batch(inputs, targets)
         sums = {name: torch.zeros_like(p, memory_format=torch.contiguous_format) for name, p in self._trainable.items()}
         norms: list[torch.Tensor] = []
         paths: dict[str, str] = {}
@@ -264,13 +249,14 @@ class FastClip:
         if n >= 2 and not self._verified:
             # A batch of one cannot be mis-grouped; the check waits for two samples or more.
             self._verify(x_all[:_CHECK_SAMPLES], y_all[:_CHECK_SAMPLES])
-        for start in range(0, n, micro_batch):
-            x, y = x_all[start : start + micro_batch], y_all[start : start + micro_batch]
+        step = self.micro_batch
+        for start in range(0, n, step):
+            x, y = x_all[start : start + step], y_all[start : start + step]
             m = int(x.shape[0])
             calls, _ = self._forward_backward(x, y)
             pending = self._pending(calls, m)
             chunk_norms = self._norms(pending, m)
-            factors = (max_grad_norm / (chunk_norms + CLIP_EPSILON)).clamp(max=1.0)
+            factors = clip_factors(chunk_norms, self.max_grad_norm)
             clipped += int((factors < 1.0).sum())
             with torch.no_grad():
                 for p in pending:
@@ -280,7 +266,11 @@ class FastClip:
                         sums[name] = value if m == n else sums[name].add_(value)
             norms.append(chunk_norms)
         return ClipResult(
-            sums=sums, norms=torch.cat(norms) if norms else torch.zeros(0), clipped=clipped, paths=paths
+            sums=sums,
+            batch_size=n,
+            norms=torch.cat(norms) if norms else torch.zeros(0),
+            clipped=clipped,
+            paths=paths,
         )
 
     def _verify(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -317,12 +307,12 @@ class FastClip:
         for name, expected_grad in zip(names, param_grads):
             expected = torch.zeros_like(ours[name]) if expected_grad is None else expected_grad
             if not _close(ours[name], expected):
-                raise FastClipError(
+                raise GhostClippingError(
                     f"parameter {name} receives gradient outside the module that owns it (or through a layer "
                     "the fast engine mis-handles); use engine='vmap'"
                 )
         if not _close(norms, reference):
-            raise FastClipError(
+            raise GhostClippingError(
                 "per-sample norms differ from the reference engine's (a layer seeing its samples along a "
                 "dimension other than the first?); use engine='vmap'"
             )
@@ -332,11 +322,3 @@ class FastClip:
 def _close(ours: torch.Tensor, expected: torch.Tensor) -> bool:
     error = float(torch.linalg.vector_norm(ours - expected))
     return error <= _CHECK_RTOL * float(torch.linalg.vector_norm(expected)) + 1e-6
-
-
-def fast_per_sample_norms(
-    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *, loss: str = "cross_entropy"
-) -> torch.Tensor:
-    """[n] per-sample gradient norms by the fast engine (the model's current mode is used)."""
-    return FastClip(model, loss).per_sample_norms(inputs, targets)
-
