@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 class EgressRefused(HermeticError):
     """A message was stopped at the egress gate."""
 
+    code = "egress"
+
 
 # kind -> fields the event may carry. `plaintext_sha256` is a commitment the data
 # owner publishes when sealing: releasing it reveals nothing beyond confirming a

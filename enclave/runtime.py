@@ -28,7 +28,7 @@ from enclave.training.spec import JobSpec
 from enclave.training.trainer import PublicTable, TrainingInputs
 from enclave.training.trainer import Trainer as TrainingLoop
 from enclave.egress import EgressGate
-from enclave.errors import HermeticError, RuntimeFailure
+from enclave.errors import INTERNAL, HermeticError, RuntimeFailure
 from enclave.kms.attested import AttestedKms
 from enclave.nsm.interface import Nsm
 from enclave.transport.address import Address
@@ -93,6 +93,7 @@ Trainer = Callable[[JobState, EgressGate], str]
 # A public evaluation set or a checkpoint is held in memory whole; bound it.
 MAX_PUBLIC_BYTES = 1 << 30
 MAX_CHECKPOINT_BYTES = 1 << 30
+INTERNAL_FAILURE = "the enclave failed unexpectedly; the reason is in its log"
 
 
 class EnclaveRuntime:
@@ -139,11 +140,13 @@ class EnclaveRuntime:
         except HermeticError as err:
             # The reason is a one-line message about the failed check; it never
             # carries plaintext, keys or metrics.
-            log.warning("job failed: %s", err)
-            try:
-                gate.send(Error(code=type(err).__name__, message=str(err)))
-            except HermeticError:
-                log.warning("could not report the failure to the parent")
+            log.warning("job failed (%s): %s", err.code, err)
+            _report(gate, Error(code=err.code, message=str(err)))
+        except Exception:
+            # An exception we did not raise on purpose may quote data in its text:
+            # the parent learns only that something failed, the log gets the rest.
+            log.exception("job failed unexpectedly")
+            _report(gate, Error(code=INTERNAL, message=INTERNAL_FAILURE))
 
     def _run_job(self, channel: FramedChannel, gate: EgressGate) -> None:
         hello = _expect(channel, Hello)
@@ -270,6 +273,13 @@ class EnclaveRuntime:
             verify=self._config.kms_ca_bundle if url.startswith("https") else None,
             config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=30),
         )
+
+
+def _report(gate: EgressGate, error: Error) -> None:
+    try:
+        gate.send(error)
+    except HermeticError:
+        log.warning("could not report the failure to the parent")
 
 
 def _read_bounded(reader: DatasetStreamReader, limit: int, what: str) -> bytes:

@@ -57,11 +57,14 @@ DatasetInput = Union[str, SealedSource]
 
 
 class EnclaveError(RuntimeFailure):
-    """The enclave reported an Error message for this job."""
+    """The enclave reported an Error message for this job.
 
-    def __init__(self, code: str, message: str, audit_events: tuple[AuditEvent, ...] = ()) -> None:
-        super().__init__(f"enclave error {code}: {message}")
-        self.code = code
+    `remote_code` is the enclave's wire code (see enclave.errors), shown in the message.
+    """
+
+    def __init__(self, remote_code: str, message: str, audit_events: tuple[AuditEvent, ...] = ()) -> None:
+        super().__init__(f"enclave error {remote_code}: {message}")
+        self.remote_code = remote_code
         self.remote_message = message
         self.audit_events = audit_events
 

@@ -58,7 +58,8 @@ def test_enclave_with_other_code_is_refused(data_path: DataPath, tmp_path: Path)
     received: list[JobState] = []
     with pytest.raises(EnclaveError) as info:
         data_path.run(sealed.result.dataset_id, sealed.path, pcrs=other, received=received, name="other")
-    assert info.value.code == "KmsAccessDenied"
+    assert info.value.remote_code == "kms"
+    assert "AccessDeniedException" in info.value.remote_message
     assert not info.value.audit_events
     assert not received
 
@@ -76,16 +77,16 @@ def _header_end(path: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    ("damage", "code"),
+    ("damage", "reason"),
     [
-        ("flip", "ChunkAuthenticationFailed"),
-        ("truncate", "TruncatedSealedFile"),
-        ("extend", "TrailingData"),
-        ("reorder", "ChunkAuthenticationFailed"),
+        ("flip", "chunk 1 failed authentication"),
+        ("truncate", "without a final chunk"),
+        ("extend", "bytes follow the final chunk"),
+        ("reorder", "chunk 0 failed authentication"),
     ],
 )
 def test_damaged_sealed_files_release_nothing(
-    data_path: DataPath, tmp_path: Path, damage: str, code: str
+    data_path: DataPath, tmp_path: Path, damage: str, reason: str
 ) -> None:
     sealed = data_path.seal(tmp_path)
     start = _header_end(sealed.path)
@@ -103,7 +104,8 @@ def test_damaged_sealed_files_release_nothing(
     received: list[JobState] = []
     with pytest.raises(EnclaveError) as info:
         data_path.run(sealed.result.dataset_id, sealed.path, received=received, name=damage)
-    assert info.value.code == code
+    assert info.value.remote_code == "sealed-data"
+    assert reason in info.value.remote_message
     assert not info.value.audit_events
     assert not received
 
@@ -112,7 +114,8 @@ def test_job_for_another_dataset_is_refused_before_kms(data_path: DataPath, tmp_
     sealed = data_path.seal(tmp_path)
     with pytest.raises(EnclaveError) as info:
         data_path.run("someone-elses-dataset", sealed.path, name="wrongid")
-    assert info.value.code == "EncryptionContextMismatch"
+    assert info.value.remote_code == "sealed-data"
+    assert "the job asked for 'someone-elses-dataset'" in info.value.remote_message
 
 
 def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp_path: Path) -> None:
@@ -130,4 +133,5 @@ def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp
     sealed.path.write_bytes(forged.encode() + rest)
     with pytest.raises(EnclaveError) as info:
         data_path.run(sealed.result.dataset_id, sealed.path, name="forged")
-    assert info.value.code == "KmsInvalidCiphertext"
+    assert info.value.remote_code == "kms"
+    assert "InvalidCiphertextException" in info.value.remote_message

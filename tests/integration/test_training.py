@@ -162,7 +162,7 @@ def test_over_budget_job_is_refused_before_any_key_is_used(data_path: DataPath, 
     finally:
         runtime.stop()
         thread.join(timeout=30)
-    assert info.value.code == "BudgetExceeded"
+    assert info.value.remote_code == "budget"
     assert "exceeds the dataset's budget 1" in str(info.value)
     # No attestation was made, so no KMS request could have carried one: the key was never released.
     assert CountingNsm.attestations == 0
@@ -237,4 +237,5 @@ def test_resume_under_another_job_id_is_refused(data_path: DataPath, tmp_path: P
     finally:
         runtime.stop()
         thread.join(timeout=30)
-    assert info.value.code == "CheckpointMismatch"
+    assert info.value.remote_code == "sealed-data"
+    assert "checkpoint belongs to job" in info.value.remote_message
