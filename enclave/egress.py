@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from enclave.errors import HermeticError
-from enclave.transport.framing import FramedChannel
+from enclave.transport.channel import Channel
 from enclave.transport.messages import (
     AuditEvent,
     CertificateIssued,
@@ -78,7 +78,7 @@ RELEASABLE_METRIC_KINDS = frozenset({"public_eval"})
 class EgressGate:
     """Wraps the enclave's only outbound channel."""
 
-    def __init__(self, channel: FramedChannel) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
 
     def send(self, msg: Message) -> None:
