@@ -3,7 +3,7 @@
 Only typed messages of allow-listed kinds pass; an audit event may carry only the
 fields registered for its kind. Anything derived from private data must be
 either data-independent or accounted for by a DP mechanism before it is
-registered here (the trainer's metrics arrive with the next issue).
+registered here.
 """
 from __future__ import annotations
 

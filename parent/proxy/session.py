@@ -4,11 +4,12 @@ Protocol (parent P, enclave E), all messages framed on one connection:
 
     P -> E  Hello(role="parent", protocol_version)
     E -> P  Hello(role="enclave", protocol_version)      (same version)
-    P -> E  Credentials, JobStart(job_id, dataset ids)
+    P -> E  Credentials, JobStart(job_id, dataset ids), TrainingJob(spec) (`extra`)
     P -> E  for each dataset i in JobStart order:
                 DatasetBegin(i, id, size), DatasetData..., DatasetEnd(i, sha256)
     E -> P  AuditEvent* , then JobResult or Error, then Goodbye  (at any time
-            after the Hellos: the parent reads on its own thread while streaming)
+            after the Hellos: the parent reads on its own thread while streaming);
+            Error.code is one of the codes listed in enclave.errors
     P -> E  Goodbye (best effort), then close
 
 When the enclave sends Error it should close the connection (or at least stop

@@ -13,8 +13,8 @@ import pytest
 
 from parent.verify.certificate import verify_certificate
 from enclave.privacy.calibration import epsilon
-from enclave.runtime import EnclaveRuntime, RuntimeConfig
 from enclave.transport.address import UnixAddress
+from enclave.wiring import RuntimeConfig, SocketEnclave
 from enclave.transport.messages import PUBLIC_PREFIX, RESUME_STREAM, CheckpointEnd, Message, TrainingJob
 from parent.local.mock_nsm import MockNsm
 from parent.proxy.artifacts import ArtifactSink
@@ -106,10 +106,10 @@ def _run_parent(
     )
 
 
-def _in_process_enclave(data_path: DataPath, name: str, nsm: MockNsm) -> tuple[EnclaveRuntime, threading.Thread]:
+def _in_process_enclave(data_path: DataPath, name: str, nsm: MockNsm) -> tuple[SocketEnclave, threading.Thread]:
     control = UnixAddress(str(data_path.sock_dir / f"{name}.sock"))
     relay = UnixAddress(str(data_path.sock_dir / f"{name}-kms.sock"))
-    runtime = EnclaveRuntime(RuntimeConfig(control=control, kms_relay=relay), nsm)
+    runtime = SocketEnclave(RuntimeConfig(control=control, kms_relay=relay), nsm)
     thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
     thread.start()
     return runtime, thread
