@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from enclave.errors import ConfigError, HermeticError
 from enclave.native.nsm_device import DeviceNsm
-from enclave.runtime import EnclaveRuntime, RuntimeConfig
 from enclave.transport.address import Address, parse_address
+from enclave.wiring import RuntimeConfig, SocketEnclave
 
 log = logging.getLogger("enclave")
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", err)
         return 1
     try:
-        runtime = EnclaveRuntime(config, nsm)
+        runtime = SocketEnclave(config, nsm)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             del frame

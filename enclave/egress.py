@@ -3,7 +3,7 @@
 Only typed messages of allow-listed kinds pass; an audit event may carry only the
 fields registered for its kind. Anything derived from private data must be
 either data-independent or accounted for by a DP mechanism before it is
-registered here (the trainer's metrics arrive with the next issue).
+registered here.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from enclave.errors import HermeticError
-from enclave.transport.framing import FramedChannel
+from enclave.transport.channel import Channel
 from enclave.transport.messages import (
     AuditEvent,
     CertificateIssued,
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 class EgressRefused(HermeticError):
     """A message was stopped at the egress gate."""
+
+    code = "egress"
 
 
 # kind -> fields the event may carry. `plaintext_sha256` is a commitment the data
@@ -76,7 +78,7 @@ RELEASABLE_METRIC_KINDS = frozenset({"public_eval"})
 class EgressGate:
     """Wraps the enclave's only outbound channel."""
 
-    def __init__(self, channel: FramedChannel) -> None:
+    def __init__(self, channel: Channel) -> None:
         self._channel = channel
 
     def send(self, msg: Message) -> None:

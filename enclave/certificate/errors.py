@@ -23,6 +23,8 @@ __all__ = [
 class CertificateError(HermeticError):
     """A privacy certificate could not be issued or failed verification."""
 
+    code = "certificate"
+
 
 class MalformedCertificate(CertificateError):
     """The bytes are not a well-formed, canonical hermetic-privacy-certificate-v1."""

@@ -25,6 +25,8 @@ _BUDGET_RTOL = 1e-9
 class BudgetExceeded(HermeticError):
     """The job would spend more privacy than the data owner allowed."""
 
+    code = "budget"
+
 
 @dataclass(frozen=True)
 class PlannedRun:

@@ -59,18 +59,24 @@ class ChannelClosed(TransportError):
 class ProtocolError(TransportError):
     """The peer sent a valid message that is not allowed at this point."""
 
+    code = "protocol"
+
 
 class RemoteError(TransportError):
     """The peer reported a failure with an Error message."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"peer reported error {code}: {message}")
-        self.code = code
+    code = "aborted"
+
+    def __init__(self, remote_code: str, message: str) -> None:
+        super().__init__(f"peer reported error {remote_code}: {message}")
+        self.remote_code = remote_code
         self.remote_message = message
 
 
 class DatasetStreamError(TransportError):
     """A relayed dataset stream broke the Begin/Data/End protocol."""
+
+    code = "protocol"
 
 
 class StreamDigestMismatch(DatasetStreamError):

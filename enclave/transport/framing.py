@@ -36,6 +36,7 @@ from enclave.transport.errors import (
     TransportTimeout,
     TruncatedFrame,
 )
+from enclave.transport.address import Address
 from enclave.transport.messages import (
     REGISTRY,
     Message,
@@ -43,6 +44,7 @@ from enclave.transport.messages import (
     decode_payload,
     encode_payload,
 )
+from enclave.transport.sockets import Listener
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +301,25 @@ class FramedChannel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class FramedListener:
+    """A socket listener whose connections come out as FramedChannels."""
+
+    def __init__(self, listener: Listener, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._listener = listener
+        self._max_frame = max_frame
+
+    @property
+    def address(self) -> Address:
+        return self._listener.address
+
+    def accept(self, timeout: float | None = None) -> FramedChannel:
+        sock, _ = self._listener.accept(timeout=timeout)
+        return FramedChannel(sock, self._max_frame)
+
+    def close(self) -> None:
+        self._listener.close()
 
 
 def _reason(exc: OSError) -> str:

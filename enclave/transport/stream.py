@@ -15,7 +15,7 @@ import io
 import logging
 
 from enclave.transport.errors import DatasetStreamError, RemoteError, StreamDigestMismatch
-from enclave.transport.framing import FramedChannel
+from enclave.transport.channel import Channel
 from enclave.transport.messages import DatasetBegin, DatasetData, DatasetEnd, Error, Message
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class DatasetStreamReader(io.RawIOBase):
 
     def __init__(
         self,
-        channel: FramedChannel,
+        channel: Channel,
         begin: DatasetBegin | None = None,
         *,
         expected_index: int | None = None,

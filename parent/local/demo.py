@@ -155,6 +155,30 @@ every_steps = {self.eval_every}
 Progress = Callable[[int, int, float], None]
 
 
+def opening_spec_toml(key_id: str, delta: float) -> str:
+    """The smallest job there is, one MLP step: for the runs that show who can open the data."""
+    return f"""[job]
+name = "open-dataset"
+
+[model]
+name = "mlp"
+
+[optimizer]
+name = "sgd"
+lr = 0.1
+
+[privacy]
+expected_batch_size = 256
+steps = 1
+max_grad_norm = 1.0
+delta = {delta!r}
+noise_multiplier = 1.0
+
+[checkpoint]
+key_id = "{key_id}"
+"""
+
+
 def run_demo(
     out_dir: Path,
     say: Say,
@@ -235,10 +259,16 @@ def run_demo(
         say("parent role's plain Decrypt of the data key: AccessDenied, as the key policy requires")
         report.proved.append("the parent's role cannot decrypt the data key without an attestation")
 
+        model_key = model_owner.client("kms", kms_url).create_key(
+            Policy=model_policy_path.read_text(), Description="hermetic demo model-owner key"
+        )["KeyMetadata"]["KeyId"]
+        # Every job carries a spec: these runs train one step, enough to open the data.
+        opening_spec = run_dir / "open.toml"
+        write_atomic(opening_spec, opening_spec_toml(model_key, recipe.delta).encode())
         kms_port = kms_url.rsplit(":", 1)[1].rstrip("/")
         outcome = _enclave_job(
             "enclave", state, run_dir, logs, services, parent, kms_port, report.dataset_id, sealed,
-            measure_dir=None,
+            opening_spec, measure_dir=None,
         )
         event = next((e for e in outcome.get("audit_events", []) if e["kind"] == "dataset_opened"), None)
         if outcome.get("status") != "ok" or event is None:
@@ -261,7 +291,7 @@ def run_demo(
         report.modified_enclave_pcr0 = measure_enclave_package(modified)[0].hex()
         refused = _enclave_job(
             "enclave-modified", state, run_dir, logs, services, parent, kms_port, report.dataset_id,
-            sealed, measure_dir=modified,
+            sealed, opening_spec, measure_dir=modified,
         )
         report.modified_enclave_outcome = str(refused.get("error", refused.get("status")))
         if refused.get("status") == "ok" or "AccessDenied" not in report.modified_enclave_outcome:
@@ -269,9 +299,6 @@ def run_demo(
         say(f"enclave with modified code (PCR0 {report.modified_enclave_pcr0[:24]}…) refused by KMS")
         report.proved.append("an enclave whose code differs (different PCR0) is refused the key")
 
-        model_key = model_owner.client("kms", kms_url).create_key(
-            Policy=model_policy_path.read_text(), Description="hermetic demo model-owner key"
-        )["KeyMetadata"]["KeyId"]
         _train(report, recipe, model_key, state, run_dir, logs, services, parent, kms_port, sealed,
                out_dir, say, progress)
         _verify_outputs(report, ca, pcrs, model_owner, kms_url, out_dir, logs, say)
@@ -421,6 +448,7 @@ def _enclave_job(
     kms_port: str,
     dataset_id: str,
     sealed: Path,
+    spec: Path,
     measure_dir: Path | None,
 ) -> dict[str, Any]:
     control = f"unix://{run_dir / (name + '.sock')}"
@@ -437,7 +465,8 @@ def _enclave_job(
         out = run_command(f"parent-{name}", hermetic_argv(
             "parent", "run", "--enclave", control, "--kms-relay", relay, "--kms-target", target,
             "--allow", target, "--dataset", f"{dataset_id}={sealed}", "--region", REGION,
-            "--kms-endpoint", f"http://{target}", "--json", "--tap", str(run_dir / f"{name}.tap"),
+            "--kms-endpoint", f"http://{target}", "--spec", str(spec), "--out", str(run_dir / f"{name}-out"),
+            "--json", "--tap", str(run_dir / f"{name}.tap"),
         ), logs, env={**_clean_env(), **parent.env()})
         return dict(json.loads(out))
     except HermeticError as err:

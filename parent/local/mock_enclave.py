@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from enclave.runtime import EnclaveRuntime, RuntimeConfig, Trainer
 from enclave.transport.address import Address
+from enclave.wiring import RuntimeConfig, SocketEnclave
 from parent.local.local_ca import LocalCa
 from parent.local.measure import measure_enclave_package
 from parent.local.mock_nsm import MockNsm
@@ -30,11 +30,10 @@ def build_runtime(
     kms_relay: Address,
     kms_url: str = "http://127.0.0.1:{port}",
     measure_dir: Path | None = None,
-    trainer: Trainer | None = None,
-) -> EnclaveRuntime:
+) -> SocketEnclave:
     ca = LocalCa.load_or_create(state_dir)
     pcrs = measure_enclave_package(measure_dir)
     nsm = MockNsm(ca, pcrs=pcrs)
     log.info("mock enclave PCR0 %s", pcrs[0].hex())
     config = RuntimeConfig(control=control, kms_relay=kms_relay, kms_url=kms_url)
-    return EnclaveRuntime(config, nsm, trainer=trainer)
+    return SocketEnclave(config, nsm)

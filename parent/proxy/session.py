@@ -4,11 +4,12 @@ Protocol (parent P, enclave E), all messages framed on one connection:
 
     P -> E  Hello(role="parent", protocol_version)
     E -> P  Hello(role="enclave", protocol_version)      (same version)
-    P -> E  Credentials, JobStart(job_id, dataset ids)
+    P -> E  Credentials, JobStart(job_id, dataset ids), TrainingJob(spec) (`extra`)
     P -> E  for each dataset i in JobStart order:
                 DatasetBegin(i, id, size), DatasetData..., DatasetEnd(i, sha256)
     E -> P  AuditEvent* , then JobResult or Error, then Goodbye  (at any time
-            after the Hellos: the parent reads on its own thread while streaming)
+            after the Hellos: the parent reads on its own thread while streaming);
+            Error.code is one of the codes listed in enclave.errors
     P -> E  Goodbye (best effort), then close
 
 When the enclave sends Error it should close the connection (or at least stop
@@ -57,11 +58,14 @@ DatasetInput = Union[str, SealedSource]
 
 
 class EnclaveError(RuntimeFailure):
-    """The enclave reported an Error message for this job."""
+    """The enclave reported an Error message for this job.
 
-    def __init__(self, code: str, message: str, audit_events: tuple[AuditEvent, ...] = ()) -> None:
-        super().__init__(f"enclave error {code}: {message}")
-        self.code = code
+    `remote_code` is the enclave's wire code (see enclave.errors), shown in the message.
+    """
+
+    def __init__(self, remote_code: str, message: str, audit_events: tuple[AuditEvent, ...] = ()) -> None:
+        super().__init__(f"enclave error {remote_code}: {message}")
+        self.remote_code = remote_code
         self.remote_message = message
         self.audit_events = audit_events
 

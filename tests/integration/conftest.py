@@ -1,5 +1,8 @@
 """The data path with real parts: KMS emulator (HTTP + SigV4 + policies), MockNsm,
-the enclave runtime on its own thread, and the parent's relay and session."""
+the enclave runtime on its own thread, and the parent's relay and session.
+
+`DataPath.run` sends a small training job whose training loop only records what
+the enclave handed it: everything up to the trainer is the real runtime."""
 from __future__ import annotations
 
 import json
@@ -16,9 +19,11 @@ import numpy as np
 import pytest
 from botocore.config import Config
 
-from enclave.runtime import EnclaveRuntime, JobState, RuntimeConfig
+from enclave.egress import EgressGate
+from enclave.training.trainer import TrainingInputs
 from enclave.transport.address import UnixAddress
-from enclave.transport.messages import Credentials
+from enclave.transport.messages import Credentials, TrainingJob
+from enclave.wiring import RuntimeConfig, SocketEnclave
 from parent.local.kms import KmsEmulator, Principal
 from parent.local.local_ca import LocalCa
 from parent.local.measure import measure_enclave_package
@@ -49,6 +54,58 @@ class Sealed:
     result: SealResult
     data_key: bytes
     plaintext_samples: list[bytes]
+    features: np.ndarray
+    labels: np.ndarray
+
+
+class CountingNsm(MockNsm):
+    """A MockNsm that counts attestations: every KMS call with Recipient needs one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attestations = 0
+
+    def attest(self, **kwargs: Any) -> bytes:
+        self.attestations += 1
+        return super().attest(**kwargs)
+
+
+class RecordingLoop:
+    """A training-loop factory whose loops record their inputs instead of training."""
+
+    def __init__(self) -> None:
+        self.inputs: list[TrainingInputs] = []
+
+    def __call__(self, inputs: TrainingInputs, gate: EgressGate) -> RecordingLoop:
+        self.inputs.append(inputs)
+        return self
+
+    def run(self) -> str:
+        return "handed to the training loop"
+
+
+def spec_toml(model_key_id: str) -> str:
+    """A job the sealed test data fits: one step, well within the 3.0 budget."""
+    return f"""
+[job]
+name = "data-path"
+[model]
+name = "mlp"
+[data]
+features = "features"
+label = "labels"
+[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 100
+steps = 1
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.0
+[checkpoint]
+key_id = "{model_key_id}"
+"""
 
 
 @dataclass
@@ -91,7 +148,7 @@ class DataPath:
         )
         # Random rows are unique: any 48 bytes of them in the parent's traffic is a leak.
         samples = [features[i].tobytes()[:48] for i in range(0, records, max(1, records // 50))]
-        return Sealed(out, result, captured["key"], samples)
+        return Sealed(out, result, captured["key"], samples, features, labels)
 
     def credentials(self) -> Credentials:
         return Credentials(
@@ -104,23 +161,17 @@ class DataPath:
         dataset_id: str,
         source: Path,
         *,
-        pcrs: dict[int, bytes] | None = None,
+        nsm: MockNsm | None = None,
         tap: Any = None,
-        received: list[JobState] | None = None,
+        training_loop: RecordingLoop | None = None,
         name: str = "job",
     ) -> SessionOutcome:
         control = UnixAddress(str(self.sock_dir / f"{name}.sock"))
         relay = UnixAddress(str(self.sock_dir / f"{name}-kms.sock"))
-
-        def trainer(state: JobState, gate: Any) -> str:
-            if received is not None:
-                received.append(state)
-            return "handed to trainer"
-
-        runtime = EnclaveRuntime(
+        runtime = SocketEnclave(
             RuntimeConfig(control=control, kms_relay=relay),
-            MockNsm(self.ca, pcrs=pcrs or self.pcrs),
-            trainer=trainer,
+            nsm or MockNsm(self.ca, pcrs=self.pcrs),
+            training_loop=training_loop or RecordingLoop(),
         )
         thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
         thread.start()
@@ -130,7 +181,7 @@ class DataPath:
             return run_job(
                 enclave=control, relay_listen=relay, kms_target=target, allow_list=[target],
                 credentials=self.credentials(), job_id=name, datasets=[(dataset_id, str(source))],
-                tap=tap,
+                tap=tap, extra=[TrainingJob(spec_toml=spec_toml(self.model_key_id))],
             )
         finally:
             runtime.stop()

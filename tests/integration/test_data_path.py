@@ -3,13 +3,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from enclave.runtime import JobState
 from enclave.sealed.format import SealedHeader
 from enclave.sealed.stream import read_header
 from parent.proxy.session import EnclaveError
-from tests.integration.conftest import DataPath
+from parent.local.mock_nsm import MockNsm
+from tests.integration.conftest import CountingNsm, DataPath, RecordingLoop
 
 
 class Recorder:
@@ -31,14 +32,20 @@ def test_enclave_opens_what_the_owner_sealed_and_parent_sees_only_ciphertext(
 ) -> None:
     sealed = data_path.seal(tmp_path)
     tap = Recorder()
-    received: list[JobState] = []
-    outcome = data_path.run(sealed.result.dataset_id, sealed.path, tap=tap, received=received)
+    loop = RecordingLoop()
+    outcome = data_path.run(sealed.result.dataset_id, sealed.path, tap=tap, training_loop=loop)
 
-    assert outcome.status == "ok"
+    assert outcome.status == "ok" and outcome.detail == "handed to the training loop"
     [event] = [e for e in outcome.audit_events if e.kind == "dataset_opened"]
     assert event.fields["plaintext_sha256"] == sealed.result.plaintext_sha256
     assert event.fields["records"] == 3000
-    assert received and received[0].datasets[sealed.result.dataset_id].table.num_rows == 3000
+    # The training loop gets exactly the records the owner sealed, in order.
+    [inputs] = loop.inputs
+    assert inputs.train.dataset_id == sealed.result.dataset_id
+    table = inputs.train.table
+    assert np.array(table.column("features").to_pylist(), dtype=np.uint8).tolist() == sealed.features.tolist()
+    assert table.column("labels").to_pylist() == sealed.labels.tolist()
+    assert inputs.train_sealed_sha256 == hashlib.sha256(sealed.path.read_bytes()).hexdigest()
 
     traffic = tap.data
     # The sealed file went through, and so did KMS traffic (the relay was tapped too).
@@ -55,12 +62,14 @@ def test_enclave_with_other_code_is_refused(data_path: DataPath, tmp_path: Path)
     sealed = data_path.seal(tmp_path)
     other = dict(data_path.pcrs)
     other[0] = hashlib.sha384(b"someone else's image").digest()
-    received: list[JobState] = []
+    loop = RecordingLoop()
+    nsm = MockNsm(data_path.ca, pcrs=other)
     with pytest.raises(EnclaveError) as info:
-        data_path.run(sealed.result.dataset_id, sealed.path, pcrs=other, received=received, name="other")
-    assert info.value.code == "KmsAccessDenied"
+        data_path.run(sealed.result.dataset_id, sealed.path, nsm=nsm, training_loop=loop, name="other")
+    assert info.value.remote_code == "kms"
+    assert "AccessDeniedException" in info.value.remote_message
     assert not info.value.audit_events
-    assert not received
+    assert not loop.inputs
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -76,16 +85,16 @@ def _header_end(path: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    ("damage", "code"),
+    ("damage", "reason"),
     [
-        ("flip", "ChunkAuthenticationFailed"),
-        ("truncate", "TruncatedSealedFile"),
-        ("extend", "TrailingData"),
-        ("reorder", "ChunkAuthenticationFailed"),
+        ("flip", "chunk 1 failed authentication"),
+        ("truncate", "without a final chunk"),
+        ("extend", "bytes follow the final chunk"),
+        ("reorder", "chunk 0 failed authentication"),
     ],
 )
 def test_damaged_sealed_files_release_nothing(
-    data_path: DataPath, tmp_path: Path, damage: str, code: str
+    data_path: DataPath, tmp_path: Path, damage: str, reason: str
 ) -> None:
     sealed = data_path.seal(tmp_path)
     start = _header_end(sealed.path)
@@ -100,19 +109,25 @@ def test_damaged_sealed_files_release_nothing(
     else:
         body = data[start:]
         sealed.path.write_bytes(data[:start] + body[chunk : 2 * chunk] + body[:chunk] + body[2 * chunk :])
-    received: list[JobState] = []
+    loop = RecordingLoop()
     with pytest.raises(EnclaveError) as info:
-        data_path.run(sealed.result.dataset_id, sealed.path, received=received, name=damage)
-    assert info.value.code == code
+        data_path.run(sealed.result.dataset_id, sealed.path, training_loop=loop, name=damage)
+    assert info.value.remote_code == "sealed-data"
+    assert reason in info.value.remote_message
     assert not info.value.audit_events
-    assert not received
+    assert not loop.inputs
 
 
 def test_job_for_another_dataset_is_refused_before_kms(data_path: DataPath, tmp_path: Path) -> None:
     sealed = data_path.seal(tmp_path)
+    nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)
     with pytest.raises(EnclaveError) as info:
-        data_path.run("someone-elses-dataset", sealed.path, name="wrongid")
-    assert info.value.code == "EncryptionContextMismatch"
+        data_path.run("someone-elses-dataset", sealed.path, nsm=nsm, name="wrongid")
+    assert info.value.remote_code == "sealed-data"
+    assert "the job asked for 'someone-elses-dataset'" in info.value.remote_message
+    assert not info.value.audit_events
+    # Each KMS request carries a fresh attestation: none was made, so KMS was never asked.
+    assert nsm.attestations == 0
 
 
 def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp_path: Path) -> None:
@@ -128,6 +143,10 @@ def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp
         encryption_context=context, chunk_size=header.chunk_size,
     )
     sealed.path.write_bytes(forged.encode() + rest)
+    nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)
     with pytest.raises(EnclaveError) as info:
-        data_path.run(sealed.result.dataset_id, sealed.path, name="forged")
-    assert info.value.code == "KmsInvalidCiphertext"
+        data_path.run(sealed.result.dataset_id, sealed.path, nsm=nsm, name="forged")
+    assert info.value.remote_code == "kms"
+    assert "InvalidCiphertextException" in info.value.remote_message
+    assert nsm.attestations == 1  # it was KMS that refused
+    assert not info.value.audit_events

@@ -13,8 +13,8 @@ import pytest
 
 from parent.verify.certificate import verify_certificate
 from enclave.privacy.calibration import epsilon
-from enclave.runtime import EnclaveRuntime, RuntimeConfig
 from enclave.transport.address import UnixAddress
+from enclave.wiring import RuntimeConfig, SocketEnclave
 from enclave.transport.messages import PUBLIC_PREFIX, RESUME_STREAM, CheckpointEnd, Message, TrainingJob
 from parent.local.mock_nsm import MockNsm
 from parent.proxy.artifacts import ArtifactSink
@@ -106,10 +106,10 @@ def _run_parent(
     )
 
 
-def _in_process_enclave(data_path: DataPath, name: str, nsm: MockNsm) -> tuple[EnclaveRuntime, threading.Thread]:
+def _in_process_enclave(data_path: DataPath, name: str, nsm: MockNsm) -> tuple[SocketEnclave, threading.Thread]:
     control = UnixAddress(str(data_path.sock_dir / f"{name}.sock"))
     relay = UnixAddress(str(data_path.sock_dir / f"{name}-kms.sock"))
-    runtime = EnclaveRuntime(RuntimeConfig(control=control, kms_relay=relay), nsm)
+    runtime = SocketEnclave(RuntimeConfig(control=control, kms_relay=relay), nsm)
     thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
     thread.start()
     return runtime, thread
@@ -162,7 +162,7 @@ def test_over_budget_job_is_refused_before_any_key_is_used(data_path: DataPath, 
     finally:
         runtime.stop()
         thread.join(timeout=30)
-    assert info.value.code == "BudgetExceeded"
+    assert info.value.remote_code == "budget"
     assert "exceeds the dataset's budget 1" in str(info.value)
     # No attestation was made, so no KMS request could have carried one: the key was never released.
     assert CountingNsm.attestations == 0
@@ -238,4 +238,5 @@ def test_resume_under_another_job_id_is_refused(data_path: DataPath, tmp_path: P
     finally:
         runtime.stop()
         thread.join(timeout=30)
-    assert info.value.code == "CheckpointMismatch"
+    assert info.value.remote_code == "sealed-data"
+    assert "checkpoint belongs to job" in info.value.remote_message

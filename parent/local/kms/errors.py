@@ -1,7 +1,8 @@
 """KMS API errors raised by the local emulator; each maps to one wire `__type`.
 
-The emulator answers them as `{"__type": code, "message": ...}` with the HTTP
-status below, exactly the shape botocore turns into a ClientError.
+The emulator answers them as `{"__type": aws_type, "message": ...}` with the HTTP
+status below, exactly the shape botocore turns into a ClientError. `aws_type` is
+KMS's error name; `code` stays Hermetic's family code ("kms").
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from enclave.errors import KmsError
 class KmsApiError(KmsError):
     """Base: an error the emulator reports to the caller over the KMS protocol."""
 
-    code = "KMSInternalException"
+    aws_type = "KMSInternalException"
     status = 500
 
 
@@ -20,64 +21,64 @@ class _ClientFault(KmsApiError):
 
 
 class AccessDeniedException(_ClientFault):
-    code = "AccessDeniedException"
+    aws_type = "AccessDeniedException"
 
 
 class NotFoundException(_ClientFault):
-    code = "NotFoundException"
+    aws_type = "NotFoundException"
 
 
 class InvalidCiphertextException(_ClientFault):
-    code = "InvalidCiphertextException"
+    aws_type = "InvalidCiphertextException"
 
 
 class IncorrectKeyException(_ClientFault):
-    code = "IncorrectKeyException"
+    aws_type = "IncorrectKeyException"
 
 
 class ValidationException(_ClientFault):
-    code = "ValidationException"
+    aws_type = "ValidationException"
 
 
 class SerializationException(_ClientFault):
-    code = "SerializationException"
+    aws_type = "SerializationException"
 
 
 class UnknownOperationException(_ClientFault):
-    code = "UnknownOperationException"
+    aws_type = "UnknownOperationException"
 
 
 class MalformedPolicyDocumentException(_ClientFault):
-    code = "MalformedPolicyDocumentException"
+    aws_type = "MalformedPolicyDocumentException"
 
 
 class AlreadyExistsException(_ClientFault):
-    code = "AlreadyExistsException"
+    aws_type = "AlreadyExistsException"
 
 
 class InvalidAliasNameException(_ClientFault):
-    code = "InvalidAliasNameException"
+    aws_type = "InvalidAliasNameException"
 
 
 class InvalidArnException(_ClientFault):
-    code = "InvalidArnException"
+    aws_type = "InvalidArnException"
 
 
 class UnsupportedOperationException(_ClientFault):
-    code = "UnsupportedOperationException"
+    aws_type = "UnsupportedOperationException"
 
 
 class UnrecognizedClientException(_ClientFault):
-    code = "UnrecognizedClientException"
+    aws_type = "UnrecognizedClientException"
 
 
 class InvalidSignatureException(_ClientFault):
-    code = "InvalidSignatureException"
+    aws_type = "InvalidSignatureException"
 
 
 class IncompleteSignatureException(_ClientFault):
-    code = "IncompleteSignatureException"
+    aws_type = "IncompleteSignatureException"
 
 
 class MissingAuthenticationTokenException(_ClientFault):
-    code = "MissingAuthenticationTokenException"
+    aws_type = "MissingAuthenticationTokenException"

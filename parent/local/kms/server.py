@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _error(self, err: KmsApiError, request_id: str) -> None:
-        self._send(err.status, {"__type": err.code, "message": str(err)}, request_id)
+        self._send(err.status, {"__type": err.aws_type, "message": str(err)}, request_id)
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._error(UnknownOperationException("KMS accepts only POST /"), new_request_id())
@@ -114,7 +114,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise SerializationException("request body is not valid JSON") from None
             response = emulator.service.handle(operation, caller, params)
         except KmsApiError as err:
-            log.info("KMS %s by %s: %s", operation, caller, err.code)
+            log.info("KMS %s by %s: %s", operation, caller, err.aws_type)
             self._error(err, request_id)
             return
         except Exception:  # a bug must not leak details (or secrets) to the caller

@@ -187,7 +187,7 @@ def test_enclave_error_mid_stream_stops_streaming(tmp_path: Path, enclave) -> No
     state = e.join()
     assert "error" not in state, state.get("error")
     assert state["drained"] < 8 * 1024 * 1024 - 256 * 1024
-    assert info.value.code == "kms-denied"
+    assert info.value.remote_code == "kms-denied"
     assert [ev.kind for ev in info.value.audit_events] == ["key-release"]
 
 

@@ -1,0 +1,84 @@
+"""The enclave runtime on real sockets: the one place its production collaborators are built.
+
+`SocketEnclave` gives `EnclaveRuntime` a listener of framed socket connections on
+the control address, and KMS clients made with boto3, unchanged, that reach KMS
+through the in-enclave forwarder: it tunnels TCP over the transport to the
+parent's KMS relay, and TLS (on Nitro) ends here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from enclave.nsm.interface import Nsm
+from enclave.runtime import Clock, EnclaveRuntime, TrainingLoopFactory, utc_now
+from enclave.training.trainer import Trainer
+from enclave.transport.address import Address
+from enclave.transport.forwarder import TcpForwarder
+from enclave.transport.framing import FramedListener
+from enclave.transport.messages import Credentials
+from enclave.transport.sockets import listen
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the enclave listens and how it reaches KMS.
+
+    `kms_url` is the endpoint boto3 uses inside the enclave; "{port}" is replaced
+    with the forwarder's port (local mode: "http://127.0.0.1:{port}"; on Nitro the
+    forwarder listens on 443 and /etc/hosts maps the regional KMS name to it).
+    """
+
+    control: Address
+    kms_relay: Address
+    kms_url: str = "http://127.0.0.1:{port}"
+    kms_forward_port: int = 0
+    kms_ca_bundle: str | None = None
+
+
+class SocketEnclave:
+    """The runtime listening on `config.control`, with the forwarder running while it serves."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        nsm: Nsm,
+        *,
+        clock: Clock = utc_now,
+        training_loop: TrainingLoopFactory = Trainer,
+    ) -> None:
+        self._config = config
+        self._forwarder = TcpForwarder(config.kms_relay, port=config.kms_forward_port)
+        self.runtime = EnclaveRuntime(
+            nsm, FramedListener(listen(config.control)), self._kms_client, clock=clock, training_loop=training_loop
+        )
+
+    @property
+    def control_address(self) -> Address:
+        return self.runtime.control_address
+
+    def serve(self, sessions: int | None = None) -> None:
+        self._forwarder.start()
+        try:
+            self.runtime.serve(sessions)
+        finally:
+            self._forwarder.stop()
+
+    def stop(self) -> None:
+        self.runtime.stop()
+
+    def _kms_client(self, creds: Credentials) -> Any:
+        url = self._config.kms_url.replace("{port}", str(self._forwarder.address.port))
+        return boto3.client(
+            "kms",
+            region_name=creds.region,
+            endpoint_url=url,
+            aws_access_key_id=creds.access_key_id,
+            aws_secret_access_key=creds.secret_access_key,
+            aws_session_token=creds.session_token,
+            verify=self._config.kms_ca_bundle if url.startswith("https") else None,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=30),
+        )

@@ -1,0 +1,342 @@
+"""The runtime's protocol through an in-memory channel: what the parent receives, exactly.
+
+Every session is driven from this thread: the parent's messages are queued and its
+side half-closed before `serve` runs, then everything the enclave sent is drained.
+KMS is a stub that answers like KMS with Recipient, for one data key.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+from enclave.attestation.document import parse_attestation
+from enclave.egress import EgressGate
+from enclave.runtime import INTERNAL_FAILURE, EnclaveRuntime, RuntimeLimits
+from enclave.training.trainer import Trainer, TrainingInputs
+from enclave.transport.messages import (
+    PROTOCOL_VERSION,
+    PUBLIC_PREFIX,
+    RESUME_STREAM,
+    AuditEvent,
+    CertificateIssued,
+    Credentials,
+    DatasetBegin,
+    DatasetData,
+    DatasetEnd,
+    Error,
+    Goodbye,
+    Hello,
+    JobResult,
+    JobStart,
+    Message,
+    TrainingJob,
+)
+from parent.local.kms.cms_builder import build_recipient_ciphertext
+from parent.local.local_ca import LocalCa
+from parent.local.mock_nsm import MockNsm
+from parent.seal import seal_dataset
+from parent.verify.certificate import verify_certificate
+from tests.support.channels import MemoryListener, drain
+
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/test"
+DATA_KEY = bytes(range(32))
+TRAIN = "train-v1"
+ENCLAVE_HELLO = Hello("enclave", PROTOCOL_VERSION)
+HELLO = Hello("parent", PROTOCOL_VERSION)
+CREDS = Credentials("ASIATEST", "secret", None, "us-east-1", "http://127.0.0.1:1", None)
+JOB = JobStart("job-1", [TRAIN])
+FIXED_NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def spec_toml(*, steps: int = 2, noise: float = 1.0, train: str | None = None) -> str:
+    data = f'[data]\ntrain = "{train}"\n' if train else ""
+    return f"""
+[job]
+name = "runtime-test"
+[model]
+name = "mlp"
+{data}[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 20
+steps = {steps}
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = {noise}
+[checkpoint]
+key_id = "{KEY_ARN}"
+"""
+
+
+SPEC = TrainingJob(spec_toml())
+
+
+class StubKms:
+    """One data key: handed out in plaintext to the sealer, and as CMS to an attested enclave."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[str] = []
+
+    def _for_recipient(self, op: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(op)
+        if self.error is not None:
+            raise self.error
+        document = parse_attestation(params["Recipient"]["AttestationDocument"])
+        assert document.public_key is not None
+        public_key = load_der_public_key(document.public_key)
+        assert isinstance(public_key, rsa.RSAPublicKey)
+        return {"CiphertextForRecipient": build_recipient_ciphertext(DATA_KEY, public_key), "KeyId": KEY_ARN}
+
+    def decrypt(self, **params: Any) -> dict[str, Any]:
+        return self._for_recipient("Decrypt", params)
+
+    def generate_data_key(self, **params: Any) -> dict[str, Any]:
+        if "Recipient" not in params:  # the data owner sealing, outside any enclave
+            return {"Plaintext": DATA_KEY, "CiphertextBlob": b"wrapped-key", "KeyId": KEY_ARN}
+        return {**self._for_recipient("GenerateDataKey", params), "CiphertextBlob": b"wrapped-key"}
+
+
+@pytest.fixture(scope="module")
+def sealed(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    folder = tmp_path_factory.mktemp("sealed")
+    rng = np.random.default_rng(5)
+    np.savez(folder / "train.npz", image=rng.integers(0, 256, (200, 784), dtype=np.uint8),
+             label=rng.integers(0, 10, 200, dtype=np.uint8))
+    seal_dataset(folder / "train.npz", folder / "train.sealed", key_id=KEY_ARN, kms_client=StubKms(),
+                 max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TRAIN)
+    return (folder / "train.sealed").read_bytes()
+
+
+def stream(index: int, dataset_id: str, data: bytes, *, digest: bytes | None = None) -> list[Message]:
+    return [
+        DatasetBegin(index, dataset_id, len(data)),
+        DatasetData(data),
+        DatasetEnd(index, digest or hashlib.sha256(data).digest()),
+    ]
+
+
+def run_session(
+    nsm: MockNsm,
+    messages: Sequence[Message],
+    *,
+    kms: StubKms | None = None,
+    kms_clients: Callable[[Credentials], Any] | None = None,
+    training_loop: Callable[[TrainingInputs, EgressGate], Any] = Trainer,
+    limits: RuntimeLimits = RuntimeLimits(recv_timeout_s=5),
+) -> list[Message]:
+    listener = MemoryListener()
+    parent = listener.connect()
+    for msg in messages:
+        parent.send(msg)
+    parent.shutdown_write()
+    stub = kms or StubKms()
+    runtime = EnclaveRuntime(
+        nsm, listener, kms_clients or (lambda creds: stub), clock=lambda: FIXED_NOW,
+        training_loop=training_loop, limits=limits,
+    )
+    runtime.serve(sessions=1)
+    assert listener.closed
+    return drain(parent)
+
+
+def assert_refused(replies: list[Message], code: str, reason: str, before: Sequence[Message] = (ENCLAVE_HELLO,)) -> Error:
+    """The enclave said only `before`, then one Error with `code`: no JobResult, no Goodbye."""
+    *said, last = replies
+    assert isinstance(last, Error), replies
+    assert (last.code, said) == (code, list(before)), replies
+    assert reason in last.message
+    return last
+
+
+class RecordingLoop:
+    def __init__(self) -> None:
+        self.inputs: list[TrainingInputs] = []
+
+    def __call__(self, inputs: TrainingInputs, gate: EgressGate) -> RecordingLoop:
+        self.inputs.append(inputs)
+        return self
+
+    def run(self) -> str:
+        return "recorded"
+
+
+# ------------------------------------------------------------ protocol errors before any data
+
+SETUP = [HELLO, CREDS, JOB, SPEC]
+PUBLIC_JOB = JobStart("job-1", [PUBLIC_PREFIX + "holdout", TRAIN])
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "reason", "before"),
+    [
+        pytest.param([Hello("parent", PROTOCOL_VERSION + 1)], "protocol", f"protocol {PROTOCOL_VERSION + 1}", [],
+                     id="wrong-protocol-version"),
+        pytest.param([CREDS], "protocol", "expected Hello, got Credentials", [], id="first-message-not-hello"),
+        pytest.param([HELLO, JOB], "protocol", "expected Credentials, got JobStart", [ENCLAVE_HELLO],
+                     id="missing-credentials"),
+        pytest.param([HELLO, CREDS, SPEC], "protocol", "expected JobStart, got TrainingJob", [ENCLAVE_HELLO],
+                     id="missing-jobstart"),
+        pytest.param([HELLO, CREDS, JOB, *stream(0, TRAIN, b"x")], "protocol",
+                     "expected TrainingJob, got DatasetBegin", [ENCLAVE_HELLO], id="job-without-spec"),
+        pytest.param([HELLO, CREDS, JOB, TrainingJob("[job")], "config", "not valid TOML", [ENCLAVE_HELLO],
+                     id="spec-not-toml"),
+        pytest.param([HELLO, CREDS, JobStart("job-1", [TRAIN, "other-v1"]), SPEC], "protocol",
+                     "exactly one sealed dataset", [ENCLAVE_HELLO], id="two-sealed-datasets"),
+        pytest.param([HELLO, CREDS, JOB, TrainingJob(spec_toml(train="other-v1"))], "protocol",
+                     "exactly one sealed dataset", [ENCLAVE_HELLO], id="spec-names-another-dataset"),
+        pytest.param([HELLO, CREDS], "transport", "peer closed the connection", [ENCLAVE_HELLO],
+                     id="parent-hangs-up"),
+        pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC, *stream(0, TRAIN, b"x")], "protocol",
+                     "is 'train-v1', expected 'public:holdout'", [ENCLAVE_HELLO], id="stream-for-wrong-id"),
+        pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC, *stream(1, PUBLIC_PREFIX + "holdout", b"x")], "protocol",
+                     "has index 1, expected 0", [ENCLAVE_HELLO], id="stream-with-wrong-index"),
+        pytest.param([*SETUP, Error("dataset-open", "no such file")], "aborted",
+                     "dataset-open: no such file", [ENCLAVE_HELLO], id="parent-error-between-streams"),
+        pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC, DatasetBegin(0, PUBLIC_PREFIX + "holdout", None),
+                      DatasetData(b"abc"), Error("dataset-read", "s3 went away")], "aborted",
+                     "dataset-read: s3 went away", [ENCLAVE_HELLO], id="parent-error-inside-stream"),
+        pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC, *stream(0, PUBLIC_PREFIX + "holdout", b"x" * 9)],
+                     "runtime", "public dataset 'holdout' exceeds 8 bytes", [ENCLAVE_HELLO],
+                     id="public-dataset-over-bound"),
+        pytest.param([HELLO, CREDS, JobStart("job-1", [RESUME_STREAM, TRAIN]), SPEC,
+                      *stream(0, RESUME_STREAM, b"x" * 9)],
+                     "runtime", "checkpoint exceeds 8 bytes", [ENCLAVE_HELLO], id="checkpoint-over-bound"),
+        pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC,
+                      *stream(0, PUBLIC_PREFIX + "holdout", b"abc", digest=hashlib.sha256(b"abd").digest())],
+                     "protocol", "does not match DatasetEnd", [ENCLAVE_HELLO], id="stream-with-wrong-digest"),
+        pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC, *stream(0, PUBLIC_PREFIX + "holdout", b"abc")[:2], Goodbye()],
+                     "protocol", "unexpected Goodbye inside dataset stream", [ENCLAVE_HELLO],
+                     id="stream-not-ending-with-its-digest"),
+        pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC, *stream(0, PUBLIC_PREFIX + "holdout", b"no ipc")],
+                     "dataset", "not a valid Arrow IPC stream", [ENCLAVE_HELLO], id="public-dataset-not-arrow"),
+    ],
+)
+def test_protocol_errors(
+    nsm: MockNsm, messages: list[Message], code: str, reason: str, before: list[Message]
+) -> None:
+    kms = StubKms()
+    replies = run_session(nsm, messages, kms=kms, limits=RuntimeLimits(max_public_bytes=8, max_checkpoint_bytes=8))
+    assert_refused(replies, code, reason, before)
+    assert kms.calls == []
+
+
+def test_credentials_reach_the_kms_client_factory_only(nsm: MockNsm) -> None:
+    given: list[Credentials] = []
+
+    def factory(creds: Credentials) -> StubKms:
+        given.append(creds)
+        return StubKms()
+
+    run_session(nsm, [HELLO, CREDS], kms_clients=factory)
+    assert given == [CREDS]
+
+
+# ------------------------------------------------------------ with a sealed dataset
+
+
+def test_a_job_runs_to_a_certificate_in_memory(nsm: MockNsm, ca: LocalCa, sealed: bytes) -> None:
+    kms = StubKms()
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], kms=kms)
+    assert replies[0] == ENCLAVE_HELLO and replies[-1] == Goodbye()
+    audits = [m for m in replies if isinstance(m, AuditEvent)]
+    assert [a.kind for a in audits] == ["dataset_opened", "training_planned"]
+    assert audits[0].fields["sealed_sha256"] == hashlib.sha256(sealed).hexdigest()
+    [result] = [m for m in replies if isinstance(m, JobResult)]
+    assert result.status == "ok" and result.detail.startswith("2 steps")
+    [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
+    body = verify_certificate(issued.data, root_der=ca.root_der).body
+    # The clock the runtime was given is the one the certificate reads.
+    assert body.started_at == body.finished_at == "2024-05-01T12:00:00.000Z"
+    assert kms.calls == ["Decrypt", "GenerateDataKey"]  # the data key, then the checkpoint's
+
+
+def test_over_budget_job_is_refused_before_kms(nsm: MockNsm, sealed: bytes) -> None:
+    kms = StubKms()
+    replies = run_session(nsm, [HELLO, CREDS, JOB, TrainingJob(spec_toml(noise=0.5, steps=500)),
+                                *stream(0, TRAIN, sealed)], kms=kms)
+    assert_refused(replies, "budget", "exceeds the dataset's budget 3")
+    assert kms.calls == []
+
+
+def test_sealed_file_of_another_dataset_is_refused_before_kms(nsm: MockNsm, sealed: bytes) -> None:
+    kms = StubKms()
+    replies = run_session(nsm, [HELLO, CREDS, JobStart("job-1", ["other-v1"]), SPEC,
+                                *stream(0, "other-v1", sealed)], kms=kms)
+    assert_refused(replies, "sealed-data", "the job asked for 'other-v1'")
+    assert kms.calls == []
+
+
+def test_kms_refusal_is_reported_as_kms(nsm: MockNsm, sealed: bytes) -> None:
+    denied = ClientError({"Error": {"Code": "AccessDeniedException", "Message": "PCR0 mismatch"}}, "Decrypt")
+    loop = RecordingLoop()
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], kms=StubKms(error=denied), training_loop=loop)
+    assert_refused(replies, "kms", "AccessDeniedException")
+    assert not loop.inputs
+
+
+def test_unexpected_exception_is_internal_with_a_fixed_message(
+    nsm: MockNsm, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken_factory(creds: Credentials) -> Any:
+        raise ValueError("key material 0xdeadbeef")
+
+    caplog.set_level(logging.ERROR, logger="enclave.runtime")
+    replies = run_session(nsm, [*SETUP], kms_clients=broken_factory)
+    error = assert_refused(replies, "internal", INTERNAL_FAILURE)
+    assert error.message == INTERNAL_FAILURE
+    # The enclave's own log keeps the reason; the parent never sees it.
+    assert any(r.exc_info and "0xdeadbeef" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_unexpected_exception_in_training_releases_nothing_more(nsm: MockNsm, sealed: bytes) -> None:
+    def failing_loop(inputs: TrainingInputs, gate: EgressGate) -> Any:
+        raise ZeroDivisionError(f"loss {float(inputs.train.table.num_rows) / 0.0001}")
+
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=failing_loop)
+    opened, planned = replies[1:3]
+    assert isinstance(opened, AuditEvent) and isinstance(planned, AuditEvent)
+    error = assert_refused(replies, "internal", INTERNAL_FAILURE, before=[ENCLAVE_HELLO, opened, planned])
+    assert "loss" not in error.message
+
+
+def test_egress_refusal_inside_training_is_reported_and_nothing_leaves(nsm: MockNsm, sealed: bytes) -> None:
+    class LeakyLoop:
+        def __init__(self, inputs: TrainingInputs, gate: EgressGate) -> None:
+            self.gate = gate
+
+        def run(self) -> str:
+            self.gate.audit("train_loss", value=0.25)
+            return "done"
+
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=LeakyLoop)
+    assert_refused(replies, "egress", "'train_loss' is not registered", before=replies[:3])
+    assert not [m for m in replies if isinstance(m, AuditEvent) and m.kind == "train_loss"]
+
+
+def test_the_training_loop_gets_the_opened_data_and_public_sets(nsm: MockNsm, sealed: bytes, tmp_path: Path) -> None:
+    from parent.public_data import load_public_dataset
+
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "p.npz", image=rng.integers(0, 256, (10, 784), dtype=np.uint8),
+             label=rng.integers(0, 10, 10, dtype=np.uint8))
+    public = load_public_dataset("holdout", tmp_path / "p.npz").ipc
+    loop = RecordingLoop()
+    replies = run_session(nsm, [HELLO, CREDS, PUBLIC_JOB, SPEC, *stream(0, PUBLIC_PREFIX + "holdout", public),
+                                *stream(1, TRAIN, sealed)], training_loop=loop)
+    assert replies[-2:] == [JobResult("ok", "recorded"), Goodbye()]
+    [inputs] = loop.inputs
+    assert inputs.train.records == 200 and inputs.train_sealed_sha256 == hashlib.sha256(sealed).hexdigest()
+    assert inputs.public["holdout"].table.num_rows == 10 and inputs.clock() == FIXED_NOW
+    assert inputs.resume is None and inputs.job_id == "job-1"
