@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
                      help="allow-listed relay target HOST:PORT (repeatable; default: the KMS target)")
     run.add_argument("--dataset", action="append", required=True, metavar="ID=URI",
                      help="sealed dataset to stream: dataset id = local path or s3://bucket/key")
-    run.add_argument("--spec", type=Path, help="training job spec (TOML); without it the job only opens data")
+    run.add_argument("--spec", type=Path, required=True, help="training job spec (TOML)")
     run.add_argument("--public", action="append", default=[], metavar="NAME=PATH",
                      help="public evaluation dataset to send in the clear (hashed into the certificate)")
     run.add_argument("--resume", type=Path, help="sealed checkpoint to resume from (same job id and spec)")
@@ -126,9 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         import boto3
 
         s3 = boto3.client("s3", region_name=args.region, endpoint_url=args.s3_endpoint_url)
-    extra: list[Message] = []
-    if args.spec is not None:
-        extra.append(TrainingJob(spec_toml=args.spec.read_text("utf-8")))
+    extra: list[Message] = [TrainingJob(spec_toml=args.spec.read_text("utf-8"))]
     streams: list[tuple[str, DatasetInput]] = list(datasets)
     for spec in args.public:
         name, sep, path = spec.partition("=")
