@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install dataset test demo bench clean
+.PHONY: install dataset lint test demo bench clean
 
 install: $(STAMP)
 
@@ -25,7 +25,13 @@ dataset:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
-test: install dataset
+# The gates: lint and import order, types (strict for the measured enclave), import boundaries.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: install dataset lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install dataset
@@ -35,7 +41,7 @@ bench: install dataset
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) .venv-checkov out .hermetic .pytest_cache
+	rm -rf $(VENV) .venv-checkov out .hermetic .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
 # --- Deployment: KMS key policies from the EIF's measurements, checkov for terraform/ ---
 # make policies OWNER_ARN=... MODEL_OWNER_ARN=... PARENT_ROLE_ARN=...

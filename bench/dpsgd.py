@@ -85,8 +85,8 @@ def _batch(model: str, batch: int):  # type: ignore[no-untyped-def]
 
 
 def _fresh_model(model: str):  # type: ignore[no-untyped-def]
-    from enclave.training.models import build_model
     from enclave.hazmat.csprng import Csprng
+    from enclave.training.models import build_model
 
     return build_model(model, rng=Csprng(bytes(range(32))))
 
@@ -104,7 +104,7 @@ def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
+            F.cross_entropy(net(x), y).backward()  # type: ignore[no-untyped-call]  # torch leaves backward untyped
             opt.step()
 
         return step
@@ -123,8 +123,8 @@ def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
 
         return engine_step
     if name in ("hermetic", "noise"):
-        from enclave.training.dpsgd import DpSgd
         from enclave.hazmat.csprng import Csprng
+        from enclave.training.dpsgd import DpSgd
 
         rng = Csprng(os.urandom(32))
         if name == "noise":
@@ -133,7 +133,11 @@ def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
             # DpSgd's own draw (one step's noise for every parameter), in line.
             specs = [(p.shape, p.dtype) for p in net.parameters()]
             noise = StepNoise(rng, specs, NOISE_MULTIPLIER * MAX_GRAD_NORM, ahead=False)
-            return lambda: noise.take() and None
+
+            def draw() -> None:
+                noise.take()
+
+            return draw
         dp = DpSgd(
             net,
             torch.optim.SGD(net.parameters(), lr=lr),
@@ -143,7 +147,11 @@ def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
             rng=rng,
             engine="fast",
         )
-        return lambda: dp.step(x, y) and None
+
+        def dp_step() -> None:
+            dp.step(x, y)
+
+        return dp_step
     if name in OPACUS:
         return _opacus_step(name.removeprefix("opacus_"), net, x, y, batch, lr)
     raise ValueError(f"unknown contender {name}")
@@ -234,7 +242,8 @@ def _spawn(args: list[str]) -> dict[str, object]:
     )
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {args} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 # -- the report ---------------------------------------------------------------------------

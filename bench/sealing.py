@@ -36,8 +36,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from enclave.sealed.format import DEFAULT_CHUNK_SIZE, SealedHeader, build_encryption_context
 from enclave.hazmat.chunk_aead import chunk_aad, chunk_nonce
+from enclave.sealed.format import DEFAULT_CHUNK_SIZE, SealedHeader, build_encryption_context
 from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
 
 MIB = 1024 * 1024
@@ -54,7 +54,7 @@ class _NullSink:
     def __init__(self) -> None:
         self.n = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
         n = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
         self.n += n
         return n
@@ -110,7 +110,7 @@ def arrow_write_sizes(batch_rows: int = 8192) -> list[int]:
         closed = False
 
         def write(self, data: object) -> int:
-            n = memoryview(data).nbytes  # type: ignore[arg-type]
+            n = memoryview(data).nbytes  # type: ignore[arg-type]  # every piece here is a buffer
             sizes.append(n)
             return n
 
@@ -201,8 +201,8 @@ def measure_throughput(size_mib: int = THROUGHPUT_MIB, reps: int = REPS) -> dict
 
     def open_ours() -> None:
         stream = _FrameSource(frames)
-        h = read_header(stream)  # type: ignore[arg-type]
-        for _ in iter_plaintext(stream, h, key):  # type: ignore[arg-type]
+        h = read_header(stream)
+        for _ in iter_plaintext(stream, h, key):
             pass
 
     def open_bytesio() -> None:
@@ -301,7 +301,8 @@ def _run_child(op: str, size_mib: int, path: str) -> float:
     )
     report = json.loads(done.stdout.strip().splitlines()[-1])
     peak = report["hwm_kib"] if report["hwm_kib"] is not None else report["maxrss_kib"]
-    return peak / 1024
+    result: float = peak / 1024
+    return result
 
 
 def measure_memory(sizes_mib: tuple[int, ...] = MEMORY_SIZES_MIB) -> list[dict[str, object]]:
@@ -331,20 +332,22 @@ def measure_memory(sizes_mib: tuple[int, ...] = MEMORY_SIZES_MIB) -> list[dict[s
 
 def _table(tp: dict[str, object], mem: list[dict[str, object]]) -> str:
     rows = [
-        f"sealing throughput ({tp['size_mib']} MiB, {int(tp['chunk_size']) // 1024} KiB chunks, median of {tp['reps']})",  # type: ignore[operator]
+        f"sealing throughput ({tp['size_mib']} MiB, {int(str(tp['chunk_size'])) // 1024} KiB chunks, "
+        f"median of {tp['reps']})",
         f"  {'op':<6} {'sealed-v1 MB/s':>15} {'raw GCM MB/s':>13} {'ratio':>7}",
         f"  {'seal':<6} {tp['seal_mb_s']:>15} {tp['raw_gcm_seal_mb_s']:>13} {tp['seal_ratio_vs_raw_gcm']:>7}"
         "   (writes shaped like Arrow IPC of 8192-row image batches)",
         f"  {'seal*':<6} {tp['seal_small_writes_mb_s']:>15} {tp['raw_gcm_seal_mb_s']:>13} "
         f"{tp['seal_small_writes_ratio_vs_raw_gcm']:>7}   (* 256 KiB + 13 byte writes: every byte buffered)",
         f"  {'open':<6} {tp['open_mb_s']:>15} {tp['raw_gcm_open_mb_s']:>13} {tp['open_ratio_vs_raw_gcm']:>7}",
-        f"  {'open*':<6} {tp['open_bytesio_mb_s']:>15} {tp['raw_gcm_open_mb_s']:>13} {tp['open_bytesio_ratio_vs_raw_gcm']:>7}"
+        f"  {'open*':<6} {tp['open_bytesio_mb_s']:>15} {tp['raw_gcm_open_mb_s']:>13} "
+        f"{tp['open_bytesio_ratio_vs_raw_gcm']:>7}"
         "   (* from a BytesIO: + one memcpy per chunk)",
         f"  goal: ratio >= {GOAL_RATIO}",
         "peak RSS per subprocess (MB)",
     ]
     for line in mem:
-        sizes = "  ".join(f"{k} MiB: {v}" for k, v in line["peak_rss_mb"].items())  # type: ignore[union-attr]
+        sizes = "  ".join(f"{k} MiB: {v}" for k, v in line["peak_rss_mb"].items())  # type: ignore[attr-defined]  # a dict in the JSON it reads
         rows.append(f"  {line['case']:<18} {sizes}  (baseline {line['baseline_rss_mb']})")
     return "\n".join(rows)
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from enclave.training.models import build_model, feature_transform, preprocess
 from enclave.hazmat.csprng import Csprng
+from enclave.training.models import build_model, feature_transform, preprocess
 from parent.local.demo import FASHION_MNIST, FASHION_MNIST_TEST, Recipe
 from parent.local.jobs import JobOutcome, LocalStack
 from parent.storage import open_atomic, write_atomic
@@ -159,7 +159,7 @@ def nonprivate_accuracy(recipe: Recipe, lr: float, seed: int = 0) -> dict[str, A
         batch = order[cursor : cursor + recipe.batch_size]
         cursor += recipe.batch_size
         optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(train_in[batch]), labels[batch]).backward()
+        torch.nn.functional.cross_entropy(net(train_in[batch]), labels[batch]).backward()  # type: ignore[no-untyped-call]  # torch leaves backward untyped
         optimizer.step()
     net.eval()
     with torch.no_grad():
@@ -188,7 +188,8 @@ def results_markdown(rows: list[RunRow], nonprivate: dict[str, Any] | None) -> s
     for r in rows:
         met = "" if r.goal is None or r.accuracy is None else (" ✓" if r.accuracy >= r.goal else " ✗")
         lines.append(
-            f"| {r.target_epsilon:g} | {r.epsilon:.4f} | {r.model} | {_fmt(r.accuracy)} | {_fmt(r.goal, '{:.0%}')}{met} "
+            f"| {r.target_epsilon:g} | {r.epsilon:.4f} | {r.model} | {_fmt(r.accuracy)} "
+            f"| {_fmt(r.goal, '{:.0%}')}{met} "
             f"| {r.steps} | {r.sigma:.4f} | {r.sampling_rate:.4f} | {r.batch_size} | {r.epochs:g} | {r.lr:g} "
             f"| {r.minutes:.1f}{' ✗' if r.minutes > MINUTES_LIMIT else ''} |"
         )
@@ -205,6 +206,11 @@ def results_markdown(rows: list[RunRow], nonprivate: dict[str, Any] | None) -> s
     return "\n".join(lines)
 
 
+def _accuracy(row: RunRow) -> float:
+    assert row.accuracy is not None
+    return float(row.accuracy)
+
+
 def plot(rows: list[RunRow], nonprivate: dict[str, Any] | None, path: Path) -> None:
     import matplotlib
 
@@ -214,10 +220,10 @@ def plot(rows: list[RunRow], nonprivate: dict[str, Any] | None, path: Path) -> N
     done = [r for r in rows if r.accuracy is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     if done:
-        ax.plot([r.epsilon for r in done], [100 * float(r.accuracy) for r in done], "o-", color="tab:blue",
+        ax.plot([r.epsilon for r in done], [100 * _accuracy(r) for r in done], "o-", color="tab:blue",
                 label=f"DP-SGD in the mock enclave ({done[0].model})")
         for r in done:
-            ax.annotate(f"{100 * float(r.accuracy):.2f}%", (r.epsilon, 100 * float(r.accuracy)),
+            ax.annotate(f"{100 * _accuracy(r):.2f}%", (r.epsilon, 100 * _accuracy(r)),
                         textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     goals = [(e, g) for e, g in GOALS.items() if any(r.target_epsilon == e for r in rows)]
     if goals:
@@ -230,7 +236,7 @@ def plot(rows: list[RunRow], nonprivate: dict[str, Any] | None, path: Path) -> N
     ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    values = [100 * float(r.accuracy) for r in done] + [100 * g for _, g in goals]
+    values = [100 * _accuracy(r) for r in done] + [100 * g for _, g in goals]
     if nonprivate is not None:
         values.append(100 * nonprivate["accuracy"])
     if values:
@@ -277,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.replot:
         saved = json.loads((args.out / "results.json").read_text())
-        rows = [RunRow(**r) for r in saved["runs"]]
-        _write_text(args.out / "results.md", results_markdown(rows, saved.get("nonprivate")))
-        plot(rows, saved.get("nonprivate"), args.out / "accuracy_vs_epsilon.png")
+        saved_rows = [RunRow(**r) for r in saved["runs"]]
+        _write_text(args.out / "results.md", results_markdown(saved_rows, saved.get("nonprivate")))
+        plot(saved_rows, saved.get("nonprivate"), args.out / "accuracy_vs_epsilon.png")
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not FASHION_MNIST.exists():
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"lr {recipe.lr:g}, momentum {recipe.momentum:g}, C {recipe.max_grad_norm:g}", flush=True)
             last = [0.0]
 
-            def progress(step: int, total: int, eps: float) -> None:
+            def progress(step: int, total: int, eps: float, last: list[float] = last) -> None:
                 if time.monotonic() - last[0] > 30 or step == total:
                     last[0] = time.monotonic()
                     print(f"  step {step}/{total}, epsilon {eps:.3f}", flush=True)

@@ -65,7 +65,9 @@ def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     url = urlsplit(args.kms_url)
     if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS):
         # Plain HTTP through the parent's relay would let the parent read and forge KMS traffic.
-        raise ConfigError(f"--kms-url must be https:// (http:// only for a loopback test endpoint), got {args.kms_url!r}")
+        raise ConfigError(
+            f"--kms-url must be https:// (http:// only for a loopback test endpoint), got {args.kms_url!r}"
+        )
     return RuntimeConfig(
         control=args.listen,
         kms_relay=args.kms_relay,

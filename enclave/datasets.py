@@ -11,17 +11,16 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.ipc
 
 from enclave.errors import DatasetError
-
 from enclave.sealed.errors import EncryptionContextMismatch
 from enclave.sealed.format import SealedHeader
-from enclave.sealed.stream import iter_plaintext, read_header
 from enclave.sealed.records import read_table, verify_records
+from enclave.sealed.stream import ByteSource, iter_plaintext, read_header
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +40,17 @@ class OpenedDataset:
 
     @property
     def records(self) -> int:
-        return self.table.num_rows
+        return int(self.table.num_rows)
 
 
-def _hashing(chunks: Iterable[bytes], digest: "hashlib._Hash") -> Iterator[bytes]:
+def _hashing(chunks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
     for chunk in chunks:
         digest.update(chunk)
         yield chunk
 
 
 def open_sealed_dataset(
-    stream: BinaryIO,
+    stream: ByteSource,
     *,
     expected_dataset_id: str,
     kms: DataKeyOpener,

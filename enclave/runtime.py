@@ -18,7 +18,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from enclave.datasets import OpenedDataset, open_sealed_dataset, read_ipc_table
@@ -70,7 +70,7 @@ TrainingLoopFactory = Callable[[TrainingInputs, EgressGate], TrainingLoop]
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from enclave.errors import ConfigError
+from enclave.hazmat.chunk_aead import KEY_SIZE
 from enclave.kms.attested import kms_error_from_client_error
 from enclave.kms.errors import KmsResponseError, KmsUnavailable
-from enclave.hazmat.chunk_aead import KEY_SIZE
 from enclave.training.checkpoint import (
     CheckpointState,
     Decrypt,

@@ -172,7 +172,7 @@ def parse_policy(document: str | Mapping[str, Any]) -> KeyPolicy:
             raise MalformedPolicy(f"policy is larger than {MAX_POLICY_BYTES} bytes")
         try:
             raw = json.loads(text)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise MalformedPolicy(f"policy is not valid JSON: {exc.msg}") from None
     else:
         raw = dict(document)

@@ -28,10 +28,16 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from enclave.errors import ConfigError, DatasetError, KmsError
-from enclave.sealed.format import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SealedHeader, build_encryption_context
-from enclave.sealed.stream import SealWriter
-from enclave.sealed.records import schema_sha256
 from enclave.sealed.errors import MalformedHeader
+from enclave.sealed.format import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    SealedHeader,
+    build_encryption_context,
+)
+from enclave.sealed.records import schema_sha256
+from enclave.sealed.stream import SealWriter
 from parent.datasets import DEFAULT_BATCH_ROWS, DatasetReader, open_dataset
 from parent.storage import open_atomic
 
@@ -222,7 +228,7 @@ def seal_dataset(
 
     with open_atomic(out) as raw:
         sealed_sink = _HashingSink(raw)
-        writer = SealWriter(sealed_sink, header, data_key)  # type: ignore[arg-type]
+        writer = SealWriter(sealed_sink, header, data_key)
         del data_key  # the writer's cipher holds the only reference now
         with writer:
             plain_sink = _HashingSink(writer)

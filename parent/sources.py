@@ -48,7 +48,7 @@ class LocalSource(SealedSource):
     def __init__(self, path: str) -> None:
         self.uri = path
         try:
-            self._file: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+            self._file: BinaryIO = open(path, "rb")
             self.size = os.fstat(self._file.fileno()).st_size
         except FileNotFoundError:
             raise SourceNotFound(f"sealed file {path} does not exist") from None
@@ -90,7 +90,8 @@ class S3Source(SealedSource):
 
     def read(self, n: int) -> bytes:
         try:
-            return self._body.read(n)
+            data: bytes = self._body.read(n)
+            return data
         except self._errors as exc:
             raise SourceReadError(f"reading {self.uri} failed: {exc}") from None
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from enclave.hazmat.cose import cbor_decode_strict, decode_cose_sign1
 from enclave.attestation.errors import DocumentTooLarge, MalformedDocument
+from enclave.hazmat.cose import cbor_decode_strict, decode_cose_sign1
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ MAX_MODULE_ID_LENGTH = 256
 # datetime cannot represent years after 9999; anything later is nonsense anyway.
 MAX_TIMESTAMP_MS = 253_402_300_799_999
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _REQUIRED = ("module_id", "digest", "timestamp", "pcrs", "certificate", "cabundle")
 _OPTIONAL = ("public_key", "user_data", "nonce")
 

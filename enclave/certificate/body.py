@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from enclave.hazmat.cbor import dumps_f64
 from enclave.certificate.errors import MalformedCertificate
+from enclave.hazmat.cbor import dumps_f64
 
 __all__ = [
     "BODY_VERSION",

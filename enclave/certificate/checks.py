@@ -11,9 +11,8 @@ import hmac
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.certificate.body import CertificateBody
 from enclave.certificate.errors import (
     BudgetExceeded,
@@ -21,6 +20,7 @@ from enclave.certificate.errors import (
     InconsistentCertificate,
 )
 from enclave.errors import SealedDataError
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.sealed.format import validate_encryption_context
 
 __all__ = [
@@ -50,7 +50,7 @@ def format_time(when: datetime) -> str:
     """RFC 3339 UTC with milliseconds and a "Z", the form certificate times use."""
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError("certificate times must be timezone-aware")
-    text = when.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+    text = when.astimezone(UTC).isoformat(timespec="milliseconds")
     return text.replace("+00:00", "Z")
 
 

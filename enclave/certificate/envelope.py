@@ -6,10 +6,10 @@ byte strings so nothing is ever re-encoded between signing and checking.
 """
 from __future__ import annotations
 
-from enclave.hazmat.cose import MAX_DOCUMENT_SIZE
 from enclave.certificate.body import MAX_BODY_SIZE
-from enclave.hazmat.cbor import dumps_f64
 from enclave.certificate.errors import MalformedCertificate
+from enclave.hazmat.cbor import dumps_f64
+from enclave.hazmat.cose import MAX_DOCUMENT_SIZE
 
 __all__ = ["CERTIFICATE_FORMAT", "ENVELOPE_KEYS", "MAX_CERTIFICATE_SIZE", "encode_envelope"]
 

@@ -192,7 +192,7 @@ class Csprng:
         # Two spare words give update_into the block of slack it asks for; np.empty
         # avoids zero-filling memory the keystream overwrites anyway.
         words = np.empty(n + 2, dtype="<u8")
-        self._keystream_into(memoryview(words).cast("B"), 8 * n)
+        self._keystream_into(words.data.cast("B"), 8 * n)
         bits = words[:n]
         bits >>= np.uint64(64 - _MANTISSA_BITS)
         return bits

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
+
 from enclave.errors import KmsError
 from enclave.hazmat.cms import RecipientKey
 from enclave.kms.errors import (

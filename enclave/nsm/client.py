@@ -6,7 +6,8 @@ client code through a stand-in that answers raw CBOR requests.
 from __future__ import annotations
 
 import logging
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from enclave.nsm.errors import NsmClosed, NsmInvalidArgument, NsmInvalidResponse
 from enclave.nsm.interface import (

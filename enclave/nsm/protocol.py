@@ -18,14 +18,14 @@ default), and raises only `NsmError` subclasses, whatever the input.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar, Union
+from typing import Any, TypeVar
 
 import cbor2
 
-from enclave.hazmat.cbor import strict_loads
-
 from enclave.errors import NsmError
+from enclave.hazmat.cbor import strict_loads
 from enclave.nsm.errors import (
     NsmBufferTooSmall,
     NsmInputTooLarge,
@@ -159,15 +159,15 @@ class GetRandomRequest:
     pass
 
 
-Request = Union[
-    DescribePcrRequest,
-    ExtendPcrRequest,
-    LockPcrRequest,
-    LockPcrsRequest,
-    DescribeNsmRequest,
-    AttestationRequest,
-    GetRandomRequest,
-]
+Request = (
+    DescribePcrRequest
+    | ExtendPcrRequest
+    | LockPcrRequest
+    | LockPcrsRequest
+    | DescribeNsmRequest
+    | AttestationRequest
+    | GetRandomRequest
+)
 
 # ---------------------------------------------------------------- responses
 
@@ -219,16 +219,16 @@ class ErrorResponse:
     code: ErrorCode
 
 
-Response = Union[
-    DescribePcrResponse,
-    ExtendPcrResponse,
-    LockPcrResponse,
-    LockPcrsResponse,
-    DescribeNsmResponse,
-    AttestationResponse,
-    GetRandomResponse,
-    ErrorResponse,
-]
+Response = (
+    DescribePcrResponse
+    | ExtendPcrResponse
+    | LockPcrResponse
+    | LockPcrsResponse
+    | DescribeNsmResponse
+    | AttestationResponse
+    | GetRandomResponse
+    | ErrorResponse
+)
 
 # ---------------------------------------------------------------- encoding
 

@@ -1,9 +1,9 @@
 """The accountants' three questions: epsilon after T steps, the sigma a target needs, the T a budget allows."""
 from __future__ import annotations
 
+from enclave.privacy.accountants import PRIMARY, check_accountant
 from enclave.privacy.errors import PrivacyParameterError
 from enclave.privacy.ledger import Segment, compose_epsilon
-from enclave.privacy.accountants import PRIMARY, check_accountant
 from enclave.privacy.params import (
     check_delta,
     check_epsilon,

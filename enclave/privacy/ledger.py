@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from enclave.privacy.errors import PrivacyParameterError
 from enclave.privacy.accountants import ACCOUNTANTS, PRIMARY, check_accountant
+from enclave.privacy.errors import PrivacyParameterError
 from enclave.privacy.params import check_delta, check_q, check_sigma, check_steps
 
 __all__ = ["LEDGER_VERSION", "PrivacyLedger", "Segment", "compose_epsilon"]
@@ -131,7 +131,7 @@ class PrivacyLedger:
             return NotImplemented
         return self.to_dict() == other.to_dict()
 
-    __hash__ = None  # type: ignore[assignment]  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
 
     def __repr__(self) -> str:
         return (f"PrivacyLedger(delta={self._delta!r}, accountant={self._accountant!r}, "

@@ -196,7 +196,8 @@ def _logsumexp_rows(a: FloatArray) -> FloatArray:
     if a.shape[1] == 0:
         return np.full(a.shape[0], -np.inf)
     m = a.max(axis=1)
-    return m + np.log(np.exp(a - m[:, None]).sum(axis=1))
+    out: FloatArray = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
+    return out
 
 
 def _make_discrete(h: float, offset: int, probs: FloatArray, infinity_mass: float) -> DiscretePld:
@@ -361,7 +362,7 @@ def grid_interval(segments: Sequence[tuple[float, float, int]]) -> float:
     coarse = _ladder(max(H_FLOOR, widest / N_COARSE))
     steps = [step_pld(q, sigma, coarse) for q, sigma, _ in segments]
     for direction in (0, 1):
-        parts = [(s.directions[direction], t) for s, (_, _, t) in zip(steps, segments)]
+        parts = [(s.directions[direction], t) for s, (_, _, t) in zip(steps, segments, strict=True)]
         width = window_width(parts) * coarse
         need = max(need, width / N_FFT_TARGET)
     return _ladder(need)
@@ -381,7 +382,7 @@ def compose(segments: Sequence[tuple[float, float, int]]) -> ComposedPld:
     directions = []
     symmetric = all(s.add is None for s in steps)
     for direction in ((0,) if symmetric else (0, 1)):
-        parts = [(s.directions[direction], t) for s, (_, _, t) in zip(steps, segments)]
+        parts = [(s.directions[direction], t) for s, (_, _, t) in zip(steps, segments, strict=True)]
         directions.append(_compose_direction(parts))
     log.debug("composed %d segment(s) on h=%g", len(segments), h)
     return ComposedPld(h, tuple(directions))

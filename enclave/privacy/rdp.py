@@ -112,10 +112,10 @@ def rdp_curve(segments: Sequence[tuple[float, float, int]],
     return total
 
 
-def epsilon_from_rdp(orders: Sequence[float], rdp: Sequence[float], delta: float) -> float:
+def epsilon_from_rdp(orders: Sequence[float], rdp: Sequence[float] | FloatArray, delta: float) -> float:
     """Improved RDP -> (eps, delta) conversion (CKS20 Prop. 12), minimised over orders."""
     best = math.inf
-    for a, r in zip(orders, rdp):
+    for a, r in zip(orders, rdp, strict=True):
         if r < 0:
             eps = 0.0
         elif delta * delta + math.expm1(-r) > 0:

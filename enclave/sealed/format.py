@@ -43,7 +43,6 @@ from types import MappingProxyType
 from typing import Any
 
 from enclave.hazmat.cbor import dumps, strict_loads
-
 from enclave.sealed.errors import (
     BadMagic,
     EncryptionContextMismatch,

@@ -112,7 +112,7 @@ class _ChunkFile(io.RawIOBase):
         self._pos += got
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # io passes memoryviews only
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from typing import Protocol
 
 from enclave.hazmat.chunk_aead import TAG_SIZE, ChunkAead
 from enclave.sealed.errors import (
@@ -47,7 +47,19 @@ _FRAME = struct.Struct(">I")
 _MAX_INDEX = 2**64 - 1  # the AAD carries the index as u64
 
 
-def _read_exact(stream: BinaryIO, n: int) -> bytes:
+class ByteSource(Protocol):
+    """Anything read from like a raw binary stream (files, sockets' readers, BytesIO)."""
+
+    def read(self, n: int, /) -> bytes | None: ...
+
+
+class ByteSink(Protocol):
+    """Anything written to like a binary stream; it must consume its argument before returning."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+
+def _read_exact(stream: ByteSource, n: int) -> bytes:
     """Up to n bytes; fewer only at end of stream (raw streams may return short reads)."""
     data = stream.read(n)
     if data is None:
@@ -65,7 +77,7 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def read_header(stream: BinaryIO) -> SealedHeader:
+def read_header(stream: ByteSource) -> SealedHeader:
     """Read and validate exactly the header; the stream is left at the first chunk."""
     prefix = _read_exact(stream, PREFIX_SIZE)
     if len(prefix) < PREFIX_SIZE:
@@ -93,10 +105,10 @@ def _frame_length(raw: bytes, index: int, header: SealedHeader) -> int:
         )
     if length < TAG_SIZE:
         raise MalformedChunk(f"chunk {index} is {length} bytes, shorter than its tag")
-    return length
+    return int(length)
 
 
-def iter_plaintext(stream: BinaryIO, header: SealedHeader, data_key: bytes) -> Iterator[bytes]:
+def iter_plaintext(stream: ByteSource, header: SealedHeader, data_key: bytes) -> Iterator[bytes]:
     """Yield each chunk's plaintext once its tag verifies.
 
     Raises (after the last good chunk) TruncatedSealedFile if the stream ends
@@ -163,7 +175,7 @@ class SealWriter:
     returning (as files and BytesIO do).
     """
 
-    def __init__(self, out: BinaryIO, header: SealedHeader, data_key: bytes) -> None:
+    def __init__(self, out: ByteSink, header: SealedHeader, data_key: bytes) -> None:
         self._aead: ChunkAead | None = ChunkAead(data_key, header.header_hash)
         self._out = out
         self._chunk_size = header.chunk_size
@@ -240,7 +252,7 @@ class SealWriter:
 
 
 def seal_stream(
-    chunks: Iterable[bytes], header: SealedHeader, data_key: bytes, out: BinaryIO
+    chunks: Iterable[bytes | bytearray | memoryview], header: SealedHeader, data_key: bytes, out: ByteSink
 ) -> int:
     """Seal `chunks` (any sizes) into `out` as a complete sealed file; returns bytes written."""
     with SealWriter(out, header, data_key) as writer:

@@ -40,9 +40,9 @@ import torch
 
 from enclave.errors import SealedDataError
 from enclave.kms.errors import KmsResponseError
+from enclave.sealed.errors import MalformedHeader
 from enclave.sealed.format import CHECKPOINT_PAYLOAD, DEFAULT_CHUNK_SIZE, SealedHeader, build_checkpoint_context
 from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
-from enclave.sealed.errors import MalformedHeader
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def decode_checkpoint(data: bytes) -> CheckpointState:
     try:
         # weights_only: the restricted unpickler that never calls arbitrary code.
         raw = torch.load(io.BytesIO(bytes(data)), weights_only=True, map_location="cpu")
-    except Exception as err:  # torch raises many unrelated types on hostile input
+    except Exception as err:  # noqa: BLE001 - torch raises many unrelated types on hostile input
         raise MalformedCheckpoint(f"checkpoint plaintext is not a torch file ({type(err).__name__})") from None
     return state_from_plain(raw)
 

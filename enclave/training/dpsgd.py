@@ -109,7 +109,7 @@ class DpSgd:
         drawn = self._noise.take()
         if len(drawn) != len(trainable):
             raise DpSgdConfigError("the model's trainable parameters changed after DP-SGD was set up")
-        for (name, p), noise in zip(trainable.items(), drawn):
+        for (name, p), noise in zip(trainable.items(), drawn, strict=True):
             total = result.sums.get(name)
             if total is None or total.shape != p.shape or noise.shape != p.shape or noise.dtype != p.dtype:
                 raise DpSgdConfigError(f"parameter {name} changed shape or dtype after DP-SGD was set up")

@@ -36,15 +36,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 
 import torch
 
 from enclave.errors import ConfigError
-from enclave.native.threads import one_thread
 from enclave.hazmat.csprng import Csprng
+from enclave.native.threads import one_thread
 
 __all__ = ["NoiseClosed", "StepNoise", "spare_core"]
 
@@ -90,7 +90,7 @@ class StepNoise:
         out: list[torch.Tensor] = []
         for dtype, shapes, sizes in self._runs:
             flat = self._rng.normal(sum(sizes), std=self._std, dtype=dtype)
-            out.extend(part.view(shape) for part, shape in zip(flat.split(sizes), shapes))
+            out.extend(part.view(shape) for part, shape in zip(torch.split(flat, sizes), shapes, strict=True))
         return out
 
     def take(self) -> list[torch.Tensor]:

@@ -70,7 +70,8 @@ def output_channels(J: int, L: int) -> int:
 def padded_size(size: int, J: int) -> int:
     """Kymatio's padded side: the multiple of 2^J at least 2^J (and below 2^(J+1)) above `size`."""
     step = 2**J
-    return ((size + step) // step + 1) * step
+    result: int = ((size + step) // step + 1) * step
+    return result
 
 
 def gabor_2d(M: int, N: int, sigma: float, theta: float, xi: float, slant: float = 1.0) -> np.ndarray:
@@ -93,7 +94,8 @@ def morlet_2d(M: int, N: int, sigma: float, theta: float, xi: float, slant: floa
     """Gabor minus K times its envelope, K chosen so the filter sums to exactly zero."""
     wave = gabor_2d(M, N, sigma, theta, xi, slant)
     envelope = gabor_2d(M, N, sigma, theta, 0.0, slant)
-    return wave - (wave.sum() / envelope.sum()) * envelope
+    result: np.ndarray = wave - (wave.sum() / envelope.sum()) * envelope
+    return result
 
 
 def _periodize(hat: np.ndarray, res: int) -> np.ndarray:
@@ -109,7 +111,8 @@ def _periodize(hat: np.ndarray, res: int) -> np.ndarray:
     start_y, len_y = int(N * 2 ** (-res - 1)), int(N * (1 - 2 ** (-res)))
     masked[start_x : start_x + len_x, :] = 0
     masked[:, start_y : start_y + len_y] = 0
-    return masked.reshape(k, M // k, k, N // k).sum(axis=(0, 2))
+    result: np.ndarray = masked.reshape(k, M // k, k, N // k).sum(axis=(0, 2))
+    return result
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,6 +184,8 @@ class Scattering2d(nn.Module):
     No parameters, no registered buffers; deterministic from (J, L, shape).
     """
 
+    bank: FilterBank
+
     def __init__(self, J: int = 2, shape: tuple[int, int] = (28, 28), L: int = 8) -> None:
         super().__init__()
         if not (isinstance(J, int) and isinstance(L, int) and J >= 1 and L >= 1):
@@ -191,7 +196,9 @@ class Scattering2d(nn.Module):
         self.J, self.L = J, L
         self.shape = (height, width)
         self.M, self.N = padded_size(height, J), padded_size(width, J)
-        self.pads = ((self.M - height) // 2, (self.M - height + 1) // 2, (self.N - width) // 2, (self.N - width + 1) // 2)
+        self.pads = (
+            (self.M - height) // 2, (self.M - height + 1) // 2, (self.N - width) // 2, (self.N - width + 1) // 2
+        )
         if max(self.pads[:2]) >= height or max(self.pads[2:]) >= width:
             # Reflect padding cannot reach further than the image itself.
             raise ScatteringConfigError(f"image {height}x{width} is too small for J={J}")
@@ -225,11 +232,13 @@ class Scattering2d(nn.Module):
         def low_pass(u_hat: torch.Tensor, res: int) -> torch.Tensor:
             # (u * phi) subsampled to 2^J, back in space, real part, without the border.
             s_hat = _filter_subsample(u_hat, bank.phi[res], 2 ** (J - res))
-            return torch.fft.ifft2(s_hat).real[..., 1:-1, 1:-1]
+            result: torch.Tensor = torch.fft.ifft2(s_hat).real[..., 1:-1, 1:-1]
+            return result
 
         def modulus_hat(u_hat: torch.Tensor, psi: torch.Tensor, k: int) -> torch.Tensor:
             # |u * psi| subsampled by k, back in the Fourier domain.
-            return torch.fft.fft2(torch.fft.ifft2(_filter_subsample(u_hat, psi, k)).abs())
+            result: torch.Tensor = torch.fft.fft2(torch.fft.ifft2(_filter_subsample(u_hat, psi, k)).abs())
+            return result
 
         order0 = [low_pass(U0, 0).unsqueeze(1)]
         order1: list[torch.Tensor] = []

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -29,15 +29,15 @@ from enclave.certificate.issue import issue_certificate
 from enclave.datasets import OpenedDataset
 from enclave.egress import EgressGate
 from enclave.errors import DatasetError, RuntimeFailure
+from enclave.hazmat.csprng import seed_from
+from enclave.native.heap import retain_freed_memory
 from enclave.nsm.interface import Nsm
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.ledger import PrivacyLedger
 from enclave.training.checkpoint import CheckpointState, SamplerState, model_sha256, seal_checkpoint
 from enclave.training.dpsgd import DpSgd
-from enclave.native.heap import retain_freed_memory
 from enclave.training.models import FeatureTransform, build_model, feature_transform, preprocess
 from enclave.training.plan import BudgetExceeded, PlannedRun
-from enclave.hazmat.csprng import seed_from
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
 from enclave.transport.messages import (
@@ -79,11 +79,11 @@ class TrainingInputs:
     resume: CheckpointState | None
     nsm: Nsm
     generate_data_key: Callable[[str, dict[str, str]], tuple[bytes, bytes]]
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def table_arrays(table: pa.Table, features: str, label: str) -> tuple[np.ndarray, torch.Tensor]:
@@ -254,7 +254,7 @@ class Trainer:
     def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: CheckpointState) -> int:
         try:
             model.load_state_dict(dict(state.model_state))
-            optimizer.load_state_dict(state.optimizer_state)
+            optimizer.load_state_dict(dict(state.optimizer_state))
         except (RuntimeError, KeyError, ValueError) as err:
             raise ResumeMismatch(f"checkpoint does not fit the model: {str(err).splitlines()[0]}") from None
         self._metrics = [
@@ -277,7 +277,7 @@ class Trainer:
             if seg.q != plan.sampling_rate or seg.sigma != plan.noise_multiplier:
                 raise ResumeMismatch("checkpoint ledger used another sampling rate or noise multiplier")
 
-    def _public_eval_set(self) -> tuple[PublicTable, np.ndarray, torch.Tensor] | None:
+    def _public_eval_set(self) -> tuple[PublicTable, np.ndarray | torch.Tensor, torch.Tensor] | None:
         name = self._in.spec.eval.public
         if name is None:
             return None
@@ -286,14 +286,16 @@ class Trainer:
             raise DatasetError(f"the job spec evaluates on public dataset {name!r}, which was not sent")
         rows, labels = table_arrays(table.table, self._in.spec.data.features, self._in.spec.data.label)
         if self._transform is not None:
+            assert self._model is not None
             return table, self._transform.features(self._model, rows), labels
         return table, rows, labels
 
     def _release_accuracy(
-        self, model: nn.Module, public: tuple[PublicTable, np.ndarray, torch.Tensor], step: int
+        self, model: nn.Module, public: tuple[PublicTable, np.ndarray | torch.Tensor, torch.Tensor], step: int
     ) -> None:
         table, rows, labels = public
-        if self._transform is not None:
+        if isinstance(rows, torch.Tensor):
+            assert self._transform is not None
             value = features_accuracy(self._transform.head(model), rows, labels)
         else:
             value = accuracy(model, self._in.spec.model.name, rows, labels)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Union
 
 from enclave.transport.errors import AddressError
 
@@ -118,7 +117,7 @@ class UnixAddress:
         return f"unix://{self.path}"
 
 
-Address = Union[VsockAddress, TcpAddress, UnixAddress]
+Address = VsockAddress | TcpAddress | UnixAddress
 
 
 def parse_address(text: str) -> Address:

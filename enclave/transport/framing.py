@@ -25,18 +25,18 @@ import socket
 import struct
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
+from enclave.errors import TransportError
+from enclave.transport.address import Address
 from enclave.transport.errors import (
     ChannelClosed,
     FrameTooLarge,
     MalformedFrame,
     PeerDisconnected,
-    TransportError,
     TransportTimeout,
     TruncatedFrame,
 )
-from enclave.transport.address import Address
 from enclave.transport.messages import (
     REGISTRY,
     Message,
@@ -76,7 +76,7 @@ def parse_length(prefix: bytes, max_frame: int) -> int:
         raise MalformedFrame("frame length is 0: a frame holds at least its type byte")
     if length > max_frame:
         raise FrameTooLarge(f"frame of {length} bytes exceeds the maximum of {max_frame}")
-    return length
+    return int(length)
 
 
 def decode_body(body: bytes | bytearray | memoryview, registry: MessageRegistry = REGISTRY) -> Message:

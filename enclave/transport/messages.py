@@ -23,8 +23,9 @@ import collections.abc
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import cbor2
 
@@ -55,7 +56,7 @@ class Message:
 
     def to_fields(self) -> dict[str, Any]:
         """The CBOR-ready map of this message's fields."""
-        return {f.name: _to_cbor(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: _to_cbor(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]  # every Message is a dataclass
 
 
 class MessageRegistry:
@@ -70,7 +71,7 @@ class MessageRegistry:
             raise ValueError(f"message type id must fit in one byte, got {type_id!r}")
 
         def decorate(cls: type[M]) -> type[M]:
-            if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+            if not (dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen):
                 raise TypeError(f"{cls.__name__} must be a frozen dataclass")
             if not issubclass(cls, Message):
                 raise TypeError(f"{cls.__name__} must derive from Message")
@@ -119,7 +120,7 @@ def decode_payload(cls: type[M], payload: bytes | memoryview) -> M:
     obj = strict_loads(payload, what=f"{name} payload", error=MalformedFrame, canonical=dumps)
     if not isinstance(obj, dict):
         raise MalformedFrame(f"{name} payload is not a CBOR map")
-    expected = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    expected = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # registered classes are dataclasses
     if set(obj) != expected or not all(isinstance(k, str) for k in obj):
         got = sorted(map(str, obj))
         raise MalformedFrame(f"{name} payload has fields {got}, expected {sorted(expected)}")
@@ -191,7 +192,7 @@ def _exact(kind: type, expected: str) -> _Check:
             _fail(name, expected, value)
         return value
 
-    check.exact = kind  # type: ignore[attr-defined]
+    check.exact = kind  # type: ignore[attr-defined]  # tags the checker with the exact type
     return check
 
 
@@ -203,7 +204,7 @@ def _check_bytes(value: Any, name: str) -> bytes:
     return value
 
 
-_check_bytes.exact = bytes  # type: ignore[attr-defined]
+_check_bytes.exact = bytes  # type: ignore[attr-defined]  # tags the checker with the exact type
 
 
 def _check_int(value: Any, name: str) -> int:
@@ -214,7 +215,7 @@ def _check_int(value: Any, name: str) -> int:
     return value
 
 
-_check_int.exact = int  # type: ignore[attr-defined]
+_check_int.exact = int  # type: ignore[attr-defined]  # tags the checker with the exact type
 
 
 def _check_float(value: Any, name: str) -> float:
@@ -225,7 +226,7 @@ def _check_float(value: Any, name: str) -> float:
     return value
 
 
-_check_float.exact = float  # type: ignore[attr-defined]
+_check_float.exact = float  # type: ignore[attr-defined]  # tags the checker with the exact type
 
 
 def _union(checks: list[_Check], args: tuple[Any, ...]) -> _Check:
@@ -373,7 +374,7 @@ class DatasetEnd(Message):
 @dataclass(frozen=True)
 class AuditEvent(Message):
     kind: str
-    fields: Mapping[str, Union[str, int, float, bool]]
+    fields: Mapping[str, str | int | float | bool]
 
     def _validate(self) -> None:
         _require(bool(self.kind), "AuditEvent.kind must not be empty")

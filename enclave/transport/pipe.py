@@ -18,10 +18,10 @@ import logging
 import select
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
+from enclave.errors import TransportError
 from enclave.transport.address import Address
-from enclave.transport.errors import TransportError
 from enclave.transport.framing import Tap
 from enclave.transport.sockets import Listener, listen
 
@@ -56,7 +56,7 @@ class _Connection:
             log.warning("%s: connection %d: %s", self.server.name, self.number, exc)
             self._close_all()
             return
-        except Exception:  # noqa: BLE001 - keep the server alive whatever the dialer raises
+        except Exception:
             log.exception("%s: connection %d: upstream dial failed", self.server.name, self.number)
             self._close_all()
             return

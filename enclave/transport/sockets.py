@@ -14,13 +14,14 @@ import socket
 import stat
 from typing import Any
 
+from enclave.errors import TransportError
 from enclave.transport.address import (
     Address,
     TcpAddress,
     UnixAddress,
     VsockAddress,
 )
-from enclave.transport.errors import AddressError, ConnectFailed, TransportError, TransportTimeout
+from enclave.transport.errors import AddressError, ConnectFailed, TransportTimeout
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Listener:
         self._sock.settimeout(timeout)
         try:
             conn, peer = self._sock.accept()
-        except socket.timeout:
+        except TimeoutError:
             raise TransportTimeout(f"no connection on {self.address} within {timeout}s") from None
         except OSError as exc:
             raise TransportError(f"accept on {self.address} failed: {exc.strerror or exc}") from None
@@ -135,7 +136,7 @@ def connect(addr: Address, timeout: float | None = DEFAULT_CONNECT_TIMEOUT) -> s
             except BaseException:
                 sock.close()
                 raise
-    except socket.timeout:
+    except TimeoutError:
         raise TransportTimeout(f"connecting to {addr} timed out after {timeout}s") from None
     except OSError as exc:
         raise ConnectFailed(f"cannot connect to {addr}: {exc.strerror or exc}") from None

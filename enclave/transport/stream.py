@@ -14,8 +14,8 @@ import hashlib
 import io
 import logging
 
-from enclave.transport.errors import DatasetStreamError, RemoteError, StreamDigestMismatch
 from enclave.transport.channel import Channel
+from enclave.transport.errors import DatasetStreamError, RemoteError, StreamDigestMismatch
 from enclave.transport.messages import DatasetBegin, DatasetData, DatasetEnd, Error, Message
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class DatasetStreamReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]  # io passes these only
         if self.closed:
             raise ValueError("read from a closed dataset stream")
         out = memoryview(buffer).cast("B")

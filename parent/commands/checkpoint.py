@@ -7,7 +7,7 @@ import json
 from parent.commands.kms_args import add_kms_arguments, kms_client
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "checkpoint",
         help="inspect or decrypt a sealed training checkpoint",

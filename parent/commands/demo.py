@@ -18,7 +18,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the local end-to-end demo: seal, attest, train with DP-SGD, certify, verify"
     )

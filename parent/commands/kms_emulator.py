@@ -12,7 +12,7 @@ from enclave.errors import ConfigError
 from parent.storage import write_atomic
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("kms-emulator", help="local KMS emulator (boto3-compatible)")
     sub = parser.add_subparsers(dest="kms_command", metavar="ACTION")
     sub.required = True

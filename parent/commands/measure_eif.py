@@ -13,7 +13,7 @@ from pathlib import Path
 from parent.eif import read_eif
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "measure-eif",
         help="check an enclave image file and compute its PCRs",

@@ -9,7 +9,7 @@ from pathlib import Path
 from enclave.transport.address import parse_address
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("mock-enclave", help="run or measure the local mock enclave")
     sub = parser.add_subparsers(dest="mock_command", metavar="ACTION")
     sub.required = True

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from enclave.errors import ConfigError, HermeticError
 from enclave.transport.address import parse_address
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("parent", help="the untrusted parent-instance side")
     sub = parser.add_subparsers(dest="parent_command", metavar="ACTION")
     sub.required = True
@@ -188,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
     sink.write_summary()
-    report = {
+    report: dict[str, Any] = {
         "job_id": outcome.job_id,
         "status": outcome.status,
         "detail": outcome.detail,
@@ -225,7 +225,7 @@ class JsonLogFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

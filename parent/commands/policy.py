@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from enclave.errors import ConfigError, PolicyError
-from parent.storage import write_atomic
 from parent.policy_render import render_policy
+from parent.storage import write_atomic
 
 SHIPPED_TEMPLATES = Path(__file__).resolve().parents[2] / "kms-policies"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("policy", help="KMS key policies")
     sub = parser.add_subparsers(dest="policy_command", metavar="ACTION")
     sub.required = True

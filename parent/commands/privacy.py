@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from enclave.privacy import calibration as privacy
-from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES, PRIMARY
-from enclave.privacy.errors import PrivacyParameterError
 from enclave.privacy import params
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
+from enclave.privacy.accountants import PRIMARY
+from enclave.privacy.errors import PrivacyParameterError
 
 
 def _arg_type(check: Callable[[Any], Any], convert: Callable[[str], Any],
@@ -48,7 +49,7 @@ _target = _arg_type(lambda v: params.check_epsilon(v, "target epsilon"), float)
 _budget = _arg_type(lambda v: params.check_epsilon(v, "epsilon budget", allow_zero=True), float)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "privacy",
         help="DP accounting: epsilon, noise multiplier, step budget",

@@ -16,7 +16,7 @@ from parent.seal import SealResult, seal_dataset
 PROGRESS_MIN_RECORDS = 10_000
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "seal",
         help="seal a dataset for the enclave",

@@ -8,7 +8,7 @@ import argparse
 import base64
 import binascii
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ from cryptography import x509
 
 from enclave.attestation.document import AttestationDocument, parse_attestation
 from enclave.attestation.errors import AttestationError
-from parent.verify.policy import AttestationPolicy
-from parent.verify.attestation import verify_attestation
 from enclave.hazmat.cose import MAX_DOCUMENT_SIZE
 from parent.inputs import HEX_RE, load_certificate_der, parse_hex, parse_pcr, pcr_values, read_bounded
+from parent.verify.attestation import verify_attestation
+from parent.verify.policy import AttestationPolicy
 
 AT_DOCUMENT = "document"
 SUMMARY_PCRS = (0, 1, 2, 8)
@@ -27,7 +27,7 @@ SUMMARY_PCRS = (0, 1, 2, 8)
 _MAX_INPUT = MAX_DOCUMENT_SIZE * 2
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "verify-attestation",
         help="verify an AWS Nitro attestation document",
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             _fail_json(args, err)
             raise
     else:
-        at = args.at or datetime.now(timezone.utc)
+        at = args.at or datetime.now(UTC)
 
     try:
         document = verify_attestation(data, root_der=root_der, at=at, policy=policy)
@@ -94,7 +94,7 @@ def _parse_at(text: str) -> datetime | str:
         when = datetime.fromisoformat(text.strip())
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"not an ISO-8601 time or 'document': {text!r}") from err
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _parse_max_age(text: str) -> timedelta:

@@ -11,17 +11,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from parent.verify.policy import AttestationPolicy
-from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
-from parent.verify.certificate import VerifiedCertificate, verify_certificate
-from parent.verify.body import body_to_json
 from enclave.certificate.checks import metrics_epsilon
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
 from enclave.errors import HermeticError
+from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from parent.inputs import load_certificate_der, parse_pcr, pcr_values, read_bounded
+from parent.verify.body import body_to_json
+from parent.verify.certificate import VerifiedCertificate, verify_certificate
+from parent.verify.policy import AttestationPolicy
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "verify-certificate",
         help="verify a Hermetic privacy certificate offline",

@@ -122,7 +122,7 @@ def _is_gz(path: Path) -> bool:
 def _open_raw(path: Path) -> BinaryIO:
     try:
         if _is_gz(path):
-            return gzip.open(path, "rb")  # type: ignore[return-value]
+            return gzip.open(path, "rb")  # type: ignore[return-value]  # a GzipFile in "rb" mode
         return open(path, "rb")
     except FileNotFoundError:
         raise DatasetNotFound(f"no such file: {path}") from None
@@ -181,12 +181,12 @@ class IdxReader(DatasetReader):
             self._headers.append(header)
         counts = {h.count for h in self._headers}
         if len(counts) != 1:
-            detail = ", ".join(f"{p.name}={h.count}" for (_, p), h in zip(self._columns, self._headers))
+            detail = ", ".join(f"{p.name}={h.count}" for (_, p), h in zip(self._columns, self._headers, strict=True))
             raise DimensionMismatch(f"IDX files disagree on the record count ({detail})")
         self._schema = pa.schema(
             [
                 tensor_field(name, h.dtype, h.record_shape)
-                for (name, _), h in zip(self._columns, self._headers)
+                for (name, _), h in zip(self._columns, self._headers, strict=True)
             ]
         )
 
@@ -204,7 +204,7 @@ class IdxReader(DatasetReader):
         check_batch_rows(batch_rows)
         with ExitStack() as stack:
             streams = []
-            for (_, path), header in zip(self._columns, self._headers):
+            for (_, path), header in zip(self._columns, self._headers, strict=True):
                 stream = stack.enter_context(_open_raw(path))
                 # Headers may change between construction and now; re-check.
                 if read_idx_header(stream, path) != header:
@@ -215,7 +215,7 @@ class IdxReader(DatasetReader):
                 rows = min(batch_rows, remaining)
                 arrays = []
                 for stream, (_, path), header, field in zip(
-                    streams, self._columns, self._headers, self._schema
+                    streams, self._columns, self._headers, self._schema, strict=True
                 ):
                     want = rows * header.record_bytes
                     block = _read(stream, want, path)
@@ -228,7 +228,7 @@ class IdxReader(DatasetReader):
                 remaining -= rows
                 yield pa.RecordBatch.from_arrays(arrays, schema=self._schema)
             # Reading to the end makes gzip verify its CRC and length trailer.
-            for stream, (_, path) in zip(streams, self._columns):
+            for stream, (_, path) in zip(streams, self._columns, strict=True):
                 if _read(stream, 1, path):
                     raise MalformedDataset(f"{path.name}: data continues after the announced records")
 

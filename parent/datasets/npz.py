@@ -25,8 +25,8 @@ import pyarrow as pa
 from parent.datasets.base import (
     DEFAULT_BATCH_ROWS,
     DatasetNotFound,
-    FileDatasetReader,
     DimensionMismatch,
+    FileDatasetReader,
     MalformedDataset,
     TruncatedDataset,
     UnsupportedDataset,
@@ -107,7 +107,7 @@ class NpzReader(FileDatasetReader):
                 rows = min(batch_rows, self._count - start)
                 arrays = [
                     tensor_array(src.records(start, rows), field)
-                    for src, field in zip(sources, self._schema)
+                    for src, field in zip(sources, self.schema(), strict=True)
                 ]
                 yield pa.RecordBatch.from_arrays(arrays, schema=self._schema)
             for src in sources:
@@ -189,4 +189,4 @@ def _data_start(path: Path, info: zipfile.ZipInfo) -> int:
     start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
     if start + info.file_size > path.stat().st_size:
         raise TruncatedDataset(f"{path.name}: member {info.filename} runs past the end of the archive")
-    return start
+    return int(start)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from parent.datasets.base import DatasetNotFound, DatasetReader, UnsupportedDataset
@@ -11,7 +12,7 @@ from parent.datasets.ipc import IpcReader
 from parent.datasets.npz import NpzReader
 from parent.datasets.parquet import ParquetReader
 
-READERS_BY_SUFFIX: dict[str, type[DatasetReader]] = {
+READERS_BY_SUFFIX: dict[str, Callable[[Path], DatasetReader]] = {
     ".parquet": ParquetReader,
     ".pq": ParquetReader,
     ".arrow": IpcReader,

@@ -19,6 +19,7 @@ import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, BinaryIO
 
 from parent.eif.errors import (
@@ -92,8 +93,8 @@ class EifDescription:
         if self.signature is not None:
             cert = self.signature.certificate
             out["SigningCertificate"] = {
-                "IssuerName": {a.oid._name: str(a.value) for a in cert.issuer},  # noqa: SLF001
-                "Algorithm": cert.signature_algorithm_oid._name,  # noqa: SLF001
+                "IssuerName": {a.oid._name: str(a.value) for a in cert.issuer},
+                "Algorithm": cert.signature_algorithm_oid._name,
                 "NotBefore": cert.not_valid_before_utc.isoformat(),
                 "NotAfter": cert.not_valid_after_utc.isoformat(),
                 "Signature": ":".join(f"{b:02X}" for b in cert.signature),
@@ -249,7 +250,7 @@ def _check_table(header: EifHeader, size: int) -> None:
                 f"section table entry {i} is set but the header lists only {count} sections"
             )
     spans.sort()
-    for (_, prev_end, prev), (start, _, cur) in zip(spans, spans[1:]):
+    for (_, prev_end, prev), (start, _, cur) in pairwise(spans):
         if start < prev_end:
             raise EifSectionOverlap(f"sections {prev} and {cur} overlap at offset {start}")
 

@@ -145,7 +145,7 @@ def signed_payload(info: SignatureInfo) -> bytes:
         key.verify(encode_dss_signature(r, s), _sig_structure(protected, payload), ec.ECDSA(hash_alg))
     except (InvalidSignature, ValueError):
         raise EifSignatureInvalid("PCR0 signature does not verify with the signing certificate") from None
-    return payload
+    return bytes(payload)
 
 
 def signature_matches(info: SignatureInfo, pcr0: bytes) -> bool:

@@ -49,7 +49,7 @@ class AwsIdentity:
     arn: str
 
     @classmethod
-    def fresh(cls, tag: str, arn: str) -> "AwsIdentity":
+    def fresh(cls, tag: str, arn: str) -> AwsIdentity:
         return cls(f"AKIA{tag}{secrets.token_hex(6).upper()}", secrets.token_urlsafe(30), arn)
 
     def env(self) -> dict[str, str]:

@@ -24,7 +24,7 @@ import fcntl
 import logging
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -68,7 +68,7 @@ class _Issuer:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _name(common_name: str, *, leaf: bool = False) -> x509.Name:
@@ -309,7 +309,7 @@ class LocalCa:
         if when.tzinfo is None:
             raise LocalCaError("issue_leaf needs a timezone-aware time")
         # X.509 times have whole seconds: round down so the leaf covers `now` itself.
-        start = when.astimezone(timezone.utc).replace(microsecond=0)
+        start = when.astimezone(UTC).replace(microsecond=0)
         if common_name is None:
             common_name = f"i-mock{os.urandom(7).hex()[:13]}-enc{os.urandom(8).hex()}.mock.aws"
         key = ec.generate_private_key(_CURVE)

@@ -34,8 +34,8 @@ import hashlib
 import importlib.util
 import os
 import struct
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from enclave.errors import ConfigError
 

@@ -25,8 +25,8 @@ import hashlib
 import logging
 import os
 import threading
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
@@ -49,10 +49,32 @@ from enclave.nsm.interface import (
     check_attestation_inputs,
     check_random_length,
 )
-from enclave.nsm.protocol import AttestationRequest, AttestationResponse, DescribeNsmRequest, DescribeNsmResponse, DescribePcrRequest, DescribePcrResponse, Digest, ErrorCode, ErrorResponse, ExtendPcrRequest, ExtendPcrResponse, GetRandomRequest, GetRandomResponse, LockPcrRequest, LockPcrResponse, LockPcrsRequest, LockPcrsResponse, NSM_RESPONSE_MAX_SIZE, Request, Response, encode_request
-from parent.local.nsm_wire import decode_request, encode_response
+from enclave.nsm.protocol import (
+    NSM_RESPONSE_MAX_SIZE,
+    AttestationRequest,
+    AttestationResponse,
+    DescribeNsmRequest,
+    DescribeNsmResponse,
+    DescribePcrRequest,
+    DescribePcrResponse,
+    Digest,
+    ErrorCode,
+    ErrorResponse,
+    ExtendPcrRequest,
+    ExtendPcrResponse,
+    GetRandomRequest,
+    GetRandomResponse,
+    LockPcrRequest,
+    LockPcrResponse,
+    LockPcrsRequest,
+    LockPcrsResponse,
+    Request,
+    Response,
+    encode_request,
+)
 from parent.local.local_ca import LocalCa
 from parent.local.measure import PCR_LENGTH, measure_enclave_package
+from parent.local.nsm_wire import decode_request, encode_response
 
 __all__ = [
     "BOOT_LOCKED_PCRS",
@@ -78,7 +100,7 @@ RANDOM_PER_REQUEST = 256
 #: CBOR of {1: -35}: alg ES384.
 PROTECTED_HEADER = cbor2.dumps({1: -35})
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class MockNsmConfigError(ConfigError):
@@ -91,7 +113,7 @@ def random_module_id() -> str:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _encode_payload(items: list[tuple[str, object]], indefinite: bool) -> bytes:

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from enclave.errors import HermeticError
 
@@ -44,14 +44,16 @@ def child_environment(overrides: Mapping[str, str | None] | None) -> dict[str, s
 class Service:
     """A child process that announces readiness with a `ready ADDRESS` line."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str | None] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str | None] | None = None
+    ) -> None:
         self.name = name
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         child_env = child_environment(env)
         child_env.setdefault("PYTHONUNBUFFERED", "1")
-        self.proc = subprocess.Popen(  # noqa: S603 - argv is ours
+        self.proc = subprocess.Popen(
             list(argv),
             stdout=subprocess.PIPE,
             stderr=self._log,
@@ -104,7 +106,7 @@ class Service:
             self.proc.stdout.close()
         self._log.close()
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -115,7 +117,7 @@ def run_command(name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str,
     """Run a command to completion; return its stdout, raise ProcessFailed on non-zero exit."""
     log_dir.mkdir(parents=True, exist_ok=True)
     child_env = child_environment(env)
-    result = subprocess.run(  # noqa: S603 - argv is ours
+    result = subprocess.run(
         list(argv), capture_output=True, env=child_env, stdin=subprocess.DEVNULL, check=False
     )
     (log_dir / f"{name}.log").write_bytes(result.stderr)

@@ -30,7 +30,7 @@ class RelayTarget:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "RelayTarget":
+    def parse(cls, text: str) -> RelayTarget:
         host, sep, port = text.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ConfigError(f"expected HOST:PORT, got {text!r}")

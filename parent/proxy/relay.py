@@ -9,7 +9,7 @@ target not on the allow-list is refused before anything listens.
 from __future__ import annotations
 
 import socket
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from enclave.errors import ConfigError
 from enclave.transport.address import Address, TcpAddress

@@ -22,17 +22,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
 
-from enclave.errors import DatasetError, RuntimeFailure
+from enclave.errors import DatasetError, RuntimeFailure, TransportError
 from enclave.transport.address import Address
-from enclave.transport.errors import (
-    ChannelClosed,
-    PeerDisconnected,
-    ProtocolError,
-    TransportError,
-)
+from enclave.transport.errors import ChannelClosed, PeerDisconnected, ProtocolError
 from enclave.transport.framing import DEFAULT_MAX_FRAME, FramedChannel, Tap
 from enclave.transport.messages import (
     PROTOCOL_VERSION,
@@ -54,7 +49,7 @@ log = logging.getLogger(__name__)
 PARENT_ROLE = "parent"
 ENCLAVE_ROLE = "enclave"
 
-DatasetInput = Union[str, SealedSource]
+DatasetInput = str | SealedSource
 
 
 class EnclaveError(RuntimeFailure):
@@ -131,7 +126,7 @@ class _Collector:
                     self._on_message(msg)
         except TransportError as exc:
             self.failure = exc
-        except Exception as exc:  # noqa: BLE001 - a callback bug must not hang the session
+        except Exception as exc:
             log.exception("message handler failed")
             self.failure = TransportError(f"message handler failed: {exc}")
 
@@ -176,7 +171,7 @@ class ParentSession:
     ) -> SessionOutcome:
         """Send the job, any `extra` set-up messages (e.g. the training spec) and the
         datasets; return the outcome or raise a one-line error."""
-        job = JobStart(job_id=job_id, datasets=[dataset_id for dataset_id, _ in datasets])
+        job = JobStart(job_id=job_id, datasets=tuple(dataset_id for dataset_id, _ in datasets))
         sock = connect(self.control, timeout=self._connect_timeout)
         channel = FramedChannel(
             sock, self._max_frame, self._tap, send_timeout=self._send_timeout

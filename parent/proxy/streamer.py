@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from enclave.errors import ConfigError, DatasetError
-from enclave.transport.errors import TransportError
+from enclave.errors import ConfigError, DatasetError, TransportError
 from enclave.transport.framing import FramedChannel, max_data_chunk
 from enclave.transport.messages import DatasetBegin, DatasetData, DatasetEnd, Error
 from parent.sources import SealedSource, SourceReadError

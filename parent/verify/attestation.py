@@ -7,11 +7,11 @@ Nothing from the document is trusted before the signature step succeeds.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from enclave.attestation.document import AttestationDocument, parse_attestation
 from parent.verify.chain import verify_chain
 from parent.verify.cose import verify_es384
-from enclave.attestation.document import AttestationDocument, parse_attestation
 from parent.verify.policy import AttestationPolicy
 from parent.verify.roots import AWS_NITRO_ROOT_G1_DER
 
@@ -34,7 +34,7 @@ def verify_attestation(
     policy: optional PCR / nonce / user_data / public_key / freshness requirements.
     """
     if at is None:
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
     elif at.tzinfo is None or at.utcoffset() is None:
         raise ValueError("verification time must be a timezone-aware datetime")
     anchor = AWS_NITRO_ROOT_G1_DER if root_der is None else root_der

@@ -101,7 +101,10 @@ def decode_body(data: bytes) -> CertificateBody:
         raise MalformedCertificate("certificate body is not a byte string")
     if len(data) > MAX_BODY_SIZE:
         raise MalformedCertificate(f"certificate body is {len(data)} bytes, more than {MAX_BODY_SIZE}")
-    raw = _keys(strict_loads(bytes(data), what="certificate body", error=MalformedCertificate, canonical=dumps_f64, max_depth=MAX_DEPTH), _BODY_KEYS, "certificate body")
+    item = strict_loads(
+        bytes(data), what="certificate body", error=MalformedCertificate, canonical=dumps_f64, max_depth=MAX_DEPTH
+    )
+    raw = _keys(item, _BODY_KEYS, "certificate body")
     for name in _FLOAT_FIELDS:
         _wire_float(raw[name], name)
     epsilon = checked_mapping(raw["epsilon"], "epsilon")

@@ -3,8 +3,9 @@
 Order: parse the file (sizes, canonical CBOR) and the document -> attestation
 chain and signature at the document's own time (certificates are archived; the
 leaf lives ~3 hours) -> binding (user_data == SHA-384(body bytes)) -> strict
-body decoding (only attested bytes get interpreted) -> attested PCRs -> consistency -> replay of the ledger with every known accountant. No
-stated privacy number is believed: the reported epsilons are the replayed ones.
+body decoding (only attested bytes get interpreted) -> attested PCRs -> consistency ->
+replay of the ledger with every known accountant. No stated privacy number is believed:
+the reported epsilons are the replayed ones.
 """
 from __future__ import annotations
 
@@ -16,19 +17,13 @@ from datetime import datetime
 from types import MappingProxyType
 
 from enclave.attestation.document import AttestationDocument, parse_attestation
-from parent.verify.policy import DEFAULT_CLOCK_SKEW, AttestationPolicy
-from parent.verify.attestation import verify_attestation
-from enclave.privacy.accountants import NAMES
-from parent.verify.accounting import REL_TOLERANCE, recompute_epsilon
 from enclave.certificate.body import CertificateBody
-from parent.verify.body import decode_body
 from enclave.certificate.checks import (
     check_attested_pcrs,
     check_body,
     metrics_epsilon,
     parse_time,
 )
-from parent.verify.envelope import decode_envelope
 from enclave.certificate.errors import (
     BudgetExceeded,
     CertificateBindingError,
@@ -37,6 +32,12 @@ from enclave.certificate.errors import (
     StatedEpsilonTooLow,
 )
 from enclave.certificate.issue import body_digest
+from enclave.privacy.accountants import NAMES
+from parent.verify.accounting import REL_TOLERANCE, recompute_epsilon
+from parent.verify.attestation import verify_attestation
+from parent.verify.body import decode_body
+from parent.verify.envelope import decode_envelope
+from parent.verify.policy import DEFAULT_CLOCK_SKEW, AttestationPolicy
 
 __all__ = ["VerifiedCertificate", "verify_certificate"]
 

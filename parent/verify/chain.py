@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm as _CryptoUnsupported
+from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import UnsupportedAlgorithm as _CryptoUnsupported
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 from cryptography.x509.verification import (
@@ -30,7 +32,16 @@ from cryptography.x509.verification import (
 )
 
 from enclave.attestation.errors import UnsupportedAlgorithm
-from parent.verify.errors import BadBasicConstraints, BadCertificate, BadKeyUsage, CertificateExpired, CertificateNotYetValid, ChainBroken, ChainError, UntrustedRoot
+from parent.verify.errors import (
+    BadBasicConstraints,
+    BadCertificate,
+    BadKeyUsage,
+    CertificateExpired,
+    CertificateNotYetValid,
+    ChainBroken,
+    ChainError,
+    UntrustedRoot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +90,7 @@ def _load(der: bytes, what: str) -> x509.Certificate:
         cert.issuer.rfc4514_string()
         _ = cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature_algorithm_oid
         _ = list(cert.extensions)
-    except Exception as err:  # noqa: BLE001 - InvalidVersion, DuplicateExtension, ValueError...
+    except Exception as err:
         raise BadCertificate(f"{what} is not a valid DER X.509 certificate") from err
     return cert
 
@@ -93,7 +104,7 @@ def _describe(cert: x509.Certificate) -> str:
 
 
 def _check_algorithms(path: list[x509.Certificate], names: list[str]) -> None:
-    for cert, name in zip(path, names):
+    for cert, name in zip(path, names, strict=True):
         try:
             key = cert.public_key()
         except (ValueError, _CryptoUnsupported) as err:
@@ -124,7 +135,7 @@ def _check_links(path: list[x509.Certificate], names: list[str]) -> None:
 
 
 def _check_validity(path: list[x509.Certificate], names: list[str], at: datetime) -> None:
-    for cert, name in zip(path, names):
+    for cert, name in zip(path, names, strict=True):
         if at < cert.not_valid_before_utc:
             raise CertificateNotYetValid(
                 f"certificate {name!r} is not valid before {cert.not_valid_before_utc.isoformat()}"
@@ -137,7 +148,10 @@ def _check_validity(path: list[x509.Certificate], names: list[str], at: datetime
             )
 
 
-def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension | None:
+_E = TypeVar("_E", bound=x509.ExtensionType)
+
+
+def _extension(cert: x509.Certificate, kind: type[_E]) -> x509.Extension[_E] | None:
     try:
         return cert.extensions.get_extension_for_class(kind)
     except x509.ExtensionNotFound:
@@ -165,7 +179,7 @@ def _check_key_usage(path: list[x509.Certificate], names: list[str]) -> None:
     leaf_ku = _extension(path[0], x509.KeyUsage)
     if leaf_ku is None or not leaf_ku.value.digital_signature:
         raise BadKeyUsage(f"leaf certificate {names[0]!r} lacks keyUsage digitalSignature")
-    for cert, name in zip(path[1:], names[1:]):
+    for cert, name in zip(path[1:], names[1:], strict=True):
         ku = _extension(cert, x509.KeyUsage)
         if ku is None or not ku.value.key_cert_sign:
             raise BadKeyUsage(f"issuer {name!r} lacks keyUsage keyCertSign")

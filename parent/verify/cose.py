@@ -6,6 +6,7 @@ import logging
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from enclave.attestation.errors import MalformedDocument, UnsupportedAlgorithm
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def verify_es384(
-    protected: bytes, payload: bytes, signature: bytes, public_key: ec.EllipticCurvePublicKey
+    protected: bytes, payload: bytes, signature: bytes, public_key: CertificatePublicKeyTypes
 ) -> None:
     """Check a raw r||s ES384 signature over the Sign1 Sig_structure; BadSignature if it fails."""
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(

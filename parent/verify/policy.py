@@ -13,7 +13,14 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
-from parent.verify.errors import DocumentInFuture, DocumentTooOld, NonceMismatch, PcrMismatch, PublicKeyMismatch, UserDataMismatch
+from parent.verify.errors import (
+    DocumentInFuture,
+    DocumentTooOld,
+    NonceMismatch,
+    PcrMismatch,
+    PublicKeyMismatch,
+    UserDataMismatch,
+)
 
 if TYPE_CHECKING:
     from enclave.attestation.document import AttestationDocument

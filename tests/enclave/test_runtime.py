@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ from parent.seal import seal_dataset
 from parent.verify.certificate import verify_certificate
 from tests.support.channels import MemoryListener, drain
 
+QUICK_LIMITS = RuntimeLimits(recv_timeout_s=5)
+
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/test"
 DATA_KEY = bytes(range(32))
 TRAIN = "train-v1"
@@ -55,7 +57,7 @@ ENCLAVE_HELLO = Hello("enclave", PROTOCOL_VERSION)
 HELLO = Hello("parent", PROTOCOL_VERSION)
 CREDS = Credentials("ASIATEST", "secret", None, "us-east-1", "http://127.0.0.1:1", None)
 JOB = JobStart("job-1", [TRAIN])
-FIXED_NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+FIXED_NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def spec_toml(*, steps: int = 2, noise: float = 1.0, train: str | None = None) -> str:
@@ -134,7 +136,7 @@ def run_session(
     kms: StubKms | None = None,
     kms_clients: Callable[[Credentials], Any] | None = None,
     training_loop: Callable[[TrainingInputs, EgressGate], Any] = Trainer,
-    limits: RuntimeLimits = RuntimeLimits(recv_timeout_s=5),
+    limits: RuntimeLimits = QUICK_LIMITS,
 ) -> list[Message]:
     listener = MemoryListener()
     parent = listener.connect()

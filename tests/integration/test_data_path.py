@@ -8,8 +8,8 @@ import pytest
 
 from enclave.sealed.format import SealedHeader
 from enclave.sealed.stream import read_header
-from parent.proxy.session import EnclaveError
 from parent.local.mock_nsm import MockNsm
+from parent.proxy.session import EnclaveError
 from tests.integration.conftest import CountingNsm, DataPath, RecordingLoop
 
 

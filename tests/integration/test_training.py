@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-from parent.verify.certificate import verify_certificate
 from enclave.privacy.calibration import epsilon
 from enclave.transport.address import UnixAddress
-from enclave.wiring import RuntimeConfig, SocketEnclave
 from enclave.transport.messages import PUBLIC_PREFIX, RESUME_STREAM, CheckpointEnd, Message, TrainingJob
+from enclave.wiring import RuntimeConfig, SocketEnclave
 from parent.local.mock_nsm import MockNsm
 from parent.proxy.artifacts import ArtifactSink
 from parent.proxy.job import RelayTarget, run_job
 from parent.proxy.session import EnclaveError, SessionOutcome
 from parent.public_data import load_public_dataset
 from parent.sources import BytesSource
+from parent.verify.certificate import verify_certificate
 from tests.integration.conftest import REPO, DataPath, Sealed
 
 STEPS = 30

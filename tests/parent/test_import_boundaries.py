@@ -40,8 +40,8 @@ sys.exit(code)
 
 def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     yield path
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk of sub-commands
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield from _command_paths(sub, (*path, name))
 

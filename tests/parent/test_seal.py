@@ -16,8 +16,8 @@ from botocore.exceptions import ClientError
 
 from enclave.errors import ConfigError, DatasetError, KmsError
 from enclave.sealed.format import check_encryption_context
-from enclave.sealed.stream import iter_plaintext, read_header
 from enclave.sealed.records import iter_record_batches, schema_sha256, verify_records
+from enclave.sealed.stream import iter_plaintext, read_header
 from parent.cli import main
 from parent.datasets import DatasetReader
 from parent.seal import SealResult, default_dataset_id, seal_dataset

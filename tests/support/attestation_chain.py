@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cbor2
@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 # A fixed verification time keeps every test independent of the wall clock.
-AT = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+AT = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 PROTECTED_ES384 = bytes.fromhex("a1013822")  # {1: -35}
 ABSENT = object()
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from enclave.certificate.body import CertificateBody, DatasetRecord, PublicDatasetRecord, ReleasedMetric, encode_body
-from enclave.certificate.envelope import encode_envelope
 from enclave.certificate.checks import format_time
-from parent.verify.accounting import recompute_epsilon
+from enclave.certificate.envelope import encode_envelope
 from enclave.certificate.issue import body_digest
 from enclave.sealed.format import build_encryption_context
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
+from parent.verify.accounting import recompute_epsilon
 
 PCRS: dict[int, bytes] = {
     0: hashlib.sha384(b"pcr0").digest(),
@@ -53,7 +53,7 @@ def stated_epsilons(ledger: list[dict[str, Any]], delta: float) -> dict[str, flo
 
 def make_body(**overrides: Any) -> CertificateBody:
     """A consistent body whose stated epsilons are exactly the recomputed ones."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ledger = overrides.pop("ledger", [{"q": Q, "sigma": SIGMA, "steps": STEPS}])
     delta = overrides.get("delta", DELTA)
     fields: dict[str, Any] = {

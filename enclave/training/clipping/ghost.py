@@ -38,6 +38,7 @@ import copy
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +156,7 @@ class GhostClipping:
         handles = []
 
         def make_hook(index: int) -> Callable[..., None]:
-            def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: object) -> None:
                 leaves, _ = tree_flatten(output)
                 meta: list[tuple[torch.Size, torch.dtype] | None] = []
                 slots: list[int | None] = []
@@ -199,8 +200,8 @@ class GhostClipping:
                         "the layer used it; the fast engine needs the values the layer saw"
                     )
         loss = self._loss_sum(logits, targets)
-        wanted: list[object] = [*edges, *(extra or [])]
-        grads = list(torch.autograd.grad(loss, wanted, allow_unused=True)) if wanted else []
+        wanted: list[Any] = [*edges, *(extra or [])]
+        grads: list[torch.Tensor | None] = list(torch.autograd.grad(loss, wanted, allow_unused=True)) if wanted else []
         for index in range(len(self._rules)):
             for call in calls[index]:
                 call.grads = [None if k is None else grads[k] for k in versions[id(call)][0]]
@@ -298,13 +299,14 @@ class GhostClipping:
                 norms = self._norms(pending, n)
             # functional_call replaces the parameters of a module registered twice with
             # the tensors it is given and never restores them: run the reference on a copy then.
-            shared = len(list(self.model.named_modules(remove_duplicate=False))) != len(list(self.model.named_modules()))
+            every = len(list(self.model.named_modules(remove_duplicate=False)))
+            shared = every != len(list(self.model.named_modules()))
             reference_model = copy.deepcopy(self.model) if shared else self.model
             reference = per_sample_norms(per_sample_gradients(reference_model, x, y, loss=self.loss))
         finally:
             for module, mode in modes:
                 module.training = mode
-        for name, expected_grad in zip(names, param_grads):
+        for name, expected_grad in zip(names, param_grads, strict=True):
             expected = torch.zeros_like(ours[name]) if expected_grad is None else expected_grad
             if not _close(ours[name], expected):
                 raise GhostClippingError(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +95,8 @@ class Pending:
 
 def _sq(t: torch.Tensor) -> torch.Tensor:
     """[n] squared L2 norm of each sample's slice of t (no squared copy of t)."""
-    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).square()
+    result: torch.Tensor = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).square()
+    return result
 
 
 def _along_positions(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -104,7 +106,8 @@ def _along_positions(parts: list[torch.Tensor]) -> torch.Tensor:
 
 def _weighted(c: torch.Tensor, per_sample: torch.Tensor) -> torch.Tensor:
     """sum_i c_i per_sample[i] without a scaled copy of per_sample."""
-    return torch.tensordot(c.to(per_sample.dtype), per_sample, dims=1)
+    result: torch.Tensor = torch.tensordot(c.to(per_sample.dtype), per_sample, dims=1)
+    return result
 
 
 class Rule:
@@ -160,10 +163,10 @@ def use_gram(n: int, steps: int, d: int, p: int, groups: int = 1) -> bool:
 
 class LinearRule(Rule):
     def prepare(self, calls: Sequence[Call], n: int) -> Pending:
-        m: nn.Linear = self.module  # type: ignore[assignment]
+        m = cast(nn.Linear, self.module)
         d, p = m.in_features, m.out_features
         # Several calls of one layer act as one call on their concatenated positions.
-        a = _along_positions([c.args[0].reshape(n, -1, d) for c in calls])  # type: ignore[union-attr]
+        a = _along_positions([cast(torch.Tensor, c.args[0]).reshape(n, -1, d) for c in calls])
         g = _along_positions([c.out_grad().reshape(n, -1, p) for c in calls])
         steps = a.shape[1]
         sq: dict[str, torch.Tensor] = {}
@@ -209,19 +212,19 @@ class ConvRule(Rule):
 
     def _padded(self, x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """The input as the convolution sees it with explicit padding, and that padding."""
-        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        m = cast(nn.Conv1d | nn.Conv2d, self.module)
         if isinstance(m.padding, str) or m.padding_mode != "zeros":
             # 'same' may pad asymmetrically and non-zero modes pad with data: pad by hand.
             mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
             return F.pad(x, m._reversed_padding_repeated_twice, mode=mode), [0] * len(m.kernel_size)
-        return x, list(m.padding)  # type: ignore[arg-type]
+        return x, list(m.padding)
 
     def _geometry(self) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
         """(kernel, stride, dilation) as 2-D tuples; a Conv1d is a Conv2d of height 1."""
-        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        m = cast(nn.Conv1d | nn.Conv2d, self.module)
         if isinstance(m, nn.Conv1d):
             return (1, m.kernel_size[0]), (1, m.stride[0]), (1, m.dilation[0])
-        return tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)  # type: ignore[return-value]
+        return tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation)  # type: ignore[return-value]  # 2-D rules only
 
     def _columns(self, x: torch.Tensor) -> torch.Tensor:
         """Kernel-last im2col of x: [n * groups, positions, kh * kw * C_in / groups].
@@ -232,7 +235,7 @@ class ConvRule(Rule):
         contiguous rows. The per-sample gradients come out in the same order;
         `_weight_layout` restores the weight's (channel, kh, kw) order once, on the clipped sum.
         """
-        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        m = cast(nn.Conv1d | nn.Conv2d, self.module)
         x, padding = self._padded(x)
         if isinstance(m, nn.Conv1d):
             x = x.unsqueeze(2)
@@ -255,7 +258,7 @@ class ConvRule(Rule):
 
     def _weight_layout(self, t: torch.Tensor) -> torch.Tensor:
         """A [C_out, kh * kw * C_in/groups] gradient in `_columns`' order, as the weight is laid out."""
-        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        m = cast(nn.Conv1d | nn.Conv2d, self.module)
         kernel, _, _ = self._geometry()
         return t.reshape(m.out_channels, *kernel, -1).permute(0, 3, 1, 2).reshape(m.weight.shape)
 
@@ -265,7 +268,7 @@ class ConvRule(Rule):
         Per sample and group, g_i cols_i, computed CONV_CHUNK samples at a time so each
         chunk's columns are still in cache when the batched matmul reads them.
         """
-        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        m = cast(nn.Conv1d | nn.Conv2d, self.module)
         groups = m.groups
         p_g = m.out_channels // groups
         out = torch.empty((n, m.out_channels, m.weight[0].numel()), dtype=g.dtype)
@@ -280,7 +283,7 @@ class ConvRule(Rule):
         return out
 
     def prepare(self, calls: Sequence[Call], n: int) -> Pending:
-        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        m = cast(nn.Conv1d | nn.Conv2d, self.module)
         groups = m.groups
         p_g = m.out_channels // groups
         d_g = m.weight[0].numel()
@@ -303,7 +306,7 @@ class ConvRule(Rule):
                 sq[w_name] = _gram_sq_norm(self._columns(x), g_rows).view(n, groups).sum(dim=1)
                 paths[w_name] = PATH_GHOST_GRAM
             else:
-                for x, g in zip(inputs, grads):
+                for x, g in zip(inputs, grads, strict=True):
                     assert isinstance(x, torch.Tensor)
                     part = self._per_sample_weight(x, g, n)
                     per_sample_w = part if per_sample_w is None else per_sample_w + part
@@ -338,13 +341,14 @@ class ConvRule(Rule):
 
     def _weight_grad(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """The convolution's ordinary weight gradient for input x and output gradient g."""
-        m: nn.Conv1d | nn.Conv2d = self.module  # type: ignore[assignment]
+        m = cast(nn.Conv1d | nn.Conv2d, self.module)
         x, padding = self._padded(x)
         _, grad_w, _ = torch.ops.aten.convolution_backward(
             g, x, m.weight.detach(), None, list(m.stride), padding, list(m.dilation),
             False, [0] * len(padding), m.groups, [False, True, False],
         )
-        return grad_w
+        result: torch.Tensor = grad_w
+        return result
 
 
 # -- Embedding ---------------------------------------------------------------------------
@@ -352,11 +356,11 @@ class ConvRule(Rule):
 
 class EmbeddingRule(Rule):
     def prepare(self, calls: Sequence[Call], n: int) -> Pending:
-        m: nn.Embedding = self.module  # type: ignore[assignment]
+        m = cast(nn.Embedding, self.module)
         w_name = self._full("weight")
         assert w_name is not None
         p = m.embedding_dim
-        idx = _along_positions([c.args[0].reshape(n, -1) for c in calls])  # type: ignore[union-attr]
+        idx = _along_positions([cast(torch.Tensor, c.args[0]).reshape(n, -1) for c in calls])
         g = _along_positions([c.out_grad().reshape(n, -1, p) for c in calls])
         if m.padding_idx is not None:
             # The padding row never receives a gradient.
@@ -413,22 +417,22 @@ class _AffineNormRule(Rule):
 
 class LayerNormRule(_AffineNormRule):
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        m: nn.LayerNorm = self.module  # type: ignore[assignment]
+        m = cast(nn.LayerNorm, self.module)
         return F.layer_norm(x, m.normalized_shape, None, None, m.eps)
 
     def _per_sample(self, y: torch.Tensor, n: int) -> torch.Tensor:
-        m: nn.LayerNorm = self.module  # type: ignore[assignment]
+        m = cast(nn.LayerNorm, self.module)
         shape = tuple(m.normalized_shape)
         return y.reshape(n, -1, *shape).sum(dim=1)
 
 
 class GroupNormRule(_AffineNormRule):
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        m: nn.GroupNorm = self.module  # type: ignore[assignment]
+        m = cast(nn.GroupNorm, self.module)
         return F.group_norm(x, m.num_groups, None, None, m.eps)
 
     def _per_sample(self, y: torch.Tensor, n: int) -> torch.Tensor:
-        m: nn.GroupNorm = self.module  # type: ignore[assignment]
+        m = cast(nn.GroupNorm, self.module)
         return y.reshape(n, m.num_channels, -1).sum(dim=2)
 
 
@@ -453,11 +457,11 @@ class FallbackRule(Rule):
                 params: dict[str, torch.Tensor], flat_in: list[object], outs: list[torch.Tensor | None]
             ) -> torch.Tensor:
                 # Each sample runs alone as a batch of one, as in the reference engine.
-                one = [a.unsqueeze(0) if b else a for a, b in zip(flat_in, batched)]  # type: ignore[union-attr]
-                args, kwargs = tree_unflatten(one, spec)
+                one = [a.unsqueeze(0) if b else a for a, b in zip(flat_in, batched, strict=True)]  # type: ignore[attr-defined]  # noqa: B023 - flat_in holds tensors where batched; used only in this iteration
+                args, kwargs = tree_unflatten(one, spec)  # noqa: B023 - used only in this iteration
                 out = functional_call(m, params, tuple(args), kwargs)
                 total = torch.zeros(())
-                for leaf, g in zip(tree_flatten(out)[0], outs):
+                for leaf, g in zip(tree_flatten(out)[0], outs, strict=True):
                     if g is not None and isinstance(leaf, torch.Tensor):
                         total = total + (leaf * g.unsqueeze(0)).sum()
                 return total
@@ -485,7 +489,7 @@ def rule_for(module: nn.Module, names: Mapping[str, str]) -> Rule:
         return LinearRule(module, names)
     if kind in (nn.Conv1d, nn.Conv2d):
         return ConvRule(module, names)
-    if kind is nn.Embedding and not module.scale_grad_by_freq:  # type: ignore[attr-defined]
+    if kind is nn.Embedding and not module.scale_grad_by_freq:
         return EmbeddingRule(module, names)
     if kind is nn.LayerNorm:
         return LayerNormRule(module, names)

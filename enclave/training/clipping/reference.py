@@ -93,7 +93,8 @@ def per_sample_gradients(
 def per_sample_norms(grads: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """[n] L2 norms of each sample's gradient over all parameters together."""
     per_param = [torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads.values()]
-    return torch.linalg.vector_norm(torch.stack(per_param, dim=1), dim=1)
+    result: torch.Tensor = torch.linalg.vector_norm(torch.stack(per_param, dim=1), dim=1)
+    return result
 
 
 def clip_per_sample(

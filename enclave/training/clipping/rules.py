@@ -51,7 +51,10 @@ class UnsupportedLayer(ConfigError):
 
 
 class GhostClippingError(UnsupportedLayer):
-    """The fast (ghost-clipping) engine cannot privatise this model correctly (use engine="vmap" or change the model)."""
+    """The fast (ghost-clipping) engine cannot privatise this model correctly.
+
+    Use engine="vmap" or change the model.
+    """
 
 
 class UnknownLoss(ConfigError):

@@ -14,7 +14,6 @@ import json
 import re
 from pathlib import Path
 
-
 from enclave.errors import ConfigError
 from parent.inputs import load_certificate_der
 from parent.local.kms.sigv4 import Principal

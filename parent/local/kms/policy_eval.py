@@ -96,7 +96,7 @@ def principal_matches(policy_principal: str, caller_arn: str) -> bool:
         return True
     # A role ARN in a policy may carry a path; the assumed-role ARN never does.
     role = re.match(r"^(arn:aws[a-z-]*:iam::\d{12}:role/)(?:.*/)?([^/]+)$", policy_principal)
-    return bool(role) and named == f"{role.group(1)}{role.group(2)}"
+    return role is not None and named == f"{role.group(1)}{role.group(2)}"
 
 
 def _condition_holds(condition: Condition, keys: Mapping[str, str]) -> bool:

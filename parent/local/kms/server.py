@@ -16,7 +16,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socket import socket
@@ -58,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "HermeticKmsEmulator/1"
     timeout = 30
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, payload: Mapping[str, Any], request_id: str) -> None:
@@ -73,10 +73,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, err: KmsApiError, request_id: str) -> None:
         self._send(err.status, {"__type": err.aws_type, "message": str(err)}, request_id)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._error(UnknownOperationException("KMS accepts only POST /"), new_request_id())
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+    def do_POST(self) -> None:
         request_id = new_request_id()
         emulator = self.server.emulator
         operation = "?"
@@ -174,7 +174,7 @@ class KmsEmulator:
     ) -> None:
         if not principals:
             raise ConfigError("the KMS emulator needs at least one principal")
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(timezone.utc))
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.host = host
         self.port = port
         self.verifier = SigV4Verifier(principals, region=region)
@@ -209,7 +209,7 @@ class KmsEmulator:
             server = _KmsHttpServer((self.host, self.port), self, self._tls_context)
         except OSError as exc:
             raise ConfigError(f"KMS emulator cannot listen on {self.host}:{self.port}: {exc}") from None
-        host, port = server.server_address[:2]
+        host, port = str(server.server_address[0]), int(server.server_address[1])
         scheme = "https" if self._tls_context is not None else "http"
         self.url = f"{scheme}://{host}:{port}"
         self._server = server

@@ -19,7 +19,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -156,7 +156,7 @@ class KmsService:
         self._root = attestation_root_der
         self.account_id = account_id
         self.region = region
-        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._clock = clock or (lambda: datetime.now(UTC))
         self._verify_document = verify_document or _verify_with_enclave_code
         self._secure = secure_transport
         self._operations: dict[str, Callable[[str, Mapping[str, Any]], dict[str, Any]]] = {

@@ -12,7 +12,7 @@ import hmac
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote
 
 from parent.local.kms.errors import (
@@ -52,7 +52,7 @@ def _hmac(key: bytes, message: str) -> bytes:
 
 
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
-    k_date = _hmac(f"AWS4{secret}".encode("utf-8"), date)
+    k_date = _hmac(f"AWS4{secret}".encode(), date)
     return _hmac(_hmac(_hmac(k_date, region), service), "aws4_request")
 
 
@@ -159,7 +159,7 @@ class SigV4Verifier:
         self._check_token(principal, lookup, signed_headers)
         amz_date = lookup.get("x-amz-date", "")
         try:
-            when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+            when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         except ValueError:
             raise IncompleteSignatureException("X-Amz-Date is not in YYYYMMDDTHHMMSSZ form") from None
         if abs(now - when) > self._max_skew:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cbor2
@@ -54,7 +54,7 @@ def test_document_is_immutable(chain: TestChain) -> None:
 
 def test_timestamp_keeps_milliseconds(chain: TestChain) -> None:
     doc = parse_attestation(make_document(chain, timestamp=1658860752566))
-    assert doc.timestamp == datetime(2022, 7, 26, 18, 39, 12, 566000, tzinfo=timezone.utc)
+    assert doc.timestamp == datetime(2022, 7, 26, 18, 39, 12, 566000, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("field", ["public_key", "user_data", "nonce"])

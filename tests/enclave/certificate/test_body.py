@@ -10,12 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave.certificate.body import CertificateBody, DatasetRecord, ReleasedMetric, encode_body
-from parent.verify.body import body_to_json, decode_body
+from enclave.certificate.body import MAX_BODY_SIZE, CertificateBody, DatasetRecord, ReleasedMetric, encode_body
 from enclave.certificate.errors import MalformedCertificate
-from enclave.certificate.body import MAX_BODY_SIZE
-from enclave.hazmat.cbor import dumps_f64
 from enclave.errors import HermeticError
+from enclave.hazmat.cbor import dumps_f64
+from parent.verify.body import body_to_json, decode_body
 from tests.support.certificates import make_body
 
 

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from enclave.certificate.errors import BudgetExceeded, CertificatePcrMismatch, InconsistentCertificate
 from enclave.certificate.body import CertificateBody, DatasetRecord, ReleasedMetric
-from enclave.certificate.checks import check_body
-from enclave.certificate.checks import check_attested_pcrs, metrics_epsilon, tightest_budget
+from enclave.certificate.checks import check_attested_pcrs, check_body, metrics_epsilon, tightest_budget
+from enclave.certificate.errors import BudgetExceeded, CertificatePcrMismatch, InconsistentCertificate
 from tests.support.certificates import (
     MAX_EPSILON,
     PCRS,

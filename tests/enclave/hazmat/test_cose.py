@@ -4,9 +4,9 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from enclave.attestation.errors import DocumentTooLarge, MalformedDocument, UnsupportedAlgorithm
 from enclave.hazmat.cose import MAX_DOCUMENT_SIZE, cbor_decode_strict, decode_cose_sign1, sig_structure
 from parent.verify.cose import verify_es384
-from enclave.attestation.errors import DocumentTooLarge, MalformedDocument, UnsupportedAlgorithm
 from parent.verify.errors import BadSignature
 from tests.support.attestation_chain import (
     PROTECTED_ES384,

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from enclave.nsm.errors import NsmUnavailable
 from enclave.native.nsm_device import (
     NSM_IOCTL_MAGIC,
     NSM_IOCTL_RAW,
@@ -17,6 +16,7 @@ from enclave.native.nsm_device import (
     ioc,
     iowr,
 )
+from enclave.nsm.errors import NsmUnavailable
 
 
 def test_ioctl_number_is_iowr_0x0a_0_nsm_raw() -> None:

@@ -7,7 +7,6 @@ import hashlib
 import cbor2
 import pytest
 
-from enclave.nsm.interface import Nsm
 from enclave.nsm.client import ProtocolNsm
 from enclave.nsm.errors import (
     NsmClosed,
@@ -17,10 +16,11 @@ from enclave.nsm.errors import (
     NsmMalformedResponse,
     NsmReadOnlyIndex,
 )
+from enclave.nsm.interface import Nsm
 from enclave.nsm.protocol import GetRandomResponse, LockPcrResponse
-from parent.local.nsm_wire import decode_request, encode_response
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
+from parent.local.nsm_wire import decode_request, encode_response
 
 PCRS = {0: b"\x01" * 48, 1: b"\x02" * 48, 2: b"\x03" * 48}
 
@@ -81,7 +81,7 @@ def test_attest_through_the_wire(pair: tuple[MockNsm, ProtocolNsm]) -> None:
 def test_close_is_final(pair: tuple[MockNsm, ProtocolNsm]) -> None:
     closed: list[bool] = []
     _, client = pair
-    client = ProtocolNsm(client._roundtrip, on_close=lambda: closed.append(True))  # noqa: SLF001
+    client = ProtocolNsm(client._roundtrip, on_close=lambda: closed.append(True))
     with client as entered:
         assert entered is client
     assert closed == [True]

@@ -19,7 +19,29 @@ from enclave.nsm.errors import (
     NsmMalformedResponse,
     NsmReadOnlyIndex,
 )
-from enclave.nsm.protocol import AttestationRequest, AttestationResponse, DescribeNsmRequest, DescribeNsmResponse, DescribePcrRequest, DescribePcrResponse, Digest, ErrorCode, ErrorResponse, ExtendPcrRequest, ExtendPcrResponse, GetRandomRequest, GetRandomResponse, LockPcrRequest, LockPcrResponse, LockPcrsRequest, LockPcrsResponse, NSM_REQUEST_MAX_SIZE, decode_response, encode_request, expect_response
+from enclave.nsm.protocol import (
+    NSM_REQUEST_MAX_SIZE,
+    AttestationRequest,
+    AttestationResponse,
+    DescribeNsmRequest,
+    DescribeNsmResponse,
+    DescribePcrRequest,
+    DescribePcrResponse,
+    Digest,
+    ErrorCode,
+    ErrorResponse,
+    ExtendPcrRequest,
+    ExtendPcrResponse,
+    GetRandomRequest,
+    GetRandomResponse,
+    LockPcrRequest,
+    LockPcrResponse,
+    LockPcrsRequest,
+    LockPcrsResponse,
+    decode_response,
+    encode_request,
+    expect_response,
+)
 from parent.local.nsm_wire import decode_request, encode_response
 
 

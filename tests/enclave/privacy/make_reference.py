@@ -18,12 +18,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+
 from tests.support.vectors import DP_ACCOUNTING
 
 FIXTURE = DP_ACCOUNTING / "reference_epsilons.json"
@@ -66,14 +66,14 @@ def main() -> int:
     for q, sigma, steps, deltas in grid:
         rdp = reference_rdp(q, sigma, steps, deltas)
         if min(rdp) > RDP_SKIP:
-            for d, r in zip(deltas, rdp):
+            for d, r in zip(deltas, rdp, strict=True):
                 skipped.append({"q": q, "sigma": sigma, "steps": steps, "delta": d,
                                 "reason": f"rdp epsilon {r:.4g} > {RDP_SKIP:g}: pld epsilon absurd"})
             continue
         start = time.perf_counter()
         pld = reference_pld(q, sigma, steps, deltas)
         seconds = time.perf_counter() - start
-        for d, p, r in zip(deltas, pld, rdp):
+        for d, p, r in zip(deltas, pld, rdp, strict=True):
             row = {"q": q, "sigma": sigma, "steps": steps, "delta": d}
             if not EPS_MIN <= p <= EPS_MAX:
                 skipped.append({**row, "reason": f"pld epsilon {p:.4g} outside [{EPS_MIN}, {EPS_MAX}]"})

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enclave.errors import ConfigError
 from enclave.privacy import calibration as privacy
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
-from enclave.errors import ConfigError
-from enclave.privacy.ledger import PrivacyLedger, Segment
 from enclave.privacy.errors import BudgetSearchError, PrivacyParameterError
+from enclave.privacy.ledger import PrivacyLedger, Segment
 
 QUICK = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -34,8 +34,8 @@ def main() -> None:
     privacy.epsilon(0.5, 1.0, 2, 1e-5)  # imports and one-time constants
     for name, fn, args, kwargs in CALLS:
         pld.step_pld.cache_clear()
-        pld._composed_cached.cache_clear()  # noqa: SLF001
-        rdp._step_rdp_cached.cache_clear()  # noqa: SLF001
+        pld._composed_cached.cache_clear()
+        rdp._step_rdp_cached.cache_clear()
         start = time.perf_counter()
         value = fn(*args, **kwargs)
         print(f"{name:45s} {time.perf_counter() - start:7.3f} s   -> {value}")

@@ -10,10 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enclave.errors import SealedDataError
-from enclave.sealed.errors import BadMagic, EncryptionContextMismatch, MalformedHeader, TruncatedSealedFile, UnsupportedVersion
-from enclave.sealed.format import SealedHeader, build_encryption_context, check_encryption_context
+from enclave.sealed.errors import (
+    BadMagic,
+    EncryptionContextMismatch,
+    MalformedHeader,
+    TruncatedSealedFile,
+    UnsupportedVersion,
+)
+from enclave.sealed.format import MAX_HEADER_SIZE, SealedHeader, build_encryption_context, check_encryption_context
 from enclave.sealed.stream import read_header
-from enclave.sealed.format import MAX_HEADER_SIZE
 
 from .conftest import make_header
 

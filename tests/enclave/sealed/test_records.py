@@ -7,7 +7,12 @@ import pyarrow as pa
 import pyarrow.ipc
 import pytest
 
-from enclave.sealed.errors import ChunkAuthenticationFailed, EncryptionContextMismatch, MalformedPayload, TruncatedSealedFile
+from enclave.sealed.errors import (
+    ChunkAuthenticationFailed,
+    EncryptionContextMismatch,
+    MalformedPayload,
+    TruncatedSealedFile,
+)
 from enclave.sealed.records import field_shape, iter_record_batches, read_table, schema_sha256, verify_records
 from enclave.sealed.stream import iter_plaintext, read_header
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import struct
+from itertools import pairwise
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -9,9 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enclave.errors import SealedDataError
-from enclave.sealed.errors import ChunkAuthenticationFailed, ChunkTooLarge, InvalidDataKey, TrailingData, TruncatedSealedFile
+from enclave.sealed.errors import (
+    ChunkAuthenticationFailed,
+    ChunkTooLarge,
+    InvalidDataKey,
+    MalformedChunk,
+    TrailingData,
+    TruncatedSealedFile,
+)
 from enclave.sealed.stream import SealWriter, iter_plaintext, read_header, seal_stream
-from enclave.sealed.errors import MalformedChunk
 
 from .conftest import KEY, make_header, seal_bytes
 from .test_format import KAT_HEADER_HASH, KAT_PREAMBLE
@@ -94,7 +101,7 @@ def test_exact_multiple_has_no_empty_trailing_chunk() -> None:
 def test_round_trip_any_write_pattern(payload: bytes, chunk_size: int, cuts: list[int]) -> None:
     header = make_header(chunk_size=chunk_size)
     bounds = sorted({0, len(payload), *(c for c in cuts if c <= len(payload))})
-    pieces = [payload[a:b] for a, b in zip(bounds, bounds[1:])]
+    pieces = [payload[a:b] for a, b in pairwise(bounds)]
     out = io.BytesIO()
     seal_stream(pieces, header, KEY, out)
     chunks = open_all(out.getvalue())

@@ -14,10 +14,23 @@ import pytest
 import torch
 
 from enclave.kms.errors import KmsInvalidCiphertext, KmsResponseError
-from enclave.sealed.format import CHECKPOINT_PAYLOAD, SealedHeader, build_checkpoint_context, build_encryption_context
-from enclave.sealed.errors import BadMagic, ChunkAuthenticationFailed, EncryptionContextMismatch, InvalidDataKey, MalformedHeader, TrailingData, TruncatedSealedFile
+from enclave.sealed.errors import (
+    BadMagic,
+    ChunkAuthenticationFailed,
+    EncryptionContextMismatch,
+    InvalidDataKey,
+    MalformedHeader,
+    TrailingData,
+    TruncatedSealedFile,
+)
+from enclave.sealed.format import (
+    CHECKPOINT_PAYLOAD,
+    PREFIX_SIZE,
+    SealedHeader,
+    build_checkpoint_context,
+    build_encryption_context,
+)
 from enclave.sealed.stream import read_header, seal_stream
-from enclave.sealed.format import PREFIX_SIZE
 from enclave.training.checkpoint import (
     CHECKPOINT_FORMAT,
     STATE_KEYS,
@@ -96,7 +109,7 @@ def assert_same_tensors(a: Any, b: Any) -> None:
             assert_same_tensors(a[key], b[key])
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert_same_tensors(x, y)
     else:
         assert a == b

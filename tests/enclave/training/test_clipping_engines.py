@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from enclave.hazmat.csprng import Csprng
-from enclave.training.clipping.engine import ClipResult, ClippingEngine
+from enclave.training.clipping.engine import ClippingEngine, ClipResult
 from enclave.training.clipping.ghost import GhostClipping
 from enclave.training.clipping.reference import ReferenceClipping, clip_per_sample
 from enclave.training.clipping.registry import DEFAULT_ENGINE, ENGINES, make_engine

@@ -56,7 +56,7 @@ def _assert_equivalent(
     torch.testing.assert_close(result.norms, norms_ref, rtol=RTOL, atol=ATOL)
     assert result.sums.keys() == sums_ref.keys()
     for name, expected in sums_ref.items():
-        torch.testing.assert_close(result.sums[name], expected, rtol=RTOL, atol=ATOL_SUM, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(result.sums[name], expected, rtol=RTOL, atol=ATOL_SUM, msg=lambda m, name=name: f"{name}: {m}")
     assert result.clipped == int((clip / (result.norms + 1e-6) < 1.0).sum())
     return result.paths
 

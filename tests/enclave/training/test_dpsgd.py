@@ -301,7 +301,7 @@ def test_fast_engine_steps_equal_vmap_engine_steps() -> None:
         x, y = _batch("tanh_cnn", n, seed=step)
         stats_fast, stats_ref = fast.step(x, y), ref.step(x, y)
         assert stats_fast == stats_ref
-        for (name, p), q in zip(fast_model.named_parameters(), vmap_model.parameters()):
+        for (name, p), q in zip(fast_model.named_parameters(), vmap_model.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from enclave.errors import ConfigError, DatasetError
+from enclave.hazmat.csprng import Csprng
 from enclave.training.clipping.rules import check_privatizable
 from enclave.training.models import (
     FASHION_MNIST_MEAN,
@@ -22,7 +23,6 @@ from enclave.training.models import (
     model_generator,
     preprocess,
 )
-from enclave.hazmat.csprng import Csprng
 
 SEED = bytes(range(32))
 
@@ -140,7 +140,7 @@ def test_preprocess_scales_standardises_and_reshapes(name: str) -> None:
     assert tuple(x.shape) == (3, *get_spec(name).input_shape)
     flat = x.reshape(3, -1)
     expected = [(v / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD for v in (0, 255, 51)]
-    for row, value in zip(flat, expected):
+    for row, value in zip(flat, expected, strict=True):
         torch.testing.assert_close(row, torch.full((784,), value), rtol=1e-6, atol=1e-6)
     # Pixel order is preserved: row-major 28x28 for the CNN.
     ramp = (np.arange(784) % 256).astype(np.uint8)[None, :]

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from enclave.errors import ConfigError
+from enclave.hazmat.csprng import Csprng
 from enclave.training.clipping.reference import per_sample_gradients
 from enclave.training.clipping.rules import check_privatizable
 from enclave.training.dpsgd import DpSgd
@@ -20,7 +21,6 @@ from enclave.training.models import (
     get_spec,
     preprocess,
 )
-from enclave.hazmat.csprng import Csprng
 from enclave.training.scattering import Scattering2d
 
 SEED = bytes(range(32))

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from enclave.hazmat.csprng import Csprng
+from enclave.training import noise as noise_module
 from enclave.training.clipping.rules import DpSgdConfigError
 from enclave.training.dpsgd import DpSgd
-from enclave.training import noise as noise_module
 from enclave.training.noise import NoiseClosed, StepNoise, spare_core
-from enclave.hazmat.csprng import Csprng
 
 SEED = bytes(range(32))
 SPECS = [(torch.Size([5, 3]), torch.float32), (torch.Size([5]), torch.float32), (torch.Size([2, 2]), torch.float64)]
@@ -35,9 +35,9 @@ def test_each_take_is_the_next_in_line_draw_of_every_spec(ahead: bool) -> None:
         got = [noise.take() for _ in range(4)]
     finally:
         noise.close()
-    for step, expected in zip(got, _reference(4, 1.5)):
+    for step, expected in zip(got, _reference(4, 1.5), strict=True):
         assert [t.dtype for t in step] == [d for _, d in SPECS]
-        for a, b in zip(step, expected):
+        for a, b in zip(step, expected, strict=True):
             assert a.shape == b.shape and torch.equal(a, b)
 
 
@@ -92,7 +92,7 @@ def test_dpsgd_trains_identically_with_and_without_drawing_ahead() -> None:
             engine.step(x, y)
         engine.close()
         finals.append([p.detach().clone() for p in model.parameters()])
-    for a, b in zip(*finals):
+    for a, b in zip(*finals, strict=True):
         assert torch.equal(a, b)
 
 

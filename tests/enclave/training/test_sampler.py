@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from enclave.errors import ConfigError
-from enclave.training import sampler as sampler_module
 from enclave.hazmat.csprng import Csprng
+from enclave.training import sampler as sampler_module
 from enclave.training.sampler import PoissonSampler, SamplerConfigError
 
 SEED = bytes(range(32))

@@ -65,9 +65,9 @@ def test_no_parameters_no_buffers_no_state(scattering: Scattering2d) -> None:
 
 def test_deterministic_from_hyper_parameters() -> None:
     a, b = Scattering2d(), Scattering2d()
-    for pa, pb in zip(a.bank.psi, b.bank.psi):
-        assert all(torch.equal(x, y) for x, y in zip(pa, pb))
-    assert all(torch.equal(x, y) for x, y in zip(a.bank.phi, b.bank.phi))
+    for pa, pb in zip(a.bank.psi, b.bank.psi, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(pa, pb, strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(a.bank.phi, b.bank.phi, strict=True))
     x = torch.randn(4, 28, 28)
     assert torch.equal(a(x), b(x))
     assert torch.equal(a(x), a(x))
@@ -77,7 +77,7 @@ def test_deterministic_from_hyper_parameters() -> None:
 
 def test_morlet_filters_have_zero_mean() -> None:
     bank = filter_bank(36, 36, 2, 8)
-    for j, levels in enumerate(bank.psi):
+    for levels in bank.psi:
         for res, filters in enumerate(levels):
             assert filters.shape == (8, 36 // 2**res, 36 // 2**res)
             # The DC bin of each band-pass filter is zero; its peak is near 1.
@@ -127,13 +127,13 @@ def test_order_one_is_the_averaged_wavelet_modulus(scattering: Scattering2d) -> 
     padded = np.pad(image, 4, mode="reflect")
     phi = np.real(gabor_2d(36, 36, 1.6, 0.0, 0.0))
     got = scattering(torch.from_numpy(image.astype(np.float32))[None])[0]
-    for l in (0, 3, 6):
-        psi = morlet_2d(36, 36, 0.8, (3 - l) * math.pi / 8, 3 * math.pi / 4, 0.5)
+    for theta in (0, 3, 6):
+        psi = morlet_2d(36, 36, 0.8, (3 - theta) * math.pi / 8, 3 * math.pi / 4, 0.5)
         # Kymatio keeps only the real part of the filter's spectrum.
         response = np.abs(np.fft.ifft2(np.fft.fft2(padded) * np.real(np.fft.fft2(psi))))
         smooth = np.real(np.fft.ifft2(np.fft.fft2(response) * np.real(np.fft.fft2(phi))))
         expected = smooth[4:36:4, 4:36:4][:7, :7]
-        np.testing.assert_allclose(got[1 + l].double().numpy(), expected, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(got[1 + theta].double().numpy(), expected, rtol=1e-3, atol=1e-4)
 
 
 def _striped(phase: float) -> torch.Tensor:

@@ -23,7 +23,6 @@ from enclave.transport.errors import (
     UnknownMessageType,
 )
 from enclave.transport.framing import DEFAULT_MAX_FRAME, FramedChannel, max_data_chunk
-from tests.support.frames import FrameDecoder, decode_frames, encode_frame
 from enclave.transport.messages import (
     AuditEvent,
     DatasetData,
@@ -33,6 +32,7 @@ from enclave.transport.messages import (
     Message,
 )
 from enclave.transport.sockets import connect, listen
+from tests.support.frames import FrameDecoder, decode_frames, encode_frame
 from tests.support.message_strategies import MESSAGES
 
 # ---------------------------------------------------------------- pure codec

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from enclave.transport.errors import InvalidMessage, MalformedFrame, UnknownMessageType
 from enclave.transport.framing import decode_body
-from tests.support.frames import FrameDecoder, encode_frame
 from enclave.transport.messages import (
     REGISTRY,
     AuditEvent,
@@ -27,6 +26,7 @@ from enclave.transport.messages import (
     decode_payload,
     encode_payload,
 )
+from tests.support.frames import FrameDecoder, encode_frame
 from tests.support.message_strategies import MESSAGES
 
 ALL_TYPES = [Hello, Goodbye, Error, Credentials, JobStart, DatasetBegin, DatasetData,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from enclave.certificate.envelope import encode_envelope
-from parent.verify.envelope import decode_envelope
 from enclave.certificate.issue import issue_certificate
-from parent.verify.accounting import recompute_epsilon
 from parent.cli import main
 from parent.local.local_ca import LocalCa
+from parent.verify.accounting import recompute_epsilon
+from parent.verify.envelope import decode_envelope
 from tests.support.certificates import PCRS, make_body, new_nsm
 
 JSON_KEYS = {

@@ -41,7 +41,7 @@ def hand_built_eif(sections: list[tuple[int, bytes]], *, mem: int = 512 << 20, c
 def self_signed(curve: ec.EllipticCurve | None = None) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(curve or ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hermetic eif signer")])
-    now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())

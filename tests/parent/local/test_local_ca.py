@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import stat
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from parent.local import local_ca
 from parent.local.local_ca import LocalCa, LocalCaError
 
-NOW = datetime(2030, 5, 17, 12, 30, 45, 678000, tzinfo=timezone.utc)
+NOW = datetime(2030, 5, 17, 12, 30, 45, 678000, tzinfo=UTC)
 
 
 def _cn(cert: x509.Certificate) -> str:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import cbor2
@@ -13,7 +14,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from enclave.nsm.interface import Nsm
 from enclave.nsm.errors import (
     NsmClosed,
     NsmInputTooLarge,
@@ -21,11 +21,12 @@ from enclave.nsm.errors import (
     NsmInvalidIndex,
     NsmReadOnlyIndex,
 )
+from enclave.nsm.interface import Nsm
 from parent.local.local_ca import LocalCa
 from parent.local.measure import measure_enclave_package, pcr_of_text
 from parent.local.mock_nsm import MockNsm, MockNsmConfigError
 
-NOW = datetime(2031, 3, 4, 5, 6, 7, 891000, tzinfo=timezone.utc)
+NOW = datetime(2031, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
 NOW_MS = 1930367167891  # ms since the epoch, computed independently
 MODULE_ID = "i-mock0123456789abc-enc0123456789abcdef"
 PCR3 = pcr_of_text("arn:aws:iam::123456789012:role/hermetic")
@@ -148,7 +149,7 @@ def test_leaf_chains_to_the_root(nsm: MockNsm, ca: LocalCa) -> None:
     bundle = [x509.load_der_x509_certificate(c) for c in body["cabundle"]]
     # leaf -> cabundle reversed -> root
     chain = [leaf, *reversed(bundle)]
-    for child, parent in zip(chain, chain[1:]):
+    for child, parent in pairwise(chain):
         child.verify_directly_issued_by(parent)
     assert bundle[0].public_bytes(serialization.Encoding.DER) == ca.root_der
     assert leaf.not_valid_before_utc <= NOW <= leaf.not_valid_after_utc
@@ -269,10 +270,10 @@ def test_documents_pass_the_attestation_verifier(ca: LocalCa, tmp_path: Path) ->
     indefinite = MockNsm(ca, indefinite_payload=True).attest()
     verify.verify_attestation(indefinite, root_der=ca.root_der)
     # Archived document from 30 days ago: valid at its own timestamp, expired now.
-    then = datetime.now(timezone.utc) - timedelta(days=30)
+    then = datetime.now(UTC) - timedelta(days=30)
     archived = MockNsm(ca, clock=lambda: then).attest()
     parsed = verify.verify_attestation(archived, root_der=ca.root_der, at=then)
-    assert parsed.timestamp_ms == (then - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(
+    assert parsed.timestamp_ms == (then - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
         milliseconds=1
     )
     from enclave.errors import AttestationError
@@ -286,9 +287,9 @@ def test_documents_pass_the_attestation_verifier(ca: LocalCa, tmp_path: Path) ->
 
 def test_measured_pcrs_satisfy_a_policy_and_debug_documents_do_not(ca: LocalCa) -> None:
     pytest.importorskip("parent.verify.attestation")
-    from parent.verify.policy import AttestationPolicy
-    from parent.verify.errors import PcrMismatch
     from parent.verify.attestation import verify_attestation
+    from parent.verify.errors import PcrMismatch
+    from parent.verify.policy import AttestationPolicy
 
     policy = AttestationPolicy.from_pcrs(measure_enclave_package(), nonce=b"n")
     verify_attestation(MockNsm(ca).attest(nonce=b"n"), root_der=ca.root_der, policy=policy)

@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from enclave.sealed.format import SealedHeader, build_encryption_context
-from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
 from enclave.errors import TransportError
 from enclave.sealed.errors import ChunkAuthenticationFailed
+from enclave.sealed.format import SealedHeader, build_encryption_context
+from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
 from enclave.transport.framing import FramedChannel
 from enclave.transport.stream import DatasetStreamReader
 from parent.proxy.streamer import stream_dataset

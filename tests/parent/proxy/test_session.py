@@ -10,17 +10,10 @@ from typing import Any
 
 import pytest
 
-from enclave.errors import HermeticError
+from enclave.errors import HermeticError, TransportError
 from enclave.transport.address import UnixAddress
-from enclave.transport.errors import (
-    ConnectFailed,
-    PeerDisconnected,
-    ProtocolError,
-    TransportError,
-    TruncatedFrame,
-)
+from enclave.transport.errors import ConnectFailed, PeerDisconnected, ProtocolError, TruncatedFrame
 from enclave.transport.framing import FramedChannel
-from tests.support.frames import FrameDecoder
 from enclave.transport.messages import (
     PROTOCOL_VERSION,
     AuditEvent,
@@ -39,6 +32,7 @@ from enclave.transport.stream import DatasetStreamReader
 from parent.proxy.session import EnclaveError, ParentSession
 from parent.sources import SourceNotFound
 from tests.parent.proxy.moto_s3 import s3_client  # noqa: F401 - fixture
+from tests.support.frames import FrameDecoder
 
 CREDS = Credentials("AKIATEST", "secret-key", "token", "us-east-1", "http://127.0.0.1:4000", None)
 

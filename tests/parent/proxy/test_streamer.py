@@ -14,13 +14,13 @@ from enclave.errors import ConfigError
 from enclave.transport.address import UnixAddress
 from enclave.transport.errors import RemoteError
 from enclave.transport.framing import FramedChannel
-from tests.support.frames import FrameDecoder
 from enclave.transport.messages import DatasetBegin, DatasetData, DatasetEnd, Message
 from enclave.transport.sockets import connect, listen
 from enclave.transport.stream import DatasetStreamReader
 from parent.proxy.streamer import stream_dataset
 from parent.sources import SealedSource, SourceReadError, open_source
 from tests.parent.proxy.moto_s3 import s3_client  # noqa: F401 - fixture
+from tests.support.frames import FrameDecoder
 
 SIZE = 5 * 1024 * 1024 + 1234
 FRAME = 256 * 1024
@@ -181,7 +181,7 @@ def _peak_while_streaming(parent: FramedChannel, enclave: FramedChannel, path: P
 def test_memory_stays_constant(tmp_path: Path, link, blob: bytes) -> None:
     parent, enclave, _ = link
     # No tap here: the fixture's tap keeps every frame, which is the opposite of constant.
-    parent._tap = None  # noqa: SLF001
+    parent._tap = None
     small, large = tmp_path / "small.sealed", tmp_path / "large.sealed"
     small.write_bytes(blob)
     large.write_bytes(blob * 3)

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import cbor2
 import pytest
@@ -10,20 +11,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enclave.attestation.errors import AttestationError
-from parent.verify.errors import PcrMismatch
-from parent.verify.policy import AttestationPolicy
-from enclave.certificate.envelope import CERTIFICATE_FORMAT, encode_envelope
-from parent.verify.envelope import decode_envelope
-from enclave.certificate.errors import BudgetExceeded, CertificateBindingError, CertificatePcrMismatch, DebugEnclaveCertificate, InconsistentCertificate, MalformedCertificate, StatedEpsilonTooLow
 from enclave.certificate.body import encode_body
 from enclave.certificate.checks import format_time
+from enclave.certificate.envelope import CERTIFICATE_FORMAT, encode_envelope
+from enclave.certificate.errors import (
+    BudgetExceeded,
+    CertificateBindingError,
+    CertificatePcrMismatch,
+    DebugEnclaveCertificate,
+    InconsistentCertificate,
+    MalformedCertificate,
+    StatedEpsilonTooLow,
+)
 from enclave.certificate.issue import issue_certificate
-from parent.verify.accounting import recompute_epsilon
-from parent.verify.certificate import verify_certificate
-from enclave.hazmat.cbor import dumps_f64
 from enclave.errors import HermeticError
+from enclave.hazmat.cbor import dumps_f64
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
+from parent.verify.accounting import recompute_epsilon
+from parent.verify.certificate import verify_certificate
+from parent.verify.envelope import decode_envelope
+from parent.verify.errors import PcrMismatch
+from parent.verify.policy import AttestationPolicy
 from tests.support.certificates import (
     MAX_EPSILON,
     PCRS,
@@ -47,7 +56,7 @@ def test_round_trip(ca: LocalCa, nsm: MockNsm) -> None:
     assert body_bytes == encode_body(body)
     assert verified.attestation.user_data == hashlib.sha384(body_bytes).digest()
     assert verified.body_sha384 == verified.attestation.user_data
-    assert abs(verified.attested_at - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    assert abs(verified.attested_at - datetime.now(UTC)) < timedelta(minutes=1)
     other = verify_certificate(data, root_der=ca.root_der, accountant="rdp")
     assert other.epsilon == verified.epsilons["rdp"]
 
@@ -69,7 +78,7 @@ def test_envelope_known_answer() -> None:
 
 
 def test_archived_certificate_verifies_at_its_own_time(ca: LocalCa) -> None:
-    then = datetime.now(timezone.utc) - timedelta(days=30)
+    then = datetime.now(UTC) - timedelta(days=30)
     nsm = new_nsm(ca, clock=lambda: then)
     body = make_body(started_at=format_time(then - timedelta(hours=2)),
                      finished_at=format_time(then - timedelta(minutes=1)))
@@ -278,7 +287,7 @@ def test_inconsistent_body_is_refused_by_issuer_and_verifier(ca: LocalCa, nsm: M
 
 
 def test_finished_after_attestation_is_refused(ca: LocalCa, nsm: MockNsm) -> None:
-    later = datetime.now(timezone.utc) + timedelta(hours=1)
+    later = datetime.now(UTC) + timedelta(hours=1)
     body = make_body(finished_at=format_time(later))
     with pytest.raises(InconsistentCertificate, match="finished_at"):
         verify_certificate(issue_certificate(body, nsm), root_der=ca.root_der)

@@ -7,10 +7,19 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from enclave.attestation.errors import UnsupportedAlgorithm
 from parent.verify.attestation import verify_attestation
 from parent.verify.chain import verify_chain
-from enclave.attestation.errors import UnsupportedAlgorithm
-from parent.verify.errors import BadBasicConstraints, BadCertificate, BadKeyUsage, CertificateExpired, CertificateNotYetValid, ChainBroken, ChainError, UntrustedRoot
+from parent.verify.errors import (
+    BadBasicConstraints,
+    BadCertificate,
+    BadKeyUsage,
+    CertificateExpired,
+    CertificateNotYetValid,
+    ChainBroken,
+    ChainError,
+    UntrustedRoot,
+)
 from tests.support.attestation_chain import (
     AT,
     CA_USAGE,
@@ -24,7 +33,7 @@ from tests.support.attestation_chain import (
 )
 
 
-def check(chain: TestChain, *, at=AT, root_der: bytes | None = None) -> None:  # noqa: ANN001
+def check(chain: TestChain, *, at=AT, root_der: bytes | None = None) -> None:
     verify_chain(chain.leaf.der, chain.cabundle, root_der or chain.root_der, at)
 
 
@@ -106,7 +115,7 @@ def test_garbage_certificates(chain: TestChain) -> None:
         (AT - timedelta(days=11), CertificateNotYetValid),
     ],
 )
-def test_time_outside_validity(chain: TestChain, at, error) -> None:  # noqa: ANN001
+def test_time_outside_validity(chain: TestChain, at, error) -> None:
     with pytest.raises(error):
         check(chain, at=at)
 

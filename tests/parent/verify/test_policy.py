@@ -4,35 +4,41 @@ from datetime import timedelta
 
 import pytest
 
-from parent.verify.policy import AttestationPolicy
-from parent.verify.errors import DocumentTooOld, NonceMismatch, PcrMismatch, PublicKeyMismatch, UserDataMismatch
 from enclave.attestation.document import parse_attestation
 from parent.verify.attestation import verify_attestation
-from parent.verify.errors import DocumentInFuture, PolicyViolation
-from parent.verify.policy import pcr_set
+from parent.verify.errors import (
+    DocumentInFuture,
+    DocumentTooOld,
+    NonceMismatch,
+    PcrMismatch,
+    PolicyViolation,
+    PublicKeyMismatch,
+    UserDataMismatch,
+)
+from parent.verify.policy import AttestationPolicy, pcr_set
 from tests.support.attestation_chain import AT, TestChain, default_pcrs, make_document
 
 PCRS = default_pcrs()
 
 
 @pytest.fixture(scope="module")
-def doc(chain: TestChain):  # noqa: ANN201
+def doc(chain: TestChain):
     return parse_attestation(
         make_document(chain, public_key=b"pk", user_data=b"user-data", nonce=b"nonce-0123")
     )
 
 
-def test_empty_policy_accepts(doc) -> None:  # noqa: ANN001
+def test_empty_policy_accepts(doc) -> None:
     AttestationPolicy().check(doc, at=AT)
 
 
-def test_single_pcr_set_all_pairs_must_match(doc) -> None:  # noqa: ANN001
+def test_single_pcr_set_all_pairs_must_match(doc) -> None:
     AttestationPolicy.from_pcrs({0: PCRS[0], 1: PCRS[1], 2: PCRS[2], 8: PCRS[8]}).check(doc, at=AT)
     with pytest.raises(PcrMismatch):
         AttestationPolicy.from_pcrs({0: PCRS[0], 1: PCRS[2]}).check(doc, at=AT)
 
 
-def test_any_of_several_pcr_sets(doc) -> None:  # noqa: ANN001
+def test_any_of_several_pcr_sets(doc) -> None:
     old_release = {0: b"\xaa" * 48}
     current = {0: PCRS[0], 2: PCRS[2]}
     AttestationPolicy.from_pcrs(old_release, current).check(doc, at=AT)
@@ -40,17 +46,17 @@ def test_any_of_several_pcr_sets(doc) -> None:  # noqa: ANN001
         AttestationPolicy.from_pcrs(old_release, {0: b"\xbb" * 48}).check(doc, at=AT)
 
 
-def test_raw_frozenset_form(doc) -> None:  # noqa: ANN001
+def test_raw_frozenset_form(doc) -> None:
     policy = AttestationPolicy(allowed_pcrs=frozenset({((0, PCRS[0]), (4, PCRS[4]))}))
     policy.check(doc, at=AT)
 
 
-def test_pcr_absent_from_document_does_not_match(doc) -> None:  # noqa: ANN001
+def test_pcr_absent_from_document_does_not_match(doc) -> None:
     with pytest.raises(PcrMismatch):
         AttestationPolicy.from_pcrs({20: b"\x00" * 48}).check(doc, at=AT)
 
 
-def test_empty_allowed_set_admits_nothing(doc) -> None:  # noqa: ANN001
+def test_empty_allowed_set_admits_nothing(doc) -> None:
     with pytest.raises(PcrMismatch):
         AttestationPolicy(allowed_pcrs=frozenset()).check(doc, at=AT)
 
@@ -87,7 +93,7 @@ def test_pcr_set_is_canonical() -> None:
     "field,error",
     [("nonce", NonceMismatch), ("user_data", UserDataMismatch), ("public_key", PublicKeyMismatch)],
 )
-def test_byte_fields(doc, field: str, error: type[Exception]) -> None:  # noqa: ANN001
+def test_byte_fields(doc, field: str, error: type[Exception]) -> None:
     AttestationPolicy(**{field: getattr(doc, field)}).check(doc, at=AT)
     with pytest.raises(error, match="differs"):
         AttestationPolicy(**{field: getattr(doc, field) + b"x"}).check(doc, at=AT)
@@ -105,7 +111,7 @@ def test_required_field_absent(chain: TestChain, field: str, error: type[Excepti
         AttestationPolicy(**{field: b"expected"}).check(bare, at=AT)
 
 
-def test_max_age(doc) -> None:  # noqa: ANN001
+def test_max_age(doc) -> None:
     policy = AttestationPolicy(max_age=timedelta(minutes=5))
     policy.check(doc, at=AT)
     policy.check(doc, at=AT + timedelta(minutes=5))

@@ -1,17 +1,15 @@
 """Hostile input never escapes as anything but an AttestationError."""
 from __future__ import annotations
 
-import pytest
-
-from pathlib import Path
 from typing import Any
 
 import cbor2
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from enclave.attestation.errors import AttestationError
 from enclave.attestation.document import parse_attestation
+from enclave.attestation.errors import AttestationError
 from parent.verify.attestation import verify_attestation
 from tests.support.attestation_chain import (
     AT,

@@ -1,17 +1,16 @@
 """Genuine AWS NSM documents (see tests/vectors/aws-attestation/README.md) as known answers."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from parent.verify.roots import AWS_NITRO_ROOT_G1_DER
+from enclave.attestation.document import parse_attestation
 from enclave.attestation.errors import AttestationError
+from parent.verify.attestation import verify_attestation
 from parent.verify.errors import CertificateExpired, CertificateNotYetValid, NonceMismatch, PcrMismatch, UntrustedRoot
 from parent.verify.policy import AttestationPolicy
-from enclave.attestation.document import parse_attestation
-from parent.verify.attestation import verify_attestation
+from parent.verify.roots import AWS_NITRO_ROOT_G1_DER
 from tests.support.attestation_chain import make_chain
 from tests.support.vectors import AWS_ATTESTATION
 
@@ -83,7 +82,7 @@ def test_known_field_values() -> None:
     assert recent.nonce == bytes.fromhex("0123456789abcdef0123456789abcdef01234567")
     assert len(recent.user_data or b"") == 68
     assert recent.pcrs[0].hex().startswith("9baef8390978")
-    assert recent.timestamp == datetime(2026, 2, 2, 20, 43, 47, 502000, tzinfo=timezone.utc)
+    assert recent.timestamp == datetime(2026, 2, 2, 20, 43, 47, 502000, tzinfo=UTC)
 
 
 def test_policy_on_real_document() -> None:

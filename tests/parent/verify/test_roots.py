@@ -6,9 +6,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from parent.verify.roots import AWS_NITRO_ROOT_G1_DER
 from parent.verify.errors import RootPinMismatch
-from parent.verify.roots import AWS_NITRO_ROOT_G1_SHA256, load_pinned_root
+from parent.verify.roots import AWS_NITRO_ROOT_G1_DER, AWS_NITRO_ROOT_G1_SHA256, load_pinned_root
 from tests.support.attestation_chain import make_chain
 
 

@@ -8,11 +8,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from parent.verify.policy import AttestationPolicy
-from enclave.attestation.errors import MalformedDocument, UnsupportedAlgorithm
-from parent.verify.errors import BadSignature, CertificateExpired, ChainBroken, PcrMismatch, UntrustedRoot
 from enclave.attestation.document import parse_attestation
+from enclave.attestation.errors import MalformedDocument, UnsupportedAlgorithm
 from parent.verify.attestation import verify_attestation
+from parent.verify.errors import BadSignature, CertificateExpired, ChainBroken, PcrMismatch, UntrustedRoot
+from parent.verify.policy import AttestationPolicy
 from tests.support.attestation_chain import (
     ABSENT,
     AT,
@@ -29,7 +29,7 @@ from tests.support.attestation_chain import (
 )
 
 
-def verify(chain: TestChain, data: bytes, **kwargs):  # noqa: ANN003, ANN201
+def verify(chain: TestChain, data: bytes, **kwargs):
     kwargs.setdefault("at", AT)
     return verify_attestation(data, root_der=chain.root_der, **kwargs)
 

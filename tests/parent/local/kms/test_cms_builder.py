@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from enclave.hazmat.cms import open_recipient_ciphertext, parse_enveloped_data
 from enclave.hazmat.ber import decode
+from enclave.hazmat.cms import open_recipient_ciphertext, parse_enveloped_data
 from parent.local.kms.cms_builder import (
     build_recipient_ciphertext,
     encode_integer,

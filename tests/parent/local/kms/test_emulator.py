@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from enclave.kms.attested import AttestedKms
 from enclave.hazmat.cms import open_recipient_ciphertext
+from enclave.kms.attested import AttestedKms
 from enclave.kms.errors import KmsAccessDenied, KmsInvalidCiphertext, KmsValidationError
 from parent.local.kms import KmsEmulator
 from parent.local.mock_nsm import MockNsm
@@ -336,7 +336,7 @@ def test_restarted_emulator_still_decrypts(tmp_path: Path, local_ca: Any) -> Non
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     import ipaddress
 
     cert = (

@@ -178,7 +178,7 @@ def test_resource_matching() -> None:
         (ROLE, f"arn:aws:sts::{ACCT}:assumed-role/other/i-0123", False),
         (f"arn:aws:iam::{ACCT}:root", USER, True),
         (ACCT, USER, True),
-        (f"arn:aws:iam::444455556666:root", USER, False),
+        ("arn:aws:iam::444455556666:root", USER, False),
         (USER, f"arn:aws:iam::{ACCT}:user/owner2", False),
     ],
 )

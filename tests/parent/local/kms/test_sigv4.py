@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.auth import SigV4Auth
@@ -77,7 +77,7 @@ PRINCIPALS = {
 def _verify(headers: list[tuple[str, str]], *, body: bytes = BODY, now: datetime | None = None) -> VerifiedCaller:
     return SigV4Verifier(PRINCIPALS, region="us-east-1").verify(
         method="POST", path="/", query="", headers=headers, body=body,
-        now=now or datetime.now(timezone.utc),
+        now=now or datetime.now(UTC),
     )
 
 
@@ -131,4 +131,4 @@ def test_declared_payload_hash_must_match() -> None:
 @pytest.mark.parametrize("skew", [timedelta(minutes=6), -timedelta(minutes=6)])
 def test_clock_skew_rejected(skew: timedelta) -> None:
     with pytest.raises(InvalidSignatureException, match="expired"):
-        _verify(_signed(), now=datetime.now(timezone.utc) + skew)
+        _verify(_signed(), now=datetime.now(UTC) + skew)
