@@ -10,7 +10,7 @@ only one encoding.
 Field types understood by the schema: str, int (64-bit range, never bool),
 float (ints widen), bool, bytes, None, unions of those, `tuple[X, ...]`
 (lists are accepted and stored as tuples) and `Mapping[str, X]` (stored as
-an immutable mapping). Later modules add message types with `register`:
+an immutable mapping). A message type is declared with `register`:
 
     @register(0x40)
     @dataclass(frozen=True)
@@ -276,9 +276,9 @@ def _require(cond: bool, text: str) -> None:
 
 
 # ---------------------------------------------------------------- messages
-# Ids are grouped so later issues can add families: 0x0_ session control,
-# 0x1_ job set-up, 0x2_ dataset stream, 0x3_ results and audit,
-# 0x4_ and up are free (training / checkpoints).
+# Ids are grouped by family, so a new message joins its family's block: 0x0_ session
+# control, 0x1_ job set-up, 0x2_ dataset stream, 0x3_ results and audit, 0x4_ training
+# and checkpoints; 0x5_ and up are free.
 
 
 @register(0x01)

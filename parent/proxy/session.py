@@ -14,8 +14,8 @@ Protocol (parent P, enclave E), all messages framed on one connection:
 
 When the enclave sends Error it should close the connection (or at least stop
 reading); the parent also stops streaming at once. Everything else the
-enclave sends is kept in order in `SessionOutcome.messages` so later message
-types (training progress, checkpoints) need no change here.
+enclave sends is kept in order in `SessionOutcome.messages`, so a new result
+message type needs no change here.
 """
 from __future__ import annotations
 
