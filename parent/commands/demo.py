@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from parent.commands.output import add_json_flag
 
 
 def _positive(text: str) -> float:
@@ -25,11 +28,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="artefact folder")
     parser.add_argument("--epochs", type=_positive, default=None, help="training epochs (1 = quick smoke run)")
     parser.add_argument("--epsilon", type=_positive, default=None, help="privacy budget and target epsilon")
+    add_json_flag(parser, help="print the report (as in report.json) as one JSON object on stdout; "
+                               "progress goes to stderr")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
     from tqdm import tqdm
 
@@ -41,6 +46,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.epsilon is not None:
         recipe = replace(recipe, epsilon=args.epsilon)
     started = time.monotonic()
+    # Under --json stdout carries only the report; the narrative moves to stderr.
+    stream = sys.stderr if args.json else sys.stdout
     step = 0
     bar: Any = None
 
@@ -50,14 +57,14 @@ def _run(args: argparse.Namespace) -> int:
             bar.close()
             bar = None
         step += 1
-        print(f"[{step}] {line}", flush=True)
+        print(f"[{step}] {line}", file=stream, flush=True)
 
     def progress(done: int, total: int, epsilon: float) -> None:
         nonlocal bar
         if bar is None:
             # Shown on any stream: a demo is watched; mininterval keeps logs short when piped.
-            bar = tqdm(total=total, desc="    DP-SGD", unit="step", file=sys.stdout,
-                       mininterval=1.0 if sys.stdout.isatty() else 30.0, dynamic_ncols=True)
+            bar = tqdm(total=total, desc="    DP-SGD", unit="step", file=stream,
+                       mininterval=1.0 if stream.isatty() else 30.0, dynamic_ncols=True)
         bar.n = done
         bar.set_postfix_str(f"epsilon spent {epsilon:.3f}", refresh=False)
         bar.update(0)  # redraws at most every mininterval
@@ -68,6 +75,9 @@ def _run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     elapsed = time.monotonic() - started
+    if args.json:
+        print(json.dumps({**asdict(report), "elapsed_s": round(elapsed, 1)}))
+        return 0
     print()
     if report.test_accuracy is not None:
         print(f"Test accuracy on the public Fashion-MNIST test set: {report.test_accuracy:.2%} "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
@@ -9,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from enclave.errors import ConfigError
+from parent.commands.output import add_json_flag
 from parent.storage import write_atomic
 
 
@@ -27,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve.add_argument("--region", default="us-east-1")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate for HTTPS")
     serve.add_argument("--tls-key", type=Path, help="PEM private key for HTTPS")
+    add_json_flag(serve, help='announce readiness as {"event": "ready", "url": URL} instead of "ready URL"')
     serve.set_defaults(func=run)
 
 
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         if args.ready_file is not None:
             _write_ready(args.ready_file, url)
         # Launchers block on this line: readiness, not a timer.
-        print(f"ready {url}", flush=True)
+        print(json.dumps({"event": "ready", "url": url}) if args.json else f"ready {url}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:

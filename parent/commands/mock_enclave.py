@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from enclave.transport.address import parse_address
+from parent.commands.output import add_json_flag
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,11 +22,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--kms-url", default="http://127.0.0.1:{port}", help="KMS URL inside the enclave")
     run.add_argument("--measure-dir", type=Path, help="measure this copy of the enclave package")
     run.add_argument("--sessions", type=int, help="exit after this many sessions")
+    add_json_flag(run, help='announce readiness as {"event": "ready", "address": ADDR} instead of "ready ADDR"')
     run.set_defaults(func=_run)
 
     measure = sub.add_parser("measure", help="print the mock enclave's PCRs")
     measure.add_argument("--measure-dir", type=Path, help="measure this copy of the enclave package")
     measure.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
+    add_json_flag(measure, help="report failures as a JSON object too (the measurements are always JSON)")
     measure.set_defaults(func=_measure)
 
 
@@ -40,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
         measure_dir=args.measure_dir,
     )
     # A launcher reads this line to know the enclave is listening.
-    print(f"ready {runtime.control_address}", flush=True)
+    address = str(runtime.control_address)
+    print(json.dumps({"event": "ready", "address": address}) if args.json else f"ready {address}", flush=True)
     runtime.serve(sessions=args.sessions)
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from enclave.errors import ConfigError, HermeticError
 from enclave.transport.address import parse_address
+from parent.commands.output import add_json_flag
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--kms-endpoint", default=None,
                      help="KMS endpoint the enclave is told about (default: regional AWS endpoint)")
     run.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint (for s3:// datasets)")
-    run.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    add_json_flag(run, help="print the outcome as one JSON object")
     run.add_argument("--events", action="store_true",
                      help="print one JSON line per progress/metric event on stdout (for launchers)")
     # For audits of the parent itself: every byte it sent or received, raw.
@@ -93,6 +94,15 @@ def _datasets(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text("utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -110,11 +120,15 @@ def _run(args: argparse.Namespace) -> int:
     from parent.public_data import load_public_dataset
     from parent.sources import BytesSource
 
+    # Inputs first: a wrong path is reported before any AWS credential lookup.
+    spec_toml = _read_text(args.spec, "job spec")
+    datasets = _datasets(args.dataset)
+    if args.resume is not None and args.job_id is None:
+        raise ConfigError("--resume needs the --job-id of the run that wrote the checkpoint")
     target = RelayTarget.parse(args.kms_target)
     allow = [RelayTarget.parse(a) for a in args.allow] or [target]
     kms_endpoint = args.kms_endpoint or f"https://kms.{args.region}.amazonaws.com"
     creds = credentials_from_environment(args.region, kms_endpoint)
-    datasets = _datasets(args.dataset)
     tap_file = args.tap.open("wb") if args.tap else None
 
     def tap(direction: str, data: bytes) -> None:
@@ -126,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         import boto3
 
         s3 = boto3.client("s3", region_name=args.region, endpoint_url=args.s3_endpoint_url)
-    extra: list[Message] = [TrainingJob(spec_toml=args.spec.read_text("utf-8"))]
+    extra: list[Message] = [TrainingJob(spec_toml=spec_toml)]
     streams: list[tuple[str, DatasetInput]] = list(datasets)
     for spec in args.public:
         name, sep, path = spec.partition("=")
@@ -136,8 +150,6 @@ def _run(args: argparse.Namespace) -> int:
         streams.append((PUBLIC_PREFIX + name, BytesSource(public.ipc, f"public:{path}")))
     if args.resume is not None:
         streams.append((RESUME_STREAM, str(args.resume)))
-    if args.resume is not None and args.job_id is None:
-        raise ConfigError("--resume needs the --job-id of the run that wrote the checkpoint")
 
     bars: dict[str, Any] = {}
     show = sys.stderr.isatty()

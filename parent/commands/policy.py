@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
 
 from enclave.errors import ConfigError, PolicyError
+from parent.commands.output import add_json_flag
 from parent.policy_render import render_policy
 from parent.storage import write_atomic
 
@@ -30,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     render.add_argument("--parent-role-arn", required=True, help="IAM role of the parent instance")
     render.add_argument("--model-owner-arn", help="model owner principal (model-owner template)")
     render.add_argument("--out", type=Path, help="write here (atomically) instead of stdout")
+    add_json_flag(render, help="with --out, print what was written as one JSON object (the policy"
+                               " itself is always JSON)")
     render.set_defaults(func=run)
 
 
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise PolicyError(f"measurements file {args.measurements} is not valid JSON: {exc}") from None
     if not isinstance(measurements, dict):
-        raise PolicyError("measurements file must hold a JSON object")
+        raise PolicyError(f"measurements file {args.measurements} must hold a JSON object")
     principals = {"PARENT_ROLE_ARN": args.parent_role_arn}
     if args.owner_arn:
         principals["OWNER_ARN"] = args.owner_arn
@@ -65,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(policy, indent=2) + "\n"
     if args.out is None:
         sys.stdout.write(text)
-    else:
-        _write_atomic(args.out, text)
+        return 0
+    _write_atomic(args.out, text)
+    if args.json:
+        print(json.dumps({"out": str(args.out), "bytes": len(text.encode("utf-8")),
+                          "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}))
     return 0

@@ -20,6 +20,7 @@ from enclave.privacy import params
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.accountants import PRIMARY
 from enclave.privacy.errors import PrivacyParameterError
+from parent.commands.output import add_json_flag
 
 
 def _arg_type(check: Callable[[Any], Any], convert: Callable[[str], Any],
@@ -85,7 +86,7 @@ def _common(parser: argparse.ArgumentParser, sigma: bool) -> None:
     parser.add_argument("--delta", required=True, type=_delta, metavar="D", help="delta in (0, 1)")
     parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=PRIMARY,
                         help="prv: privacy loss distributions (default); rdp: Renyi DP")
-    parser.add_argument("--json", action="store_true", help="print a JSON object")
+    add_json_flag(parser)
 
 
 def _number(value: float) -> float | None:

@@ -84,8 +84,9 @@ def test_json_failure_is_machine_readable(capsys: pytest.CaptureFixture[str]) ->
     assert run(str(RECENT), "--json") == 1
     captured = capsys.readouterr()
     verdict = json.loads(captured.out)
-    assert verdict == {"valid": False, "error": verdict["error"], "error_type": "CertificateExpired"}
-    assert captured.err.startswith("hermetic: error: ")
+    assert verdict == {"valid": False, "error": verdict["error"], "error_type": "CertificateExpired",
+                       "code": "attestation"}
+    assert captured.err == f"hermetic: error: {verdict['error']}\n"
 
 
 @pytest.mark.parametrize("encoding", ["base64", "base64-wrapped", "base64-urlsafe", "hex"])
