@@ -106,7 +106,10 @@ def verify_certificate(
         )
     check_body(body)
     if parse_time(body.finished_at, "finished_at") > document.timestamp + DEFAULT_CLOCK_SKEW:
-        raise InconsistentCertificate("finished_at is later than the attestation of the certificate")
+        raise InconsistentCertificate(
+            f"finished_at {body.finished_at} is later than the certificate's attestation at "
+            f"{document.timestamp.isoformat()} (allowed clock skew {DEFAULT_CLOCK_SKEW})"
+        )
 
     recomputed = {
         name: recompute_epsilon(body.ledger, body.delta, name) for name in NAMES

@@ -20,8 +20,11 @@ def decode_envelope(data: bytes) -> tuple[bytes, bytes]:
     if len(data) > MAX_CERTIFICATE_SIZE:
         raise MalformedCertificate(f"certificate is {len(data)} bytes, more than {MAX_CERTIFICATE_SIZE}")
     item = strict_loads(data, what="certificate", error=MalformedCertificate, canonical=dumps_f64, max_depth=2)
-    if not isinstance(item, dict) or set(item) != ENVELOPE_KEYS:
-        raise MalformedCertificate("certificate is not a map of exactly format, body, attestation")
+    if not isinstance(item, dict):
+        raise MalformedCertificate(f"certificate is a CBOR {type(item).__name__}, not a map")
+    if set(item) != ENVELOPE_KEYS:
+        found = ", ".join(sorted(repr(key)[:24] for key in item)[:8]) or "none"
+        raise MalformedCertificate(f"certificate map must hold exactly format, body, attestation; it holds {found}")
     if item["format"] != CERTIFICATE_FORMAT:
         raise MalformedCertificate(f"certificate format is not {CERTIFICATE_FORMAT!r}")
     body, attestation = item["body"], item["attestation"]

@@ -89,9 +89,7 @@ class AttestationPolicy:
         if self.allowed_pcrs is not None and not any(
             _pcrs_match(document.pcrs, alternative) for alternative in self.allowed_pcrs
         ):
-            raise PcrMismatch(
-                f"document PCRs match none of the {len(self.allowed_pcrs)} allowed PCR sets"
-            )
+            raise PcrMismatch(_pcr_mismatch_message(document.pcrs, self.allowed_pcrs))
         _require_equal("nonce", self.nonce, document.nonce, NonceMismatch)
         _require_equal("user_data", self.user_data, document.user_data, UserDataMismatch)
         _require_equal("public_key", self.public_key, document.public_key, PublicKeyMismatch)
@@ -150,4 +148,72 @@ def _require_equal(
     if actual is None:
         raise error(f"document has no {name}, the policy requires one")
     if not hmac.compare_digest(expected, actual):
-        raise error(f"document {name} differs from the expected value")
+        raise error(f"document {name} differs: {_versus(expected, actual, 'document')}")
+
+
+# Messages name what differs only after the constant-time decision has refused the
+# document: the expected values are the caller's own, the attested ones are in the document.
+
+_MAX_LISTED = 4  # differing PCRs named per allowed set; a message stays one readable line
+_SHORT = 8  # hex digits kept at each end of a long value
+
+
+def _pcr_mismatch_message(actual: Mapping[int, bytes], allowed: frozenset[PcrSet]) -> str:
+    if not allowed:
+        return "the policy allows no PCR set, so no document matches"
+    if len(allowed) == 1:
+        (alternative,) = allowed
+        return _pcr_differences(actual, alternative)
+    closest = min(allowed, key=lambda alt: (len(_differing(actual, alt)), alt))
+    return (f"document PCRs match none of the {len(allowed)} allowed PCR sets; closest: "
+            f"{_pcr_differences(actual, closest)}")
+
+
+def _differing(actual: Mapping[int, bytes], required: PcrSet) -> list[tuple[int, bytes]]:
+    return [(index, value) for index, value in required if actual.get(index) != value]
+
+
+def _pcr_differences(actual: Mapping[int, bytes], required: PcrSet) -> str:
+    differing = _differing(actual, required)
+    parts = []
+    for index, expected in differing[:_MAX_LISTED]:
+        attested = actual.get(index)
+        if attested is None:
+            parts.append(f"PCR{index} is not in the document (expected {short_hex(expected)})")
+        else:
+            parts.append(f"PCR{index} differs: {_versus(expected, attested, 'attested')}")
+    if len(differing) > _MAX_LISTED:
+        parts.append(f"and {len(differing) - _MAX_LISTED} more")
+    return "; ".join(parts)
+
+
+def _versus(expected: bytes, actual: bytes, actual_name: str) -> str:
+    """`expected X, <actual_name> Y`, both shortened yet never shortened to the same text."""
+    shown_expected, shown_actual = short_hex(expected), short_hex(actual)
+    if shown_expected == shown_actual:
+        shown_expected, shown_actual = _around_difference(expected.hex(), actual.hex())
+    text = f"expected {shown_expected}, {actual_name} {shown_actual}"
+    if len(expected) != len(actual):
+        text += f" ({len(expected)} vs {len(actual)} bytes)"
+    return text
+
+
+def short_hex(value: bytes) -> str:
+    """A long value as its first and last hex digits (`6ad2...c4f1`); a short one in full."""
+    text = value.hex()
+    if len(text) <= 2 * _SHORT + 4:
+        return text or "(empty)"
+    return f"{text[:_SHORT]}...{text[-_SHORT:]}"
+
+
+def _around_difference(left: str, right: str) -> tuple[str, str]:
+    """Both values cut to a window at their first differing hex digit."""
+    first = next((i for i, (a, b) in enumerate(zip(left, right, strict=False)) if a != b),
+                 min(len(left), len(right)))
+    start = max(first - 4, 0)
+    end = first + _SHORT
+
+    def window(text: str) -> str:
+        return ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
+
+    return window(left), window(right)

@@ -19,9 +19,12 @@ from typing import Any
 
 import pytest
 
+from enclave.certificate.issue import issue_certificate
 from enclave.errors import CODES
 from parent.cli import OWN_JSON_ERRORS, build_parser, iter_commands, main
 from parent.commands.output import EXIT_CLOSED_PIPE, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
+from parent.local.local_ca import LocalCa
+from tests.support.certificates import PCRS, make_body, new_nsm
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = dict(iter_commands(build_parser()))
@@ -263,6 +266,19 @@ def test_an_os_error_naming_a_file_becomes_a_config_error(unusable: Path,
     error = json.loads(capsys.readouterr().out)
     assert error == {"error": f"{unusable / 'demo'}: Not a directory", "error_type": "ConfigError",
                      "code": "config"}
+
+
+def test_certificate_pcr_mismatch_names_the_pcr_and_both_values(ca: LocalCa, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cert, root = tmp_path / "job.cert", tmp_path / "root.pem"
+    cert.write_bytes(issue_certificate(make_body(), new_nsm(ca)))
+    root.write_bytes(ca.root_pem)
+    expected = "ab" * 48
+    assert main(["verify-certificate", str(cert), "--root", str(root), "--pcr", f"0={PCRS[0].hex()}",
+                 "--pcr", f"2={expected}"]) == EXIT_FAILURE
+    attested = PCRS[2].hex()
+    assert capsys.readouterr().err == (f"hermetic: error: PCR2 differs: expected abababab...abababab, "
+                                       f"attested {attested[:8]}...{attested[-8:]}\n")
 
 
 # --- a closed stdout: no traceback ----------------------------------------------------------------

@@ -118,6 +118,13 @@ def test_pcr_requirements() -> None:
     assert run(str(RECENT), "--at", "document", "--pcr", f"0=0x{pcr0.upper()}") == 0
 
 
+def test_pcr_mismatch_names_the_pcr_and_both_values(capsys: pytest.CaptureFixture[str]) -> None:
+    pcr0, pcr1 = RECENT_DOC.pcrs[0].hex(), RECENT_DOC.pcrs[1].hex()
+    assert run(str(RECENT), "--at", "document", "--pcr", f"0={pcr0}", "--pcr", f"1={ZERO48}") == 1
+    assert capsys.readouterr().err == (f"hermetic: error: PCR1 differs: expected 00000000...00000000, "
+                                       f"attested {pcr1[:8]}...{pcr1[-8:]}\n")
+
+
 def test_nonce_user_data_public_key() -> None:
     nonce = RECENT_DOC.nonce.hex()  # type: ignore[union-attr]
     user_data = RECENT_DOC.user_data.hex()  # type: ignore[union-attr]

@@ -146,3 +146,46 @@ def test_policy_is_frozen_and_hashable() -> None:
                                                               max_age=timedelta(seconds=1)))
     with pytest.raises(AttributeError):
         policy.nonce = b"x"  # type: ignore[misc]
+
+
+# --- messages name what differs ------------------------------------------------------------------
+
+
+def test_pcr_mismatch_names_the_index_and_both_values(doc) -> None:
+    wrong = b"\xab" * 48
+    with pytest.raises(PcrMismatch) as info:
+        AttestationPolicy.from_pcrs({0: PCRS[0], 1: wrong, 2: PCRS[2]}).check(doc, at=AT)
+    message = str(info.value)
+    assert message == (f"PCR1 differs: expected {'ab' * 4}...{'ab' * 4}, "
+                       f"attested {PCRS[1].hex()[:8]}...{PCRS[1].hex()[-8:]}")
+    assert "PCR0" not in message and "PCR2" not in message
+
+
+def test_pcr_mismatch_shows_where_values_differ_in_the_middle(doc) -> None:
+    wrong = bytearray(PCRS[0])
+    wrong[24] ^= 0x01
+    with pytest.raises(PcrMismatch) as info:
+        AttestationPolicy.from_pcrs({0: bytes(wrong)}).check(doc, at=AT)
+    # Both would shorten to the same ends; the window starts 4 digits before the differing digit 49.
+    assert str(info.value) == (f"PCR0 differs: expected ...{bytes(wrong).hex()[45:57]}..., "
+                               f"attested ...{PCRS[0].hex()[45:57]}...")
+
+
+def test_pcr_absent_is_named(doc) -> None:
+    with pytest.raises(PcrMismatch, match=r"^PCR20 is not in the document \(expected 00000000\.\.\.00000000\)$"):
+        AttestationPolicy.from_pcrs({20: b"\x00" * 48}).check(doc, at=AT)
+
+
+def test_several_sets_report_the_closest(doc) -> None:
+    far = {0: b"\xaa" * 48, 1: b"\xaa" * 48}
+    near = {0: PCRS[0], 1: b"\xbb" * 48}
+    with pytest.raises(PcrMismatch) as info:
+        AttestationPolicy.from_pcrs(far, near).check(doc, at=AT)
+    assert str(info.value).startswith("document PCRs match none of the 2 allowed PCR sets; closest: PCR1 differs: "
+                                      "expected bbbbbbbb...bbbbbbbb")
+
+
+def test_field_mismatch_shows_both_values(doc) -> None:
+    with pytest.raises(NonceMismatch) as info:
+        AttestationPolicy(nonce=b"other").check(doc, at=AT)
+    assert str(info.value) == f"document nonce differs: expected {b'other'.hex()}, document {b'nonce-0123'.hex()} (5 vs 10 bytes)"
