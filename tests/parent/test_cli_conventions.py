@@ -98,6 +98,16 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert second.startswith(f"Python {platform.python_version()} ({platform.python_implementation()})")
 
 
+def test_readme_lists_every_command() -> None:
+    readme = (ROOT / "README.md").read_text("utf-8")
+    block = readme.split("## Command line\n\n```\n", 1)[1].split("```", 1)[0]
+    listed = {line.split("[", 1)[0].split("#", 1)[0] for line in block.splitlines() if line.startswith("hermetic ")}
+    missing = [_name(path) for path in LEAVES
+               if not any(re.match(rf"{re.escape(_name(path))}(\s|$)", entry) for entry in listed)]
+    assert missing == []
+    assert any(entry.startswith("hermetic --version") for entry in listed)
+
+
 # --- usage errors: exit 2, one line -------------------------------------------------------------
 
 
