@@ -161,12 +161,13 @@ def iter_commands(
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status follows parent.commands.output (usage errors raise SystemExit(2))."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if sys.stdout is None:  # started with fd 1 closed (`>&-`): output is dropped, as print() does
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")
     try:
         try:
             return _main(arguments)
         finally:
-            if sys.stdout is not None:
-                sys.stdout.flush()
+            sys.stdout.flush()
     except BrokenPipeError:
         # Python's documented recipe (library/signal, "Note on SIGPIPE"): point stdout at
         # devnull so the interpreter's final flush cannot raise again, and exit. 141, not 1:

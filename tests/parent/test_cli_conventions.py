@@ -291,6 +291,20 @@ def test_certificate_pcr_mismatch_names_the_pcr_and_both_values(ca: LocalCa, tmp
                                        f"attested {attested[:8]}...{attested[-8:]}\n")
 
 
+def test_interrupt_exits_130_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from parent.commands import privacy
+
+    def interrupted(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(privacy, "run_epsilon", interrupted)
+    assert main(["privacy", "epsilon", "--sampling-rate", "0.01", "--noise-multiplier", "1", "--steps", "10",
+                 "--delta", "1e-5", "--json"]) == EXIT_INTERRUPTED
+    captured = capsys.readouterr()
+    assert captured.err == "hermetic: interrupted\n" and captured.out == ""
+
+
 # --- a closed stdout: no traceback ----------------------------------------------------------------
 
 
@@ -335,6 +349,18 @@ def test_a_failure_into_a_closed_pipe_still_exits_1(tmp_path: Path) -> None:
     assert out.returncode == EXIT_FAILURE
     assert out.stderr == f"hermetic: error: cannot read attestation document {tmp_path / 'absent.cbor'}: " \
                          "No such file or directory\n"
+
+
+def test_stdout_closed_from_the_start(tmp_path: Path) -> None:
+    # `hermetic ... >&-`: Python starts with sys.stdout None; output is dropped, nothing crashes.
+    measurements = tmp_path / "m.json"
+    measurements.write_text(json.dumps({"PCR0": "ab" * 48, "PCR1": "01" * 48, "PCR2": "02" * 48}))
+    for argv in (["--help"], ["policy", "render", "--template", "data-owner", "--measurements", str(measurements),
+                              "--owner-arn", "arn:aws:iam::111122223333:user/o",
+                              "--parent-role-arn", "arn:aws:iam::111122223333:role/p"]):
+        out = subprocess.run([sys.executable, "-m", "parent.cli", *argv], cwd=ROOT, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True, timeout=120, preexec_fn=lambda: os.close(1))
+        assert (out.returncode, out.stderr) == (EXIT_OK, ""), argv
 
 
 def test_an_open_pipe_is_left_alone() -> None:
