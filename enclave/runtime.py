@@ -371,10 +371,14 @@ class _Control:
 
     def _read_while_training(self, stop: threading.Event, poll_s: float) -> None:
         try:
-            while not stop.is_set():
+            while True:
+                # Once training has ended, what already arrived is still read, then no more.
+                ending = stop.is_set()
                 try:
-                    msg = self.recv(timeout=poll_s)
+                    msg = self.recv(timeout=0 if ending else poll_s)
                 except TransportTimeout:
+                    if ending:
+                        return
                     continue
                 if isinstance(msg, Error):
                     raise RemoteError(msg.code, msg.message)
