@@ -6,6 +6,14 @@ Session (parent -> enclave unless noted):
   egress gate with AuditEvents and the training loop's releases, then JobResult and
   Goodbye, or Error (a code from enclave.errors) on any failure.
 
+Credentials refresh: after the first Credentials the parent may send Credentials
+again at any point, between set-up messages, between the frames of a dataset stream
+or while training runs (a thread reads the control channel then). Each one replaces
+the client the job's AttestedKms uses for later calls; it must be for the session's
+region and KMS endpoint. A parent's Goodbye means it sends nothing more: a message
+after it, a refresh included, is a protocol error, and so is any message other than a
+refresh, Goodbye or Error while training runs.
+
 The runtime opens no socket, builds no KMS client and reads no clock of its own:
 it is given a listener of Channels, a factory turning the parent's Credentials
 into a KMS client, a clock and the training loop. enclave.wiring builds the
@@ -13,10 +21,11 @@ production ones.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
@@ -33,7 +42,13 @@ from enclave.training.spec import JobSpec
 from enclave.training.trainer import PublicTable, Trainer, TrainingInputs
 from enclave.transport.address import Address
 from enclave.transport.channel import Channel, ChannelListener
-from enclave.transport.errors import ProtocolError, RemoteError, TransportTimeout
+from enclave.transport.errors import (
+    ChannelClosed,
+    PeerDisconnected,
+    ProtocolError,
+    RemoteError,
+    TransportTimeout,
+)
 from enclave.transport.messages import (
     PROTOCOL_VERSION,
     PUBLIC_PREFIX,
@@ -82,6 +97,9 @@ class RuntimeLimits:
     # A public evaluation set or a checkpoint is held in memory whole; bound it.
     max_public_bytes: int = 1 << 30
     max_checkpoint_bytes: int = 1 << 30
+    # While training runs, the control channel is read in turns of this length, so
+    # the reader sees the end of training promptly.
+    control_poll_s: float = 0.1
 
 
 @dataclass
@@ -143,9 +161,10 @@ class EnclaveRuntime:
     # ---------------------------------------------------------------- session
 
     def _session(self, channel: Channel) -> None:
-        gate = EgressGate(channel)
+        control = _Control(channel, self._kms_clients)
+        gate = EgressGate(control)
         try:
-            self._run_job(channel, gate)
+            self._run_job(control, gate)
         except HermeticError as err:
             # The reason is a one-line message about the failed check; it never
             # carries plaintext, keys or metrics.
@@ -157,13 +176,14 @@ class EnclaveRuntime:
             log.exception("job failed unexpectedly")
             _report(gate, Error(code=INTERNAL, message=INTERNAL_FAILURE))
 
-    def _run_job(self, channel: Channel, gate: EgressGate) -> None:
+    def _run_job(self, channel: _Control, gate: EgressGate) -> None:
         hello = self._expect(channel, Hello)
         if hello.protocol_version != PROTOCOL_VERSION:
             raise ProtocolError(f"parent speaks protocol {hello.protocol_version}, enclave {PROTOCOL_VERSION}")
         gate.send(Hello(role="enclave", protocol_version=PROTOCOL_VERSION))
         creds = self._expect(channel, Credentials)
         kms = AttestedKms(self._kms_clients(creds), self._nsm)
+        channel.accept_refreshes(creds, kms)
         start = self._expect(channel, JobStart)
         spec = JobSpec.from_toml(self._expect(channel, TrainingJob).spec_toml)
         job = _Job(start.job_id, spec, kms, train_id=_train_id(spec, start.datasets))
@@ -178,7 +198,9 @@ class EnclaveRuntime:
                 self._receive_resume(reader, job)
             else:
                 self._receive_sealed(reader, job, gate)
-        gate.send(JobResult(status="ok", detail=self._train(job, gate)))
+        with channel.watched(self._limits.control_poll_s):
+            detail = self._train(job, gate)
+        gate.send(JobResult(status="ok", detail=detail))
         gate.send(Goodbye())
 
     def _receive_sealed(self, reader: DatasetStreamReader, job: _Job, gate: EgressGate) -> None:
@@ -239,7 +261,7 @@ class EnclaveRuntime:
         )
         return self._training_loop(inputs, gate).run()
 
-    def _expect(self, channel: Channel, kind: type[M]) -> M:
+    def _expect(self, channel: _Control, kind: type[M]) -> M:
         msg = channel.recv(timeout=self._limits.recv_timeout_s)
         if isinstance(msg, Error):
             raise RemoteError(msg.code, msg.message)
@@ -251,10 +273,135 @@ class EnclaveRuntime:
 def _train_id(spec: JobSpec, streams: Sequence[str]) -> str:
     """The one sealed dataset a training job streams: the spec's, or the only one sent."""
     sealed = [s for s in streams if not s.startswith(PUBLIC_PREFIX) and s != RESUME_STREAM]
-    train_id = spec.data.train or (sealed[0] if len(sealed) == 1 else None)
-    if train_id is None or sealed != [train_id]:
-        raise ProtocolError("a training job streams exactly one sealed dataset, the one its spec names")
-    return train_id
+    sent = ", ".join(repr(s) for s in sealed) or "none"
+    if spec.data.train is not None and sealed != [spec.data.train]:
+        raise ProtocolError(
+            f"a training job streams exactly one sealed dataset, the one its spec names: "
+            f"the spec names {spec.data.train!r}, JobStart sends {sent}"
+        )
+    if len(sealed) != 1:
+        raise ProtocolError(f"a training job streams exactly one sealed dataset; JobStart sends {sent}")
+    return sealed[0]
+
+
+class _Control:
+    """One session's control channel, as the runtime and its egress gate see it.
+
+    Until `accept_refreshes` it only passes messages through. After it, `recv` applies
+    every further Credentials (the parent refreshing them) and returns the next other
+    message, so a refresh is taken wherever it arrives: between set-up messages or
+    inside a dataset stream. While training runs nobody else reads, so `watched` reads
+    on a thread of its own; what it cannot accept there is kept and raised by the
+    next `send` that is not an Error, which ends the job where the training loop
+    next releases something.
+    """
+
+    def __init__(self, channel: Channel, kms_clients: KmsClientFactory) -> None:
+        self._channel = channel
+        self._kms_clients = kms_clients
+        self._session_creds: Credentials | None = None
+        self._kms: AttestedKms | None = None
+        self._goodbye = False
+        self._failure: BaseException | None = None
+
+    def accept_refreshes(self, first: Credentials, kms: AttestedKms) -> None:
+        self._session_creds, self._kms = first, kms
+
+    # ---------------------------------------------------------- Channel
+
+    def send(self, msg: Message) -> None:
+        failure = self._failure
+        if failure is not None and not isinstance(msg, Error):
+            self._failure = None  # raised once; the Error that reports it still goes out
+            raise failure
+        self._channel.send(msg)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        while True:
+            msg = self._channel.recv(timeout=timeout)
+            if self._goodbye:
+                raise ProtocolError(f"{type(msg).__name__} arrived after the parent's Goodbye")
+            if isinstance(msg, Goodbye):
+                self._goodbye = True
+            elif isinstance(msg, Credentials) and self._kms is not None:
+                self._refresh(msg)
+                continue
+            return msg
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> _Control:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------- refreshes
+
+    def _refresh(self, creds: Credentials) -> None:
+        session, kms = self._session_creds, self._kms
+        assert session is not None and kms is not None  # set together by accept_refreshes
+        if creds.region != session.region:
+            raise ProtocolError(
+                f"refreshed Credentials are for region {creds.region!r}, this session's for {session.region!r}"
+            )
+        if creds.kms_endpoint != session.kms_endpoint:
+            raise ProtocolError(
+                f"refreshed Credentials name KMS endpoint {creds.kms_endpoint!r}, "
+                f"this session's {session.kms_endpoint!r}"
+            )
+        kms.replace_client(self._kms_clients(creds))
+        # The access key id and the secrets stay out of the log.
+        log.info("KMS credentials refreshed; the new ones expire %s", _expiry(creds))
+
+    @contextlib.contextmanager
+    def watched(self, poll_s: float) -> Iterator[None]:
+        """A thread reads the control channel for as long as the context lasts (training)."""
+        stop = threading.Event()
+        reader = threading.Thread(
+            target=self._read_while_training, args=(stop, poll_s), name="enclave-control", daemon=True
+        )
+        reader.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            reader.join()
+
+    def _read_while_training(self, stop: threading.Event, poll_s: float) -> None:
+        try:
+            while True:
+                # Once training has ended, what already arrived is still read, then no more.
+                ending = stop.is_set()
+                try:
+                    msg = self.recv(timeout=0 if ending else poll_s)
+                except TransportTimeout:
+                    if ending:
+                        return
+                    continue
+                if isinstance(msg, Error):
+                    raise RemoteError(msg.code, msg.message)
+                if not isinstance(msg, Goodbye):
+                    raise ProtocolError(f"unexpected {type(msg).__name__} while training runs")
+        except (PeerDisconnected, ChannelClosed):
+            # The parent sends nothing more; if it is gone, the next send says so.
+            log.debug("the parent closed its side of the control channel")
+        except HermeticError as err:
+            self._failure = err
+        except Exception as err:
+            # Reported to the parent as internal, with a fixed message, by the next send.
+            log.exception("reading the control channel while training failed")
+            self._failure = err
+
+
+def _expiry(creds: Credentials) -> str:
+    if creds.expiration_ms is None:
+        return "never (no expiration given)"
+    try:
+        return "at " + datetime.fromtimestamp(creds.expiration_ms / 1000, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"at {creds.expiration_ms} ms after the epoch"
 
 
 def _report(gate: EgressGate, error: Error) -> None:

@@ -71,8 +71,11 @@ class SocketEnclave:
         self.runtime.stop()
 
     def _kms_client(self, creds: Credentials) -> Any:
+        """A client for `creds`: the first of a session, or a refresh (then built on the
+        thread that reads the control channel during training, hence its own boto3 session:
+        the default one is not safe to share between threads)."""
         url = self._config.kms_url.replace("{port}", str(self._forwarder.address.port))
-        return boto3.client(
+        return boto3.session.Session().client(
             "kms",
             region_name=creds.region,
             endpoint_url=url,

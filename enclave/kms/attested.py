@@ -9,6 +9,7 @@ with plaintext in it is refused: it would mean the secret crossed the parent.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -85,11 +86,28 @@ def _check_context(encryption_context: Mapping[str, str]) -> dict[str, str]:
 
 
 class AttestedKms:
-    """KMS Decrypt / GenerateDataKey / GenerateRandom bound to this enclave's attestation."""
+    """KMS Decrypt / GenerateDataKey / GenerateRandom bound to this enclave's attestation.
+
+    The client can be replaced while calls are made from other threads (the parent
+    refreshes the credentials it is built from): each call uses the client current
+    when it starts.
+    """
 
     def __init__(self, client: Any, nsm: AttestingNsm) -> None:
         self._client = client
+        self._client_lock = threading.Lock()
         self._nsm = nsm
+
+    def replace_client(self, client: Any) -> None:
+        """Make every later call with `client`; a call already under way keeps its own."""
+        with self._client_lock:
+            self._client = client
+
+    def _method(self, name: str) -> Callable[..., dict[str, Any]]:
+        with self._client_lock:
+            client = self._client
+        method: Callable[..., dict[str, Any]] = getattr(client, name)
+        return method
 
     def _recipient(self) -> tuple[RecipientKey, dict[str, Any]]:
         private_key = RecipientKey()
@@ -140,7 +158,7 @@ class AttestedKms:
         }
         if key_id is not None:
             params["KeyId"] = key_id
-        response = self._call("Decrypt", self._client.decrypt, **params)
+        response = self._call("Decrypt", self._method("decrypt"), **params)
         return self._unwrap("Decrypt", response, private_key)
 
     def generate_data_key(
@@ -154,7 +172,7 @@ class AttestedKms:
         private_key, recipient = self._recipient()
         response = self._call(
             "GenerateDataKey",
-            self._client.generate_data_key,
+            self._method("generate_data_key"),
             KeyId=key_id,
             EncryptionContext=_check_context(encryption_context),
             NumberOfBytes=number_of_bytes,
@@ -176,7 +194,7 @@ class AttestedKms:
             raise KmsValidationError(f"GenerateRandom size must be 1..{MAX_RANDOM_BYTES}, got {n}")
         private_key, recipient = self._recipient()
         response = self._call(
-            "GenerateRandom", self._client.generate_random, NumberOfBytes=n, Recipient=recipient
+            "GenerateRandom", self._method("generate_random"), NumberOfBytes=n, Recipient=recipient
         )
         random_bytes = self._unwrap("GenerateRandom", response, private_key)
         if len(random_bytes) != n:

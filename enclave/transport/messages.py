@@ -308,7 +308,11 @@ class Error(Message):
 @register(0x10)
 @dataclass(frozen=True)
 class Credentials(Message):
-    """AWS credentials the enclave uses for KMS; secrets never appear in repr."""
+    """AWS credentials the enclave uses for KMS; secrets never appear in repr.
+
+    Sent once after the Hellos, and again, with the same region and endpoint, whenever
+    the parent refreshes them: each replaces the KMS client for later calls.
+    """
 
     access_key_id: str
     secret_access_key: str = field(repr=False)

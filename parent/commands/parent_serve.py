@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         TrainingProgress,
     )
     from parent.proxy.artifacts import ArtifactSink
-    from parent.proxy.job import RelayTarget, credentials_from_environment, run_job
+    from parent.proxy.job import RelayTarget, credentials_from_environment, environment_refresher, run_job
     from parent.proxy.session import DatasetInput
     from parent.public_data import load_public_dataset
     from parent.sources import BytesSource
@@ -193,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
             tap=tap if tap_file is not None else None,
             extra=extra,
             on_message=sink,
+            refresher=environment_refresher(args.region, kms_endpoint),
         )
     finally:
         if tap_file is not None:

@@ -3,10 +3,13 @@
 The relay (the vsock-proxy role) carries the enclave's TLS to KMS as opaque
 bytes; the session streams sealed datasets and collects what the enclave's
 egress gate lets out. Credentials handed to the enclave are the parent's own
-temporary ones: the key policy only lets them decrypt with an attestation.
+temporary ones: the key policy only lets them decrypt with an attestation. With a
+CredentialsRefresher (`hermetic parent run` always has one) newer ones follow
+before they expire, so a job may outlive them.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +21,7 @@ from enclave.errors import ConfigError
 from enclave.transport.address import Address
 from enclave.transport.framing import Tap
 from enclave.transport.messages import Credentials, Message
+from parent.proxy.credentials import CredentialsRefresher, check_not_expired
 from parent.proxy.relay import KmsRelay
 from parent.proxy.session import DatasetInput, ParentSession, SessionOutcome
 
@@ -41,7 +45,11 @@ class RelayTarget:
 
 
 def credentials_from_environment(region: str, kms_endpoint: str) -> Credentials:
-    """The parent's current AWS credentials (env, profile or instance role) as a message."""
+    """The parent's current AWS credentials (env, profile or instance role) as a message.
+
+    Each call resolves the chain afresh, so it is also the source a CredentialsRefresher
+    asks for newer ones (`environment_refresher`).
+    """
     creds = boto3.Session(region_name=region).get_credentials()
     if creds is None:
         raise ConfigError("no AWS credentials found for the parent (env, profile or instance role)")
@@ -55,6 +63,11 @@ def credentials_from_environment(region: str, kms_endpoint: str) -> Credentials:
         kms_endpoint=kms_endpoint,
         expiration_ms=int(expiry.timestamp() * 1000) if expiry is not None else None,
     )
+
+
+def environment_refresher(region: str, kms_endpoint: str) -> CredentialsRefresher:
+    """Refreshes from the parent's environment, as `credentials_from_environment` reads it."""
+    return CredentialsRefresher(functools.partial(credentials_from_environment, region, kms_endpoint))
 
 
 def run_job(
@@ -72,7 +85,11 @@ def run_job(
     connect_timeout: float = 30.0,
     extra: Sequence[Message] = (),
     on_message: Callable[[Message], None] | None = None,
+    refresher: CredentialsRefresher | None = None,
 ) -> SessionOutcome:
+    """Run one job; with `refresher`, the enclave's credentials are replaced before they
+    expire (see parent.proxy.credentials). Expired `credentials` are refused first."""
+    check_not_expired(credentials, time.time())
     relay = KmsRelay(
         relay_listen,
         kms_target.host,
@@ -91,6 +108,7 @@ def run_job(
             s3_client=s3_client,
             progress=progress,
             on_message=on_message,
+            refresher=refresher,
         )
         started = time.monotonic()
         outcome = session.run(job_id, datasets, extra)

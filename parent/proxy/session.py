@@ -7,6 +7,9 @@ Protocol (parent P, enclave E), all messages framed on one connection:
     P -> E  Credentials, JobStart(job_id, dataset ids), TrainingJob(spec) (`extra`)
     P -> E  for each dataset i in JobStart order:
                 DatasetBegin(i, id, size), DatasetData..., DatasetEnd(i, sha256)
+    P -> E  Credentials again, at any point until the parent's Goodbye, when a
+            CredentialsRefresher replaces ones about to expire (between frames,
+            never inside one: the channel's send lock)
     E -> P  AuditEvent* , then JobResult or Error, then Goodbye  (at any time
             after the Hellos: the parent reads on its own thread while streaming);
             Error.code is one of the codes listed in enclave.errors
@@ -22,6 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +45,7 @@ from enclave.transport.messages import (
     Message,
 )
 from enclave.transport.sockets import DEFAULT_CONNECT_TIMEOUT, connect
+from parent.proxy.credentials import Clock, CredentialsRefresher, check_not_expired
 from parent.proxy.streamer import DEFAULT_FRAME_SIZE, StreamSummary, stream_dataset
 from parent.sources import SealedSource, open_source
 
@@ -149,9 +154,13 @@ class ParentSession:
         s3_client: object | None = None,
         progress: Callable[[str, int], None] | None = None,
         on_message: Callable[[Message], None] | None = None,
+        refresher: CredentialsRefresher | None = None,
+        clock: Clock = time.time,
     ) -> None:
         self.control = control
         self._credentials = credentials
+        self._refresher = refresher
+        self._clock = clock
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._recv_timeout = recv_timeout
@@ -170,7 +179,12 @@ class ParentSession:
         extra: Sequence[Message] = (),
     ) -> SessionOutcome:
         """Send the job, any `extra` set-up messages (e.g. the training spec) and the
-        datasets; return the outcome or raise a one-line error."""
+        datasets; return the outcome or raise a one-line error.
+
+        Credentials already past their expiration are refused before anything is
+        sent (ExpiredCredentials); with a refresher, newer ones follow while the job runs.
+        """
+        check_not_expired(self._credentials, self._clock())
         job = JobStart(job_id=job_id, datasets=tuple(dataset_id for dataset_id, _ in datasets))
         sock = connect(self.control, timeout=self._connect_timeout)
         channel = FramedChannel(
@@ -182,23 +196,30 @@ class ParentSession:
             collector.start()
             summaries: list[StreamSummary] = []
             try:
-                channel.send(self._credentials)
-                channel.send(job)
-                for message in extra:
-                    channel.send(message)
-                for index, (dataset_id, where) in enumerate(datasets):
-                    summaries.append(self._stream_one(channel, index, dataset_id, where))
-            except (PeerDisconnected, ChannelClosed) as exc:
-                # The enclave hung up on us; its Error (if any) explains why.
+                try:
+                    channel.send(self._credentials)
+                    if self._refresher is not None:
+                        self._refresher.start(self._credentials, channel.send)
+                    channel.send(job)
+                    for message in extra:
+                        channel.send(message)
+                    for index, (dataset_id, where) in enumerate(datasets):
+                        summaries.append(self._stream_one(channel, index, dataset_id, where))
+                except (PeerDisconnected, ChannelClosed) as exc:
+                    # The enclave hung up on us; its Error (if any) explains why.
+                    collector.join()
+                    self._raise_for(collector)
+                    raise PeerDisconnected(f"enclave disconnected during job set-up: {exc}") from None
+                except BaseException:
+                    # Our own failure (bad source, timeout, interrupt): stop the reader too.
+                    channel.close()
+                    collector.join()
+                    raise
+                # Training runs until the enclave's Goodbye; refreshes go on meanwhile.
                 collector.join()
-                self._raise_for(collector)
-                raise PeerDisconnected(f"enclave disconnected during job set-up: {exc}") from None
-            except BaseException:
-                # Our own failure (bad source, timeout, interrupt): stop the reader too.
-                channel.close()
-                collector.join()
-                raise
-            collector.join()
+            finally:
+                if self._refresher is not None:
+                    self._refresher.stop()
             self._raise_for(collector)
             if collector.failure is not None:
                 if isinstance(collector.failure, PeerDisconnected):

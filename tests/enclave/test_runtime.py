@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -195,9 +196,12 @@ PUBLIC_JOB = JobStart("job-1", [PUBLIC_PREFIX + "holdout", TRAIN])
         pytest.param([HELLO, CREDS, JOB, TrainingJob("[job")], "config", "not valid TOML", [ENCLAVE_HELLO],
                      id="spec-not-toml"),
         pytest.param([HELLO, CREDS, JobStart("job-1", [TRAIN, "other-v1"]), SPEC], "protocol",
-                     "exactly one sealed dataset", [ENCLAVE_HELLO], id="two-sealed-datasets"),
+                     "JobStart sends 'train-v1', 'other-v1'", [ENCLAVE_HELLO], id="two-sealed-datasets"),
+        pytest.param([HELLO, CREDS, JobStart("job-1", []), SPEC], "protocol",
+                     "exactly one sealed dataset; JobStart sends none", [ENCLAVE_HELLO], id="no-sealed-dataset"),
         pytest.param([HELLO, CREDS, JOB, TrainingJob(spec_toml(train="other-v1"))], "protocol",
-                     "exactly one sealed dataset", [ENCLAVE_HELLO], id="spec-names-another-dataset"),
+                     "the spec names 'other-v1', JobStart sends 'train-v1'", [ENCLAVE_HELLO],
+                     id="spec-names-another-dataset"),
         pytest.param([HELLO, CREDS], "transport", "peer closed the connection", [ENCLAVE_HELLO],
                      id="parent-hangs-up"),
         pytest.param([HELLO, CREDS, PUBLIC_JOB, SPEC, *stream(0, TRAIN, b"x")], "protocol",
@@ -342,3 +346,141 @@ def test_the_training_loop_gets_the_opened_data_and_public_sets(nsm: MockNsm, se
     assert inputs.train.records == 200 and inputs.train_sealed_sha256 == hashlib.sha256(sealed).hexdigest()
     assert inputs.public["holdout"].table.num_rows == 10 and inputs.clock() == FIXED_NOW
     assert inputs.resume is None and inputs.job_id == "job-1"
+
+
+# ------------------------------------------------------------ refreshed credentials
+
+REFRESHED = Credentials("ASIANEXT", "next-secret", "next-token", "us-east-1", "http://127.0.0.1:1", 1_714_570_000_000)
+
+
+class ClientPerCredentials:
+    """A KMS client factory: one StubKms per Credentials it is given, in order."""
+
+    def __init__(self) -> None:
+        self.given: list[Credentials] = []
+        self.clients: list[StubKms] = []
+        self.refreshed = threading.Event()
+
+    def __call__(self, creds: Credentials) -> StubKms:
+        self.given.append(creds)
+        self.clients.append(StubKms())
+        if len(self.given) > 1:
+            self.refreshed.set()
+        return self.clients[-1]
+
+    def calls(self) -> list[list[str]]:
+        return [client.calls for client in self.clients]
+
+
+def unchecked_credentials(**fields: Any) -> Credentials:
+    """A Credentials that skips its own checks, so its frame is one a receiver must refuse."""
+    creds = object.__new__(Credentials)
+    for name, value in {**vars(REFRESHED), **fields}.items():
+        object.__setattr__(creds, name, value)
+    return creds
+
+
+def test_a_refresh_inside_a_dataset_stream_switches_the_client_for_the_next_call(nsm: MockNsm, sealed: bytes) -> None:
+    factory = ClientPerCredentials()
+    begin, data, end = stream(0, TRAIN, sealed)
+    replies = run_session(nsm, [*SETUP, begin, data, REFRESHED, end], kms_clients=factory)
+    assert replies[-2:] == [replies[-2], Goodbye()] and isinstance(replies[-2], JobResult), replies
+    assert factory.given == [CREDS, REFRESHED]
+    # The data key was fetched with the first credentials (the header came before the
+    # refresh); the checkpoint's key with the refreshed ones.
+    assert factory.calls() == [["Decrypt"], ["GenerateDataKey"]]
+
+
+def test_a_refresh_between_set_up_messages_is_used_for_the_data_key(nsm: MockNsm, sealed: bytes) -> None:
+    factory = ClientPerCredentials()
+    loop = RecordingLoop()
+    replies = run_session(nsm, [HELLO, CREDS, JOB, REFRESHED, SPEC, *stream(0, TRAIN, sealed)],
+                          kms_clients=factory, training_loop=loop)
+    assert replies[-2:] == [JobResult("ok", "recorded"), Goodbye()]
+    assert factory.calls() == [[], ["Decrypt"]]
+
+
+class KeyAfterRefreshLoop:
+    """A training loop that waits for the parent's refresh, then seals as a checkpoint would."""
+
+    def __init__(self, factory: ClientPerCredentials) -> None:
+        self.factory = factory
+
+    def __call__(self, inputs: TrainingInputs, gate: EgressGate) -> KeyAfterRefreshLoop:
+        self.inputs, self.gate = inputs, gate
+        return self
+
+    def run(self) -> str:
+        assert self.factory.refreshed.wait(timeout=10)
+        self.inputs.generate_data_key(KEY_ARN, {"hermetic:format": "checkpoint"})
+        return "sealed after the refresh"
+
+
+def test_a_refresh_while_training_runs_switches_the_client(nsm: MockNsm, sealed: bytes) -> None:
+    factory = ClientPerCredentials()
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed), REFRESHED],
+                          kms_clients=factory, training_loop=KeyAfterRefreshLoop(factory))
+    assert replies[-2:] == [JobResult("ok", "sealed after the refresh"), Goodbye()]
+    assert factory.calls() == [["Decrypt"], ["GenerateDataKey"]]
+
+
+def test_a_parents_goodbye_while_training_runs_lets_the_job_finish(nsm: MockNsm, sealed: bytes) -> None:
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed), Goodbye()], training_loop=RecordingLoop())
+    assert replies[-2:] == [JobResult("ok", "recorded"), Goodbye()]
+
+
+@pytest.mark.parametrize(
+    ("after_datasets", "code", "reason"),
+    [
+        pytest.param([Goodbye(), REFRESHED], "protocol", "Credentials arrived after the parent's Goodbye",
+                     id="refresh-after-goodbye"),
+        pytest.param([Credentials("ASIANEXT", "s", None, "eu-west-1", "http://127.0.0.1:1", None)], "protocol",
+                     "region 'eu-west-1', this session's for 'us-east-1'", id="refresh-for-another-region"),
+        pytest.param([Credentials("ASIANEXT", "s", None, "us-east-1", "https://kms.example", None)], "protocol",
+                     "KMS endpoint 'https://kms.example'", id="refresh-for-another-endpoint"),
+        pytest.param([unchecked_credentials(access_key_id="")], "transport",
+                     "Credentials.access_key_id must not be empty", id="malformed-refresh"),
+        pytest.param([JobStart("job-2", [TRAIN])], "protocol", "unexpected JobStart while training runs",
+                     id="set-up-message-while-training"),
+        pytest.param([Error("parent", "operator cancelled")], "aborted", "parent: operator cancelled",
+                     id="parent-error-while-training"),
+    ],
+)
+def test_refused_messages_while_training_end_the_job(
+    nsm: MockNsm, sealed: bytes, after_datasets: list[Message], code: str, reason: str
+) -> None:
+    factory = ClientPerCredentials()
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed), *after_datasets],
+                          kms_clients=factory, training_loop=RecordingLoop())
+    opened, planned = replies[1:3]
+    assert_refused(replies, code, reason, before=[ENCLAVE_HELLO, opened, planned])
+    assert factory.given == [CREDS]  # no refused refresh reached the factory
+
+
+@pytest.mark.parametrize(
+    ("messages", "code", "reason"),
+    [
+        pytest.param([HELLO, CREDS, Credentials("A", "s", None, "eu-west-1", "http://127.0.0.1:1", None)],
+                     "protocol", "region 'eu-west-1'", id="refresh-for-another-region-during-set-up"),
+        pytest.param([HELLO, CREDS, JOB, SPEC, DatasetBegin(0, TRAIN, None), unchecked_credentials(region="")],
+                     "transport", "Credentials.region must not be empty", id="malformed-refresh-inside-a-stream"),
+    ],
+)
+def test_refused_refreshes_during_set_up(nsm: MockNsm, messages: list[Message], code: str, reason: str) -> None:
+    factory = ClientPerCredentials()
+    assert_refused(run_session(nsm, messages, kms_clients=factory), code, reason)
+    assert factory.given == [CREDS]
+
+
+def test_a_refresh_never_logs_its_secrets(
+    nsm: MockNsm, sealed: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    factory = ClientPerCredentials()
+    run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed), REFRESHED], kms_clients=factory,
+                training_loop=KeyAfterRefreshLoop(factory))
+    assert any("credentials refreshed" in r.getMessage() for r in caplog.records)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ("next-secret", "next-token", "secret"):
+        assert secret not in text
+    assert "next-secret" not in repr(REFRESHED) and "next-token" not in repr(REFRESHED)

@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,20 @@ key_id = "{model_key_id}"
 """
 
 
+class KmsClock:
+    """The emulator's clock: the wall clock, `ahead` of it when a test makes time pass
+    for KMS (within the 5 minutes of skew SigV4 allows), so credentials can expire."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+    def set(self, when: datetime) -> None:
+        self.ahead = when - datetime.now(UTC)
+
+
 @dataclass
 class DataPath:
     ca: LocalCa
@@ -117,6 +132,7 @@ class DataPath:
     sock_dir: Path
     state_dir: Path
     model_key_id: str
+    kms_clock: KmsClock
 
     def seal(
         self,
@@ -210,10 +226,11 @@ def data_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
         {"MODEL_OWNER_ARN": MODEL_OWNER[2], "PARENT_ROLE_ARN": PARENT[2]},
     )
     sock_dir = Path(tempfile.mkdtemp(prefix="h-it-"))
-    with KmsEmulator(state / "kms", principals, ca.root_der) as emulator:
+    kms_clock = KmsClock()
+    with KmsEmulator(state / "kms", principals, ca.root_der, clock=kms_clock) as emulator:
         key_id = kms_client(emulator.url, OWNER).create_key(Policy=json.dumps(policy))["KeyMetadata"]["KeyId"]
         model_key_id = kms_client(emulator.url, MODEL_OWNER).create_key(
             Policy=json.dumps(model_policy)
         )["KeyMetadata"]["KeyId"]
-        yield DataPath(ca, emulator, key_id, pcrs, sock_dir, state, model_key_id)
+        yield DataPath(ca, emulator, key_id, pcrs, sock_dir, state, model_key_id, kms_clock)
     shutil.rmtree(sock_dir, ignore_errors=True)

@@ -4,7 +4,11 @@ Principals file (JSON), one entry per access key id:
 
     {"AKIDOWNER": {"secret_access_key": "...", "arn": "arn:aws:iam::111122223333:user/owner"},
      "AKIDPARENT": {"secret_access_key": "...", "arn": "arn:aws:iam::111122223333:role/parent",
-                    "session_token": "..."}}
+                    "session_token": "...", "expiration": "2024-05-01T18:00:00Z"}}
+
+Temporary credentials carry a session token and may carry an `expiration` (ISO 8601
+with a time zone, as STS writes it): requests signed with them after it are refused
+with ExpiredTokenException.
 
 A two-element list `[secret_access_key, arn]` is accepted as a short form.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 from enclave.errors import ConfigError
@@ -34,7 +39,22 @@ def _principal(access_key_id: str, raw: object) -> Principal:
         raise ConfigError(f"principal {access_key_id} has no valid IAM arn")
     if token is not None and (not isinstance(token, str) or not token):
         raise ConfigError(f"principal {access_key_id} has an invalid session_token")
-    return Principal(secret_access_key=secret, arn=arn, session_token=token)
+    return Principal(secret_access_key=secret, arn=arn, session_token=token,
+                     expires_at=_expiration(access_key_id, raw.get("expiration"), token))
+
+
+def _expiration(access_key_id: str, raw: object, token: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    if token is None:
+        raise ConfigError(f"principal {access_key_id} has an expiration but no session_token")
+    try:
+        when = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise ConfigError(f"principal {access_key_id} has an expiration that is not ISO 8601 with a time zone")
+    return when
 
 
 def load_principals(path: Path) -> dict[str, Principal]:

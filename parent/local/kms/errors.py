@@ -82,3 +82,9 @@ class IncompleteSignatureException(_ClientFault):
 
 class MissingAuthenticationTokenException(_ClientFault):
     aws_type = "MissingAuthenticationTokenException"
+
+
+class ExpiredTokenException(_ClientFault):
+    """A session token past its expiration; KMS answers exactly this (HTTP 400)."""
+
+    aws_type = "ExpiredTokenException"

@@ -16,7 +16,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from socket import socket
@@ -34,6 +34,7 @@ from parent.local.kms.errors import (
 from parent.local.kms.service import AttestationVerifier, KmsService, new_request_id
 from parent.local.kms.sigv4 import Principal, SigV4Verifier
 from parent.local.kms.store import KeyStore
+from parent.local.kms.sts import SessionCredentials, new_session
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,17 @@ class KmsEmulator:
         self._server: _KmsHttpServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+
+    def assume_role(
+        self, role_arn: str, session_name: str = "hermetic", lifetime: timedelta = timedelta(hours=1)
+    ) -> SessionCredentials:
+        """Issue temporary credentials for `role_arn`, as STS AssumeRole does, expiring
+        `lifetime` after the emulator's clock; requests signed with them act as the
+        role's assumed-role ARN, and after the expiry get ExpiredTokenException."""
+        principal, creds = new_session(role_arn, session_name, self.clock(), lifetime)
+        self.verifier.add_principal(creds.access_key_id, principal)
+        log.info("issued temporary credentials for %s until %s", creds.arn, creds.expiration.isoformat())
+        return creds
 
     def start(self) -> str:
         """Bind, listen and serve in a background thread; return the endpoint URL."""

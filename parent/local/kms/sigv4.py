@@ -3,19 +3,22 @@
 The emulator knows each caller's secret, recomputes the signature over the
 canonical request exactly as the SigV4 specification describes, and compares in
 constant time. Nothing is trusted before this passes: an unknown access key is
-UnrecognizedClientException, a wrong signature InvalidSignatureException.
+UnrecognizedClientException, a wrong signature InvalidSignatureException, and a
+session token past its expiry ExpiredTokenException, as AWS answers them.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import re
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, unquote
 
 from parent.local.kms.errors import (
+    ExpiredTokenException,
     IncompleteSignatureException,
     InvalidSignatureException,
     MissingAuthenticationTokenException,
@@ -32,13 +35,28 @@ _AUTH_RE = re.compile(
 _SPACES = re.compile(r"\s+")
 
 
+EXPIRED_TOKEN_MESSAGE = "The security token included in the request is expired"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """A caller the emulator knows: its secret and the IAM ARN it acts as."""
+    """A caller the emulator knows: its secret and the IAM ARN it acts as.
 
-    secret_access_key: str
+    Temporary credentials carry a session token and may carry `expires_at`: from
+    then on every request signed with them is refused with ExpiredTokenException.
+    """
+
+    secret_access_key: str = field(repr=False)
     arn: str
-    session_token: str | None = None
+    session_token: str | None = field(default=None, repr=False)
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.expires_at is not None:
+            if self.session_token is None:
+                raise ValueError("only temporary credentials (with a session token) expire")
+            if self.expires_at.tzinfo is None:
+                raise ValueError("expires_at must be timezone-aware")
 
 
 @dataclass(frozen=True)
@@ -121,9 +139,17 @@ class SigV4Verifier:
         max_skew: timedelta = MAX_CLOCK_SKEW,
     ) -> None:
         self._principals = dict(principals)
+        self._lock = threading.Lock()
         self._region = region
         self._service = service
         self._max_skew = max_skew
+
+    def add_principal(self, access_key_id: str, principal: Principal) -> None:
+        """Know one more caller from now on (temporary credentials being issued)."""
+        with self._lock:
+            if access_key_id in self._principals:
+                raise ValueError(f"access key {access_key_id} is already known")
+            self._principals[access_key_id] = principal
 
     def verify(
         self,
@@ -147,7 +173,8 @@ class SigV4Verifier:
         if len(parts) != 5 or parts[4] != "aws4_request":
             raise IncompleteSignatureException("Credential must be AKID/date/region/service/aws4_request")
         access_key_id, scope_date, scope_region, scope_service, _ = parts
-        principal = self._principals.get(access_key_id)
+        with self._lock:
+            principal = self._principals.get(access_key_id)
         if principal is None:
             raise UnrecognizedClientException("The security token included in the request is invalid.")
         signed_headers = signed.split(";")
@@ -157,6 +184,8 @@ class SigV4Verifier:
         if missing:
             raise IncompleteSignatureException(f"SignedHeaders must include {', '.join(sorted(missing))}")
         self._check_token(principal, lookup, signed_headers)
+        if principal.expires_at is not None and now >= principal.expires_at:
+            raise ExpiredTokenException(EXPIRED_TOKEN_MESSAGE)
         amz_date = lookup.get("x-amz-date", "")
         try:
             when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

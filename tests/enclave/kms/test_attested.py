@@ -135,6 +135,17 @@ def test_context_must_be_strings() -> None:
         AttestedKms(FakeKms(), RecordingNsm()).decrypt(b"c", {"epsilon": 3.0})  # type: ignore[dict-item]
 
 
+def test_a_replaced_client_serves_every_later_call() -> None:
+    first, second = FakeKms(), FakeKms()
+    attested = AttestedKms(first, RecordingNsm())
+    attested.decrypt(b"c", {})
+    attested.replace_client(second)
+    attested.generate_data_key("key", {})
+    attested.generate_random(32)
+    assert [op for op, _ in first.calls] == ["Decrypt"]
+    assert [op for op, _ in second.calls] == ["GenerateDataKey", "GenerateRandom"]
+
+
 def _client_error(code: str, message: str = "nope") -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": message}}, "Decrypt")
 
@@ -148,6 +159,7 @@ def _client_error(code: str, message: str = "nope") -> ClientError:
         ("NotFoundException", KmsNotFound),
         ("UnrecognizedClientException", KmsAuthenticationFailed),
         ("InvalidSignatureException", KmsAuthenticationFailed),
+        ("ExpiredTokenException", KmsAuthenticationFailed),
         ("ValidationException", KmsValidationError),
         ("KMSInternalException", KmsUnavailable),
         ("com.amazonaws.kms#AccessDeniedException", KmsAccessDenied),

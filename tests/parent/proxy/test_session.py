@@ -20,6 +20,7 @@ from enclave.transport.messages import (
     Credentials,
     DatasetBegin,
     DatasetData,
+    DatasetEnd,
     Error,
     Goodbye,
     Hello,
@@ -29,6 +30,7 @@ from enclave.transport.messages import (
 )
 from enclave.transport.sockets import listen
 from enclave.transport.stream import DatasetStreamReader
+from parent.proxy.credentials import CredentialsRefresher
 from parent.proxy.session import EnclaveError, ParentSession
 from parent.sources import SourceNotFound
 from tests.parent.proxy.moto_s3 import s3_client  # noqa: F401 - fixture
@@ -269,3 +271,44 @@ def test_errors_are_hermetic_one_liners() -> None:
     assert isinstance(err, HermeticError)
     assert str(err) == "enclave error c: multi line message"
     assert issubclass(PeerDisconnected, TransportError)
+
+
+def test_a_refresh_goes_between_dataset_frames_and_never_after_goodbye(tmp_path: Path, enclave) -> None:
+    path = tmp_path / "a.sealed"
+    path.write_bytes(os.urandom(3 * 1024))
+    expiring = dataclasses.replace(CREDS, expiration_ms=3_600_000)  # an hour after the epoch
+    fresh = dataclasses.replace(CREDS, access_key_id="ASIAFRESH", expiration_ms=7_200_000)
+    now = [0.0]
+    refresher = CredentialsRefresher(lambda: fresh, clock=lambda: now[0])
+
+    def script(chan: FramedChannel, state: dict) -> None:
+        handshake(chan, state)
+        read_job(chan, state)
+        state["stream"] = stream = [chan.recv(timeout=10)]
+        while not isinstance(stream[-1], DatasetEnd):
+            stream.append(chan.recv(timeout=10))
+        chan.send(JobResult("ok", "done"))
+        chan.send(Goodbye())
+        state["after"] = after = [chan.recv(timeout=10)]
+        with pytest.raises(PeerDisconnected):
+            after.append(chan.recv(timeout=10))
+
+    def progress(dataset_id: str, n: int) -> None:
+        if now[0] == 0.0:  # after the first chunk: the margin is reached, the refresh goes now
+            now[0] = 3_300.0
+            assert refresher.refresh_if_due()
+
+    e = enclave(script)
+    outcome = ParentSession(e.address, expiring, frame_size=1024, progress=progress, refresher=refresher,
+                            clock=lambda: now[0]).run("job-1", [("ds-a", str(path))])
+    state = e.join()
+    assert "error" not in state, state.get("error")
+    assert outcome.status == "ok" and state["creds"] == expiring
+    assert [type(m).__name__ for m in state["stream"]] == [
+        "DatasetBegin", "DatasetData", "Credentials", "DatasetData", "DatasetData", "DatasetEnd",
+    ]
+    assert state["stream"][2] == fresh
+    assert state["after"] == [Goodbye()]
+    # Stopped with the session: nothing more is sent, even once due again.
+    now[0] = 7_000.0
+    assert not refresher.refresh_if_due()

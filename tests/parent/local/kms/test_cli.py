@@ -6,11 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from enclave.errors import ConfigError
 from parent.cli import main
 from parent.local.kms import load_principals, load_root_der
 
@@ -104,6 +106,28 @@ def test_loaders(tmp_path: Path, local_ca: Any) -> None:
     short = tmp_path / "short.json"
     short.write_text(json.dumps({"AKIDSHORT": ["secret", "arn:aws:iam::111122223333:user/x"]}))
     assert load_principals(short)["AKIDSHORT"].arn.endswith("user/x")
+    expiring = tmp_path / "expiring.json"
+    expiring.write_text(json.dumps({"ASIAEXPIRING": {
+        "secret_access_key": "s", "arn": "arn:aws:sts::111122223333:assumed-role/r/i-1",
+        "session_token": "t", "expiration": "2024-05-01T18:00:00Z"}}))
+    assert load_principals(expiring)["ASIAEXPIRING"].expires_at == datetime(2024, 5, 1, 18, tzinfo=UTC)
     der = tmp_path / "root.der"
     der.write_bytes(local_ca.root_der)
     assert load_root_der(der) == load_root_der(_root_file(tmp_path, local_ca)) == local_ca.root_der
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [
+        ({"expiration": "2024-05-01T18:00:00Z"}, "has an expiration but no session_token"),
+        ({"session_token": "t", "expiration": "2024-05-01T18:00:00"}, "ISO 8601 with a time zone"),
+        ({"session_token": "t", "expiration": "tomorrow"}, "ISO 8601 with a time zone"),
+        ({"session_token": "t", "expiration": 1714586400}, "ISO 8601 with a time zone"),
+    ],
+)
+def test_principal_expirations_are_checked(tmp_path: Path, entry: dict[str, Any], reason: str) -> None:
+    path = tmp_path / "principals.json"
+    path.write_text(json.dumps({"ASIAX": {"secret_access_key": "s", "arn": "arn:aws:iam::111122223333:role/r",
+                                          **entry}}))
+    with pytest.raises(ConfigError, match=reason):
+        load_principals(path)

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from enclave.errors import ConfigError
 from enclave.hazmat.cms import open_recipient_ciphertext
 from enclave.kms.attested import AttestedKms
 from enclave.kms.errors import KmsAccessDenied, KmsInvalidCiphertext, KmsValidationError
@@ -216,6 +217,42 @@ def test_unknown_access_key_and_bad_secret(emulator: KmsEmulator) -> None:
         with pytest.raises(ClientError) as info:
             client.generate_random(NumberOfBytes=8)
         assert _code(info) == code
+
+
+def test_assumed_role_credentials_expire_as_aws_reports_it(tmp_path: Path, local_ca: Any) -> None:
+    import boto3
+
+    # The emulator's clock runs ahead of the client's by `ahead`, within the 5 minutes
+    # of skew SigV4 tolerates, so credentials can expire without anyone waiting.
+    ahead = [datetime.timedelta(0)]
+
+    def clock() -> datetime.datetime:
+        return datetime.datetime.now(datetime.UTC) + ahead[0]
+
+    with KmsEmulator(tmp_path, principals(), local_ca.root_der, clock=clock) as running:
+        creds = running.assume_role(PARENT_ROLE_ARN, "i-0abc123", lifetime=datetime.timedelta(minutes=2))
+        assert creds.access_key_id.startswith("ASIA")
+        assert creds.arn == "arn:aws:sts::111122223333:assumed-role/hermetic-parent/i-0abc123"
+        assert creds.secret_access_key not in repr(creds) and creds.session_token not in repr(creds)
+        client = boto3.session.Session().client(
+            "kms", endpoint_url=running.url, region_name="us-east-1", aws_access_key_id=creds.access_key_id,
+            aws_secret_access_key=creds.secret_access_key, aws_session_token=creds.session_token)
+        assert len(client.generate_random(NumberOfBytes=8)["Plaintext"]) == 8
+        ahead[0] = datetime.timedelta(minutes=2, seconds=1)
+        with pytest.raises(ClientError) as info:
+            client.generate_random(NumberOfBytes=8)
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert info.value.response["Error"] == {
+            "Code": "ExpiredTokenException", "Message": "The security token included in the request is expired",
+        }
+        fresh = running.assume_role(PARENT_ROLE_ARN, "i-0abc123")
+        assert fresh.access_key_id != creds.access_key_id and fresh.expiration > clock()
+        renewed = boto3.session.Session().client(
+            "kms", endpoint_url=running.url, region_name="us-east-1", aws_access_key_id=fresh.access_key_id,
+            aws_secret_access_key=fresh.secret_access_key, aws_session_token=fresh.session_token)
+        assert len(renewed.generate_random(NumberOfBytes=8)["Plaintext"]) == 8
+    with pytest.raises(ConfigError, match="not an IAM role ARN"):
+        running.assume_role(OWNER_ARN)
 
 
 # --- the enclave side: Recipient --------------------------------------------------------------

@@ -9,6 +9,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from parent.local.kms.errors import (
+    ExpiredTokenException,
     IncompleteSignatureException,
     InvalidSignatureException,
     KmsApiError,
@@ -68,9 +69,11 @@ def _signed(
     return [("Host", HOST), *request.headers.items()]
 
 
+EXPIRES = datetime.now(UTC) + timedelta(minutes=2)
 PRINCIPALS = {
     "AKIDOWNER": Principal("owner-secret", "arn:aws:iam::111122223333:user/owner"),
     "AKIDTOKEN": Principal("token-secret", "arn:aws:sts::111122223333:assumed-role/parent/i-1", "tok"),
+    "ASIASHORT": Principal("short-secret", "arn:aws:sts::111122223333:assumed-role/parent/i-2", "short", EXPIRES),
 }
 
 
@@ -132,3 +135,27 @@ def test_declared_payload_hash_must_match() -> None:
 def test_clock_skew_rejected(skew: timedelta) -> None:
     with pytest.raises(InvalidSignatureException, match="expired"):
         _verify(_signed(), now=datetime.now(UTC) + skew)
+
+
+def test_temporary_credentials_work_until_their_expiry_then_fail_as_aws_says() -> None:
+    def signed() -> list[tuple[str, str]]:
+        return _signed(access_key="ASIASHORT", secret="short-secret", token="short")
+
+    assert _verify(signed(), now=EXPIRES - timedelta(seconds=1)).principal.expires_at == EXPIRES
+    with pytest.raises(ExpiredTokenException) as info:
+        _verify(signed(), now=EXPIRES)
+    error = info.value
+    assert (error.aws_type, error.status) == ("ExpiredTokenException", 400)
+    assert str(error) == "The security token included in the request is expired"
+
+
+def test_an_expired_token_is_still_checked_first_for_being_the_right_one() -> None:
+    with pytest.raises(UnrecognizedClientException):
+        _verify(_signed(access_key="ASIASHORT", secret="short-secret", token="forged"), now=EXPIRES)
+
+
+def test_principal_secrets_stay_out_of_repr_and_only_tokens_expire() -> None:
+    principal = PRINCIPALS["ASIASHORT"]
+    assert "short-secret" not in repr(principal) and "'short'" not in repr(principal)
+    with pytest.raises(ValueError, match="session token"):
+        Principal("s", "arn:aws:iam::111122223333:user/x", None, EXPIRES)
