@@ -140,7 +140,7 @@ def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp
     context["max_epsilon"] = "100.0"
     forged = SealedHeader(
         key_id=header.key_id, encrypted_data_key=header.encrypted_data_key,
-        encryption_context=context, chunk_size=header.chunk_size,
+        encryption_context=context, chunk_size=header.chunk_size, schema=header.schema,
     )
     sealed.path.write_bytes(forged.encode() + rest)
     nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)

@@ -7,23 +7,15 @@ from typing import Any
 import pytest
 
 from enclave.privacy.calibration import epsilon, max_steps
-from enclave.sealed.format import SealedHeader, build_encryption_context
+from enclave.sealed.format import SealedHeader
 from enclave.training.plan import BudgetExceeded, plan_run
 from enclave.training.spec import JobSpec
 
-RECORDS = 10_000
+from .sealed_headers import RECORDS, dataset_header
 
 
 def header(*, max_epsilon: float = 3.0, delta: float = 1e-5, records: int = RECORDS) -> SealedHeader:
-    return SealedHeader(
-        key_id="arn:aws:kms:us-east-1:111122223333:key/plan",
-        encrypted_data_key=b"k" * 48,
-        encryption_context=build_encryption_context(
-            dataset_id="plan-ds", owner="owner", max_epsilon=max_epsilon, delta=delta,
-            record_count=records, schema_sha256="ab" * 32,
-        ),
-        chunk_size=1 << 16,
-    )
+    return dataset_header(max_epsilon=max_epsilon, delta=delta, records=records)
 
 
 def spec(**privacy: Any) -> JobSpec:
