@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "privacy",
     "checkpoint",
     "measure_eif",
+    "job",
 )
 
 

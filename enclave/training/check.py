@@ -35,7 +35,7 @@ from enclave.errors import SealedDataError
 from enclave.sealed.format import PAYLOAD, SealedHeader
 from enclave.sealed.records import field_shape, header_schema
 from enclave.training.budget import PlannedRun, plan_budget
-from enclave.training.models import ModelSpec, UnknownModel, get_spec
+from enclave.training.models import MODELS, ModelSpec, UnknownModel, get_spec
 from enclave.training.spec import JobSpec
 
 #: The wire code a problem is reported under when the enclave refuses the job.
@@ -76,18 +76,28 @@ def check_job(spec: JobSpec, header: SealedHeader) -> list[Problem]:
 
 def review_job(spec: JobSpec, header: SealedHeader) -> JobReview:
     """`check_job` with the planned run (None if the header is no dataset or q cannot be formed)."""
+    dataset = review_dataset(spec, header)
+    return JobReview((*check_spec(spec), *dataset.problems), dataset.planned)
+
+
+def check_spec(spec: JobSpec) -> list[Problem]:
+    """The problems of the spec alone, whatever the data: the model must be registered."""
+    try:
+        get_spec(spec.model.name)
+    except UnknownModel as err:
+        return [Problem("model.name", str(err))]
+    return []
+
+
+def review_dataset(spec: JobSpec, header: SealedHeader) -> JobReview:
+    """The problems that depend on the dataset (`check_job` less `check_spec`), and the plan."""
     if header.payload != PAYLOAD:
         return JobReview((Problem("sealed file", f"holds a {header.payload!r} payload, not a dataset"),), None)
     problems: list[Problem] = []
     train = spec.data.train
     if train is not None and header.dataset_id != train:
         problems.append(Problem("data.train", f"names dataset {train!r}, the sealed file is {header.dataset_id!r}"))
-    model: ModelSpec | None
-    try:
-        model = get_spec(spec.model.name)
-    except UnknownModel as err:
-        model = None
-        problems.append(Problem("model.name", str(err)))
+    model = MODELS.get(spec.model.name)
     try:
         schema = header_schema(header)
     except SealedDataError as err:

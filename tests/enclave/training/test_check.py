@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from enclave.sealed.format import CHECKPOINT_PAYLOAD, SealedHeader, build_checkpoint_context, build_encryption_context
 from enclave.training.budget import BudgetPlan, plan_budget
-from enclave.training.check import BUDGET, CONFIG, Problem, check_job, review_job
+from enclave.training.check import BUDGET, CONFIG, Problem, check_job, check_spec, review_dataset, review_job
 from enclave.training.models import MODELS, ModelSpec, preprocess
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import table_arrays
@@ -140,7 +140,7 @@ def test_every_integer_type_holds_ten_classes(label: pa.DataType) -> None:
 
 def test_a_label_type_too_narrow_for_the_classes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     wide = ModelSpec(name="mlp", input_shape=(784,), num_classes=200, build=MODELS["mlp"].build)
-    monkeypatch.setattr("enclave.training.check.get_spec", lambda name: wide)
+    monkeypatch.setattr("enclave.training.check.MODELS", {"mlp": wide})
     problems = check_job(spec(), with_schema(image_field(), pa.field("label", pa.int8())))
     assert [(p.where, p.message) for p in problems] == [
         ("data.label", "column 'label' is int8, which cannot hold class indices 0..199")]
@@ -300,3 +300,12 @@ def test_a_schema_the_check_accepts_is_one_the_trainer_reads(schema: pa.Schema, 
         and (shape in (None, b"28x28", b"784", b"1x28x28", b"28x28x1") or (model == "mlp" and shape == b"4x196"))
     )
     assert (not problems) == fits
+
+
+def test_the_spec_alone_and_the_dataset_part_make_up_the_whole_check() -> None:
+    job = spec("resnet", data={"train": "other"})
+    header = with_schema(image_field(value=pa.int8()), LABEL)
+    assert [p.where for p in check_spec(job)] == ["model.name"]
+    assert [p.where for p in review_dataset(job, header).problems] == ["data.train", "data.features"]
+    assert review_job(job, header).problems == (*check_spec(job), *review_dataset(job, header).problems)
+    assert check_spec(spec("mlp")) == []
