@@ -42,7 +42,9 @@ from enclave.training.spec import JobSpec
 CONFIG = "config"
 BUDGET = "budget"
 
+# The schema comes from the header: what of it goes into a message is bounded.
 _MAX_NAMES_SHOWN = 8
+_MAX_SHOWN = 80
 
 
 @dataclass(frozen=True)
@@ -115,14 +117,20 @@ def _column(schema: pa.Schema, name: str, where: str) -> tuple[pa.Field | None, 
     if count == 1:
         return schema.field(name), []
     if count == 0:
-        shown = ", ".join(repr(n) for n in schema.names[:_MAX_NAMES_SHOWN])
+        shown = ", ".join(_short(repr(n)) for n in schema.names[:_MAX_NAMES_SHOWN])
         more = f" and {len(schema.names) - _MAX_NAMES_SHOWN} more" if len(schema.names) > _MAX_NAMES_SHOWN else ""
         return None, [Problem(where, f"column {name!r} is not in the dataset (columns: {shown or 'none'}{more})")]
     return None, [Problem(where, f"the dataset has {count} columns named {name!r}")]
 
 
+def _short(text: object, limit: int = _MAX_SHOWN) -> str:
+    """`text` cut to a bounded length (Arrow types and column names from the header)."""
+    shown = str(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def _shape_text(shape: tuple[int, ...]) -> str:
-    return "x".join(str(d) for d in shape)
+    return _short("x".join(str(d) for d in shape))
 
 
 def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -137,9 +145,9 @@ def _feature_problems(schema: pa.Schema, name: str, model_name: str, model: Mode
     wanted = "fixed_size_list<uint8>" if model is None else f"fixed_size_list<uint8>[{model.input_features}]"
     kind = field.type
     if not pa.types.is_fixed_size_list(kind):
-        return [Problem(where, f"column {name!r} is {kind}, model {model_name!r} needs {wanted} pixels")]
+        return [Problem(where, f"column {name!r} is {_short(kind)}, model {model_name!r} needs {wanted} pixels")]
     if kind.value_type != pa.uint8():
-        problems.append(Problem(where, f"column {name!r} holds {kind.value_type} values, "
+        problems.append(Problem(where, f"column {name!r} holds {_short(kind.value_type)} values, "
                                        f"model {model_name!r} needs {wanted} pixels"))
     size = int(kind.list_size)
     if model is not None and size != model.input_features:
@@ -149,7 +157,7 @@ def _feature_problems(schema: pa.Schema, name: str, model_name: str, model: Mode
     try:
         shape = field_shape(field)
     except SealedDataError as err:
-        return [*problems, Problem(where, str(err))]
+        return [*problems, Problem(where, _short(err, 3 * _MAX_SHOWN))]
     if shape is None:
         return problems
     if math.prod(shape) != size:
@@ -175,7 +183,7 @@ def _label_problems(schema: pa.Schema, name: str, model: ModelSpec | None) -> li
     classes = "class indices" if model is None else f"class indices 0..{model.num_classes - 1}"
     kind = field.type
     if not pa.types.is_integer(kind):
-        return [Problem(where, f"column {name!r} is {kind}, the model needs integer {classes}")]
+        return [Problem(where, f"column {name!r} is {_short(kind)}, the model needs integer {classes}")]
     largest = 2 ** (kind.bit_width - (1 if pa.types.is_signed_integer(kind) else 0)) - 1
     if model is not None and largest < model.num_classes - 1:
         return [Problem(where, f"column {name!r} is {kind}, which cannot hold {classes}")]

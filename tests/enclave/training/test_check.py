@@ -309,3 +309,21 @@ def test_the_spec_alone_and_the_dataset_part_make_up_the_whole_check() -> None:
     assert [p.where for p in review_dataset(job, header).problems] == ["data.train", "data.features"]
     assert review_job(job, header).problems == (*check_spec(job), *review_dataset(job, header).problems)
     assert check_spec(spec("mlp")) == []
+
+
+def test_what_the_header_puts_into_a_message_is_bounded() -> None:
+    wide = pa.struct([pa.field(f"f{i}", pa.int64()) for i in range(150)])
+    long_name = "n" * 5000
+    header = with_schema(
+        pa.field("image", wide), pa.field("label", wide), pa.field(long_name, pa.int8()),
+        pa.field("x", pa.int8(), metadata={b"shape": b"9" * 5000}),
+    )
+    problems = check_job(spec(data={"features": "x", "label": "missing"}), header)
+    assert wheres(problems) == ["data.features", "data.label"]
+    assert "'nnnnnnnn" in problems[1].message and "...," in problems[1].message
+    assert all(len(p.message) < 400 for p in problems)
+    header = with_schema(image_field(shape=b"q" * 5000), pa.field("label", wide))
+    problems = check_job(spec(), header)
+    assert wheres(problems) == ["data.features", "data.label"]
+    assert all(len(p.message) < 400 for p in problems)
+    assert problems[1].message.startswith("column 'label' is struct<f0: int64, f1: int64")
