@@ -46,6 +46,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "privacy",
     "checkpoint",
     "measure_eif",
+    "job",
 )
 
 # Commands that still print their own --json failure verdict; main() adds none for them,

@@ -3,7 +3,9 @@
 The dataset is streamed (reader -> Arrow IPC stream -> chunked AES-256-GCM ->
 temporary file) under a fresh data key from KMS GenerateDataKey whose
 encryption context binds the dataset id, owner, privacy budget, record count
-and schema hash. The output appears atomically or not at all.
+and schema hash; the header also carries the schema itself (`schema_bytes`), so a
+job can be checked against the data's shape without a key. The output appears
+atomically or not at all.
 
 Default dataset id: the input's file name stem (reduced to [A-Za-z0-9._-],
 at most 64 characters) + "-" + 16 random hex digits. The stem keeps ids
@@ -32,11 +34,12 @@ from enclave.sealed.errors import MalformedHeader
 from enclave.sealed.format import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
+    MAX_SCHEMA_SIZE,
     MIN_CHUNK_SIZE,
     SealedHeader,
     build_encryption_context,
 )
-from enclave.sealed.records import schema_sha256
+from enclave.sealed.records import schema_bytes, schema_sha256
 from enclave.sealed.stream import SealWriter
 from parent.datasets import DEFAULT_BATCH_ROWS, DatasetReader, open_dataset
 from parent.storage import open_atomic
@@ -205,6 +208,12 @@ def seal_dataset(
 
     schema = reader.schema()
     record_count = reader.count()
+    public_schema = schema_bytes(schema)
+    if len(public_schema) > MAX_SCHEMA_SIZE:
+        raise ConfigError(
+            f"the dataset's schema is {len(public_schema)} bytes, a sealed header holds at most "
+            f"{MAX_SCHEMA_SIZE}: seal only the columns training needs"
+        )
     schema_hash = schema_sha256(schema)
     try:
         ctx = build_encryption_context(
@@ -221,7 +230,11 @@ def seal_dataset(
     header_key_id, data_key, blob = _generate_data_key(kms_client, key_id, ctx)
     try:
         header = SealedHeader(
-            key_id=header_key_id, encrypted_data_key=blob, encryption_context=ctx, chunk_size=chunk_size
+            key_id=header_key_id,
+            encrypted_data_key=blob,
+            encryption_context=ctx,
+            chunk_size=chunk_size,
+            schema=public_schema,
         )
     except MalformedHeader as err:
         raise KmsError(f"KMS response unusable in a sealed header: {err}") from None

@@ -16,6 +16,10 @@ class MalformedHeader(SealedDataError):
     """The header is too large, not canonical CBOR, or has invalid fields."""
 
 
+class SchemaMismatch(MalformedHeader):
+    """The header's schema bytes do not hash to the encryption context's schema_sha256."""
+
+
 class InvalidDataKey(SealedDataError):
     """The data key is not a 256-bit AES key."""
 

@@ -18,6 +18,19 @@ Header map (exactly these keys, canonical CBOR: sorted keys, definite lengths):
     alg                 text   "AES-256-GCM"
     chunk_size          uint   plaintext bytes per chunk (MIN_CHUNK_SIZE .. MAX_CHUNK_SIZE)
     payload             text   "arrow-ipc-stream" or "hermetic-checkpoint-v1"
+    schema              bytes  datasets: the public Arrow schema of the records, exactly the
+                               bytes the context's schema_sha256 hashes (the Arrow IPC
+                               serialisation without schema-level metadata; field metadata
+                               such as tensor shapes stays), 1 .. MAX_SCHEMA_SIZE bytes;
+                               checkpoints: empty (a checkpoint has no dataset schema)
+
+A header whose schema bytes do not hash to the context's schema_sha256 is refused
+when it is built or decoded, so the schema is bound to the data key through the
+context and anyone can check a job against the data's shape before a key is used
+(`enclave.sealed.records.header_schema` parses it). A checkpoint carries empty bytes
+rather than no key or null: every header has the same key set and field types, and
+empty bytes are never a valid Arrow schema, so neither kind can pass for the other.
+A header without the schema key (written before it existed) is refused by name.
 
 Each payload type has its own encryption context (CONTEXT_KEYS_BY_PAYLOAD), whose
 "hermetic:format" entry names it, so KMS never releases a dataset key for a file
@@ -47,6 +60,7 @@ from enclave.sealed.errors import (
     BadMagic,
     EncryptionContextMismatch,
     MalformedHeader,
+    SchemaMismatch,
     UnsupportedVersion,
 )
 
@@ -71,6 +85,9 @@ MAX_CHUNK_SIZE = 16 * 1024 * 1024
 _MAX_BLOB = 6144
 _MAX_KEY_ID = 2048
 _MAX_CONTEXT_VALUE = 1024
+# With the other fields at their limits, a header with a schema this large still fits
+# MAX_HEADER_SIZE (tests/enclave/sealed/test_format.py holds this).
+MAX_SCHEMA_SIZE = 48 * 1024
 
 FORMAT_CONTEXT_KEY = "hermetic:format"
 ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
@@ -94,9 +111,10 @@ FORMAT_BY_PAYLOAD: Mapping[str, str] = MappingProxyType(
     {PAYLOAD: FORMAT_NAME, CHECKPOINT_PAYLOAD: CHECKPOINT_FORMAT_NAME}
 )
 _PAYLOADS = sorted(CONTEXT_KEYS_BY_PAYLOAD)
-_HEADER_KEYS = frozenset(
+_HEADER_KEYS_WITHOUT_SCHEMA = frozenset(
     {"key_id", "encrypted_data_key", "encryption_context", "alg", "chunk_size", "payload"}
 )
+_HEADER_KEYS = _HEADER_KEYS_WITHOUT_SCHEMA | {"schema"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
 
@@ -213,6 +231,7 @@ class SealedHeader:
     alg: str = ALG
     chunk_size: int = DEFAULT_CHUNK_SIZE
     payload: str = PAYLOAD
+    schema: bytes = b""
 
     def __post_init__(self) -> None:
         if not isinstance(self.key_id, str) or not 0 < len(self.key_id) <= _MAX_KEY_ID:
@@ -235,6 +254,25 @@ class SealedHeader:
         ):
             raise MalformedHeader(
                 f"chunk_size must be an integer in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]"
+            )
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        if not isinstance(self.schema, bytes):
+            raise MalformedHeader("schema must be bytes")
+        if self.payload != PAYLOAD:
+            if self.schema:
+                raise MalformedHeader(f"a {self.payload!r} header carries no schema, got {len(self.schema)} bytes")
+            return
+        if not self.schema:
+            raise MalformedHeader("a dataset header must carry its schema")
+        if len(self.schema) > MAX_SCHEMA_SIZE:
+            raise MalformedHeader(f"schema is {len(self.schema)} bytes, limit {MAX_SCHEMA_SIZE}")
+        actual = hashlib.sha256(self.schema).hexdigest()
+        if actual != self.encryption_context["schema_sha256"]:
+            raise SchemaMismatch(
+                f"header schema hashes to {actual[:16]}..., the encryption context says "
+                f"{self.encryption_context['schema_sha256'][:16]}..."
             )
 
     # -- context accessors (datasets) ----------------------------------------
@@ -282,6 +320,7 @@ class SealedHeader:
                 "alg": self.alg,
                 "chunk_size": self.chunk_size,
                 "payload": self.payload,
+                "schema": self.schema,
             }
         )
 
@@ -319,6 +358,8 @@ class SealedHeader:
         obj = strict_loads(body, what="header", error=MalformedHeader, canonical=dumps, max_depth=8)
         if not isinstance(obj, dict):
             raise MalformedHeader("header is not a CBOR map")
+        if set(obj) == _HEADER_KEYS_WITHOUT_SCHEMA:
+            raise MalformedHeader("header carries no schema (sealed before headers had one): seal the data again")
         if set(obj) != _HEADER_KEYS:
             raise MalformedHeader(
                 f"header keys wrong (expected {sorted(_HEADER_KEYS)}, got {sorted(map(str, obj))})"
@@ -333,6 +374,7 @@ class SealedHeader:
             alg=obj["alg"],
             chunk_size=obj["chunk_size"],
             payload=obj["payload"],
+            schema=obj["schema"],
         )
         # Re-encoding must give the same bytes: this rejects trailing bytes,
         # non-canonical key order or integer widths, and semantic tags.

@@ -4,6 +4,11 @@ Tensor-valued columns (images, feature vectors) are stored as
 fixed_size_list<T>[prod(shape)] with the per-record shape in the field
 metadata under SHAPE_METADATA_KEY, written as dimensions joined by "x"
 (e.g. b"28x28"). `field_shape` reads it back.
+
+The schema's IPC serialisation without schema-level metadata (`schema_bytes`) is
+public: the sealed header carries it and the encryption context binds its SHA-256
+(`schema_sha256`), so `header_schema` gives the shape of the records before any key
+is used, and `verify_records` holds the decrypted payload to it.
 """
 from __future__ import annotations
 
@@ -16,8 +21,8 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from enclave.errors import SealedDataError
-from enclave.sealed.errors import EncryptionContextMismatch, MalformedPayload
-from enclave.sealed.format import SealedHeader
+from enclave.sealed.errors import EncryptionContextMismatch, MalformedHeader, MalformedPayload
+from enclave.sealed.format import PAYLOAD, SealedHeader
 
 SHAPE_METADATA_KEY = b"shape"
 
@@ -41,14 +46,38 @@ def field_shape(field: pa.Field) -> tuple[int, ...] | None:
     return shape
 
 
-def schema_sha256(schema: pa.Schema) -> str:
-    """Hex SHA-256 of the schema's IPC serialization without schema-level metadata.
+def schema_bytes(schema: pa.Schema) -> bytes:
+    """The schema's IPC serialization without schema-level metadata: the header's `schema`.
 
     Schema-level metadata (e.g. pandas' from Parquet files) is dropped because it
     says nothing about the records; field metadata stays because it carries
     tensor shapes.
     """
-    return hashlib.sha256(schema.remove_metadata().serialize().to_pybytes()).hexdigest()
+    return bytes(schema.remove_metadata().serialize().to_pybytes())
+
+
+def schema_sha256(schema: pa.Schema) -> str:
+    """Hex SHA-256 of `schema_bytes(schema)`: the context's schema_sha256."""
+    return hashlib.sha256(schema_bytes(schema)).hexdigest()
+
+
+def header_schema(header: SealedHeader) -> pa.Schema:
+    """The public schema a dataset header carries, parsed; MalformedHeader if it is not one.
+
+    The header already checked that these bytes hash to the context's schema_sha256;
+    here they must also be one canonical Arrow schema: the bytes `schema_bytes` gives
+    for what they parse to, so no schema-level metadata and nothing else.
+    """
+    if header.payload != PAYLOAD:
+        raise EncryptionContextMismatch(f"sealed file holds a {header.payload!r} payload, not a dataset")
+    try:
+        schema = pa.ipc.read_schema(pa.py_buffer(header.schema))
+        canonical = schema_bytes(schema)
+    except (pa.ArrowException, ValueError, OSError) as err:
+        raise MalformedHeader(f"header schema is not an Arrow schema: {_first_line(err)}") from None
+    if canonical != header.schema:
+        raise MalformedHeader("header schema is not in the canonical form schema_bytes gives")
+    return schema
 
 
 def verify_records(header: SealedHeader, schema: pa.Schema, count: int) -> None:

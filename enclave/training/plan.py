@@ -1,25 +1,26 @@
 """Plan a DP-SGD run from the job spec and the sealed header, before any key is used.
 
-Everything here depends only on public parameters (the spec and the dataset's
-encryption context), so the budget check can run on the plaintext header before
-KMS is asked for the data key. The context is authenticated by KMS a moment
-later: a parent that inflates the budget in the header cannot get the key.
+`plan_run` is the enclave's check on the plaintext header: it runs the whole job
+check (`enclave.training.check`: model, columns, types and shapes from the header's
+public schema, the dataset id, the budget) and refuses the job with one error that
+lists every problem, so a spec that cannot fit the data never costs a key use. The
+error is `BudgetExceeded` (wire code "budget") when every problem is the budget,
+`JobDoesNotFit` (code "config") otherwise.
 """
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from enclave.errors import HermeticError
-from enclave.privacy.calibration import epsilon, max_steps, noise_multiplier
-from enclave.sealed.format import SealedHeader
+from enclave.errors import ConfigError, HermeticError
+from enclave.sealed.format import PAYLOAD, SealedHeader
+from enclave.training.budget import PlannedRun
+from enclave.training.check import BUDGET, Problem, review_job
 from enclave.training.spec import JobSpec
 
-log = logging.getLogger(__name__)
+__all__ = ["BudgetExceeded", "JobDoesNotFit", "PlannedRun", "plan_run", "refusal"]
 
-# Relative slack for float formatting of the budget in the context ("3.0" vs 3.0).
-_BUDGET_RTOL = 1e-9
+log = logging.getLogger(__name__)
 
 
 class BudgetExceeded(HermeticError):
@@ -27,64 +28,43 @@ class BudgetExceeded(HermeticError):
 
     code = "budget"
 
+    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
 
-@dataclass(frozen=True)
-class PlannedRun:
-    records: int
-    sampling_rate: float
-    noise_multiplier: float
-    steps: int
-    delta: float
-    accountant: str
-    planned_epsilon: float
-    max_epsilon: float
-    budget_delta: float
-    max_steps_within_budget: int
+
+class JobDoesNotFit(ConfigError):
+    """The job spec cannot run on the sealed dataset (model, columns, shapes, dataset id)."""
+
+    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+
+def describe(problems: Sequence[Problem]) -> str:
+    """All problems on one line: "where: message; where: message"."""
+    return "; ".join(f"{p.where}: {p.message}" for p in problems)
+
+
+def refusal(header: SealedHeader, problems: Sequence[Problem]) -> BudgetExceeded | JobDoesNotFit:
+    """The one error that refuses a job for `problems` (not empty) on the dataset of `header`."""
+    what = f"dataset {header.dataset_id!r}" if header.payload == PAYLOAD else "the sealed file"
+    count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+    message = f"the job cannot run on {what} ({count}): {describe(problems)}"
+    if all(p.code == BUDGET for p in problems):
+        return BudgetExceeded(message, problems)
+    return JobDoesNotFit(message, problems)
 
 
 def plan_run(spec: JobSpec, header: SealedHeader) -> PlannedRun:
-    """Raise BudgetExceeded unless the whole planned run fits the dataset's budget."""
-    privacy = spec.privacy
-    records = header.record_count
-    q = spec.sampling_rate(records)
-    steps = spec.steps_for(records)
-    delta = privacy.delta
-    if delta > header.delta * (1 + _BUDGET_RTOL):
-        raise BudgetExceeded(
-            f"job delta {delta:g} exceeds the dataset's delta {header.delta:g}"
-        )
-    accountant = privacy.accountant
-    if privacy.noise_multiplier is not None:
-        sigma = privacy.noise_multiplier
-    else:
-        assert privacy.target_epsilon is not None
-        if privacy.target_epsilon > header.max_epsilon * (1 + _BUDGET_RTOL):
-            raise BudgetExceeded(
-                f"target epsilon {privacy.target_epsilon:g} exceeds the dataset's budget "
-                f"{header.max_epsilon:g}"
-            )
-        sigma = noise_multiplier(privacy.target_epsilon, delta, q, steps, accountant)
-    planned = epsilon(q, sigma, steps, delta, accountant)
-    if not math.isfinite(planned) or planned > header.max_epsilon * (1 + _BUDGET_RTOL):
-        raise BudgetExceeded(
-            f"planned epsilon {planned:.4g} ({steps} steps, q={q:.4g}, sigma={sigma:.4g}) exceeds "
-            f"the dataset's budget {header.max_epsilon:g}"
-        )
-    within = max_steps(q, sigma, delta, header.max_epsilon, accountant)
-    plan = PlannedRun(
-        records=records,
-        sampling_rate=q,
-        noise_multiplier=sigma,
-        steps=steps,
-        delta=delta,
-        accountant=accountant,
-        planned_epsilon=planned,
-        max_epsilon=header.max_epsilon,
-        budget_delta=header.delta,
-        max_steps_within_budget=within,
-    )
+    """The planned run; raise BudgetExceeded or JobDoesNotFit, listing every problem, unless it fits."""
+    review = review_job(spec, header)
+    if review.problems:
+        raise refusal(header, review.problems)
+    plan = review.planned
+    assert plan is not None  # planned whenever the budget reports no breach
     log.info(
         "planned %d steps at q=%.5f sigma=%.4f: epsilon %.4f of %.4f",
-        steps, q, sigma, planned, header.max_epsilon,
+        plan.steps, plan.sampling_rate, plan.noise_multiplier, plan.planned_epsilon, plan.max_epsilon,
     )
     return plan

@@ -86,15 +86,12 @@ class RecordingLoop:
 
 
 def spec_toml(model_key_id: str) -> str:
-    """A job the sealed test data fits: one step, well within the 3.0 budget."""
+    """A job the sealed test data fits (784 uint8 `image`, integer `label`): one step, well within the 3.0 budget."""
     return f"""
 [job]
 name = "data-path"
 [model]
 name = "mlp"
-[data]
-features = "features"
-label = "labels"
 [optimizer]
 name = "sgd"
 lr = 0.1
@@ -139,17 +136,15 @@ class DataPath:
         tmp_path: Path,
         records: int = 3000,
         dataset_id: str = "patients-v1",
-        width: int = 64,
+        width: int = 784,
         max_epsilon: float = 3.0,
     ) -> Sealed:
         rng = np.random.default_rng(7)
         features = rng.integers(0, 256, size=(records, width), dtype=np.uint8)
         labels = rng.integers(0, 10, size=records, dtype=np.uint8)
         src = tmp_path / "patients.npz"
-        if width == 784:  # image-shaped: the columns a training job reads
-            np.savez(src, image=features, label=labels)
-        else:
-            np.savez(src, features=features, labels=labels)
+        # The columns a training job reads by default; the job check refuses other shapes before any key is used.
+        np.savez(src, image=features, label=labels)
         client = kms_client(self.emulator.url, OWNER)
         captured: dict[str, bytes] = {}
 
@@ -181,6 +176,7 @@ class DataPath:
         tap: Any = None,
         training_loop: RecordingLoop | None = None,
         name: str = "job",
+        spec: str | None = None,
     ) -> SessionOutcome:
         control = UnixAddress(str(self.sock_dir / f"{name}.sock"))
         relay = UnixAddress(str(self.sock_dir / f"{name}-kms.sock"))
@@ -197,7 +193,7 @@ class DataPath:
             return run_job(
                 enclave=control, relay_listen=relay, kms_target=target, allow_list=[target],
                 credentials=self.credentials(), job_id=name, datasets=[(dataset_id, str(source))],
-                tap=tap, extra=[TrainingJob(spec_toml=spec_toml(self.model_key_id))],
+                tap=tap, extra=[TrainingJob(spec_toml=spec or spec_toml(self.model_key_id))],
             )
         finally:
             runtime.stop()

@@ -10,7 +10,7 @@ from enclave.sealed.format import SealedHeader
 from enclave.sealed.stream import read_header
 from parent.local.mock_nsm import MockNsm
 from parent.proxy.session import EnclaveError
-from tests.integration.conftest import CountingNsm, DataPath, RecordingLoop
+from tests.integration.conftest import CountingNsm, DataPath, RecordingLoop, spec_toml
 
 
 class Recorder:
@@ -43,8 +43,8 @@ def test_enclave_opens_what_the_owner_sealed_and_parent_sees_only_ciphertext(
     [inputs] = loop.inputs
     assert inputs.train.dataset_id == sealed.result.dataset_id
     table = inputs.train.table
-    assert np.array(table.column("features").to_pylist(), dtype=np.uint8).tolist() == sealed.features.tolist()
-    assert table.column("labels").to_pylist() == sealed.labels.tolist()
+    assert np.array(table.column("image").to_pylist(), dtype=np.uint8).tolist() == sealed.features.tolist()
+    assert table.column("label").to_pylist() == sealed.labels.tolist()
     assert inputs.train_sealed_sha256 == hashlib.sha256(sealed.path.read_bytes()).hexdigest()
 
     traffic = tap.data
@@ -130,6 +130,29 @@ def test_job_for_another_dataset_is_refused_before_kms(data_path: DataPath, tmp_
     assert nsm.attestations == 0
 
 
+def test_a_job_that_cannot_fit_the_data_is_refused_before_any_key_is_used(
+    data_path: DataPath, tmp_path: Path
+) -> None:
+    sealed = data_path.seal(tmp_path, width=64)
+    spec = spec_toml(data_path.model_key_id).replace('name = "mlp"', 'name = "tanh_cnn"\n[data]\nlabel = "target"')
+    nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)
+    tap = Recorder()
+    with pytest.raises(EnclaveError) as info:
+        data_path.run(sealed.result.dataset_id, sealed.path, nsm=nsm, tap=tap, name="misfit", spec=spec)
+    assert info.value.remote_code == "config"
+    assert info.value.remote_message == (
+        f"the job cannot run on dataset {sealed.result.dataset_id!r} (2 problems): data.features: column 'image' "
+        "holds 64 values per record, model 'tanh_cnn' takes 784 (1x28x28); data.label: column 'target' is not in "
+        "the dataset (columns: 'image', 'label')"
+    )
+    assert not info.value.audit_events
+    # No attestation, so no KMS request could carry one; and the relay carried no KMS call at all
+    # (the same tap sees TrentService.Decrypt when a job fits, see the first test).
+    assert nsm.attestations == 0
+    assert b"TrentService" not in tap.data
+    assert sealed.path.read_bytes()[:64] in tap.data  # the sealed file itself did go through the tap
+
+
 def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp_path: Path) -> None:
     """A parent that raises the budget in the header cannot get the key."""
     sealed = data_path.seal(tmp_path)
@@ -140,7 +163,7 @@ def test_rewritten_encryption_context_is_refused_by_kms(data_path: DataPath, tmp
     context["max_epsilon"] = "100.0"
     forged = SealedHeader(
         key_id=header.key_id, encrypted_data_key=header.encrypted_data_key,
-        encryption_context=context, chunk_size=header.chunk_size,
+        encryption_context=context, chunk_size=header.chunk_size, schema=header.schema,
     )
     sealed.path.write_bytes(forged.encode() + rest)
     nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from enclave.errors import ConfigError, DatasetError, KmsError
 from enclave.sealed.format import check_encryption_context
-from enclave.sealed.records import iter_record_batches, schema_sha256, verify_records
+from enclave.sealed.records import header_schema, iter_record_batches, schema_bytes, schema_sha256, verify_records
 from enclave.sealed.stream import iter_plaintext, read_header
 from parent.cli import main
 from parent.datasets import DatasetReader
@@ -101,6 +101,11 @@ def test_seal_and_open_round_trip(tmp_path: Path) -> None:
     )
     verify_records(header, table.schema, table.num_rows)
     assert result.schema_sha256 == schema_sha256(table.schema)
+    # The header carries the public schema the context's hash binds, readable without the key.
+    assert header.schema == schema_bytes(table.schema)
+    public = header_schema(header)
+    assert public.equals(table.schema.remove_metadata(), check_metadata=True)
+    assert public.field("x").metadata == {b"shape": b"4x4"}
     assert np.array_equal(table.column("x").combine_chunks().flatten().to_numpy().reshape(-1, 4, 4), x)
     assert table.column("y").to_pylist() == y.tolist()
     assert result.plaintext_sha256 == hashlib.sha256(plaintext).hexdigest()
@@ -164,6 +169,29 @@ def test_kms_failure(tmp_path: Path) -> None:
     with pytest.raises(KmsError, match="256-bit"):
         seal(tmp_path, src, FakeKms(plaintext_len=16))
     assert sorted(os.listdir(tmp_path)) == ["d.npz"]
+
+
+class WideReader(DatasetReader):
+    """A table with more columns than a sealed header's schema can hold."""
+
+    def __init__(self) -> None:
+        self._schema = pa.schema([pa.field(f"column_{i:05d}_" + "x" * 40, pa.int8()) for i in range(1000)])
+
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def count(self) -> int:
+        return 0
+
+    def iter_batches(self, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+        return iter(())
+
+
+def test_a_schema_too_large_for_the_header_is_refused_before_kms(tmp_path: Path) -> None:
+    kms = FakeKms()
+    with pytest.raises(ConfigError, match="schema is .* bytes, a sealed header holds at most 49152"):
+        seal(tmp_path, WideReader(), kms)
+    assert kms.calls == []
 
 
 class FlakyReader(DatasetReader):

@@ -14,28 +14,44 @@ from enclave.sealed.errors import (
     BadMagic,
     EncryptionContextMismatch,
     MalformedHeader,
+    SchemaMismatch,
     TruncatedSealedFile,
     UnsupportedVersion,
 )
-from enclave.sealed.format import MAX_HEADER_SIZE, SealedHeader, build_encryption_context, check_encryption_context
+from enclave.sealed.format import (
+    CHECKPOINT_PAYLOAD,
+    MAX_HEADER_SIZE,
+    MAX_SCHEMA_SIZE,
+    SealedHeader,
+    build_checkpoint_context,
+    build_encryption_context,
+    check_encryption_context,
+)
 from enclave.sealed.stream import read_header
 
-from .conftest import make_header
+from .conftest import KAT_SCHEMA_BYTES, make_header
 
 # Known answer: the encoding of conftest.make_header() (chunk_size 16).
 KAT_PREAMBLE = bytes.fromhex(
-    "48524d545345414c000100000184a663616c676b4145532d3235362d47434d666b65795f6964782a61726e"
-    "3a6177733a6b6d733a75732d656173742d313a3131313132323232333333333a6b65792f6b617467706179"
-    "6c6f6164706172726f772d6970632d73747265616d6a6368756e6b5f73697a651072656e63727970746564"
-    "5f646174615f6b65795830000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-    "202122232425262728292a2b2c2d2e2f72656e6372797074696f6e5f636f6e74657874a76564656c746165"
-    "31652d3035656f776e65727453742e204578616d706c6520486f73706974616c6a646174617365745f6964"
-    "666b61742d64736b6d61785f657073696c6f6e63332e306c7265636f72645f636f756e7461326d73636865"
-    "6d615f7368613235367840616261626162616261626162616261626162616261626162616261626162616261"
-    "626162616261626162616261626162616261626162616261626162616261626f6865726d657469633a666f72"
-    "6d6174697365616c65642d7631"
+    "48524d545345414c0001000002c6a763616c676b4145532d3235362d47434d666b65795f6964782a61726e3a"
+    "6177733a6b6d733a75732d656173742d313a3131313132323232333333333a6b65792f6b617466736368656d"
+    "61590138ffffffff300100001000000000000a000c000600050008000a000000000104000c00000008000800"
+    "000004000800000004000000020000005c00000014000000100014000800000007000c000000100010000000"
+    "00000002100000001c0000000400000000000000050000006c6162656c0006000a0004000600000008000000"
+    "0000120018000800000007000c00000010001400120000000000001018000000500000000800000018000000"
+    "010000005800000005000000696d616765000000010000000c00000008000c00040008000800000010000000"
+    "040000000300000032783200050000007368617065000000c6ffffff04000000100014000800060007000c00"
+    "000010001000000000000102100000001c0000000400000000000000040000006974656d0000060008000400"
+    "0600000008000000677061796c6f6164706172726f772d6970632d73747265616d6a6368756e6b5f73697a65"
+    "1072656e637279707465645f646174615f6b65795830000102030405060708090a0b0c0d0e0f101112131415"
+    "161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f72656e6372797074696f6e5f636f6e746578"
+    "74a76564656c74616531652d3035656f776e65727453742e204578616d706c6520486f73706974616c6a6461"
+    "74617365745f6964666b61742d64736b6d61785f657073696c6f6e63332e306c7265636f72645f636f756e74"
+    "61326d736368656d615f73686132353678403132613831333531326630303063366262643334666433663039"
+    "65393265386632353330353937306164383031336162643062623431333261343861613739396f6865726d65"
+    "7469633a666f726d6174697365616c65642d7631"
 )
-KAT_HEADER_HASH = "0f8f9f027b00ef1f87f760ba15900fea69f5522c7aaff6800f709d87eb44a286"
+KAT_HEADER_HASH = "52166ab9c0e43feafc98a7e3c51ad93cec13b6fb05fa3554b92bc16fea9918f8"
 
 
 def test_known_answer_encoding() -> None:
@@ -59,6 +75,9 @@ def test_known_answer_layout_matches_spec() -> None:
     assert body["encryption_context"]["max_epsilon"] == "3.0"
     assert body["encryption_context"]["delta"] == "1e-05"
     assert body["encryption_context"]["record_count"] == "2"
+    assert body["schema"] == KAT_SCHEMA_BYTES
+    assert body["encryption_context"]["schema_sha256"] == hashlib.sha256(KAT_SCHEMA_BYTES).hexdigest()
+    assert set(body) == {"key_id", "encrypted_data_key", "encryption_context", "alg", "chunk_size", "payload", "schema"}
     assert KAT_PREAMBLE[14:] == cbor2.dumps(body, canonical=True)
 
 
@@ -68,15 +87,17 @@ def test_decode_round_trip_and_accessors() -> None:
     assert header.max_epsilon == 3.0 and header.delta == 1e-5
     assert header.record_count == 2
     assert header.dataset_id == "kat-ds" and header.owner == "St. Example Hospital"
-    assert header.schema_sha256 == "ab" * 32
+    assert header.schema_sha256 == hashlib.sha256(KAT_SCHEMA_BYTES).hexdigest()
+    assert header.schema == KAT_SCHEMA_BYTES
     assert read_header(io.BytesIO(KAT_PREAMBLE + b"rest")) == header
 
 
 def test_context_is_read_only_copy() -> None:
     ctx = build_encryption_context(
-        dataset_id="d", owner="o", max_epsilon=1, delta=0.5, record_count=0, schema_sha256="0" * 64
+        dataset_id="d", owner="o", max_epsilon=1, delta=0.5, record_count=0,
+        schema_sha256=hashlib.sha256(b"s").hexdigest(),
     )
-    header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx)
+    header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, schema=b"s")
     before = header.encode()
     ctx["owner"] = "mallory"
     assert header.owner == "o" and header.encode() == before
@@ -171,6 +192,10 @@ def test_indefinite_length_rejected() -> None:
         lambda b: b["encryption_context"].update(owner=""),
         lambda b: b["encryption_context"].update(owner=5),
         lambda b: b.update(encryption_context=[1, 2]),
+        lambda b: b.update(schema=KAT_SCHEMA_BYTES.hex()),
+        lambda b: b.update(schema=None),
+        lambda b: b.update(schema=b""),
+        lambda b: b.update(schema=b"\x00" * (48 * 1024 + 1)),
     ],
 )
 def test_invalid_fields_rejected(mutate) -> None:
@@ -186,15 +211,68 @@ def test_header_not_a_map() -> None:
 
 
 def test_oversized_header_cannot_be_encoded() -> None:
+    schema = b"s" * MAX_SCHEMA_SIZE
     header = SealedHeader(
         key_id="k" * 2048,
         encrypted_data_key=b"x" * 6144,
         encryption_context=build_encryption_context(
-            dataset_id="d" * 1024, owner="o" * 1024, max_epsilon=1, delta=0.1,
-            record_count=1, schema_sha256="0" * 64,
+            dataset_id="d" * 1024, owner="o" * 1024, max_epsilon=1.0000000000000002, delta=0.1,
+            record_count=10**1023, schema_sha256=hashlib.sha256(schema).hexdigest(),
         ),
+        schema=schema,
     )
     assert len(header.encode()) < MAX_HEADER_SIZE  # the field limits keep headers small
+
+
+# -- the public schema ------------------------------------------------------------
+
+
+def test_schema_bytes_that_do_not_hash_to_the_context_are_refused() -> None:
+    body = _kat_body()
+    body["schema"] = KAT_SCHEMA_BYTES[:-1] + b"\x01"
+    with pytest.raises(SchemaMismatch, match="header schema hashes to .* the encryption context says"):
+        SealedHeader.decode(_with_body(body))
+    with pytest.raises(SchemaMismatch):
+        read_header(io.BytesIO(_with_body(body)))
+    assert issubclass(SchemaMismatch, SealedDataError)
+
+
+def test_a_header_cannot_be_built_with_another_schema() -> None:
+    with pytest.raises(SchemaMismatch):
+        make_header(schema=b"another schema", schema_sha256=hashlib.sha256(KAT_SCHEMA_BYTES).hexdigest())
+
+
+def test_a_dataset_header_must_carry_its_schema() -> None:
+    with pytest.raises(MalformedHeader, match="must carry its schema"):
+        make_header(schema=b"")
+
+
+def test_a_checkpoint_header_carries_no_schema() -> None:
+    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1)
+    header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, payload=CHECKPOINT_PAYLOAD)
+    assert header.schema == b"" and cbor2.loads(header.header_bytes())["schema"] == b""
+    assert SealedHeader.decode(header.encode()) == header
+    with pytest.raises(MalformedHeader, match="carries no schema"):
+        SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, payload=CHECKPOINT_PAYLOAD,
+                     schema=KAT_SCHEMA_BYTES)
+
+
+def test_a_header_from_before_the_schema_is_refused_by_name() -> None:
+    body = _kat_body()
+    del body["schema"]
+    with pytest.raises(MalformedHeader, match="carries no schema .* seal the data again"):
+        SealedHeader.decode(_with_body(body))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=1, max_size=2048))
+def test_any_schema_bytes_round_trip_exactly_when_the_context_binds_them(schema: bytes) -> None:
+    header = make_header(schema=schema)
+    assert SealedHeader.decode(header.encode()).schema == schema
+    body = cbor2.loads(header.encode()[14:])
+    body["schema"] = schema + b"\x00"
+    with pytest.raises(SchemaMismatch):
+        SealedHeader.decode(_with_body(body))
 
 
 def test_check_encryption_context() -> None:

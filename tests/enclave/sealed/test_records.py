@@ -1,22 +1,35 @@
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enclave.sealed.errors import (
     ChunkAuthenticationFailed,
     EncryptionContextMismatch,
+    MalformedHeader,
     MalformedPayload,
     TruncatedSealedFile,
 )
-from enclave.sealed.records import field_shape, iter_record_batches, read_table, schema_sha256, verify_records
+from enclave.sealed.format import CHECKPOINT_PAYLOAD, SealedHeader, build_checkpoint_context
+from enclave.sealed.records import (
+    field_shape,
+    header_schema,
+    iter_record_batches,
+    read_table,
+    schema_bytes,
+    schema_sha256,
+    verify_records,
+)
 from enclave.sealed.stream import iter_plaintext, read_header
 
-from .conftest import KEY, make_header, seal_bytes
+from .conftest import KAT_SCHEMA, KAT_SCHEMA_BYTES, KEY, make_header, seal_bytes
 
 # Known answer: the Fashion-MNIST schema as produced by parent.datasets for IDX pairs.
 FMNIST_SCHEMA = pa.schema(
@@ -48,6 +61,58 @@ def read_batches(data: bytes) -> list[pa.RecordBatch]:
 
 def test_schema_sha256_known_answer() -> None:
     assert schema_sha256(FMNIST_SCHEMA) == FMNIST_SCHEMA_SHA256
+
+
+def test_schema_bytes_known_answer_is_what_the_hash_covers() -> None:
+    assert schema_bytes(KAT_SCHEMA) == KAT_SCHEMA_BYTES
+    assert schema_bytes(KAT_SCHEMA.with_metadata({b"pandas": b"{}"})) == KAT_SCHEMA_BYTES
+    assert schema_sha256(KAT_SCHEMA) == hashlib.sha256(KAT_SCHEMA_BYTES).hexdigest()
+    assert hashlib.sha256(schema_bytes(FMNIST_SCHEMA)).hexdigest() == FMNIST_SCHEMA_SHA256
+
+
+def test_header_schema_gives_the_public_schema_with_field_metadata() -> None:
+    assert header_schema(make_header()).equals(KAT_SCHEMA, check_metadata=True)
+    fmnist = header_schema(make_header(schema=schema_bytes(FMNIST_SCHEMA)))
+    assert field_shape(fmnist.field("image")) == (28, 28)
+    assert fmnist.metadata is None
+
+
+def test_header_schema_refuses_bytes_that_are_no_canonical_schema() -> None:
+    with pytest.raises(MalformedHeader, match="not an Arrow schema"):
+        header_schema(make_header(schema=b"\xff" * 64))
+    with_metadata = KAT_SCHEMA.with_metadata({b"pandas": b"{}"}).serialize().to_pybytes()
+    with pytest.raises(MalformedHeader, match="canonical"):
+        header_schema(make_header(schema=with_metadata))
+
+
+def test_header_schema_of_a_checkpoint_is_refused() -> None:
+    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1)
+    header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, payload=CHECKPOINT_PAYLOAD)
+    with pytest.raises(EncryptionContextMismatch, match="not a dataset"):
+        header_schema(header)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=600))
+def test_header_schema_of_any_bytes_is_a_schema_or_a_typed_error(data: bytes) -> None:
+    for blob in (data, KAT_SCHEMA_BYTES[:8] + data, KAT_SCHEMA_BYTES[: len(data)] + data[::-1]):
+        try:
+            schema = header_schema(make_header(schema=blob))
+        except MalformedHeader:
+            continue
+        assert schema_bytes(schema) == blob
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=len(KAT_SCHEMA_BYTES) - 1), st.integers(min_value=1, max_value=255))
+def test_a_flipped_schema_byte_parses_to_another_schema_or_is_refused(pos: int, xor: int) -> None:
+    blob = bytearray(KAT_SCHEMA_BYTES)
+    blob[pos] ^= xor
+    try:
+        schema = header_schema(make_header(schema=bytes(blob)))
+    except MalformedHeader:
+        return
+    assert not schema.equals(KAT_SCHEMA, check_metadata=True)
 
 
 def test_schema_sha256_ignores_schema_metadata_but_not_fields() -> None:
@@ -96,7 +161,7 @@ def test_not_arrow() -> None:
 
 def test_verify_records() -> None:
     t = table()
-    header = make_header(record_count=10, schema_sha256=schema_sha256(t.schema))
+    header = make_header(record_count=10, schema=schema_bytes(t.schema))
     verify_records(header, t.schema, 10)
     with pytest.raises(EncryptionContextMismatch, match="records"):
         verify_records(header, t.schema, 9)

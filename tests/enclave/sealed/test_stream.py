@@ -25,8 +25,8 @@ from .test_format import KAT_HEADER_HASH, KAT_PREAMBLE
 
 PAYLOAD = b"hermetic known answer"  # 21 bytes: one full 16-byte chunk + a 5-byte final chunk
 KAT_CHUNKS = bytes.fromhex(
-    "0000002066d9c7b3d058eade28c3c75a6f42b1f813196b8ad31cd4f60f26408f3b1e0680"
-    "00000015067ef713b8b1ce9edc10294e239c18962c9f512e4d"
+    "0000002066d9c7b3d058eade28c3c75a6f42b1f87d64532c1782967bfce91d59c33f320b"
+    "00000015067ef713b8dfb3a67ad4b70cae6fd7cbfa67701ac6"
 )
 
 

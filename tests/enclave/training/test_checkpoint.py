@@ -376,10 +376,12 @@ def test_unusable_kms_blob_is_a_kms_error() -> None:
 
 def test_dataset_files_are_not_checkpoints() -> None:
     ctx = build_encryption_context(
-        dataset_id="ds", owner="o", max_epsilon=3.0, delta=1e-5, record_count=1, schema_sha256="ab" * 32
+        dataset_id="ds", owner="o", max_epsilon=3.0, delta=1e-5, record_count=1,
+        schema_sha256=hashlib.sha256(b"schema").hexdigest(),
     )
+    header = SealedHeader(key_id=KEY_ID, encrypted_data_key=b"b", encryption_context=ctx, schema=b"schema")
     out = io.BytesIO()
-    seal_stream([b"x"], SealedHeader(key_id=KEY_ID, encrypted_data_key=b"b", encryption_context=ctx), bytes(32), out)
+    seal_stream([b"x"], header, bytes(32), out)
     calls: list[Any] = []
     with pytest.raises(NotACheckpoint):
         open_checkpoint(out.getvalue(), decrypt=lambda *a: calls.append(a) or bytes(32))
@@ -401,15 +403,15 @@ def test_checkpoint_headers_are_not_datasets() -> None:
 
 # Known answer: the header of a checkpoint with fixed inputs (canonical CBOR, sorted keys).
 HEADER_KAT = (
-    "a663616c676b4145532d3235362d47434d666b65795f6964783261726e3a6177733a6b6d733a75732d656173742d31"
-    "3a3131313132323232333333333a6b65792f6d6f64656c2d6f776e6572677061796c6f6164766865726d657469632d"
-    "636865636b706f696e742d76316a6368756e6b5f73697a651a0010000072656e637279707465645f646174615f6b65"
-    "79440001020372656e6372797074696f6e5f636f6e74657874a464737465706431313732666a6f625f6964656a6f62"
-    "2d316b737065635f736861323536784035653565356535653565356535653565356535653565356535653565356535"
-    "6535653565356535653565356535653565356535653565356535653565356535656f6865726d657469633a666f726d"
-    "61746d636865636b706f696e742d7631"
+    "a763616c676b4145532d3235362d47434d666b65795f6964783261726e3a6177733a6b6d733a75732d656173742d31"
+    "3a3131313132323232333333333a6b65792f6d6f64656c2d6f776e657266736368656d6140677061796c6f61647668"
+    "65726d657469632d636865636b706f696e742d76316a6368756e6b5f73697a651a0010000072656e63727970746564"
+    "5f646174615f6b6579440001020372656e6372797074696f6e5f636f6e74657874a464737465706431313732666a6f"
+    "625f6964656a6f622d316b737065635f73686132353678403565356535653565356535653565356535653565356535"
+    "65356535653565356535653565356535653565356535653565356535653565356535653565356535656f6865726d65"
+    "7469633a666f726d61746d636865636b706f696e742d7631"
 )
-HEADER_FILE_SHA256 = "0d3df07017a92bd76ae9adfe20a9908f6aad783797fa8dc4019d73af3e6c78c9"
+HEADER_FILE_SHA256 = "5f631c498b6fa74ef0a31af22ec4c2dc16ab42167da76d0a2314c2a5bf4d6054"
 
 
 def test_checkpoint_header_known_answer() -> None:
@@ -427,6 +429,7 @@ def test_checkpoint_header_known_answer() -> None:
         "encryption_context": {
             "step": "1172", "job_id": "job-1", "spec_sha256": SPEC, "hermetic:format": "checkpoint-v1",
         },
+        "schema": b"",
     }
     encoded = header.encode()
     assert encoded[:14] == b"HRMTSEAL" + struct.pack(">HI", 1, len(HEADER_KAT) // 2)

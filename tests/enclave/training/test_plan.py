@@ -1,37 +1,32 @@
-"""plan_run: the budget check on the plaintext header, before any key is used."""
+"""plan_run: the job check and the budget on the plaintext header, before any key is used."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from enclave.errors import ConfigError
 from enclave.privacy.calibration import epsilon, max_steps
-from enclave.sealed.format import SealedHeader, build_encryption_context
-from enclave.training.plan import BudgetExceeded, plan_run
+from enclave.sealed.format import SealedHeader
+from enclave.training.plan import BudgetExceeded, JobDoesNotFit, plan_run
 from enclave.training.spec import JobSpec
 
-RECORDS = 10_000
+from .sealed_headers import RECORDS, dataset_header, image_field
 
 
 def header(*, max_epsilon: float = 3.0, delta: float = 1e-5, records: int = RECORDS) -> SealedHeader:
-    return SealedHeader(
-        key_id="arn:aws:kms:us-east-1:111122223333:key/plan",
-        encrypted_data_key=b"k" * 48,
-        encryption_context=build_encryption_context(
-            dataset_id="plan-ds", owner="owner", max_epsilon=max_epsilon, delta=delta,
-            record_count=records, schema_sha256="ab" * 32,
-        ),
-        chunk_size=1 << 16,
-    )
+    return dataset_header(max_epsilon=max_epsilon, delta=delta, records=records)
 
 
-def spec(**privacy: Any) -> JobSpec:
+def spec(data: dict[str, str] | None = None, **privacy: Any) -> JobSpec:
     settings: dict[str, Any] = {"expected_batch_size": 100, "max_grad_norm": 1.0, "delta": 1e-5, "steps": 200}
     settings.update(privacy)
     return JobSpec.from_mapping({
         "job": {"name": "plan"},
         "model": {"name": "mlp"},
+        "data": data or {},
         "optimizer": {"name": "sgd", "lr": 0.1},
         "privacy": {k: v for k, v in settings.items() if v is not None},
         "checkpoint": {"key_id": "alias/model"},
@@ -62,7 +57,7 @@ def test_an_unbounded_epsilon_is_refused() -> None:
 
 def test_a_nan_epsilon_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     # NaN compares false with every budget: only an explicit check refuses it.
-    monkeypatch.setattr("enclave.training.plan.epsilon", lambda *args: math.nan)
+    monkeypatch.setattr("enclave.training.budget.epsilon", lambda *args: math.nan)
     with pytest.raises(BudgetExceeded, match="planned epsilon nan"):
         plan_run(spec(noise_multiplier=1.1), header())
 
@@ -125,3 +120,35 @@ def test_planned_epsilon_at_the_budget_passes() -> None:
     assert plan_run(fixed, header(max_epsilon=exact)).planned_epsilon == exact
     with pytest.raises(BudgetExceeded, match="planned epsilon"):
         plan_run(fixed, header(max_epsilon=exact * (1 - 1e-6)))
+
+
+# -- the whole job check runs first ------------------------------------------------------------
+
+
+def test_a_job_that_does_not_fit_the_data_is_refused_with_every_problem() -> None:
+    schema = pa.schema([image_field(size=64, shape=b"8x8"), pa.field("y", pa.int64())])
+    bad = dataset_header(schema=schema, max_epsilon=1.0)
+    with pytest.raises(JobDoesNotFit) as info:
+        plan_run(spec(noise_multiplier=0.3), bad)
+    err = info.value
+    assert err.code == "config" and isinstance(err, ConfigError)
+    assert [p.where for p in err.problems] == ["data.features", "data.label", "privacy.noise_multiplier"]
+    text = str(err)
+    assert text.startswith("the job cannot run on dataset 'plan-ds' (3 problems): data.features: column 'image' holds "
+                           "64 values per record, model 'mlp' takes 784; data.label: column 'label' is not in")
+    assert "privacy.noise_multiplier: planned epsilon" in text and "\n" not in text
+
+
+def test_only_budget_problems_are_a_budget_refusal_listing_each() -> None:
+    with pytest.raises(BudgetExceeded) as info:
+        plan_run(spec(noise_multiplier=0.3, delta=1e-4), header())
+    assert info.value.code == "budget"
+    assert [p.where for p in info.value.problems] == ["privacy.delta", "privacy.noise_multiplier"]
+    assert str(info.value).startswith("the job cannot run on dataset 'plan-ds' (2 problems): privacy.delta: job delta")
+
+
+def test_a_refusal_of_one_problem_says_so() -> None:
+    header_ = dataset_header(dataset_id="other")
+    with pytest.raises(JobDoesNotFit, match=r"^the job cannot run on dataset 'other' \(1 problem\): data\.train: "
+                                            r"names dataset 'plan-ds', the sealed file is 'other'$"):
+        plan_run(spec({"train": "plan-ds"}, noise_multiplier=1.1), header_)

@@ -307,10 +307,11 @@ def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["checkpoint", "inspect", str(junk)]) == 1
     assert "bad magic" in capsys.readouterr().err
     ctx = build_encryption_context(dataset_id="ds", owner="o", max_epsilon=1.0, delta=1e-5, record_count=1,
-                                   schema_sha256="ab" * 32)
+                                   schema_sha256=hashlib.sha256(b"schema").hexdigest())
+    header = SealedHeader(key_id="k", encrypted_data_key=b"b", encryption_context=ctx, schema=b"schema")
     dataset = tmp_path / "ds.sealed"
     with dataset.open("wb") as handle:
-        seal_stream([b"x"], SealedHeader(key_id="k", encrypted_data_key=b"b", encryption_context=ctx), bytes(32), handle)
+        seal_stream([b"x"], header, bytes(32), handle)
     assert main(["checkpoint", "inspect", str(dataset)]) == 1
     assert "not a checkpoint" in capsys.readouterr().err
 

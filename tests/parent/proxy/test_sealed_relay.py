@@ -21,10 +21,10 @@ from parent.sources import LocalSource
 def _sealed_file(tmp_path, plaintext: bytes, key: bytes):
     ctx = build_encryption_context(
         dataset_id="ds-relay", owner="hospital-a", max_epsilon=3.0, delta=1e-5,
-        record_count=10, schema_sha256="00" * 32,
+        record_count=10, schema_sha256=hashlib.sha256(b"schema").hexdigest(),
     )
     header = SealedHeader(key_id="alias/test", encrypted_data_key=b"\x01" * 40,
-                          encryption_context=ctx, chunk_size=64 * 1024)
+                          encryption_context=ctx, chunk_size=64 * 1024, schema=b"schema")
     path = tmp_path / "ds.sealed"
     with open(path, "wb") as out:
         seal_stream([plaintext[i : i + 50_000] for i in range(0, len(plaintext), 50_000)],

@@ -1,0 +1,190 @@
+"""Check a job against a sealed dataset's header, before any key is used.
+
+Everything checked here is public: the job spec, the model registry, and the
+header's encryption context and Arrow schema (bound to the data key through the
+context's schema_sha256). The same pure function serves the enclave, which runs
+it before asking KMS for the data key (`enclave.training.plan.plan_run`), and the
+host's offline `hermetic job check`, so a job that cannot run on the data never
+costs a key use.
+
+What the trainer really requires of the data (`enclave.training.trainer.table_arrays`,
+`enclave.training.models.preprocess`):
+
+- the feature column is fixed_size_list<uint8> with exactly as many values per
+  record as the model takes (784 for every registered model: the mlp reads them
+  flat, the image models as 1x28x28). A per-record shape in the field metadata
+  must hold that many values, and for an image model be the image (28x28 or
+  1x28x28: size-1 dimensions aside) or flat (784), never another arrangement of
+  the same count;
+- the label column is a scalar integer column whose type can hold every class
+  index of the model (0..num_classes-1). The label *values* are private: whether
+  each lies in that range is not visible before decryption;
+- the dataset is the one the spec's data.train names, if it names one;
+- the run the spec plans fits the dataset's budget (`enclave.training.budget`).
+
+Every problem is collected, each naming what is wrong; none stops the others.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from enclave.errors import SealedDataError
+from enclave.sealed.format import PAYLOAD, SealedHeader
+from enclave.sealed.records import field_shape, header_schema
+from enclave.training.budget import PlannedRun, plan_budget
+from enclave.training.models import MODELS, ModelSpec, UnknownModel, get_spec
+from enclave.training.spec import JobSpec
+
+#: The wire code a problem is reported under when the enclave refuses the job.
+CONFIG = "config"
+BUDGET = "budget"
+
+# The schema comes from the header: what of it goes into a message is bounded.
+_MAX_NAMES_SHOWN = 8
+_MAX_SHOWN = 80
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason the job cannot run on the dataset: where (a spec key or column) and what."""
+
+    where: str
+    message: str
+    code: str = CONFIG
+
+    def to_json(self) -> dict[str, str]:
+        return {"where": self.where, "message": self.message}
+
+
+@dataclass(frozen=True)
+class JobReview:
+    """Every problem found, and the run the spec plans on the dataset when it can be computed."""
+
+    problems: tuple[Problem, ...]
+    planned: PlannedRun | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_job(spec: JobSpec, header: SealedHeader) -> list[Problem]:
+    """Every problem that keeps `spec` from running on the dataset `header` describes."""
+    return list(review_job(spec, header).problems)
+
+
+def review_job(spec: JobSpec, header: SealedHeader) -> JobReview:
+    """`check_job` with the planned run (None if the header is no dataset or q cannot be formed)."""
+    dataset = review_dataset(spec, header)
+    return JobReview((*check_spec(spec), *dataset.problems), dataset.planned)
+
+
+def check_spec(spec: JobSpec) -> list[Problem]:
+    """The problems of the spec alone, whatever the data: the model must be registered."""
+    try:
+        get_spec(spec.model.name)
+    except UnknownModel as err:
+        return [Problem("model.name", str(err))]
+    return []
+
+
+def review_dataset(spec: JobSpec, header: SealedHeader) -> JobReview:
+    """The problems that depend on the dataset (`check_job` less `check_spec`), and the plan."""
+    if header.payload != PAYLOAD:
+        return JobReview((Problem("sealed file", f"holds a {header.payload!r} payload, not a dataset"),), None)
+    problems: list[Problem] = []
+    train = spec.data.train
+    if train is not None and header.dataset_id != train:
+        problems.append(Problem("data.train", f"names dataset {train!r}, the sealed file is {header.dataset_id!r}"))
+    model = MODELS.get(spec.model.name)
+    try:
+        schema = header_schema(header)
+    except SealedDataError as err:
+        problems.append(Problem("schema", str(err)))
+    else:
+        problems += _feature_problems(schema, spec.data.features, spec.model.name, model)
+        problems += _label_problems(schema, spec.data.label, model)
+    budget = plan_budget(spec, header)
+    problems += [Problem(where, message, BUDGET) for where, message in budget.breaches]
+    return JobReview(tuple(problems), budget.planned)
+
+
+def _column(schema: pa.Schema, name: str, where: str) -> tuple[pa.Field | None, list[Problem]]:
+    count = schema.names.count(name)
+    if count == 1:
+        return schema.field(name), []
+    if count == 0:
+        shown = ", ".join(_short(repr(n)) for n in schema.names[:_MAX_NAMES_SHOWN])
+        more = f" and {len(schema.names) - _MAX_NAMES_SHOWN} more" if len(schema.names) > _MAX_NAMES_SHOWN else ""
+        return None, [Problem(where, f"column {name!r} is not in the dataset (columns: {shown or 'none'}{more})")]
+    return None, [Problem(where, f"the dataset has {count} columns named {name!r}")]
+
+
+def _short(text: object, limit: int = _MAX_SHOWN) -> str:
+    """`text` cut to a bounded length (Arrow types and column names from the header)."""
+    shown = str(text)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return _short("x".join(str(d) for d in shape))
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def _feature_problems(schema: pa.Schema, name: str, model_name: str, model: ModelSpec | None) -> list[Problem]:
+    where = "data.features"
+    field, problems = _column(schema, name, where)
+    if field is None:
+        return problems
+    wanted = "fixed_size_list<uint8>" if model is None else f"fixed_size_list<uint8>[{model.input_features}]"
+    kind = field.type
+    if not pa.types.is_fixed_size_list(kind):
+        return [Problem(where, f"column {name!r} is {_short(kind)}, model {model_name!r} needs {wanted} pixels")]
+    if kind.value_type != pa.uint8():
+        problems.append(Problem(where, f"column {name!r} holds {_short(kind.value_type)} values, "
+                                       f"model {model_name!r} needs {wanted} pixels"))
+    size = int(kind.list_size)
+    if model is not None and size != model.input_features:
+        image = f" ({_shape_text(model.input_shape)})" if len(model.input_shape) > 1 else ""
+        problems.append(Problem(where, f"column {name!r} holds {size} values per record, model {model_name!r} "
+                                       f"takes {model.input_features}{image}"))
+    try:
+        shape = field_shape(field)
+    except SealedDataError as err:
+        return [*problems, Problem(where, _short(err, 3 * _MAX_SHOWN))]
+    if shape is None:
+        return problems
+    if math.prod(shape) != size:
+        problems.append(Problem(where, f"column {name!r} declares records shaped {_shape_text(shape)}, "
+                                       f"which is not its {size} values"))
+    elif (
+        model is not None
+        and size == model.input_features
+        and len(_squeezed(model.input_shape)) > 1
+        and len(_squeezed(shape)) > 1
+        and _squeezed(shape) != _squeezed(model.input_shape)
+    ):
+        problems.append(Problem(where, f"column {name!r} holds records shaped {_shape_text(shape)}, model "
+                                       f"{model_name!r} takes images shaped {_shape_text(model.input_shape)}"))
+    return problems
+
+
+def _label_problems(schema: pa.Schema, name: str, model: ModelSpec | None) -> list[Problem]:
+    where = "data.label"
+    field, problems = _column(schema, name, where)
+    if field is None:
+        return problems
+    classes = "class indices" if model is None else f"class indices 0..{model.num_classes - 1}"
+    kind = field.type
+    if not pa.types.is_integer(kind):
+        return [Problem(where, f"column {name!r} is {_short(kind)}, the model needs integer {classes}")]
+    largest = 2 ** (kind.bit_width - (1 if pa.types.is_signed_integer(kind) else 0)) - 1
+    if model is not None and largest < model.num_classes - 1:
+        return [Problem(where, f"column {name!r} is {kind}, which cannot hold {classes}")]
+    return []

@@ -1,0 +1,47 @@
+"""`hermetic job check`: validate a job offline, before anything runs (`parent.job_check`)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "job",
+        help="check a training job before anything runs",
+        description=(
+            "Check a job spec offline, with no enclave and no key: the spec parses, its model is "
+            "registered and, for each sealed file, the public schema in the header has the "
+            "spec's feature and label columns in the types and shape the model takes, the dataset "
+            "is the one data.train names, and the planned epsilon fits the dataset's budget. "
+            "The enclave runs the same check before it asks KMS for a key."
+        ),
+    )
+    sub = parser.add_subparsers(dest="job_command", metavar="ACTION")
+    sub.required = True
+    check = sub.add_parser("check", help="list every problem that keeps a job from running on its data")
+    check.add_argument("spec", metavar="JOB.toml", help="the training job spec")
+    check.add_argument("--sealed", action="append", default=[], metavar="FILE",
+                       help="a sealed dataset (path or s3://bucket/key) to check the job against; repeatable")
+    check.add_argument("--json", action="store_true",
+                       help='print {"ok", "problems": [{"where", "message"}], "planned": {FILE: plan}}')
+    check.set_defaults(func=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    # Imported here: the check loads the model registry (and torch); `hermetic --help` stays fast.
+    from parent.job_check import check_job
+
+    result = check_job(args.spec, args.sealed)
+    if args.json:
+        print(json.dumps(result.to_json(), sort_keys=True))
+        return 0 if result.ok else 1
+    for name, plan in result.planned.items():
+        print(f"{name}: {plan.steps} steps at q={plan.sampling_rate:.4g}, sigma={plan.noise_multiplier:.4g}: "
+              f"epsilon {plan.planned_epsilon:.4g} of {plan.max_epsilon:g} ({plan.accountant}, "
+              f"delta {plan.delta:g} of {plan.budget_delta:g})")
+    for problem in result.problems:
+        print(f"problem: {problem.where}: {problem.message}")
+    count = len(result.problems)
+    print("job check: ok" if result.ok else f"job check: {count} problem{'s' if count > 1 else ''}")
+    return 0 if result.ok else 1

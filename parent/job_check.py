@@ -1,0 +1,108 @@
+"""Check a job offline, before anything runs: the spec against the sealed files' headers.
+
+No enclave, no key: only the spec and each sealed file's header (its encryption
+context and public schema) are read, and the enclave's own check
+(`enclave.training.check`) is run on them, so what passes here passes the enclave's
+check before KMS. `hermetic job check` and `hermetic train` call `check_job`.
+
+A problem of one sealed file is reported with the file in front of the spec key or
+column it names ("data/train.sealed: data.features"). A job trains on exactly one
+sealed dataset, as the enclave insists: several without a `data.train` naming one
+is a problem too.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from enclave.errors import HermeticError
+from enclave.sealed.format import PAYLOAD, SealedHeader
+from enclave.sealed.stream import read_header
+from enclave.training.budget import PlannedRun
+from enclave.training.check import Problem, check_spec, review_dataset
+from enclave.training.spec import JobSpec
+from parent.inputs import read_bounded
+from parent.sources import open_source
+
+log = logging.getLogger(__name__)
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobCheck:
+    """Every problem found, and the planned run on each sealed dataset (by the name it was given)."""
+
+    problems: tuple[Problem, ...]
+    planned: Mapping[str, PlannedRun] = field(default_factory=dict)
+    spec: JobSpec | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "planned", MappingProxyType(dict(self.planned)))
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "problems": [p.to_json() for p in self.problems],
+            "planned": {name: _plan_json(plan) for name, plan in self.planned.items()},
+        }
+
+
+def _plan_json(plan: PlannedRun) -> dict[str, Any]:
+    # JSON has no infinity: an unbounded planned epsilon is null (its problem says "inf").
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(plan).items()}
+
+
+def check_job(
+    spec_path: str | os.PathLike[str],
+    sealed_paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    s3_client: Any | None = None,
+) -> JobCheck:
+    """Check the spec at `spec_path` against the headers of `sealed_paths` (paths or s3:// URIs)."""
+    spec_name = os.fspath(spec_path)
+    problems: list[Problem] = []
+    spec: JobSpec | None = None
+    try:
+        text = read_bounded(spec_name, MAX_SPEC_BYTES, "job spec").decode("utf-8")
+        spec = JobSpec.from_toml(text)
+    except UnicodeDecodeError:
+        problems.append(Problem(spec_name, "job spec is not UTF-8 text"))
+    except HermeticError as err:
+        problems.append(Problem(spec_name, str(err)))
+    headers: dict[str, SealedHeader] = {}
+    for given in sealed_paths:
+        path = os.fspath(given)
+        try:
+            headers[path] = _header(path, s3_client)
+        except HermeticError as err:
+            problems.append(Problem(path, str(err)))
+    if spec is None:
+        return JobCheck(tuple(problems))
+    problems += check_spec(spec)
+    datasets = [path for path, header in headers.items() if header.payload == PAYLOAD]
+    if spec.data.train is None and len(datasets) > 1:
+        problems.append(Problem("data.train", f"names no dataset, and {len(datasets)} sealed datasets were given: "
+                                              "a job trains on exactly one"))
+    planned: dict[str, PlannedRun] = {}
+    for path, header in headers.items():
+        review = review_dataset(spec, header)
+        problems += [Problem(f"{path}: {p.where}", p.message, p.code) for p in review.problems]
+        if review.planned is not None:
+            planned[path] = review.planned
+    log.info("checked job %s against %d sealed files: %d problems", spec.name, len(headers), len(problems))
+    return JobCheck(tuple(problems), planned, spec)
+
+
+def _header(path: str, s3_client: Any | None) -> SealedHeader:
+    with open_source(path, s3_client) as source:
+        return read_header(source)
