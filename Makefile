@@ -1,11 +1,18 @@
-# Everything a fresh machine needs is installed by these targets, idempotently.
+# Everything a fresh machine needs is installed by these targets, idempotently: a Debian
+# or Ubuntu machine with Python 3.11+ and make is enough (see README.md). Nothing here
+# calls sudo: as root the missing Debian packages (python3.X-venv, dataset-fashion-mnist)
+# are installed with apt-get; otherwise the command to run as root is printed.
 SHELL := /bin/bash
-PYTHON ?= python3
+# python3 when it is 3.11 or newer, else the newest python3.1x on PATH (Amazon Linux 2023's
+# python3 is 3.9); scripts/find-python.sh says what to install when there is none.
+PYTHON ?= $(shell scripts/find-python.sh 2>/dev/null)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# torch's CPU build comes from here (scripts/install-torch.sh: a local +cpu wheel first);
+# TORCH_INDEX= (empty) takes torch from pip's default index instead.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
 .PHONY: install dataset lint test demo bench clean
@@ -13,17 +20,16 @@ PYTEST_ARGS ?=
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.txt requirements-dev.txt requirements-build.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@PYTHON="$(PYTHON)" scripts/make-venv.sh $(VENV)
+	@TORCH_INDEX="$(TORCH_INDEX)" scripts/install-torch.sh $(PY)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-build.txt -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $@
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
 dataset:
-	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
-		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
-	fi
+	@test -f $(FMNIST)/train-images-idx3-ubyte.gz || \
+		scripts/apt-install.sh "Fashion-MNIST ($(FMNIST))" dataset-fashion-mnist
 
 # The gates: lint and import order, types (strict for the measured enclave), import boundaries.
 lint: install
@@ -78,7 +84,7 @@ policies: install
 checkov: $(CHECKOV_STAMP)
 
 $(CHECKOV_STAMP): $(CHECKOV_CONSTRAINTS)
-	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	@PYTHON="$(PYTHON)" scripts/make-venv.sh $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check -c $(CHECKOV_CONSTRAINTS) checkov
 	@touch $@
 

@@ -3,7 +3,8 @@
 #   env: EIF_TAG (default hermetic-enclave:build), EIF_OUT (default eif/hermetic.eif),
 #        EIF_MEASUREMENTS (default eif/measurements.json), SIGNING_CERT + SIGNING_KEY
 #        (sign the EIF: PCR8), HERMETIC (default .venv/bin/hermetic), plus those of
-#        eif-docker-build.sh.
+#        eif-docker-build.sh, eif-preflight.sh (BUILDX_BUILDER, EIF_SKIP_PREFLIGHT) and
+#        find-python.sh (PYTHON).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -12,17 +13,14 @@ out=${EIF_OUT:-$root/eif/hermetic.eif}
 measurements=${EIF_MEASUREMENTS:-$root/eif/measurements.json}
 hermetic=${HERMETIC:-$root/.venv/bin/hermetic}
 
-# Fail before the (long) Docker build if the tool chain is not all here.
-missing=()
-if ! command -v "${DOCKER:-docker}" >/dev/null 2>&1 || ! "${DOCKER:-docker}" info >/dev/null 2>&1; then
-    missing+=("a Docker engine ('docker info' fails)")
-fi
-if ! command -v nitro-cli >/dev/null 2>&1; then
-    missing+=("nitro-cli (aws-nitro-enclaves-cli)")
-fi
-if [ ${#missing[@]} -gt 0 ]; then
-    printf 'eif: cannot build the EIF here: missing %s\n' "$(IFS=';'; echo "${missing[*]}" | sed 's/;/ and /g')" >&2
-    echo "eif: build on a Nitro Enclaves build host (Amazon Linux 2023 with docker and aws-nitro-enclaves-cli); see eif/README.md" >&2
+# Fail before the (long) Docker build if the tool chain is not all here, or too old for a
+# reproducible image (scripts/eif-preflight.sh says what to install or run).
+"$here/eif-preflight.sh"
+# The PCR cross-check below runs Python 3.11+ (python3.11 where python3 is older, as on
+# Amazon Linux 2023); the EIF reader runs from the venv (make install).
+python=$("$here/find-python.sh")
+if [ ! -x "$hermetic" ]; then
+    echo "eif: $hermetic not found: run 'make install' first" >&2
     exit 1
 fi
 sign=()
@@ -44,7 +42,7 @@ nitro-cli build-enclave --docker-uri "$tag" --output-file "$tmp_out" "${sign[@]}
 
 # Cross-check nitro-cli's PCRs with our own EIF reader before publishing either file.
 "$hermetic" measure-eif "$tmp_out" --json > "$tmp_json.ours"
-python3 - "$tmp_json" "$tmp_json.ours" <<'PY'
+"$python" - "$tmp_json" "$tmp_json.ours" <<'PY'
 import json, sys
 theirs = json.load(open(sys.argv[1]))["Measurements"]
 ours = json.load(open(sys.argv[2]))["Measurements"]

@@ -26,6 +26,19 @@ if [ ! -f "$eif" ]; then
     echo "run-enclave: $eif not found: run 'make eif' first" >&2
     exit 1
 fi
+# Vsock port 8000 has one listener. On an instance set up by the Terraform user data a
+# systemd unit already serves it (hermetic-vsock-proxy or hermetic-parent), or AWS's own
+# nitro-enclaves-vsock-proxy may: then our parent serve could not bind it. Say so before
+# the enclave starts.
+if [ "${RELAY:-1}" != 0 ] && command -v systemctl >/dev/null 2>&1; then
+    for unit in hermetic-vsock-proxy hermetic-parent nitro-enclaves-vsock-proxy; do
+        if systemctl is-active --quiet "$unit.service" 2>/dev/null; then
+            echo "run-enclave: $unit.service already serves vsock port 8000: run with RELAY=0" \
+                 "(make run-enclave RELAY=0 ...), or stop it first (systemctl stop $unit)" >&2
+            exit 1
+        fi
+    done
+fi
 mkdir -p "$state"
 pidfile=$state/parent-serve.pid
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then

@@ -1,7 +1,8 @@
 """`hermetic measure-eif`: check an EIF and compute its PCRs like `nitro-cli describe-eif`.
 
-Exit status: 0 measured, 1 malformed file or a signature that does not cover the
-image (one-line reason on stderr), 2 usage error.
+Exit status: 0 measured, 1 malformed file, a CRC32 that does not match the contents
+or a signature that does not cover the image (one-line reason on stderr; for the last
+two the description, with "CheckCRC"/"SignatureCheck" false, is still printed), 2 usage error.
 """
 from __future__ import annotations
 
@@ -34,8 +35,14 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(description.describe(), indent=2))
     else:
         header = description.header
+        crc = (f"CRC32 {description.crc32:08x} OK" if description.crc_ok else
+               f"CRC32 MISMATCH (header {header.crc32:08x}, contents {description.crc32:08x})")
         print(f"{args.eif}: EIF version {header.version}, {header.architecture}, "
-              f"{description.file_size} bytes, CRC32 {description.crc32:08x} OK")
+              f"{description.file_size} bytes, {crc}")
+        if description.metadata is not None:
+            meta = description.metadata
+            print(f"image {meta.image_name} {meta.image_version}, built {meta.build['BuildTime']} "
+                  f"by {meta.build['BuildTool']} {meta.build['BuildToolVersion']}")
         print(f"default memory {header.default_mem} bytes, {header.default_cpus} CPUs")
         for section in description.sections:
             print(f"  section {section.index}: {section.section_type.label:<9} "
@@ -49,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
             subject = description.signature.certificate.subject.rfc4514_string() if description.signature else ""
             verdict = "covers this image's PCR0" if description.signature_check else "DOES NOT cover PCR0"
             print(f"signed by {subject}; signature {verdict}")
+    if not description.crc_ok:
+        print(f"hermetic: error: CRC32 mismatch: header says {description.header.crc32:08x}, "
+              f"contents give {description.crc32:08x}", file=sys.stderr)
+        return 1
     if description.signature_check is False:
         print("hermetic: error: the EIF's signature does not sign this image's PCR0", file=sys.stderr)
         return 1

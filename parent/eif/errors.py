@@ -20,10 +20,6 @@ class EifBadMagic(EifError):
     """The file does not start with the EIF magic ".eif"."""
 
 
-class EifCrcMismatch(EifError):
-    """The CRC32 in the header does not match the file's contents."""
-
-
 class EifTooManySections(EifError):
     """The header claims more sections than the format's table holds (32)."""
 

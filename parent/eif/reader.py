@@ -4,27 +4,25 @@ The walk follows the image-format crate's `EifReader::from_eif`: section headers
 are read back to back from the end of the EIF header, each section's header and
 data go into the CRC32 (zlib's CRC-32, the crate's CRC_32_ISO_HDLC) after the
 EIF header minus its CRC field, and section data feeds the PCR hashers in file
-order. nitro-cli trusts the section table; this reader also checks it (range,
-overlap, agreement with the walk) so a hand-edited file fails with a clear
-reason instead of being measured differently than the hypervisor loads it.
+order. As in describe-eif, a CRC that does not match is reported (`crc_ok`,
+"CheckCRC": false) with the measurements still computed, not raised. nitro-cli
+trusts the section table; this reader also checks it (range, overlap, agreement
+with the walk) so a hand-edited file fails with a clear reason instead of being
+measured differently than the hypervisor loads it.
 
 Files are streamed in chunks: a real image is hundreds of MiB.
 """
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import zlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, BinaryIO
 
 from parent.eif.errors import (
-    EifBadMetadata,
-    EifCrcMismatch,
     EifDuplicateSection,
     EifMissingKernel,
     EifMissingSection,
@@ -46,6 +44,7 @@ from parent.eif.format import (
     SectionType,
 )
 from parent.eif.measure import EifMeasurements, PcrHasher
+from parent.eif.metadata import EifIdentity, parse_metadata
 from parent.eif.signature import SignatureInfo, read_signature, signature_matches
 
 log = logging.getLogger(__name__)
@@ -73,15 +72,20 @@ class EifDescription:
     header: EifHeader
     sections: tuple[EifSection, ...]
     file_size: int
-    crc32: int
+    crc32: int  # computed from the contents
     measurements: EifMeasurements
     signature: SignatureInfo | None
     signature_check: bool | None
-    metadata: Mapping[str, Any] | None
+    metadata: EifIdentity | None
 
     @property
     def is_signed(self) -> bool:
         return self.signature is not None
+
+    @property
+    def crc_ok(self) -> bool:
+        """describe-eif's CheckCRC: the header's CRC32 equals the contents'."""
+        return self.crc32 == self.header.crc32
 
     def describe(self) -> dict[str, Any]:
         """`nitro-cli describe-eif`'s JSON object, plus the header under "Header"."""
@@ -99,14 +103,13 @@ class EifDescription:
                 "NotAfter": cert.not_valid_after_utc.isoformat(),
                 "Signature": ":".join(f"{b:02X}" for b in cert.signature),
             }
-        out["CheckCRC"] = True  # a mismatch is an error before we get here
+        out["CheckCRC"] = self.crc_ok
         if self.signature_check is not None:
             out["SignatureCheck"] = self.signature_check
         if self.metadata is not None:
-            for key in ("ImageName", "ImageVersion"):
-                if isinstance(self.metadata.get(key), str):
-                    out[key] = self.metadata[key]
-            out["Metadata"] = dict(self.metadata)
+            out["ImageName"] = self.metadata.image_name
+            out["ImageVersion"] = self.metadata.image_version
+            out["Metadata"] = self.metadata.describe()
         out["Header"] = {
             "Version": self.header.version,
             "Flags": self.header.flags,
@@ -115,6 +118,7 @@ class EifDescription:
             "DefaultCpus": self.header.default_cpus,
             "SectionCount": self.header.section_count,
             "Crc32": f"{self.crc32:08x}",
+            "HeaderCrc32": f"{self.header.crc32:08x}",
             "FileSize": self.file_size,
             "Sections": [
                 {"Type": s.section_type.label, "Offset": s.offset, "Size": s.size, "Flags": s.flags}
@@ -125,7 +129,11 @@ class EifDescription:
 
 
 def read_eif(path: str | os.PathLike[str]) -> EifDescription:
-    """Check and measure the EIF at `path`; any defect raises an EifError subclass."""
+    """Check and measure the EIF at `path`.
+
+    A malformed file raises an EifError subclass; a CRC32 that does not match the
+    contents is not an error here (describe-eif measures such a file too): see `crc_ok`.
+    """
     try:
         with open(path, "rb") as stream:
             size = os.fstat(stream.fileno()).st_size
@@ -201,8 +209,6 @@ def read_eif_stream(stream: BinaryIO, size: int) -> EifDescription:
         raise EifSectionTableMismatch(
             f"header lists {header.section_count} sections, the file holds {len(sections)}"
         )
-    if crc != header.crc32:
-        raise EifCrcMismatch(f"CRC32 mismatch: header says {header.crc32:08x}, contents give {crc:08x}")
     if SectionType.KERNEL not in seen:
         raise EifMissingKernel("image has no kernel section")
     if SectionType.CMDLINE not in seen:
@@ -215,8 +221,9 @@ def read_eif_stream(stream: BinaryIO, size: int) -> EifDescription:
         pcr8=signature.pcr8 if signature is not None else None,
     )
     check = signature_matches(signature, measurements.pcr0) if signature is not None else None
-    metadata = _parse_metadata(metadata_data) if metadata_data is not None else None
-    log.debug("EIF measured: %d sections, %d ramdisks, crc %08x", len(sections), ramdisks, crc)
+    metadata = parse_metadata(metadata_data) if metadata_data is not None else None
+    log.debug("EIF measured: %d sections, %d ramdisks, crc %08x (header %08x)",
+              len(sections), ramdisks, crc, header.crc32)
     return EifDescription(
         header=header,
         sections=tuple(sections),
@@ -253,16 +260,6 @@ def _check_table(header: EifHeader, size: int) -> None:
     for (_, prev_end, prev), (start, _, cur) in pairwise(spans):
         if start < prev_end:
             raise EifSectionOverlap(f"sections {prev} and {cur} overlap at offset {start}")
-
-
-def _parse_metadata(data: bytes) -> Mapping[str, Any]:
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise EifBadMetadata("metadata section is not UTF-8 JSON") from None
-    if not isinstance(value, dict):
-        raise EifBadMetadata("metadata section is not a JSON object")
-    return value
 
 
 __all__ = ["EifDescription", "EifSection", "read_eif", "read_eif_bytes", "read_eif_stream"]

@@ -173,8 +173,28 @@ def test_exactly_one_relay_is_enabled(template: str, relay: str, enabled: str) -
                             check=True, env={"PATH": "/usr/bin:/bin"})
     assert result.stdout == enabled + "\n"
     # The two units share the vsock port: systemd must never run both.
-    assert unit(script, "hermetic-vsock-proxy.service")["Unit"]["Conflicts"] == "hermetic-parent.service"
-    assert unit(script, "hermetic-parent.service")["Unit"]["Conflicts"] == "hermetic-vsock-proxy.service"
+    assert "hermetic-parent.service" in conflicts(script, "hermetic-vsock-proxy.service")
+    assert "hermetic-vsock-proxy.service" in conflicts(script, "hermetic-parent.service")
+
+
+AWS_VSOCK_PROXY = "nitro-enclaves-vsock-proxy.service"  # shipped by aws-nitro-enclaves-cli
+
+
+def conflicts(script: str, name: str) -> set[str]:
+    return set(unit(script, name)["Unit"]["Conflicts"].split())
+
+
+@pytest.mark.parametrize("relay", ["vsock-proxy", "hermetic"])
+def test_each_relay_unit_conflicts_with_aws_vsock_proxy_unit(template: str, relay: str) -> None:
+    # AWS's unit runs `vsock-proxy 8000 kms.<region>.amazonaws.com 443`: the same vsock
+    # port as ours. Conflicts= (which systemd applies both ways) keeps one listener.
+    script = render(template, {**VALUES, "kms_relay": relay})
+    assert conflicts(script, "hermetic-vsock-proxy.service") == {"hermetic-parent.service", AWS_VSOCK_PROXY}
+    assert conflicts(script, "hermetic-parent.service") == {"hermetic-vsock-proxy.service", AWS_VSOCK_PROXY}
+    # We never enable or start AWS's unit ourselves.
+    assert not re.search(rf"systemctl .*\b{re.escape(AWS_VSOCK_PROXY)}", script)
+    # The reverse situation is written down where an operator reads the units.
+    assert "starting AWS's unit stops ours" in template
 
 
 def test_parent_serve_relays_only_to_kms_on_the_same_port(script: str) -> None:

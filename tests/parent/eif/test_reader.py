@@ -15,7 +15,6 @@ from parent.eif import reader as reader_module
 from parent.eif.errors import (
     EifBadMagic,
     EifBadMetadata,
-    EifCrcMismatch,
     EifDuplicateSection,
     EifMissingKernel,
     EifMissingSection,
@@ -35,7 +34,9 @@ KERNEL_BYTES = b"\x7fKERNEL" * 50
 CMD = b"reboot=k panic=30 pci=off nomodules console=ttyS0"
 BOOT = b"init+nsm.ko" * 20
 APP = b"customer rootfs" * 30
-META = b'{"ImageName":"x","ImageVersion":"1"}'
+META = (b'{"ImageName":"x","ImageVersion":"1","BuildMetadata":{"BuildTime":"t","BuildTool":"nitro-cli",'
+        b'"BuildToolVersion":"1.4.2","OperatingSystem":"Linux","KernelVersion":"6.1"},'
+        b'"DockerInfo":{},"CustomMetadata":null}')
 
 
 def standard_sections() -> list[tuple[int, bytes]]:
@@ -72,12 +73,13 @@ def test_hand_built_image_measures_like_describe_eif() -> None:
     assert d.sections[0].offset == 548
     assert d.header.default_mem == 512 << 20 and d.header.default_cpus == 2
     assert d.header.architecture == "x86_64"
-    assert d.metadata == {"ImageName": "x", "ImageVersion": "1"}
+    assert d.metadata is not None and (d.metadata.image_name, d.metadata.image_version) == ("x", "1")
+    assert d.crc_ok
 
 
 def test_metadata_is_not_measured() -> None:
     one = read_eif_bytes(hand_built_eif(standard_sections())).measurements
-    other = [(k, b'{"ImageName":"y"}' if k == METADATA else v) for k, v in standard_sections()]
+    other = [(k, META.replace(b'"x"', b'"y"') if k == METADATA else v) for k, v in standard_sections()]
     assert read_eif_bytes(hand_built_eif(other)).measurements == one
 
 
@@ -157,22 +159,29 @@ def test_bad_magic() -> None:
         read_eif_bytes(b"\x7fELF\x02\x01")
 
 
-def test_bad_crc() -> None:
+def test_bad_crc_is_reported_and_the_file_still_measured() -> None:
+    # describe-eif prints "CheckCRC": false and the PCRs of the bytes as they are.
     data = bytearray(valid())
     data[548 + 12 + 3] ^= 0x01  # one kernel bit
-    with pytest.raises(EifCrcMismatch, match="CRC32 mismatch"):
-        read_eif_bytes(bytes(data))
+    d = read_eif_bytes(bytes(data))
+    assert not d.crc_ok and d.describe()["CheckCRC"] is False
+    flipped = bytes(data[548 + 12:548 + 12 + len(KERNEL_BYTES)])
+    assert flipped != KERNEL_BYTES
+    assert d.measurements.pcr0.hex() == pcr(flipped + CMD + BOOT + APP)
+    assert d.measurements.pcr2.hex() == pcr(APP)
 
 
 def test_crc_covers_section_headers_and_header_fields() -> None:
     data = bytearray(valid())
     data[20] ^= 0x01  # default_cpus
-    with pytest.raises(EifCrcMismatch):
-        read_eif_bytes(bytes(data))
+    assert not read_eif_bytes(bytes(data)).crc_ok
     data = bytearray(valid())
     data[548 + 3] ^= 0x01  # kernel section header flags
-    with pytest.raises(EifCrcMismatch):
-        read_eif_bytes(bytes(data))
+    assert not read_eif_bytes(bytes(data)).crc_ok
+    data = bytearray(valid())
+    data[547] ^= 0x01  # the CRC field itself: same measurements, CheckCRC false
+    d = read_eif_bytes(bytes(data))
+    assert not d.crc_ok and d.measurements == read_eif_bytes(valid()).measurements
 
 
 @pytest.mark.parametrize("cut", [0, 3, 100, 547])

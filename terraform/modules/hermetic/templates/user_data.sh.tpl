@@ -58,13 +58,16 @@ ${kms_endpoint_host}:443
 EOF
 
 # Two interchangeable relays for vsock port ${vsock_proxy_port}; Conflicts= keeps them
-# exclusive (the port can have one listener).
+# exclusive (the port can have one listener), and both conflict with AWS's own
+# nitro-enclaves-vsock-proxy.service from aws-nitro-enclaves-cli, which serves the same
+# port. systemd applies Conflicts= both ways: starting AWS's unit stops ours, and
+# starting ours stops it; with both enabled at boot, ours starts and AWS's does not.
 cat > /etc/systemd/system/hermetic-vsock-proxy.service <<'EOF'
 [Unit]
 Description=vsock-proxy for the Hermetic enclave (KMS only)
 After=network-online.target nitro-enclaves-allocator.service
 Wants=network-online.target
-Conflicts=hermetic-parent.service
+Conflicts=hermetic-parent.service nitro-enclaves-vsock-proxy.service
 
 [Service]
 Type=simple
@@ -95,7 +98,7 @@ cat > /etc/systemd/system/hermetic-parent.service <<'EOF'
 Description=Hermetic parent proxy (hermetic parent serve: the enclave's KMS relay)
 After=network-online.target nitro-enclaves-allocator.service
 Wants=network-online.target
-Conflicts=hermetic-vsock-proxy.service
+Conflicts=hermetic-vsock-proxy.service nitro-enclaves-vsock-proxy.service
 ConditionPathExists=/opt/hermetic/venv/bin/hermetic
 
 [Service]
