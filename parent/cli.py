@@ -28,6 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "privacy",
     "checkpoint",
     "measure_eif",
+    "local",
+    "train",
 )
 
 
