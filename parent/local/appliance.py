@@ -52,7 +52,7 @@ from parent.local import daemons
 from parent.local.local_ca import LocalCa
 from parent.local.measure import measure_enclave_package
 from parent.local.mock_enclave import measurements_json
-from parent.local.processes import hermetic_argv
+from parent.local.processes import ProcessFailed, hermetic_argv
 from parent.policy_render import render_policy
 from parent.storage import write_atomic
 
@@ -185,12 +185,22 @@ def _start_services(
     services = dict(alive)
     kms = services.get(KMS_SERVICE)
     if kms is None:
-        port = _port(old.kms_endpoint) if old is not None else 0
-        kms = _start(KMS_SERVICE, hermetic_argv(
-            "kms-emulator", "serve", "--state", str(state_dir / "kms"),
-            "--principals", str(state_dir / "principals.json"), "--root", str(ca.root_cert_path),
-            "--port", str(port), "--region", REGION, "--account-id", ACCOUNT,
-        ), logs, state_dir, timeout)
+        def kms_argv(port: int) -> list[str]:
+            return hermetic_argv(
+                "kms-emulator", "serve", "--state", str(state_dir / "kms"),
+                "--principals", str(state_dir / "principals.json"), "--root", str(ca.root_cert_path),
+                "--port", str(port), "--region", REGION, "--account-id", ACCOUNT,
+            )
+
+        try:
+            # The endpoint it had before, so what people noted down stays right; any free port otherwise.
+            kms = _start(KMS_SERVICE, kms_argv(_port(old.kms_endpoint) if old is not None else 0), logs, state_dir,
+                         timeout)
+        except ProcessFailed as err:
+            if old is None:
+                raise
+            log.warning("the KMS emulator could not have its old port back (%s): taking a free one", err)
+            kms = _start(KMS_SERVICE, kms_argv(0), logs, state_dir, timeout)
         services[KMS_SERVICE] = kms
         started.append(kms)
     kms_endpoint = kms.address.rstrip("/")

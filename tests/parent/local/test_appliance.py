@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def test_up_status_crash_restart_down(tmp_path: Path, capsys: pytest.CaptureFixt
         assert "already running" in capsys.readouterr().out
 
         enclave_pid = up["services"]["mock-enclave"]["pid"]
-        os.kill(enclave_pid, signal.SIGKILL)  # a crash: this test started it
+        os.kill(enclave_pid, signal.SIGKILL)  # a crash: this process started it (in-process up)
+        os.waitpid(enclave_pid, 0)
         code, status = cli_json(capsys, "local", "status", "--state", str(state_dir))
         assert code == 1 and not status["healthy"]
         assert status["services"]["mock-enclave"]["status"] == "crashed"
@@ -77,6 +79,20 @@ def test_up_status_crash_restart_down(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "nothing was running" in capsys.readouterr().out
     code, status = cli_json(capsys, "local", "status", "--state", str(state_dir))
     assert code == 1 and {s["status"] for s in status["services"].values()} == {"stopped"}
+
+    # Up again after down: same keys; the old KMS port is taken meanwhile, so another one.
+    port = int(up["kms_endpoint"].rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        try:
+            code, back = cli_json(capsys, "local", "up", "--state", str(state_dir))
+            assert code == 0 and back["started"] == ["kms-emulator", "mock-enclave"]
+            assert back["kms_endpoint"] != up["kms_endpoint"]
+            assert (back["data_owner_key"], back["model_owner_key"]) == (up["data_owner_key"], up["model_owner_key"])
+        finally:
+            assert main(["local", "down", "--state", str(state_dir)]) == 0
+    assert processes_naming(state_dir) == []
 
 
 def test_a_failed_up_leaves_nothing_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
