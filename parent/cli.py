@@ -47,6 +47,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "checkpoint",
     "measure_eif",
     "job",
+    "local",
+    "train",
 )
 
 # Commands that still print their own --json failure verdict; main() adds none for them,

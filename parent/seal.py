@@ -7,10 +7,12 @@ and schema hash; the header also carries the schema itself (`schema_bytes`), so 
 job can be checked against the data's shape without a key. The output appears
 atomically or not at all.
 
-Default dataset id: the input's file name stem (reduced to [A-Za-z0-9._-],
-at most 64 characters) + "-" + 16 random hex digits. The stem keeps ids
-readable; the random part makes every sealing a distinct dataset, so sealing
-the same file twice never yields two files that claim the same id.
+Without an explicit id, the dataset id is derived from the input: its file name
+stem (reduced to [A-Za-z0-9._-], at most 64 characters) + "-" + the first 8 hex
+digits of the input's SHA-256 (for an input read from several files, such as an
+IDX images/labels pair, of the SHA-256 of their SHA-256s in order). The stem keeps
+ids readable; the content hash makes the id stable: the same file always gets the
+same id, and different contents under one name get different ids.
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ import logging
 import math
 import os
 import re
-import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -65,6 +66,7 @@ class SealResult:
     sealed_sha256: str  # SHA-256 of the whole sealed file
     plaintext_sha256: str  # SHA-256 of the Arrow IPC stream that was encrypted
     encryption_context: Mapping[str, str] = field(default_factory=dict)
+    dataset_id_source: str = "given"  # or "derived": from the input's name and content (see above)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encryption_context", MappingProxyType(dict(self.encryption_context)))
@@ -73,6 +75,7 @@ class SealResult:
         return {
             "out_path": str(self.out_path),
             "dataset_id": self.dataset_id,
+            "dataset_id_source": self.dataset_id_source,
             "record_count": self.record_count,
             "schema_sha256": self.schema_sha256,
             "sealed_sha256": self.sealed_sha256,
@@ -81,18 +84,32 @@ class SealResult:
         }
 
 
-def default_dataset_id(input_path: str | os.PathLike[str]) -> str:
-    name = Path(input_path).name
+DERIVED_HASH_HEX = 8
+_READ_SIZE = 1 << 20
+
+
+def derived_dataset_id(paths: Sequence[str | os.PathLike[str]]) -> str:
+    """The stable id of a dataset read from `paths`: file stem + first 8 hex of its SHA-256."""
+    if not paths:
+        raise ConfigError("a dataset id is required for an input that is not read from files")
+    digests = [_file_sha256(Path(p)) for p in paths]
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256(b"".join(digests)).digest()
+    name = Path(paths[0]).name
     for suffix in (".gz",):
         name = name.removesuffix(suffix)
     stem = _ID_CHARS.sub("-", Path(name).stem).strip("-.") or "dataset"
-    return f"{stem[:64]}-{secrets.token_hex(8)}"
+    return f"{stem[:64]}-{digest.hex()[:DERIVED_HASH_HEX]}"
 
 
-def _name_hint(source: str | os.PathLike[str] | DatasetReader) -> str | os.PathLike[str]:
-    if not isinstance(source, DatasetReader):
-        return source
-    return source.paths[0] if source.paths else "dataset"
+def _file_sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_READ_SIZE):
+                digest.update(chunk)
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror}") from None
+    return digest.digest()
 
 
 def _validate(
@@ -198,13 +215,14 @@ def seal_dataset(
     called with the number of records sealed in each batch (an increment,
     the shape tqdm's update() takes).
     """
+    reader = input_path if isinstance(input_path, DatasetReader) else open_dataset(input_path)
+    source = "given"
     if dataset_id is None:
-        dataset_id = default_dataset_id(_name_hint(input_path))
+        dataset_id, source = derived_dataset_id(reader.paths), "derived"
     _validate(max_epsilon, delta, owner, key_id, dataset_id, chunk_size)
     out = Path(out_path)
     if out.is_dir():
         raise ConfigError(f"output {out} is a directory")
-    reader = input_path if isinstance(input_path, DatasetReader) else open_dataset(input_path)
 
     schema = reader.schema()
     record_count = reader.count()
@@ -260,6 +278,7 @@ def seal_dataset(
         sealed_sha256=sealed_sink.hexdigest(),
         plaintext_sha256=plain_sink.hexdigest(),
         encryption_context=ctx,
+        dataset_id_source=source,
     )
 
 

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
+from parent.appliance import MODEL_OWNER
 from parent.commands.kms_args import add_kms_arguments, kms_client
+from parent.commands.local_args import add_local_argument, local_kms
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dec.add_argument("--job-id", default=None, help="refuse a checkpoint of any other job")
     dec.add_argument("--spec-sha256", default=None, help="refuse a checkpoint made under any other job spec")
     add_kms_arguments(dec)
+    add_local_argument(dec, "model-owner")
     dec.add_argument("--json", action="store_true", help="print the result as one JSON object")
     dec.set_defaults(func=run)
 
@@ -61,12 +65,18 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> Any:
+    if args.local is None:
+        return kms_client(args)
+    return local_kms(args, MODEL_OWNER)[2]
+
+
 def _decrypt(args: argparse.Namespace) -> int:
     from parent.checkpoints import decrypt_checkpoint, write_plain_checkpoint
 
     info, state = decrypt_checkpoint(
         args.checkpoint,
-        kms_client=kms_client(args),
+        kms_client=_client(args),
         expected_job_id=args.job_id,
         expected_spec_sha256=args.spec_sha256,
     )

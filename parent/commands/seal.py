@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
+from typing import Any
 
-from enclave.errors import ConfigError
 from enclave.sealed.format import DEFAULT_CHUNK_SIZE
+from parent.appliance import DATA_OWNER
 from parent.commands.kms_args import add_kms_arguments, kms_client
+from parent.commands.local_args import add_local_argument, local_kms
 from parent.datasets import open_dataset
 from parent.seal import SealResult, seal_dataset
 
@@ -26,32 +27,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     p.add_argument("input", metavar="INPUT", help="dataset file, IDX images file, IDX prefix or directory")
-    p.add_argument("--key-id", required=True, help="KMS key id, ARN or alias")
+    p.add_argument("--key-id", default=None,
+                   help="KMS key id, ARN or alias (default under --local: the data-owner key)")
     p.add_argument("--out", required=True, metavar="FILE.sealed", help="sealed output file")
     p.add_argument("--max-epsilon", required=True, type=float, help="privacy budget epsilon")
     p.add_argument("--delta", required=True, type=float, help="privacy budget delta, in (0, 1)")
-    p.add_argument("--owner", default=None, help="data owner name (default: the login name)")
-    p.add_argument("--dataset-id", default=None, help="dataset id (default: file name + random suffix)")
+    p.add_argument("--owner", default=None,
+                   help="data owner name, bound into the encryption context (required, except under --local: "
+                        "the data-owner identity's name)")
+    p.add_argument("--dataset-id", default=None,
+                   help="dataset id (default: derived from the input, file stem + first 8 hex of its SHA-256)")
     add_kms_arguments(p)
+    add_local_argument(p, "data-owner")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, _parser=p)
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no $USER and no passwd entry (some containers)
-        return ""
+def _kms(args: argparse.Namespace) -> tuple[Any, str, str]:
+    """The KMS client, key id and owner name: from the local appliance or from the options."""
+    if args.local is not None:
+        state, identity, client = local_kms(args, DATA_OWNER)
+        return client, args.key_id or state.data_owner_key, args.owner or identity.name
+    if args.key_id is None:
+        args._parser.error("--key-id is required (or --local, for the local appliance's data-owner key)")
+    if not args.owner:
+        args._parser.error("--owner is required: the data owner's name goes into the encryption context")
+    return kms_client(args), args.key_id, args.owner
 
 
 def run(args: argparse.Namespace) -> int:
-    owner = args.owner or _login_name()
-    if not owner:
-        raise ConfigError("--owner is required (no login name to default to)")
+    client, key_id, owner = _kms(args)
     reader = open_dataset(args.input)
     count = reader.count()
-    client = kms_client(args)
     bar = None
     if sys.stderr.isatty() and count >= PROGRESS_MIN_RECORDS:
         from tqdm import tqdm
@@ -61,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         result = seal_dataset(
             reader,
             args.out,
-            key_id=args.key_id,
+            key_id=key_id,
             kms_client=client,
             max_epsilon=args.max_epsilon,
             delta=args.delta,
@@ -83,7 +91,8 @@ def _print(result: SealResult, *, as_json: bool) -> None:
         return
     ctx = result.encryption_context
     print(f"sealed {result.record_count} records -> {result.out_path}")
-    print(f"  dataset_id       {result.dataset_id}")
+    how = " (derived: file stem + SHA-256 of the input)" if result.dataset_id_source == "derived" else ""
+    print(f"  dataset_id       {result.dataset_id}{how}")
     print(f"  owner            {ctx['owner']}")
     print(f"  budget           epsilon={ctx['max_epsilon']} delta={ctx['delta']}")
     print(f"  schema_sha256    {result.schema_sha256}")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from enclave.attestation.document import PCR_COUNT
 from enclave.certificate.checks import metrics_epsilon
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
-from enclave.errors import HermeticError
+from enclave.errors import ConfigError, HermeticError
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from parent.inputs import load_certificate_der, parse_pcr, pcr_values, read_bounded
 from parent.verify.body import body_to_json
@@ -37,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
     parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
                         help="required attested PCR value; may repeat, all must match")
+    parser.add_argument("--measurements", metavar="FILE", type=Path,
+                        help='required attested PCRs from a nitro-cli measurements file ({"Measurements": '
+                             '{"PCR0": HEX, ...}}, as `nitro-cli describe-eif`, `make eif` and `hermetic local '
+                             'up` write); combines with --pcr, all must match')
     parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=None,
                         help="accountant whose recomputed epsilon is reported (default: the"
                              " certificate's primary); all are always checked")
@@ -69,7 +75,44 @@ def run(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
     pcrs = pcr_values(args._parser, args.pcr)
+    if args.measurements is not None:
+        for index, value in load_measurements(args.measurements).items():
+            if pcrs.get(index, value) != value:
+                args._parser.error(f"--pcr {index} differs from PCR{index} in {args.measurements}")
+            pcrs[index] = value
     return AttestationPolicy.from_pcrs(pcrs) if pcrs else None
+
+
+MAX_MEASUREMENTS_SIZE = 64 * 1024
+_PCR_NAME = re.compile(r"^PCR([0-9]{1,2})$")
+_SHA384_HEX = re.compile(r"^[0-9a-fA-F]{96}$")
+
+
+def load_measurements(path: Path) -> dict[int, bytes]:
+    """{index: value} of every PCRn in a nitro-cli measurements file (or a bare {"PCR0": HEX, ...})."""
+    raw = read_bounded(str(path), MAX_MEASUREMENTS_SIZE, "measurements file")
+    try:
+        doc = json.loads(raw)
+    except ValueError as err:
+        raise ConfigError(f"measurements file {path} is not valid JSON: {err}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("Measurements"), dict):
+        doc = doc["Measurements"]
+    if not isinstance(doc, dict):
+        raise ConfigError(f"measurements file {path} must hold a JSON object")
+    pcrs: dict[int, bytes] = {}
+    for name, value in doc.items():
+        match = _PCR_NAME.match(name)
+        if match is None:
+            if name == "HashAlgorithm":
+                continue
+            raise ConfigError(f"measurements file {path}: unexpected entry {name!r}")
+        index = int(match.group(1))
+        if index >= PCR_COUNT or not isinstance(value, str) or not _SHA384_HEX.match(value):
+            raise ConfigError(f"measurements file {path}: {name} must be PCR0..PCR{PCR_COUNT - 1}, 96 hex digits")
+        pcrs[index] = bytes.fromhex(value)
+    if not pcrs:
+        raise ConfigError(f"measurements file {path} names no PCR")
+    return pcrs
 
 
 # --- input ---------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """The local end-to-end demo: every party as its own process, on one machine.
 
-Data owner (this process, plus `hermetic seal`), KMS emulator, mock enclave and
-parent each run separately and meet only over sockets, as on Nitro. The demo
-checks what it claims and returns a report; the CLI prints the stage lines.
+The demo drives the first-hour commands a user runs (`hermetic local up`, `seal
+--local`, `train --local`, `verify-certificate --measurements`, `checkpoint decrypt
+--local`, `local down`), so it is also their end-to-end test, and adds the proofs a
+user would not run: the parent's plain Decrypt is refused, the parent's traffic holds
+no plaintext, an enclave with modified code is refused. Data owner, KMS emulator,
+mock enclave and parent meet only over sockets, as on Nitro. The demo checks what it
+claims and returns a report; the CLI prints the stage lines.
 """
 from __future__ import annotations
 
@@ -16,13 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.exceptions import ClientError
 
 from enclave.errors import HermeticError
-from parent.local.local_ca import LocalCa
+from parent.appliance import ENCLAVE_SERVICE, KMS_SERVICE, PARENT, ApplianceState, AwsCredentials, require_state
+from parent.local.appliance import CLEAN_ENV, kms_client
 from parent.local.measure import measure_enclave_package
-from parent.local.mock_enclave import measurements_json
 from parent.local.processes import Service, hermetic_argv, run_command
 from parent.storage import write_atomic
 
@@ -31,43 +34,10 @@ log = logging.getLogger(__name__)
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 FASHION_MNIST_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 PUBLIC_TEST_NAME = "fashion-mnist-test"
-ACCOUNT = "111122223333"
-OWNER_ARN = f"arn:aws:iam::{ACCOUNT}:user/data-owner"
-PARENT_ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/hermetic-parent"
-MODEL_OWNER_ARN = f"arn:aws:iam::{ACCOUNT}:user/model-owner"
-REGION = "us-east-1"
 
 
 class DemoFailed(HermeticError):
     """A claim the demo checks did not hold."""
-
-
-@dataclass(frozen=True)
-class AwsIdentity:
-    access_key_id: str
-    secret_access_key: str
-    arn: str
-
-    @classmethod
-    def fresh(cls, tag: str, arn: str) -> AwsIdentity:
-        return cls(f"AKIA{tag}{secrets.token_hex(6).upper()}", secrets.token_urlsafe(30), arn)
-
-    def env(self) -> dict[str, str]:
-        return {
-            "AWS_ACCESS_KEY_ID": self.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_REGION": REGION,
-        }
-
-    def client(self, service: str, url: str) -> Any:
-        return boto3.client(
-            service,
-            region_name=REGION,
-            endpoint_url=url,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-        )
 
 
 @dataclass
@@ -95,11 +65,6 @@ class DemoReport:
 
 
 Say = Callable[[str], None]
-
-
-def _clean_env() -> dict[str, str | None]:
-    # The demo's parties must not pick up a developer's real AWS identity.
-    return {k: None for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")}
 
 
 @dataclass(frozen=True)
@@ -179,6 +144,7 @@ key_id = "{key_id}"
 """
 
 
+
 def run_demo(
     out_dir: Path,
     say: Say,
@@ -186,90 +152,53 @@ def run_demo(
     recipe: Recipe = Recipe(),
     progress: Progress | None = None,
 ) -> DemoReport:
+    """The whole demo. Its training part is the first-hour commands: `hermetic local up`,
+    `seal --local`, `train --local`, `verify-certificate --measurements`, `checkpoint decrypt
+    --local` and `local down`, each run as a user would run it."""
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = out_dir / "state"
+    state_dir = out_dir / "state"
     logs = out_dir / "logs"
     report = DemoReport(out_dir=str(out_dir))
     if not dataset.exists():
         raise DemoFailed(f"{dataset} is missing: install Debian's dataset-fashion-mnist (make dataset)")
-    # Unix socket paths must stay short (108 bytes), so they live in a private temp dir.
+    # Unix socket paths must stay short (108 bytes), so the extra enclave's live in a private temp dir.
     run_dir = Path(tempfile.mkdtemp(prefix="hermetic-"))
     services: list[Service] = []
     try:
-        ca = LocalCa.load_or_create(state)
-        pcrs = measure_enclave_package()
-        report.pcr0 = pcrs[0].hex()
-        measurements = out_dir / "measurements.json"
-        write_atomic(measurements, json.dumps({"Measurements": measurements_json(pcrs)}, indent=2).encode())
+        up = json.loads(run_command("local-up", hermetic_argv(
+            "local", "up", "--state", str(state_dir), "--json"), logs))
+        state = require_state(state_dir)
+        report.pcr0 = str(up["pcr0"])
+        report.key_id = str(up["data_owner_key"])
         say(f"mock Nitro CA ready; enclave code measured: PCR0 {report.pcr0[:24]}…")
+        say("data-owner and model-owner key policies rendered from the measurements (kms-policies/)")
+        say(f"`hermetic local up`: KMS emulator (pid {up['services'][KMS_SERVICE]['pid']}) on {up['kms_endpoint']}, "
+            f"mock enclave (pid {up['services'][ENCLAVE_SERVICE]['pid']}) serving jobs")
 
-        owner = AwsIdentity.fresh("OWNER", OWNER_ARN)
-        parent = AwsIdentity.fresh("PARENT", PARENT_ROLE_ARN)
-        model_owner = AwsIdentity.fresh("MODEL", MODEL_OWNER_ARN)
-        principals = out_dir / "principals.json"
-        write_atomic(
-            principals,
-            json.dumps({i.access_key_id: {"secret_access_key": i.secret_access_key, "arn": i.arn}
-                        for i in (owner, parent, model_owner)}).encode(),
-            mode=0o600,
-        )
-        policy_path = out_dir / "data-owner-policy.json"
-        run_command("policy-render", hermetic_argv(
-            "policy", "render", "--template", "data-owner", "--measurements", str(measurements),
-            "--owner-arn", OWNER_ARN, "--parent-role-arn", PARENT_ROLE_ARN, "--out", str(policy_path),
-        ), logs)
-        model_policy_path = out_dir / "model-owner-policy.json"
-        run_command("policy-render-model", hermetic_argv(
-            "policy", "render", "--template", "model-owner", "--measurements", str(measurements),
-            "--model-owner-arn", MODEL_OWNER_ARN, "--parent-role-arn", PARENT_ROLE_ARN,
-            "--out", str(model_policy_path),
-        ), logs)
-        say("data-owner and model-owner key policies rendered from the measurements")
-
-        kms = Service("kms-emulator", hermetic_argv(
-            "kms-emulator", "serve", "--state", str(state / "kms"), "--principals", str(principals),
-            "--root", str(ca.root_cert_path), "--region", REGION, "--account-id", ACCOUNT,
-        ), logs, env=_clean_env())
-        services.append(kms)
-        kms_url = kms.wait_ready()
-        say(f"KMS emulator (pid {kms.proc.pid}) listening on {kms_url}")
-
-        kms_owner = owner.client("kms", kms_url)
-        key_id = kms_owner.create_key(
-            Policy=policy_path.read_text(), Description="hermetic demo data-owner key"
-        )["KeyMetadata"]["KeyId"]
-        report.key_id = key_id
         sealed = out_dir / "fashion-mnist-train.sealed"
-        seal_out = run_command("seal", hermetic_argv(
-            "seal", str(dataset), "--key-id", key_id, "--out", str(sealed), "--max-epsilon", repr(recipe.epsilon),
-            "--delta", repr(recipe.delta), "--owner", "demo-hospital", "--kms-endpoint", kms_url, "--json",
-        ), logs, env={**_clean_env(), **owner.env()})
-        sealed_info = json.loads(seal_out)
+        sealed_info = json.loads(run_command("seal", hermetic_argv(
+            "seal", str(dataset), "--local", str(state_dir), "--out", str(sealed), "--max-epsilon",
+            repr(recipe.epsilon), "--delta", repr(recipe.delta), "--json",
+        ), logs, env=CLEAN_ENV))
         report.dataset_id = sealed_info["dataset_id"]
         report.records = int(sealed_info["record_count"])
         report.sealed_bytes = sealed.stat().st_size
         report.owner_plaintext_sha256 = sealed_info["plaintext_sha256"]
-        say(f"data owner sealed Fashion-MNIST: {report.records} records, "
+        say(f"data owner sealed Fashion-MNIST (`hermetic seal --local`): {report.records} records, "
             f"{report.sealed_bytes / 1e6:.1f} MB -> {sealed.name}")
 
-        report.parent_plain_decrypt = _plain_decrypt_as(parent, kms_url, sealed)
+        report.parent_plain_decrypt = _plain_decrypt_as(state.credentials(PARENT), state.kms_endpoint, sealed)
         if report.parent_plain_decrypt != "AccessDeniedException":
             raise DemoFailed(f"the parent's plain Decrypt was not refused: {report.parent_plain_decrypt}")
         say("parent role's plain Decrypt of the data key: AccessDenied, as the key policy requires")
         report.proved.append("the parent's role cannot decrypt the data key without an attestation")
 
-        model_key = model_owner.client("kms", kms_url).create_key(
-            Policy=model_policy_path.read_text(), Description="hermetic demo model-owner key"
-        )["KeyMetadata"]["KeyId"]
         # Every job carries a spec: these runs train one step, enough to open the data.
         opening_spec = run_dir / "open.toml"
-        write_atomic(opening_spec, opening_spec_toml(model_key, recipe.delta).encode())
-        kms_port = kms_url.rsplit(":", 1)[1].rstrip("/")
-        outcome = _enclave_job(
-            "enclave", state, run_dir, logs, services, parent, kms_port, report.dataset_id, sealed,
-            opening_spec, measure_dir=None,
-        )
+        write_atomic(opening_spec, opening_spec_toml(state.model_owner_key, recipe.delta).encode())
+        outcome = _parent_run(state, "enclave", state.enclave, state.kms_relay, report.dataset_id, sealed,
+                              opening_spec, run_dir, logs)
         event = next((e for e in outcome.get("audit_events", []) if e["kind"] == "dataset_opened"), None)
         if outcome.get("status") != "ok" or event is None:
             raise DemoFailed(f"the enclave did not open the dataset: {outcome.get('error', outcome)}")
@@ -289,69 +218,56 @@ def run_demo(
 
         modified = _modified_enclave_copy(run_dir)
         report.modified_enclave_pcr0 = measure_enclave_package(modified)[0].hex()
-        refused = _enclave_job(
-            "enclave-modified", state, run_dir, logs, services, parent, kms_port, report.dataset_id,
-            sealed, opening_spec, measure_dir=modified,
-        )
+        refused = _modified_enclave_job(state, run_dir, logs, services, report.dataset_id, sealed, opening_spec,
+                                        modified)
         report.modified_enclave_outcome = str(refused.get("error", refused.get("status")))
         if refused.get("status") == "ok" or "AccessDenied" not in report.modified_enclave_outcome:
             raise DemoFailed(f"a modified enclave was not refused: {report.modified_enclave_outcome}")
         say(f"enclave with modified code (PCR0 {report.modified_enclave_pcr0[:24]}…) refused by KMS")
         report.proved.append("an enclave whose code differs (different PCR0) is refused the key")
 
-        _train(report, recipe, model_key, state, run_dir, logs, services, parent, kms_port, sealed,
-               out_dir, say, progress)
-        _verify_outputs(report, ca, pcrs, model_owner, kms_url, out_dir, logs, say)
+        _train(report, recipe, state, sealed, out_dir, logs, services, say, progress)
+        _verify_outputs(report, state, out_dir, logs, say)
     finally:
         for service in reversed(services):
             service.stop()
+        # Stops exactly what `local up` started, whatever happened above.
+        try:
+            run_command("local-down", hermetic_argv("local", "down", "--state", str(state_dir)), logs)
+        except HermeticError as err:
+            log.warning("local down failed: %s", err)
         shutil.rmtree(run_dir, ignore_errors=True)
-    write_atomic(out_dir / "report.json", (json.dumps(asdict(report), indent=2) + "\n").encode())
+    write_atomic(out_dir / "report.json", (json.dumps(asdict(report), indent=2) + "\\n").encode())
     return report
 
 
 def _train(
     report: DemoReport,
     recipe: Recipe,
-    model_key: str,
-    state: Path,
-    run_dir: Path,
-    logs: Path,
-    services: list[Service],
-    parent: AwsIdentity,
-    kms_port: str,
+    state: ApplianceState,
     sealed: Path,
     out_dir: Path,
+    logs: Path,
+    services: list[Service],
     say: Say,
     progress: Progress | None,
 ) -> None:
     spec_path = out_dir / "job.toml"
-    write_atomic(spec_path, recipe.spec_toml(model_key).encode())
-    control = f"unix://{run_dir / 'train.sock'}"
-    relay = f"unix://{run_dir / 'train-kms.sock'}"
-    enclave = Service("enclave-train", hermetic_argv(
-        "mock-enclave", "run", "--state", str(state), "--listen", control, "--kms-relay", relay,
-        "--sessions", "1",
-    ), logs, env=_clean_env())
-    services.append(enclave)
-    enclave.wait_ready()
+    write_atomic(spec_path, recipe.spec_toml(state.model_owner_key).encode())
     report.job_id = f"demo-{secrets.token_hex(4)}"
-    say(f"training job {report.job_id}: {recipe.model}, batch {recipe.batch_size}, {recipe.epochs:g} epochs, "
-        f"target epsilon {recipe.epsilon:g} at delta {recipe.delta:g}")
-    target = f"127.0.0.1:{kms_port}"
-    job = Service("parent-train", hermetic_argv(
-        "parent", "run", "--enclave", control, "--kms-relay", relay, "--kms-target", target,
-        "--allow", target, "--dataset", f"{report.dataset_id}={sealed}", "--region", REGION,
-        "--kms-endpoint", f"http://{target}", "--spec", str(spec_path),
+    say(f"training job {report.job_id} (`hermetic train --local`): {recipe.model}, batch {recipe.batch_size}, "
+        f"{recipe.epochs:g} epochs, target epsilon {recipe.epsilon:g} at delta {recipe.delta:g}")
+    job = Service("train", hermetic_argv(
+        "train", str(spec_path), "--local", state.state_dir, "--dataset", f"{report.dataset_id}={sealed}",
         "--public", f"{PUBLIC_TEST_NAME}={FASHION_MNIST_TEST}", "--out", str(out_dir / "job"),
         "--job-id", report.job_id, "--events",
-    ), logs, env={**_clean_env(), **parent.env()})
+    ), logs, env=CLEAN_ENV)
     services.append(job)
     result = job.follow_job(progress)
     code = job.proc.wait()
-    enclave.stop()
-    if code != 0 or result is None:
-        raise DemoFailed(f"the training job failed; see {job.log_path}")
+    if code != 0 or result is None or result.get("status") != "ok":
+        reason = (result or {}).get("error") or f"see {job.log_path}"
+        raise DemoFailed(f"the training job failed: {reason}")
     accuracies = [m for m in result.get("metrics", []) if m["kind"] == "public_eval"]
     if accuracies:
         report.test_accuracy = float(accuracies[-1]["value"])
@@ -359,19 +275,10 @@ def _train(
     say(f"training done: {result['detail']}")
 
 
-def _verify_outputs(
-    report: DemoReport,
-    ca: LocalCa,
-    pcrs: dict[int, bytes],
-    model_owner: AwsIdentity,
-    kms_url: str,
-    out_dir: Path,
-    logs: Path,
-    say: Say,
-) -> None:
-    pcr_args = [arg for i in (0, 1, 2) for arg in ("--pcr", f"{i}={pcrs[i].hex()}")]
+def _verify_outputs(report: DemoReport, state: ApplianceState, out_dir: Path, logs: Path, say: Say) -> None:
     verified = json.loads(run_command("verify-certificate", hermetic_argv(
-        "verify-certificate", report.certificate, "--root", str(ca.root_cert_path), *pcr_args, "--json",
+        "verify-certificate", report.certificate, "--root", state.root, "--measurements", state.measurements,
+        "--json",
     ), logs))
     if not verified.get("valid"):
         raise DemoFailed(f"the certificate did not verify: {verified}")
@@ -380,27 +287,28 @@ def _verify_outputs(
     report.steps = int(verified["steps"])
     report.model_sha256 = str(verified["model_sha256"])
     if report.epsilon > 0 and report.delta > 0:
-        say(f"certificate verified offline: epsilon {report.epsilon:.3f} ({verified['accountant']}) at delta "
-            f"{report.delta:g} over {report.steps} steps, recomputed independently; enclave PCR0 matches")
+        say(f"certificate verified offline (`hermetic verify-certificate --measurements`): epsilon "
+            f"{report.epsilon:.3f} ({verified['accountant']}) at delta {report.delta:g} over {report.steps} steps, "
+            "recomputed independently; enclave PCRs match the measurements")
     report.proved.append("the privacy certificate verifies offline and its epsilon recomputes")
     decrypted = json.loads(run_command("checkpoint-decrypt", hermetic_argv(
-        "checkpoint", "decrypt", str(out_dir / "job" / "model.ckpt.sealed"), "--out",
-        str(out_dir / "model.pt"), "--kms-endpoint", kms_url, "--region", REGION, "--json",
-    ), logs, env={**_clean_env(), **model_owner.env()}))
+        "checkpoint", "decrypt", str(out_dir / "job" / "model.ckpt.sealed"), "--local", state.state_dir,
+        "--out", str(out_dir / "model.pt"), "--json",
+    ), logs, env=CLEAN_ENV))
     if decrypted.get("model_sha256") != report.model_sha256:
         raise DemoFailed("the model owner's decrypted checkpoint does not match the certificate's model hash")
-    say(f"model owner decrypted the final checkpoint: model SHA-256 {report.model_sha256[:16]}… "
-        "matches the certificate")
+    say(f"model owner decrypted the final checkpoint (`hermetic checkpoint decrypt --local`): model SHA-256 "
+        f"{report.model_sha256[:16]}… matches the certificate")
     report.proved.append("only the model owner can read the checkpoint, and it is the certified model")
 
 
-def _plain_decrypt_as(identity: AwsIdentity, kms_url: str, sealed: Path) -> str:
+def _plain_decrypt_as(identity: AwsCredentials, kms_url: str, sealed: Path) -> str:
     from enclave.sealed.stream import read_header
 
     with sealed.open("rb") as fh:
         header = read_header(fh)
     try:
-        identity.client("kms", kms_url).decrypt(
+        kms_client(identity, kms_url).decrypt(
             CiphertextBlob=header.encrypted_data_key,
             EncryptionContext=dict(header.encryption_context),
         )
@@ -438,38 +346,55 @@ def _modified_enclave_copy(run_dir: Path) -> Path:
     return dst
 
 
-def _enclave_job(
+def _parent_run(
+    state: ApplianceState,
     name: str,
-    state: Path,
-    run_dir: Path,
-    logs: Path,
-    services: list[Service],
-    parent: AwsIdentity,
-    kms_port: str,
+    control: str,
+    relay: str,
     dataset_id: str,
     sealed: Path,
     spec: Path,
-    measure_dir: Path | None,
+    run_dir: Path,
+    logs: Path,
 ) -> dict[str, Any]:
-    control = f"unix://{run_dir / (name + '.sock')}"
-    relay = f"unix://{run_dir / (name + '-kms.sock')}"
-    argv = ["mock-enclave", "run", "--state", str(state), "--listen", control,
-            "--kms-relay", relay, "--sessions", "1"]
-    if measure_dir is not None:
-        argv += ["--measure-dir", str(measure_dir)]
-    enclave = Service(name, hermetic_argv(*argv), logs, env=_clean_env())
-    services.append(enclave)
-    enclave.wait_ready()
-    target = f"127.0.0.1:{kms_port}"
+    """`hermetic parent run` as the appliance's parent role, with every byte it moves tapped."""
+    parent = state.credentials(PARENT)
+    target = state.kms_target()
+    env: dict[str, str | None] = {**CLEAN_ENV, "AWS_ACCESS_KEY_ID": parent.access_key_id,
+                                  "AWS_SECRET_ACCESS_KEY": parent.secret_access_key,
+                                  "AWS_REGION": state.region, "AWS_DEFAULT_REGION": state.region}
     try:
         out = run_command(f"parent-{name}", hermetic_argv(
             "parent", "run", "--enclave", control, "--kms-relay", relay, "--kms-target", target,
-            "--allow", target, "--dataset", f"{dataset_id}={sealed}", "--region", REGION,
-            "--kms-endpoint", f"http://{target}", "--spec", str(spec), "--out", str(run_dir / f"{name}-out"),
+            "--allow", target, "--dataset", f"{dataset_id}={sealed}", "--region", state.region,
+            "--kms-endpoint", state.kms_endpoint, "--spec", str(spec), "--out", str(run_dir / f"{name}-out"),
             "--json", "--tap", str(run_dir / f"{name}.tap"),
-        ), logs, env={**_clean_env(), **parent.env()})
+        ), logs, env=env)
         return dict(json.loads(out))
     except HermeticError as err:
         return {"status": "error", "error": str(err)}
+
+
+def _modified_enclave_job(
+    state: ApplianceState,
+    run_dir: Path,
+    logs: Path,
+    services: list[Service],
+    dataset_id: str,
+    sealed: Path,
+    spec: Path,
+    measure_dir: Path,
+) -> dict[str, Any]:
+    """A one-session mock enclave running a modified copy of the code, against the appliance's KMS."""
+    control = f"unix://{run_dir / 'modified.sock'}"
+    relay = f"unix://{run_dir / 'modified-kms.sock'}"
+    enclave = Service("enclave-modified", hermetic_argv(
+        "mock-enclave", "run", "--state", state.state_dir, "--listen", control, "--kms-relay", relay,
+        "--sessions", "1", "--measure-dir", str(measure_dir),
+    ), logs, env=CLEAN_ENV)
+    services.append(enclave)
+    try:
+        enclave.wait_ready()
+        return _parent_run(state, "enclave-modified", control, relay, dataset_id, sealed, spec, run_dir, logs)
     finally:
         enclave.stop()

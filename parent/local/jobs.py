@@ -1,19 +1,18 @@
-"""Run training jobs through the whole local stack, for benchmarks and scripted experiments.
+"""Run training jobs through the local appliance, for benchmarks and scripted experiments.
 
-`LocalStack` sets up what `hermetic demo` sets up before training — the mock Nitro CA,
+`LocalStack` brings up the appliance `hermetic local up` starts — the mock Nitro CA,
 the measured enclave package, AWS identities, key policies rendered from the
-measurements, the KMS emulator, a data-owner key and a model-owner key — and then runs
-any number of jobs: each in a fresh mock enclave process driven by `hermetic parent run
---events`, its certificate verified offline. Every party is its own process, as in the
-demo; this module only drives them (it never sees plaintext data or keys).
+measurements, the KMS emulator, a data-owner key and a model-owner key, a mock enclave
+serving job after job — and then runs any number of jobs through the commands a user
+runs (`seal --local`, `train --local --events`, `verify-certificate --measurements`).
+Every party is its own process; this module only drives them (it never sees plaintext
+data or keys). Closing the stack runs `local down`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,21 +21,9 @@ from types import TracebackType
 from typing import Any
 
 from enclave.errors import HermeticError
-from parent.local.demo import (
-    ACCOUNT,
-    FASHION_MNIST,
-    FASHION_MNIST_TEST,
-    MODEL_OWNER_ARN,
-    OWNER_ARN,
-    PARENT_ROLE_ARN,
-    PUBLIC_TEST_NAME,
-    REGION,
-    AwsIdentity,
-    _clean_env,
-)
-from parent.local.local_ca import LocalCa
-from parent.local.measure import measure_enclave_package
-from parent.local.mock_enclave import measurements_json
+from parent.appliance import ApplianceState
+from parent.local.appliance import CLEAN_ENV, down, up
+from parent.local.demo import FASHION_MNIST, FASHION_MNIST_TEST, PUBLIC_TEST_NAME
 from parent.local.processes import Service, hermetic_argv, run_command
 from parent.storage import write_atomic
 
@@ -80,79 +67,53 @@ class JobOutcome:
 
 
 class LocalStack:
-    """The local parties of a training job; use as a context manager (stops its processes)."""
+    """The local appliance for a series of jobs; use as a context manager (runs `local down`)."""
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir.resolve()
-        self.state = self.out_dir / "state"
+        self.state_dir = self.out_dir / "state"
         self.logs = self.out_dir / "logs"
-        self._run_dir: Path | None = None
-        self._services: list[Service] = []
-        self.kms_url = ""
-        self.data_key = ""
-        self.model_key = ""
-        self.pcrs: dict[int, bytes] = {}
+        self._state: ApplianceState | None = None
+
+    @property
+    def state(self) -> ApplianceState:
+        assert self._state is not None, "use LocalStack as a context manager"
+        return self._state
+
+    @property
+    def kms_url(self) -> str:
+        return self.state.kms_endpoint
+
+    @property
+    def data_key(self) -> str:
+        return self.state.data_owner_key
+
+    @property
+    def model_key(self) -> str:
+        return self.state.model_owner_key
+
+    @property
+    def pcrs(self) -> dict[int, bytes]:
+        return {int(name[3:]): bytes.fromhex(value) for name, value in self.state.pcrs.items()}
 
     # ------------------------------------------------------------------ lifecycle
 
     def __enter__(self) -> LocalStack:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._start()
+            self._state = up(self.state_dir).state
         except BaseException:
             self.close()
             raise
+        log.info("local stack ready: KMS at %s, PCR0 %s", self.kms_url, self.state.pcrs["PCR0"][:16])
         return self
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
-        for service in reversed(self._services):
-            service.stop()
-        self._services.clear()
-        if self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
-
-    def _start(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        # Unix socket paths must stay short (108 bytes), so they live in a private temp dir.
-        self._run_dir = Path(tempfile.mkdtemp(prefix="hermetic-jobs-"))
-        self.ca = LocalCa.load_or_create(self.state)
-        self.pcrs = measure_enclave_package()
-        measurements = self.out_dir / "measurements.json"
-        write_atomic(measurements, json.dumps({"Measurements": measurements_json(self.pcrs)}, indent=2).encode())
-        self.owner = AwsIdentity.fresh("OWNER", OWNER_ARN)
-        self.parent = AwsIdentity.fresh("PARENT", PARENT_ROLE_ARN)
-        self.model_owner = AwsIdentity.fresh("MODEL", MODEL_OWNER_ARN)
-        principals = self.out_dir / "principals.json"
-        write_atomic(
-            principals,
-            json.dumps({i.access_key_id: {"secret_access_key": i.secret_access_key, "arn": i.arn}
-                        for i in (self.owner, self.parent, self.model_owner)}).encode(),
-            mode=0o600,
-        )
-        policies = {}
-        for template, flag, arn in (("data-owner", "--owner-arn", OWNER_ARN),
-                                    ("model-owner", "--model-owner-arn", MODEL_OWNER_ARN)):
-            policies[template] = self.out_dir / f"{template}-policy.json"
-            run_command(f"policy-render-{template}", hermetic_argv(
-                "policy", "render", "--template", template, "--measurements", str(measurements),
-                flag, arn, "--parent-role-arn", PARENT_ROLE_ARN, "--out", str(policies[template]),
-            ), self.logs)
-        kms = Service("kms-emulator", hermetic_argv(
-            "kms-emulator", "serve", "--state", str(self.state / "kms"), "--principals", str(principals),
-            "--root", str(self.ca.root_cert_path), "--region", REGION, "--account-id", ACCOUNT,
-        ), self.logs, env=_clean_env())
-        self._services.append(kms)
-        self.kms_url = kms.wait_ready()
-        self.data_key = self.owner.client("kms", self.kms_url).create_key(
-            Policy=policies["data-owner"].read_text(), Description="hermetic jobs data-owner key"
-        )["KeyMetadata"]["KeyId"]
-        self.model_key = self.model_owner.client("kms", self.kms_url).create_key(
-            Policy=policies["model-owner"].read_text(), Description="hermetic jobs model-owner key"
-        )["KeyMetadata"]["KeyId"]
-        log.info("local stack ready: KMS at %s, PCR0 %s", self.kms_url, self.pcrs[0].hex()[:16])
+        down(self.state_dir)
+        self._state = None
 
     # ------------------------------------------------------------------ parties
 
@@ -163,50 +124,33 @@ class LocalStack:
             raise JobFailed(f"{dataset} is missing: install Debian's dataset-fashion-mnist (make dataset)")
         sealed = self.out_dir / f"{dataset.name.split('.')[0]}.sealed"
         out = run_command("seal", hermetic_argv(
-            "seal", str(dataset), "--key-id", self.data_key, "--out", str(sealed), "--max-epsilon",
-            repr(float(max_epsilon)), "--delta", repr(float(delta)), "--owner", owner,
-            "--kms-endpoint", self.kms_url, "--json",
-        ), self.logs, env={**_clean_env(), **self.owner.env()})
+            "seal", str(dataset), "--local", str(self.state_dir), "--out", str(sealed), "--max-epsilon",
+            repr(float(max_epsilon)), "--delta", repr(float(delta)), "--owner", owner, "--json",
+        ), self.logs, env=CLEAN_ENV)
         info = json.loads(out)
         return SealedDataset(str(info["dataset_id"]), sealed, int(info["record_count"]), float(max_epsilon),
                              float(delta))
 
     def train(self, spec_toml: str, dataset: SealedDataset, name: str, *,
               public: Path = FASHION_MNIST_TEST, progress: Progress | None = None) -> JobOutcome:
-        """Run one job in a fresh mock enclave; verify its certificate offline."""
-        assert self._run_dir is not None, "use LocalStack as a context manager"
+        """Run one job in the appliance's mock enclave (`hermetic train --local`); verify its certificate."""
         job_dir = self.out_dir / name
         job_dir.mkdir(parents=True, exist_ok=True)
         spec_path = job_dir / "job.toml"
         write_atomic(spec_path, spec_toml.encode())
-        control = f"unix://{self._run_dir / (name + '.sock')}"
-        relay = f"unix://{self._run_dir / (name + '-kms.sock')}"
-        enclave = Service(f"enclave-{name}", hermetic_argv(
-            "mock-enclave", "run", "--state", str(self.state), "--listen", control, "--kms-relay", relay,
-            "--sessions", "1",
-        ), self.logs, env=_clean_env())
-        self._services.append(enclave)
         job_id = f"{name}-{secrets.token_hex(4)}"
-        target = f"127.0.0.1:{self.kms_url.rstrip('/').rsplit(':', 1)[1]}"
         began = time.monotonic()
-        try:
-            enclave.wait_ready()
-            job = Service(f"parent-{name}", hermetic_argv(
-                "parent", "run", "--enclave", control, "--kms-relay", relay, "--kms-target", target,
-                "--allow", target, "--dataset", f"{dataset.dataset_id}={dataset.path}", "--region", REGION,
-                "--kms-endpoint", f"http://{target}", "--spec", str(spec_path),
-                "--public", f"{PUBLIC_TEST_NAME}={public}", "--out", str(job_dir / "out"),
-                "--job-id", job_id, "--events",
-            ), self.logs, env={**_clean_env(), **self.parent.env()})
-            self._services.append(job)
+        with Service(f"train-{name}", hermetic_argv(
+            "train", str(spec_path), "--local", str(self.state_dir),
+            "--dataset", f"{dataset.dataset_id}={dataset.path}", "--public", f"{PUBLIC_TEST_NAME}={public}",
+            "--out", str(job_dir / "out"), "--job-id", job_id, "--events",
+        ), self.logs, env=CLEAN_ENV) as job:
             result = job.follow_job(progress)
             code = job.proc.wait()
-            job.stop()
-        finally:
-            enclave.stop()
         seconds = time.monotonic() - began
-        if code != 0 or result is None:
-            raise JobFailed(f"training job {name} failed; see {job.log_path}")
+        if code != 0 or result is None or result.get("status") != "ok":
+            reason = (result or {}).get("error") or f"see {job.log_path}"
+            raise JobFailed(f"training job {name} failed: {reason}")
         certificate = Path(str(result["certificate"]))
         verified = self.verify(certificate)
         evals = tuple(
@@ -228,10 +172,10 @@ class LocalStack:
         )
 
     def verify(self, certificate: Path) -> dict[str, Any]:
-        """verify-certificate against the local root and the measured PCR0/1/2; the report as a dict."""
-        pcr_args = [arg for i in (0, 1, 2) for arg in ("--pcr", f"{i}={self.pcrs[i].hex()}")]
+        """verify-certificate against the local root and the appliance's measurements; the report as a dict."""
         report = dict(json.loads(run_command("verify-certificate", hermetic_argv(
-            "verify-certificate", str(certificate), "--root", str(self.ca.root_cert_path), *pcr_args, "--json",
+            "verify-certificate", str(certificate), "--root", self.state.root, "--measurements",
+            self.state.measurements, "--json",
         ), self.logs)))
         if not report.get("valid"):
             raise JobFailed(f"the certificate {certificate} did not verify: {report}")

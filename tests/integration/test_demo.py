@@ -27,10 +27,15 @@ def test_leak_scan_finds_plaintext_when_it_is_there() -> None:
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     """`hermetic demo`, shortened to a fraction of an epoch: every stage, every proof."""
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [sys.executable, "-m", "parent.cli", "demo", "--out", str(out), "--epochs", "0.2"],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "parent.cli", "demo", "--out", str(out), "--epochs", "0.2"],
+            capture_output=True, text=True, timeout=600, check=False,
+        )
+    finally:
+        # A demo killed by the timeout cannot stop its appliance itself.
+        subprocess.run([sys.executable, "-m", "parent.cli", "local", "down", "--state", str(out / "state")],
+                       capture_output=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["records"] == 60000

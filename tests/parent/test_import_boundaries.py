@@ -22,7 +22,7 @@ from parent.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 # The dev commands run stand-ins, so they alone may import parent.local (in their handlers).
-DEV_COMMANDS = {"kms-emulator": "kms_emulator", "mock-enclave": "mock_enclave", "demo": "demo"}
+DEV_COMMANDS = {"kms-emulator": "kms_emulator", "mock-enclave": "mock_enclave", "demo": "demo", "local": "local"}
 STAND_INS = "parent.local"
 
 # Prints the help, then the parent.local modules it loaded, as the last line.
@@ -63,7 +63,7 @@ def test_dev_commands_are_real_commands() -> None:
     top = {p[0] for p in ALL_PATHS if len(p) == 1}
     assert set(DEV_COMMANDS) < top
     assert {"seal", "parent", "policy", "verify-attestation", "verify-certificate", "measure-eif",
-            "checkpoint", "privacy"} <= top
+            "checkpoint", "privacy", "train"} <= top
 
 
 @pytest.mark.parametrize("path", PRODUCTION_PATHS, ids=lambda p: " ".join(p) or "hermetic")

@@ -3,7 +3,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from enclave.sealed.records import header_schema, iter_record_batches, schema_by
 from enclave.sealed.stream import iter_plaintext, read_header
 from parent.cli import main
 from parent.datasets import DatasetReader
-from parent.seal import SealResult, default_dataset_id, seal_dataset
+from parent.seal import SealResult, derived_dataset_id, seal_dataset
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -114,23 +113,46 @@ def test_seal_and_open_round_trip(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["out.sealed", "patients.npz"]
 
 
-def test_each_seal_gets_a_fresh_key_and_id(tmp_path: Path) -> None:
+def test_each_seal_gets_a_fresh_key_and_the_same_derived_id(tmp_path: Path) -> None:
     src = tmp_path / "d.npz"
     write_npz(src, 10)
     kms = FakeKms()
     a = seal(tmp_path, src, kms)
     first = a.out_path.read_bytes()
     b = seal(tmp_path, src, kms)
-    assert a.dataset_id != b.dataset_id
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    assert a.dataset_id == b.dataset_id == f"d-{digest[:8]}"
+    assert a.dataset_id_source == b.dataset_id_source == "derived"
     assert a.plaintext_sha256 == b.plaintext_sha256
     assert first != b.out_path.read_bytes()
     assert len(set(kms.keys.values())) == 2
 
 
-def test_default_dataset_id() -> None:
-    assert re.fullmatch(r"train-images-idx3-ubyte-[0-9a-f]{16}", default_dataset_id("/x/train-images-idx3-ubyte.gz"))
-    assert re.fullmatch(r"my-data-set-[0-9a-f]{16}", default_dataset_id("/x/my data set!.parquet"))
-    assert re.fullmatch(r"dataset-[0-9a-f]{16}", default_dataset_id("/x/!!!.csv"))
+def test_derived_dataset_id_follows_the_content(tmp_path: Path) -> None:
+    paths = {}
+    for name, content in (("train-images-idx3-ubyte.gz", b"a"), ("my data set!.parquet", b"b"), ("!!!.csv", b"c")):
+        paths[name] = tmp_path / name
+        paths[name].write_bytes(content)
+    sha = {c: hashlib.sha256(c).hexdigest()[:8] for c in (b"a", b"b", b"c")}
+    assert derived_dataset_id([paths["train-images-idx3-ubyte.gz"]]) == f"train-images-idx3-ubyte-{sha[b'a']}"
+    assert derived_dataset_id([paths["my data set!.parquet"]]) == f"my-data-set-{sha[b'b']}"
+    assert derived_dataset_id([paths["!!!.csv"]]) == f"dataset-{sha[b'c']}"
+    pair = derived_dataset_id([paths["train-images-idx3-ubyte.gz"], paths["!!!.csv"]])
+    both = hashlib.sha256(hashlib.sha256(b"a").digest() + hashlib.sha256(b"c").digest()).hexdigest()
+    assert pair == f"train-images-idx3-ubyte-{both[:8]}"
+    paths["!!!.csv"].write_bytes(b"changed")
+    assert derived_dataset_id([paths["!!!.csv"]]) != f"dataset-{sha[b'c']}"
+    with pytest.raises(ConfigError):
+        derived_dataset_id([])
+
+
+def test_a_given_dataset_id_is_reported_as_given(tmp_path: Path) -> None:
+    src = tmp_path / "d.npz"
+    write_npz(src, 10)
+    result = seal_dataset(src, tmp_path / "o.sealed", key_id=KEY_ARN, kms_client=FakeKms(), max_epsilon=1.0,
+                          delta=1e-5, owner="o", dataset_id="mine-1")
+    assert (result.dataset_id, result.dataset_id_source) == ("mine-1", "given")
+    assert result.to_json()["dataset_id_source"] == "given"
 
 
 @pytest.mark.parametrize(
@@ -218,7 +240,7 @@ def test_failure_leaves_no_partial_file_and_keeps_old_output(tmp_path: Path, mod
     out = tmp_path / "out.sealed"
     out.write_bytes(b"previous good file")
     with pytest.raises(DatasetError, match=error):
-        seal(tmp_path, FlakyReader(mode), FakeKms(), chunk_size=16)
+        seal(tmp_path, FlakyReader(mode), FakeKms(), chunk_size=16, dataset_id="flaky")
     assert out.read_bytes() == b"previous good file"
     assert sorted(os.listdir(tmp_path)) == ["out.sealed"]
 
@@ -330,3 +352,48 @@ def test_cli_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
                "--max-epsilon", "1", "--delta", "0.1", "--owner", "o"])
     assert rc == 1
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["--owner", "--key-id"])
+def test_cli_requires_owner_and_key_without_local(
+    tmp_path: Path, missing: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The owner goes into the encryption context: never the login name by accident.
+    monkeypatch.setenv("USER", "someone")
+    src = tmp_path / "d.npz"
+    write_npz(src, 5)
+    argv = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--max-epsilon", "1", "--delta", "1e-5",
+            "--owner", "o", "--key-id", "k"]
+    at = argv.index(missing)
+    del argv[at : at + 2]
+    with pytest.raises(SystemExit) as usage:
+        main(argv)
+    assert usage.value.code == 2
+    assert f"{missing} is required" in capsys.readouterr().err
+    assert not (tmp_path / "o.sealed").exists()
+
+
+def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    key_id = boto3.client("kms", endpoint_url=kms_url, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
+    src = tmp_path / "d.npz"
+    write_npz(src, 12)
+    base = ["seal", str(src), "--key-id", key_id, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
+            "--kms-endpoint", kms_url]
+    assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
+    expected = f"d-{hashlib.sha256(src.read_bytes()).hexdigest()[:8]}"
+    assert f"dataset_id       {expected} (derived" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "b.sealed"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["dataset_id"], report["dataset_id_source"]) == (expected, "derived")
+
+
+def test_cli_local_without_an_appliance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "d.npz"
+    write_npz(src, 5)
+    base = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--max-epsilon", "1", "--delta", "1e-5",
+            "--local", str(tmp_path / "none")]
+    assert main(base) == 1
+    assert "hermetic local up" in capsys.readouterr().err
+    assert main([*base, "--kms-endpoint", "http://127.0.0.1:1"]) == 1
+    assert "exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "o.sealed").exists()

@@ -323,3 +323,14 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["checkpoint", "decrypt", "x.ckpt"])  # --out is required
     assert info.value.code == 2
+
+
+def test_local_needs_a_running_appliance(sealed: tuple[CheckpointState, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    _, path = sealed
+    argv = ["checkpoint", "decrypt", str(path), "--out", str(tmp_path / "m.pt"), "--local", str(tmp_path / "none")]
+    assert main(argv) == 1
+    assert "hermetic local up" in capsys.readouterr().err
+    assert main([*argv, "--kms-endpoint", "http://127.0.0.1:1"]) == 1
+    assert "exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

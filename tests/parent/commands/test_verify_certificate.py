@@ -165,3 +165,47 @@ def test_json_verdict_for_unreadable_input(tmp_path: Path, capsys: pytest.Captur
         "valid": False, "error": captured.err.removeprefix("hermetic: error: ").strip(),
         "error_type": "ConfigError",
     }
+
+
+def _measurements(tmp_path: Path, pcrs: dict[str, str], nitro_shape: bool = True) -> Path:
+    path = tmp_path / "measurements.json"
+    doc: dict[str, object] = {"HashAlgorithm": "Sha384 { ... }", **pcrs}
+    path.write_text(json.dumps({"Measurements": doc} if nitro_shape else pcrs))
+    return path
+
+
+@pytest.mark.parametrize("nitro_shape", [True, False])
+def test_measurements_file_pins_pcrs(cert: Path, root_pem: Path, tmp_path: Path, nitro_shape: bool,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    good = _measurements(tmp_path, {f"PCR{i}": PCRS[i].hex() for i in (0, 1, 2)}, nitro_shape)
+    assert run(str(cert), "--root", str(root_pem), "--measurements", str(good)) == 0
+    capsys.readouterr()
+    bad = _measurements(tmp_path, {"PCR0": PCRS[0].hex(), "PCR1": "00" * 48}, nitro_shape)
+    assert run(str(cert), "--root", str(root_pem), "--measurements", str(bad)) == 1
+    assert "PCR" in one_line_error(capsys)
+
+
+def test_measurements_and_pcr_combine(cert: Path, root_pem: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    measurements = _measurements(tmp_path, {"PCR0": PCRS[0].hex()})
+    assert run(str(cert), "--root", str(root_pem), "--measurements", str(measurements),
+               "--pcr", f"3={PCRS[3].hex()}") == 0
+    capsys.readouterr()
+    # Each source alone would pass; together PCR3 must match as well.
+    assert run(str(cert), "--root", str(root_pem), "--measurements", str(measurements),
+               "--pcr", f"3={'00' * 48}") == 1
+    one_line_error(capsys)
+    # The same PCR from both sources must agree: a usage error otherwise.
+    usage_error(str(cert), "--root", str(root_pem), "--measurements", str(measurements), "--pcr", f"0={'00' * 48}")
+
+
+@pytest.mark.parametrize("content", [
+    "not json", "[]", '{"Measurements": {}}', '{"Measurements": {"PCR0": "00"}}',
+    '{"Measurements": {"PCR99": "' + "00" * 48 + '"}}', '{"Measurements": {"Kernel": "x"}}',
+])
+def test_bad_measurements_files_are_one_line_errors(cert: Path, root_pem: Path, tmp_path: Path, content: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(content)
+    assert run(str(cert), "--root", str(root_pem), "--measurements", str(path)) == 1
+    assert "measurements file" in one_line_error(capsys)

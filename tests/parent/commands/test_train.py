@@ -1,0 +1,72 @@
+"""`hermetic train`: what it refuses before it reaches the enclave (whole jobs: tests/integration)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from parent.cli import main
+
+SPEC = """
+[job]
+name = "t"
+[model]
+name = "mlp"
+[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 10
+steps = 1
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.0
+[checkpoint]
+key_id = "alias/hermetic-model-owner"
+"""
+
+
+@pytest.fixture()
+def spec(tmp_path: Path) -> Path:
+    path = tmp_path / "job.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_train_needs_the_local_appliance(spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["train", str(spec), "--dataset", "d=x.sealed", "--out", str(tmp_path / "o")])
+    assert usage.value.code == 2
+    assert "hermetic parent run" in capsys.readouterr().err
+
+
+def test_no_appliance_is_a_one_line_error_and_a_json_verdict(spec: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    sealed = tmp_path / "d.sealed"
+    sealed.write_bytes(b"x")
+    argv = ["train", str(spec), "--local", str(tmp_path / "none"), "--dataset", f"d={sealed}", "--out",
+            str(tmp_path / "o"), "--json"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    verdict = json.loads(captured.out)
+    assert verdict["status"] == "error" and verdict["error_type"] == "ApplianceStateError"
+    assert "hermetic local up" in captured.err and captured.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("spec_text, dataset, message", [
+    ("[job]\nname = 'x'\n", "d={sealed}", "spec"),
+    (SPEC, "d={missing}", "no sealed dataset"),
+    (SPEC, "no-equals-sign", "--dataset expects NAME=FILE"),
+])
+def test_inputs_are_checked_before_the_appliance(tmp_path: Path, spec_text: str, dataset: str, message: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text(spec_text)
+    sealed = tmp_path / "d.sealed"
+    sealed.write_bytes(b"x")
+    argv = ["train", str(spec), "--local", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+            "--dataset", dataset.format(sealed=sealed, missing=tmp_path / "missing.sealed")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "hermetic local up" not in err
