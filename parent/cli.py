@@ -51,9 +51,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
 )
 
-# Commands that still print their own --json failure verdict; main() adds none for them,
-# so stdout holds one object either way. Empty once each reports through parent.commands.output.
-OWN_JSON_ERRORS: frozenset[str] = frozenset({"verify-certificate"})
+# Commands that print their own --json failure object (train: with the partial report of the
+# job so far); main() adds none for them, so stdout holds one object either way.
+OWN_JSON_ERRORS: frozenset[str] = frozenset({"train"})
 
 _USAGE_PROG = "_usage_prog"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from enclave.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -32,6 +34,12 @@ def _check(args: argparse.Namespace) -> int:
     # Imported here: the check loads the model registry (and torch); `hermetic --help` stays fast.
     from parent.job_check import check_job
 
+    try:
+        with open(args.spec, "rb"):
+            pass
+    except OSError as err:
+        # An unreadable spec is an input error, not a problem of the job.
+        raise ConfigError(f"cannot read job spec {args.spec}: {err.strerror}") from None
     result = check_job(args.spec, args.sealed)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))

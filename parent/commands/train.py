@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import ConfigError, HermeticError, RuntimeFailure
-from parent.appliance import ENCLAVE_SERVICE, KMS_SERVICE, PARENT, ApplianceState
+from parent.appliance import ENCLAVE_SERVICE, KMS_SERVICE, PARENT
 from parent.commands.local_args import add_local_argument, local_state
 
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     except HermeticError as err:
         if args.json or args.events:
             failed = {**(getattr(err, "report", None) or {"status": "error"}), "error": str(err),
-                      "error_type": type(err).__name__}
+                      "error_type": type(err).__name__, "code": err.code}
             if args.events:
                 _event("result", **failed)
             else:
@@ -120,7 +120,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         if not Path(path).is_file():
             raise ConfigError(f"no sealed dataset at {path}")
     state = local_state(args, running=(KMS_SERVICE, ENCLAVE_SERVICE))
-    _check_job(args, state, spec)
+    _check_job(args, datasets)
     job_id = args.job_id or _resumed_job_id(args.resume) or f"job-{uuid.uuid4().hex[:12]}"
 
     streams: list[tuple[str, DatasetInput]] = list(datasets)
@@ -197,14 +197,14 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _check_job(args: argparse.Namespace, state: ApplianceState, spec: Any) -> None:
-    """The checks of `hermetic job check`, before anything is sent to the enclave.
+def _check_job(args: argparse.Namespace, datasets: list[tuple[str, str]]) -> None:
+    """The checks of `hermetic job check`, before anything is sent to the enclave."""
+    from enclave.training.plan import JobDoesNotFit, describe
+    from parent.job_check import check_job
 
-    To be wired: `parent.job_check.check_job(...)` with the spec, the sealed datasets'
-    headers and the appliance, raising its own errors. Until then the enclave's own
-    plan (`enclave.training.plan.plan_run`) refuses an over-budget job before KMS is asked.
-    """
-    del args, state, spec
+    checked = check_job(args.spec, [path for _, path in datasets])
+    if not checked.ok:
+        raise JobDoesNotFit(f"the job does not fit its data: {describe(checked.problems)}", checked.problems)
 
 
 def _resumed_job_id(checkpoint: Path | None) -> str | None:

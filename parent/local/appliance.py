@@ -42,6 +42,7 @@ from parent.appliance import (
     ROLES,
     SERVICES,
     ApplianceState,
+    ApplianceStateError,
     AwsCredentials,
     IdentityRecord,
     ServiceRecord,
@@ -355,6 +356,8 @@ def status(state: ApplianceState, tail_lines: int = 10) -> list[ServiceStatus]:
 def down(state_dir: Path, *, timeout: float = STOP_TIMEOUT) -> list[Stopped] | None:
     """Stop what the state names (enclave first); None if there is no state in `state_dir`."""
     state_dir = Path(state_dir).resolve()
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ApplianceStateError(f"{state_dir} is not a directory: no local appliance state there")
     if load_state(state_dir) is None:
         return None
     with _locked(state_dir):

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,6 @@ def _run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=900, check=False)
 
 
-def _has_job_check(cwd: Path, env: dict[str, str]) -> bool:
-    return _run("hermetic job check --help", cwd, env).returncode == 0
-
-
 def test_the_block_is_the_promised_seven_commands() -> None:
     commands = quick_start_commands((ROOT / "README.md").read_text("utf-8"))
     assert [s for s in map(_step, commands) if s is not None] == STEPS
@@ -90,10 +85,6 @@ def test_the_readme_quick_start_runs(tmp_path: Path) -> None:
     try:
         for command in commands:
             step = _step(command)
-            if step == "job check" and not _has_job_check(tmp_path, env):
-                warnings.warn("`hermetic job check` is not on this branch yet: the quick start ran without "
-                              "that one step", UserWarning, stacklevel=1)
-                continue
             proc = _run(command, tmp_path, env)
             assert proc.returncode == 0, f"{command}\n{proc.stderr}"
             if step is not None and proc.stdout.strip():

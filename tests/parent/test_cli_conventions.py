@@ -168,6 +168,14 @@ def _failing_argv(path: tuple[str, ...], unusable: Path) -> list[str] | None:
                             "--spec", str(unusable / "job.toml")],
         ("mock-enclave", "measure"): ["--measure-dir", str(unusable / "enclave")],
         ("demo",): ["--out", str(unusable / "demo")],
+        ("seal",): ["--key-id", "k", "--owner", "o", "--out", str(unusable / "x.sealed"), "--max-epsilon", "1",
+                    "--delta", "1e-5", str(unusable / "in.npz")],
+        ("job", "check"): [str(unusable / "job.toml")],
+        ("local", "up"): ["--state", str(unusable / "state")],
+        ("local", "status"): ["--state", str(unusable / "state")],
+        ("local", "down"): ["--state", str(unusable)],
+        ("train",): ["--local", str(unusable / "state"), "--dataset", f"d={unusable / 'd.sealed'}",
+                     "--out", str(unusable / "out"), str(unusable / "job.toml")],
     }
     return [*path, *table[path], "--json"] if path in table else None
 
@@ -239,7 +247,8 @@ def test_json_failure_is_one_object_and_exits_1(path: tuple[str, ...], unusable:
     # A command this file does not know yet: run it apart, so one that starts serving fails
     # the test by timing out instead of hanging the suite (then add it to _failing_argv).
     argv = _generic_argv(path, unusable)
-    out = subprocess.run([sys.executable, "-m", "parent.cli", *argv], cwd=ROOT, capture_output=True,
+    # Never in the repository: an unknown command may create state in its working directory.
+    out = subprocess.run([sys.executable, "-m", "parent.cli", *argv], cwd=unusable.parent, capture_output=True,
                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     _check_json_failure(path, out.returncode, out.stdout, out.stderr)
 
@@ -252,7 +261,7 @@ def test_commands_without_runtime_failures_really_have_none() -> None:
 def test_generic_argv_reaches_the_command(unusable: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # The fallback for unknown commands must produce a runtime failure, not a usage error:
     # checked here on commands that exist today.
-    for path in [("seal",), ("verify-attestation",), ("checkpoint", "inspect"), ("policy", "render"),
+    for path in [("verify-attestation",), ("checkpoint", "inspect"), ("policy", "render"),
                  ("kms-emulator", "serve"), ("measure-eif",)]:
         code = main(_generic_argv(path, unusable))
         captured = capsys.readouterr()

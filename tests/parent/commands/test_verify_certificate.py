@@ -163,7 +163,7 @@ def test_json_verdict_for_unreadable_input(tmp_path: Path, capsys: pytest.Captur
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {
         "valid": False, "error": captured.err.removeprefix("hermetic: error: ").strip(),
-        "error_type": "ConfigError",
+        "error_type": "ConfigError", "code": "config",
     }
 
 
