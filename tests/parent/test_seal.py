@@ -212,7 +212,7 @@ class WideReader(DatasetReader):
 def test_a_schema_too_large_for_the_header_is_refused_before_kms(tmp_path: Path) -> None:
     kms = FakeKms()
     with pytest.raises(ConfigError, match="schema is .* bytes, a sealed header holds at most 49152"):
-        seal(tmp_path, WideReader(), kms)
+        seal(tmp_path, WideReader(), kms, dataset_id="wide")
     assert kms.calls == []
 
 
