@@ -237,7 +237,7 @@ def run_demo(
         except HermeticError as err:
             log.warning("local down failed: %s", err)
         shutil.rmtree(run_dir, ignore_errors=True)
-    write_atomic(out_dir / "report.json", (json.dumps(asdict(report), indent=2) + "\\n").encode())
+    write_atomic(out_dir / "report.json", (json.dumps(asdict(report), indent=2) + "\n").encode())
     return report
 
 
