@@ -12,7 +12,7 @@
 #      both give the same PCR0/1/2;
 #   4. one byte more in enclave/ gives another image whose EIF has another PCR0 and
 #      PCR2 and the same PCR1.
-# Installs mmdebstrap and buildah with apt-get when they are missing (root only).
+# Installs mmdebstrap, buildah (and cpio) with apt-get when they are missing (root only).
 #   env: EIF_CHECK_DIR (default .hermetic/eif-check; emptied first), EIF_CHECK_KEEP=1
 #        keeps the images and EIFs there (default: only report.json stays),
 #        PYTHON / HERMETIC (default .venv/bin/...), plus those of eif-base.sh.
@@ -35,6 +35,7 @@ start=$(now)
 missing=()
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+command -v cpio >/dev/null 2>&1 || missing+=(cpio)  # only for tests/eif/test_standin.py's cross-check
 install_s=0
 if [ ${#missing[@]} -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"

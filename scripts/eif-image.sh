@@ -72,14 +72,15 @@ b config \
     "$ctr"
 # Straight into an OCI layout (no copy through local storage): every time stamp, in the
 # config and on every file of the layer, is SOURCE_DATE_EPOCH; no builder label.
-b commit --quiet --timestamp "$epoch" --identity-label=false --rm "$ctr" "oci:$out/oci:hermetic-enclave" >/dev/null
+b commit --quiet --timestamp "$epoch" --identity-label=false "$ctr" "oci:$out/oci:hermetic-enclave" >/dev/null
 if [ -n "${EIF_DOCKER_ARCHIVE:-}" ]; then
-    # The same layer and configuration in Docker's format (its digests differ, the
-    # file system and the command/environment nitro-cli reads do not).
+    # The same container committed again in Docker's format, for `docker load`: other
+    # digests, the same file system, command and environment (what nitro-cli reads).
     rm -f "$EIF_DOCKER_ARCHIVE"
-    id=$(b pull --quiet "oci:$out/oci:hermetic-enclave")
-    b push --quiet "$id" "docker-archive:$EIF_DOCKER_ARCHIVE:$tag" >/dev/null
+    b commit --quiet --timestamp "$epoch" --identity-label=false --format docker "$ctr" \
+        "docker-archive:$EIF_DOCKER_ARCHIVE:$tag" >/dev/null
 fi
+b rm "$ctr" >/dev/null
 
 digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "$out/oci/index.json")
 echo "$digest" > "$out/digest"
