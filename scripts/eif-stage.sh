@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Stage the Docker build context for the enclave image into DEST: only what
-# eif/Dockerfile copies (enclave/, eif/entrypoint.py, eif/requirements-enclave.txt,
-# eif/Dockerfile), taken from the committed tree (git HEAD), with fixed
-# permissions and mtimes so the image digest depends on content alone.
+# Stage everything the enclave image is made of into DEST: what goes into it
+# (enclave/, eif/entrypoint.py), what pins its base (eif/debian-packages.lock,
+# eif/requirements-enclave.txt, eif/requirements-pip.txt) and the recipe itself
+# (scripts/eif-base.sh, scripts/eif-image.sh), taken
+# from the committed tree (git HEAD), with fixed permissions and mtimes so the
+# image digest depends on content alone. Run DEST/scripts/eif-image.sh to build.
 #   usage: scripts/eif-stage.sh DEST
 #   EIF_ALLOW_DIRTY=1 stages the working tree instead (tracked + untracked, not
 #   ignored): for trying changes, never for a release.
@@ -12,7 +14,8 @@ set -euo pipefail
 dest=${1:?usage: $0 DEST}
 epoch=${SOURCE_DATE_EPOCH:-1767225600}
 root=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
-paths=(enclave eif/Dockerfile eif/entrypoint.py eif/requirements-enclave.txt)
+paths=(enclave eif/entrypoint.py eif/requirements-enclave.txt eif/requirements-pip.txt
+       eif/debian-packages.lock scripts/eif-base.sh scripts/eif-image.sh)
 
 mkdir -p "$dest"
 if [ -n "${EIF_ALLOW_DIRTY:-}" ]; then
@@ -23,7 +26,7 @@ if [ -n "${EIF_ALLOW_DIRTY:-}" ]; then
 else
     dirty=$(git -C "$root" status --porcelain --untracked-files=all -- "${paths[@]}")
     if [ -n "$dirty" ] && [ -z "${EIF_IGNORE_DIRTY:-}" ]; then
-        echo "eif-stage: uncommitted changes under enclave/ or eif/ (commit them, or set EIF_ALLOW_DIRTY=1):" >&2
+        echo "eif-stage: uncommitted changes to the image's sources (commit them, or set EIF_ALLOW_DIRTY=1):" >&2
         echo "$dirty" >&2
         exit 1
     fi
@@ -33,4 +36,5 @@ fi
 find "$dest" -depth \( -name __pycache__ -o -name '*.pyc' -o -name '*.pyo' \) -exec rm -rf {} +
 find "$dest" -type d -exec chmod 0755 {} +
 find "$dest" -type f -exec chmod 0644 {} +
+[ ! -d "$dest/scripts" ] || chmod 0755 "$dest"/scripts/*.sh
 find "$dest" -exec touch --no-dereference --date="@${epoch}" {} +

@@ -2,7 +2,9 @@
 
 Used to make test images (no nitro-cli, kernel or Docker needed): kernel, cmdline,
 metadata, the ramdisks, then the signature when signed, each behind its 12-byte
-section header, with the section table and CRC32 filled in. Signing follows
+section header, with the section table and CRC32 filled in. `build_eif` works in
+memory; `write_eif` streams ramdisks from files into a file (real application
+ramdisks are hundreds of MiB: see parent.eif.standin). Signing follows
 `EifSigner::generate_eif_signature`: a COSE_Sign1 (untagged) over the serde_cbor
 encoding of PcrInfo { register_index: 0, register_value: PCR0 }, stored as
 `[{"signing_certificate": PEM, "signature": COSE}]` with both byte vectors
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -141,6 +145,66 @@ def build_eif(
     if signer is not None:
         sections.append((SectionType.SIGNATURE, signature_section(pcr0_of(kernel, cmdline, ramdisks), signer)))
     return assemble(sections, **header)
+
+
+_CHUNK = 1 << 20
+
+
+def write_eif(
+    path: str | os.PathLike[str],
+    kernel: bytes,
+    cmdline: bytes,
+    ramdisks: Sequence[bytes | Path],
+    *,
+    metadata: bytes | None = None,
+    default_mem: int = 1024 << 20,
+    default_cpus: int = 2,
+) -> None:
+    """The unsigned EIF `build_eif` would make, written to `path`; a ramdisk given as a
+    Path is streamed from that file instead of being held in memory."""
+    parts: list[tuple[int, bytes | Path]] = [
+        (SectionType.KERNEL, kernel),
+        (SectionType.CMDLINE, cmdline),
+        (SectionType.METADATA, default_metadata() if metadata is None else metadata),
+    ]
+    parts += [(SectionType.RAMDISK, r) for r in ramdisks]
+    if len(parts) > MAX_NUM_SECTIONS:
+        raise ConfigError(f"an EIF holds at most {MAX_NUM_SECTIONS} sections")
+    sizes = [len(d) if isinstance(d, bytes) else d.stat().st_size for _, d in parts]
+    offsets, pos = [], HEADER_SIZE
+    for size in sizes:
+        offsets.append(pos)
+        pos += SECTION_HEADER_SIZE + size
+    pad = MAX_NUM_SECTIONS - len(parts)
+
+    def header(crc: int) -> bytes:
+        return EifHeader(
+            magic=EIF_MAGIC, version=CURRENT_VERSION, flags=0, default_mem=default_mem,
+            default_cpus=default_cpus, reserved=0, section_count=len(parts),
+            section_offsets=(*offsets, *[0] * pad), section_sizes=(*sizes, *[0] * pad), unused=0, crc32=crc,
+        ).pack()
+
+    crc = zlib.crc32(header(0)[:HEADER_CRC_SPAN])
+    with open(path, "wb") as out:
+        out.write(header(0))
+        for (kind, data), size in zip(parts, sizes, strict=True):
+            section_header = struct.pack(">HHQ", int(kind), 0, size)
+            out.write(section_header)
+            crc = zlib.crc32(section_header, crc)
+            if isinstance(data, bytes):
+                out.write(data)
+                crc = zlib.crc32(data, crc)
+                continue
+            with open(data, "rb") as src:
+                copied = 0
+                while chunk := src.read(_CHUNK):
+                    out.write(chunk)
+                    crc = zlib.crc32(chunk, crc)
+                    copied += len(chunk)
+            if copied != size:
+                raise ConfigError(f"{data} changed size while it was written into the EIF")
+        out.seek(0)
+        out.write(header(crc))
 
 
 def recompute_crc(data: bytes) -> bytes:
