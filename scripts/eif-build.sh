@@ -3,7 +3,7 @@
 #   env: EIF_TAG (default hermetic-enclave:build), EIF_OUT (default eif/hermetic.eif),
 #        EIF_MEASUREMENTS (default eif/measurements.json), SIGNING_CERT + SIGNING_KEY
 #        (sign the EIF: PCR8), HERMETIC (default .venv/bin/hermetic), plus those of
-#        eif-docker-build.sh, eif-preflight.sh (BUILDX_BUILDER, EIF_SKIP_PREFLIGHT) and
+#        eif-docker-build.sh, eif-preflight.sh (EIF_SKIP_PREFLIGHT) and
 #        find-python.sh (PYTHON).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

@@ -3,7 +3,7 @@
 # run) from the tree this script lives in (run it from a staging made by eif-stage.sh):
 # one layer holding the base root filesystem (scripts/eif-base.sh: pinned Debian
 # packages + hashed wheels) and enclave/ + eif/entrypoint.py under /opt/hermetic, and
-# the configuration the Dockerfile had (user, workdir, env, entrypoint). Every
+# its configuration (user, workdir, env, entrypoint). Every
 # time stamp is SOURCE_DATE_EPOCH and layers are uncompressed, so the same tree gives
 # the same image digest. Prints that digest (sha256:...) on stdout.
 #

@@ -1,20 +1,14 @@
 #!/usr/bin/env bash
 # Before the (long) image build: can this host build the EIF, reproducibly? Every failed
 # check prints what to run; all are reported at once, then exit 1. Warnings do not fail.
-#   env: DOCKER (docker), BUILDX_BUILDER (the buildx builder, as buildx itself reads it),
-#        EIF_BUILDKIT_IMAGE (the BuildKit image the advice names), EIF_SKIP_PREFLIGHT=1
-#        (skip every check: for a host you have checked by hand)
+#   env: DOCKER (docker), EIF_BUILDER_IMAGE (debian:bookworm: where the image is built
+#        when this host lacks root, mmdebstrap or buildah), EIF_SKIP_PREFLIGHT=1 (skip
+#        every check: for a host you have checked by hand)
 #
-# What the build needs (eif/Dockerfile, scripts/eif-docker-build.sh, eif/README.md):
-#  * `docker buildx` 0.10 or later: `--provenance=false --sbom=false`, and SOURCE_DATE_EPOCH
-#    passed on as a build argument. Amazon Linux 2023's docker package carries buildx 0.12
-#    built without a version ("v0.0.0+unknown"): accepted as that.
-#  * a builder running BuildKit 0.13 or later, for `rewrite-timestamp=true` (file times in
-#    the layers clamped to SOURCE_DATE_EPOCH), and not the engine's built-in builder (the
-#    "docker" driver): with it, `--output type=docker,rewrite-timestamp=true` is refused on
-#    the containerd image store ("conflicts with unpack") and reported not to clamp on the
-#    classic one. A docker-container builder exports a tarball that buildx loads into the
-#    engine, so the engine's own version does not matter for the image.
+# What the build needs (scripts/eif-docker-build.sh, eif/README.md):
+#  * a Docker engine: nitro-cli reads the image from it (`docker load`), and on a host
+#    without root, mmdebstrap and buildah the image is built in a privileged Debian
+#    container (a warning says so).
 #  * nitro-cli, and a pair of nitro-cli and Docker Engine that works: nitro-cli before
 #    1.3.0 cannot use Docker 25 or later ("[ E50 ] Docker image pull error",
 #    aws-nitro-enclaves-cli#537, fixed in 1.3.0 by #595); with Docker 26 and later there
@@ -23,13 +17,11 @@
 #    engine: Docker 26+ is a warning.
 set -euo pipefail
 docker=${DOCKER:-docker}
-buildkit_image=${EIF_BUILDKIT_IMAGE:-moby/buildkit:v0.23.2}
-min_buildx=0.10.0
-min_buildkit=0.13.0
+builder_image=${EIF_BUILDER_IMAGE:-debian:bookworm}
 min_nitro_cli=1.3.0   # for Docker 25 and later
 
 if [ -n "${EIF_SKIP_PREFLIGHT:-}" ]; then
-    echo "eif-preflight: EIF_SKIP_PREFLIGHT set: Docker, buildx and nitro-cli versions not checked" >&2
+    echo "eif-preflight: EIF_SKIP_PREFLIGHT set: Docker and nitro-cli versions not checked" >&2
     exit 0
 fi
 
@@ -43,37 +35,17 @@ at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n1)" = "$2" ]; }
 
 engine=""
 if ! command -v "$docker" >/dev/null 2>&1; then
-    fail "no '$docker' command: install Docker with buildx (Amazon Linux 2023, as root: dnf install -y docker && systemctl enable --now docker)"
+    fail "no '$docker' command: install Docker (Amazon Linux 2023, as root: dnf install -y docker && systemctl enable --now docker)"
 elif ! "$docker" info >/dev/null 2>&1; then
     fail "no Docker engine answers ('$docker info' fails): start it (as root: systemctl enable --now docker) or join the docker group (as root: usermod -aG docker $(id -un), then log in again)"
 else
     engine=$(number "$("$docker" version --format '{{.Server.Version}}' 2>/dev/null || true)")
-    buildx_out=$("$docker" buildx version 2>/dev/null || true)
-    if [ -z "$buildx_out" ]; then
-        fail "'$docker buildx' is missing: install the buildx plugin $min_buildx or later (Amazon Linux 2023: it is part of the docker package; elsewhere the docker-buildx-plugin package, or a release binary from github.com/docker/buildx/releases as ~/.docker/cli-plugins/docker-buildx)"
-    else
-        buildx=$(number "$(awk '{print $2}' <<<"$buildx_out")")
-        if [ -z "$buildx" ] || [ "$buildx" = 0.0.0 ]; then
-            warn "docker buildx reports no version ('$buildx_out', as Amazon Linux 2023 packages it): assuming $min_buildx or later"
-        elif ! at_least "$buildx" "$min_buildx"; then
-            fail "docker buildx $buildx is older than $min_buildx (--provenance, --sbom, SOURCE_DATE_EPOCH): install a newer buildx plugin (a release binary from github.com/docker/buildx/releases as ~/.docker/cli-plugins/docker-buildx)"
-        fi
-        inspect=$("$docker" buildx inspect --bootstrap 2>/dev/null || true)
-        name=$(awk -F':[ \t]*' '$1 == "Name" {print $2; exit}' <<<"$inspect")
-        driver=$(awk -F':[ \t]*' '$1 == "Driver" {print $2; exit}' <<<"$inspect")
-        buildkit=$(number "$(awk -F':[ \t]*' '$1 == "BuildKit version" || $1 == "Buildkit" {print $2; exit}' <<<"$inspect")")
-        create="docker buildx create --name hermetic-eif --driver docker-container --driver-opt image=$buildkit_image --bootstrap"
-        use="then build with 'make eif BUILDX_BUILDER=hermetic-eif' (or 'docker buildx use hermetic-eif')"
-        if [ -z "$driver" ]; then
-            fail "cannot inspect the buildx builder ('$docker buildx inspect --bootstrap' fails): create one: $create; $use"
-        elif [ "$driver" = docker ]; then
-            fail "buildx builder '${name:-default}' is the engine's built-in one (driver docker${buildkit:+, BuildKit $buildkit}), which does not give rewrite-timestamp=true with --output type=docker: create a docker-container builder: $create; $use"
-        elif [ -z "$buildkit" ]; then
-            fail "buildx builder '${name:-?}' (driver $driver) reports no BuildKit version: recreate it: docker buildx rm ${name:-NAME}; $create; $use"
-        elif ! at_least "$buildkit" "$min_buildkit"; then
-            fail "buildx builder '${name:-?}' runs BuildKit $buildkit; rewrite-timestamp needs $min_buildkit or later: docker buildx rm ${name:-NAME}; $create; $use"
-        fi
-    fi
+fi
+if [ "$(id -u)" = 0 ] && command -v mmdebstrap >/dev/null 2>&1 && command -v buildah >/dev/null 2>&1; then
+    tools="mmdebstrap and buildah here"
+else
+    tools="a privileged $builder_image container"
+    warn "no mmdebstrap and buildah as root here: the image will be built in $tools (the same scripts and pins; the Docker engine must be allowed to run privileged containers)"
 fi
 
 if ! command -v nitro-cli >/dev/null 2>&1; then
@@ -100,4 +72,4 @@ if [ ${#errors[@]} -gt 0 ]; then
     echo "eif: see eif/README.md (Build host); EIF_SKIP_PREFLIGHT=1 skips these checks" >&2
     exit 1
 fi
-echo "eif-preflight: Docker ${engine:-?}, buildx ${buildx:-?}, builder ${name:-?} (${driver:-?}, BuildKit ${buildkit:-?}), nitro-cli ${nitro:-?}: OK" >&2
+echo "eif-preflight: Docker ${engine:-?}, nitro-cli ${nitro:-?}, image built with $tools: OK" >&2
