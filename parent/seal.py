@@ -7,12 +7,12 @@ and schema hash; the header also carries the schema itself (`schema_bytes`), so 
 job can be checked against the data's shape without a key. The output appears
 atomically or not at all.
 
-Without an explicit id, the dataset id is derived from the input: its file name
-stem (reduced to [A-Za-z0-9._-], at most 64 characters) + "-" + the first 8 hex
-digits of the input's SHA-256 (for an input read from several files, such as an
-IDX images/labels pair, of the SHA-256 of their SHA-256s in order). The stem keeps
-ids readable; the content hash makes the id stable: the same file always gets the
-same id, and different contents under one name get different ids.
+Without an explicit id, the dataset id is derived from where the input is, never from
+what it holds: its file name stem (reduced to [A-Za-z0-9._-], at most 64 characters) +
+"-" + the first 8 hex digits of the SHA-256 of the owner and the inputs' absolute paths.
+The id is public (it is in the sealed file's header), so a hash of the content would
+let anyone who knows all records but one test guesses of the last; the path keeps the id
+stable for a file sealed again where it is, by the same owner.
 """
 from __future__ import annotations
 
@@ -85,31 +85,19 @@ class SealResult:
 
 
 DERIVED_HASH_HEX = 8
-_READ_SIZE = 1 << 20
 
 
-def derived_dataset_id(paths: Sequence[str | os.PathLike[str]]) -> str:
-    """The stable id of a dataset read from `paths`: file stem + first 8 hex of its SHA-256."""
+def derived_dataset_id(paths: Sequence[str | os.PathLike[str]], owner: str) -> str:
+    """The stable id of a dataset read from `paths`: file stem + 8 hex of a hash of owner and paths."""
     if not paths:
         raise ConfigError("a dataset id is required for an input that is not read from files")
-    digests = [_file_sha256(Path(p)) for p in paths]
-    digest = digests[0] if len(digests) == 1 else hashlib.sha256(b"".join(digests)).digest()
+    where = "\0".join(["hermetic-dataset-id-v1", owner, *(str(Path(p).resolve()) for p in paths)])
+    digest = hashlib.sha256(where.encode("utf-8", "surrogateescape")).hexdigest()
     name = Path(paths[0]).name
     for suffix in (".gz",):
         name = name.removesuffix(suffix)
     stem = _ID_CHARS.sub("-", Path(name).stem).strip("-.") or "dataset"
-    return f"{stem[:64]}-{digest.hex()[:DERIVED_HASH_HEX]}"
-
-
-def _file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_READ_SIZE):
-                digest.update(chunk)
-    except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err.strerror}") from None
-    return digest.digest()
+    return f"{stem[:64]}-{digest[:DERIVED_HASH_HEX]}"
 
 
 def _validate(
@@ -218,7 +206,7 @@ def seal_dataset(
     reader = input_path if isinstance(input_path, DatasetReader) else open_dataset(input_path)
     source = "given"
     if dataset_id is None:
-        dataset_id, source = derived_dataset_id(reader.paths), "derived"
+        dataset_id, source = derived_dataset_id(reader.paths, owner), "derived"
     _validate(max_epsilon, delta, owner, key_id, dataset_id, chunk_size)
     out = Path(out_path)
     if out.is_dir():

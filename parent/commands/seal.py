@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="data owner name, bound into the encryption context (required, except under --local: "
                         "the data-owner identity's name)")
     p.add_argument("--dataset-id", default=None,
-                   help="dataset id (default: derived from the input, file stem + first 8 hex of its SHA-256)")
+                   help="dataset id (default: file stem + 8 hex of a hash of owner and path, never of the content)")
     add_kms_arguments(p)
     add_local_argument(p, "data-owner")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
@@ -91,7 +91,7 @@ def _print(result: SealResult, *, as_json: bool) -> None:
         return
     ctx = result.encryption_context
     print(f"sealed {result.record_count} records -> {result.out_path}")
-    how = " (derived: file stem + SHA-256 of the input)" if result.dataset_id_source == "derived" else ""
+    how = " (derived from the owner and the file's path)" if result.dataset_id_source == "derived" else ""
     print(f"  dataset_id       {result.dataset_id}{how}")
     print(f"  owner            {ctx['owner']}")
     print(f"  budget           epsilon={ctx['max_epsilon']} delta={ctx['delta']}")

@@ -120,30 +120,31 @@ def test_each_seal_gets_a_fresh_key_and_the_same_derived_id(tmp_path: Path) -> N
     a = seal(tmp_path, src, kms)
     first = a.out_path.read_bytes()
     b = seal(tmp_path, src, kms)
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()
-    assert a.dataset_id == b.dataset_id == f"d-{digest[:8]}"
+    assert a.dataset_id == b.dataset_id == derived_dataset_id([src], "St. Example")
     assert a.dataset_id_source == b.dataset_id_source == "derived"
     assert a.plaintext_sha256 == b.plaintext_sha256
     assert first != b.out_path.read_bytes()
     assert len(set(kms.keys.values())) == 2
 
 
-def test_derived_dataset_id_follows_the_content(tmp_path: Path) -> None:
+def test_derived_dataset_id_follows_the_path_and_owner(tmp_path: Path) -> None:
     paths = {}
-    for name, content in (("train-images-idx3-ubyte.gz", b"a"), ("my data set!.parquet", b"b"), ("!!!.csv", b"c")):
+    for name in ("train-images-idx3-ubyte.gz", "my data set!.parquet", "!!!.csv"):
         paths[name] = tmp_path / name
-        paths[name].write_bytes(content)
-    sha = {c: hashlib.sha256(c).hexdigest()[:8] for c in (b"a", b"b", b"c")}
-    assert derived_dataset_id([paths["train-images-idx3-ubyte.gz"]]) == f"train-images-idx3-ubyte-{sha[b'a']}"
-    assert derived_dataset_id([paths["my data set!.parquet"]]) == f"my-data-set-{sha[b'b']}"
-    assert derived_dataset_id([paths["!!!.csv"]]) == f"dataset-{sha[b'c']}"
-    pair = derived_dataset_id([paths["train-images-idx3-ubyte.gz"], paths["!!!.csv"]])
-    both = hashlib.sha256(hashlib.sha256(b"a").digest() + hashlib.sha256(b"c").digest()).hexdigest()
-    assert pair == f"train-images-idx3-ubyte-{both[:8]}"
-    paths["!!!.csv"].write_bytes(b"changed")
-    assert derived_dataset_id([paths["!!!.csv"]]) != f"dataset-{sha[b'c']}"
+        paths[name].write_bytes(b"x")
+
+    def expect(owner: str, *files: Path) -> str:
+        where = "\0".join(["hermetic-dataset-id-v1", owner, *(str(f.resolve()) for f in files)])
+        return hashlib.sha256(where.encode()).hexdigest()[:8]
+
+    images, table, csv = paths["train-images-idx3-ubyte.gz"], paths["my data set!.parquet"], paths["!!!.csv"]
+    assert derived_dataset_id([images], "ann") == f"train-images-idx3-ubyte-{expect('ann', images)}"
+    assert derived_dataset_id([table], "ann") == f"my-data-set-{expect('ann', table)}"
+    assert derived_dataset_id([csv], "ann") == f"dataset-{expect('ann', csv)}"
+    assert derived_dataset_id([images, csv], "ann") == f"train-images-idx3-ubyte-{expect('ann', images, csv)}"
+    assert derived_dataset_id([csv], "bob") != derived_dataset_id([csv], "ann")
     with pytest.raises(ConfigError):
-        derived_dataset_id([])
+        derived_dataset_id([], "ann")
 
 
 def test_a_given_dataset_id_is_reported_as_given(tmp_path: Path) -> None:
@@ -380,7 +381,7 @@ def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, 
     base = ["seal", str(src), "--key-id", key_id, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
             "--kms-endpoint", kms_url]
     assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
-    expected = f"d-{hashlib.sha256(src.read_bytes()).hexdigest()[:8]}"
+    expected = derived_dataset_id([src], "o")
     assert f"dataset_id       {expected} (derived" in capsys.readouterr().out
     assert main([*base, "--out", str(tmp_path / "b.sealed"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
