@@ -203,7 +203,7 @@ def test_standin_eif_measures_and_pcr1_is_only_the_stand_ins(tmp_path: Path) -> 
     boot = standin_bootstrap_ramdisk()
     assert first.measurements.pcr1 == extend_zero(hashlib.sha384(STANDIN_KERNEL + STANDIN_CMDLINE + boot).digest())
     assert [s.section_type.label for s in first.sections] == ["kernel", "cmdline", "metadata", "ramdisk", "ramdisk"]
-    assert first.metadata is not None and first.metadata["ImageVersion"].startswith("sha256:")
+    assert first.metadata is not None and first.metadata.image_version.startswith("sha256:")
     assert b"STAND-IN" in STANDIN_KERNEL and b"stand-in" in STANDIN_CMDLINE
     assert [n for n, _, _ in cpio_names(gzip.decompress(boot))] == ["dev", "init", "nsm.ko"]
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -69,12 +70,23 @@ def _signed(
     return [("Host", HOST), *request.headers.items()]
 
 
-EXPIRES = datetime.now(UTC) + timedelta(minutes=2)
 PRINCIPALS = {
     "AKIDOWNER": Principal("owner-secret", "arn:aws:iam::111122223333:user/owner"),
     "AKIDTOKEN": Principal("token-secret", "arn:aws:sts::111122223333:assumed-role/parent/i-1", "tok"),
-    "ASIASHORT": Principal("short-secret", "arn:aws:sts::111122223333:assumed-role/parent/i-2", "short", EXPIRES),
 }
+# Requests are signed with the real clock, so the short-lived principal's expiry is taken
+# when each test starts (a module-level one would lie minutes behind on a slow run).
+EXPIRES = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _short_lived_principal() -> Iterator[None]:
+    global EXPIRES
+    EXPIRES = datetime.now(UTC) + timedelta(minutes=2)
+    PRINCIPALS["ASIASHORT"] = Principal(
+        "short-secret", "arn:aws:sts::111122223333:assumed-role/parent/i-2", "short", EXPIRES)
+    yield
+    del PRINCIPALS["ASIASHORT"]
 
 
 def _verify(headers: list[tuple[str, str]], *, body: bytes = BODY, now: datetime | None = None) -> VerifiedCaller:
