@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
 from enclave.errors import ConfigError
+from parent.verify.errors import ImageNotPinned
+from parent.verify.policy import IMAGE_PCR
 
 HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
@@ -75,4 +78,58 @@ def pcr_values(parser: argparse.ArgumentParser, given: list[tuple[int, bytes]] |
         if pcrs.get(index, value) != value:
             parser.error(f"--pcr {index} given twice with different values")
         pcrs[index] = value
+    return pcrs
+
+
+MAX_MEASUREMENTS_SIZE = 64 * 1024
+_PCR_NAME = re.compile(r"^PCR([0-9]{1,2})$")
+_SHA384_HEX = re.compile(r"^[0-9a-fA-F]{96}$")
+
+
+def load_measurements(path: Path) -> dict[int, bytes]:
+    """{index: value} of every PCRn in a nitro-cli measurements file (or a bare {"PCR0": HEX, ...})."""
+    raw = read_bounded(str(path), MAX_MEASUREMENTS_SIZE, "measurements file")
+    try:
+        doc = json.loads(raw)
+    except ValueError as err:
+        raise ConfigError(f"measurements file {path} is not valid JSON: {err}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("Measurements"), dict):
+        doc = doc["Measurements"]
+    if not isinstance(doc, dict):
+        raise ConfigError(f"measurements file {path} must hold a JSON object")
+    pcrs: dict[int, bytes] = {}
+    for name, value in doc.items():
+        match = _PCR_NAME.match(name)
+        if match is None:
+            if name == "HashAlgorithm":
+                continue
+            raise ConfigError(f"measurements file {path}: unexpected entry {name!r}")
+        index = int(match.group(1))
+        if index >= PCR_COUNT or not isinstance(value, str) or not _SHA384_HEX.match(value):
+            raise ConfigError(f"measurements file {path}: {name} must be PCR0..PCR{PCR_COUNT - 1}, 96 hex digits")
+        pcrs[index] = bytes.fromhex(value)
+    if not pcrs:
+        raise ConfigError(f"measurements file {path} names no PCR")
+    return pcrs
+
+
+IMAGE_NOT_PINNED = (f"image not pinned: pass --measurements FILE or --pcr {IMAGE_PCR}=HEX (the published "
+                    f"measurement of the enclave image); without PCR{IMAGE_PCR} a document from any image would verify")
+
+
+def pinned_pcrs(parser: argparse.ArgumentParser, given: list[tuple[int, bytes]] | None,
+                measurements: Path | None) -> dict[int, bytes]:
+    """The PCRs a verify command requires: --pcr and --measurements together, PCR0 among them.
+
+    The same PCR from both with different values is a usage error (exit 2); no PCR0 is
+    ImageNotPinned (exit 1): a verifier that names no image calls any image's document valid.
+    """
+    pcrs = pcr_values(parser, given)
+    if measurements is not None:
+        for index, value in load_measurements(measurements).items():
+            if pcrs.get(index, value) != value:
+                parser.error(f"--pcr {index} differs from PCR{index} in {measurements}")
+            pcrs[index] = value
+    if IMAGE_PCR not in pcrs:
+        raise ImageNotPinned(IMAGE_NOT_PINNED)
     return pcrs

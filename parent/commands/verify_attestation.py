@@ -2,6 +2,10 @@
 
 Exit status: 0 valid, 1 invalid (one-line reason on stderr; with --json also
 {"valid": false, "error", "error_type", "code"} on stdout), 2 usage error.
+
+The image must be pinned (--measurements or --pcr 0=HEX), as for certificates: the
+root signs documents for every enclave, so a chain and a signature alone say nothing
+about which code produced the document; PCR0 is the measurement of that code.
 """
 from __future__ import annotations
 
@@ -18,9 +22,9 @@ from cryptography import x509
 from enclave.attestation.document import AttestationDocument, parse_attestation
 from enclave.hazmat.cose import MAX_DOCUMENT_SIZE
 from parent.commands.output import add_json_flag
-from parent.inputs import HEX_RE, load_certificate_der, parse_hex, parse_pcr, pcr_values, read_bounded
+from parent.inputs import HEX_RE, load_certificate_der, parse_hex, parse_pcr, pinned_pcrs, read_bounded
 from parent.verify.attestation import verify_attestation
-from parent.verify.policy import AttestationPolicy
+from parent.verify.policy import AttestationPolicy, require_pinned_image
 
 AT_DOCUMENT = "document"
 SUMMARY_PCRS = (0, 1, 2, 8)
@@ -34,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="verify an AWS Nitro attestation document",
         description=(
             "Verify an AWS Nitro Enclaves attestation document (COSE_Sign1): certificate "
-            "chain to the pinned AWS root at a given time, ES384 signature, and optional "
-            "PCR / nonce / user-data / freshness requirements."
+            "chain to the pinned AWS root at a given time, ES384 signature, the enclave image's "
+            "PCRs (PCR0 required, from --pcr or --measurements), and optional nonce / user-data / "
+            "public-key / freshness requirements."
         ),
     )
     parser.add_argument("document", metavar="DOC",
@@ -46,7 +51,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="verification time, ISO-8601 (UTC if no offset) or 'document' for the"
                              " document's own timestamp; default: now")
     parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
-                        help="required PCR value; may repeat, all must match")
+                        help="required PCR value; may repeat, all must match; PCR0 (here or in "
+                             "--measurements) is required")
+    parser.add_argument("--measurements", metavar="FILE", type=Path,
+                        help='required PCRs from a nitro-cli measurements file ({"Measurements": {"PCR0": '
+                             'HEX, ...}}); combines with --pcr, all must match')
     parser.add_argument("--nonce", metavar="HEX", type=parse_hex, help="required nonce")
     parser.add_argument("--user-data", metavar="HEX", type=parse_hex, help="required user_data")
     parser.add_argument("--public-key", metavar="HEX", type=parse_hex, help="required public_key")
@@ -57,7 +66,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    policy = _policy(args)
+    # The pin is checked before the document is read: without PCR0 no verdict would mean anything.
+    pcrs = pinned_pcrs(args._parser, args.pcr, args.measurements)
+    policy = AttestationPolicy.from_pcrs(pcrs, nonce=args.nonce, user_data=args.user_data,
+                                         public_key=args.public_key, max_age=args.max_age)
     data = _read_document(args.document)
     root_der = load_certificate_der(args.root) if args.root is not None else None
 
@@ -67,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         at = args.at or datetime.now(UTC)
 
-    document = verify_attestation(data, root_der=root_der, at=at, policy=policy)
+    document = verify_attestation(data, root_der=root_der, at=at, policy=require_pinned_image(policy))
 
-    report = _report(document, at)
+    report = _report(document, at, sorted(pcrs))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -98,20 +110,6 @@ def _parse_max_age(text: str) -> timedelta:
     if not seconds >= 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"max age must be a finite, non-negative number: {text!r}")
     return timedelta(seconds=seconds)
-
-
-def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
-    pcrs = pcr_values(args._parser, args.pcr)
-    if not (pcrs or args.nonce is not None or args.user_data is not None
-            or args.public_key is not None or args.max_age is not None):
-        return None
-    if pcrs:
-        return AttestationPolicy.from_pcrs(
-            pcrs, nonce=args.nonce, user_data=args.user_data,
-            public_key=args.public_key, max_age=args.max_age,
-        )
-    return AttestationPolicy(nonce=args.nonce, user_data=args.user_data,
-                             public_key=args.public_key, max_age=args.max_age)
 
 
 # --- input ---------------------------------------------------------------------------
@@ -168,7 +166,7 @@ def _hex(value: bytes | None) -> str | None:
     return None if value is None else value.hex()
 
 
-def _report(document: AttestationDocument, at: datetime) -> dict[str, Any]:
+def _report(document: AttestationDocument, at: datetime, pinned: list[int]) -> dict[str, Any]:
     leaf = x509.load_der_x509_certificate(document.certificate)
     chain = [*document.cabundle, document.certificate]  # root first, leaf last
     return {
@@ -190,6 +188,7 @@ def _report(document: AttestationDocument, at: datetime) -> dict[str, Any]:
         "chain": [_subject(der) for der in chain],
         "chain_common_names": [_common_name(der) for der in chain],
         "verified_at": at.isoformat(),
+        "pinned_pcrs": pinned,
     }
 
 
@@ -198,6 +197,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"  module id:   {report['module_id']}")
     print(f"  timestamp:   {report['timestamp']}")
     print(f"  verified at: {report['verified_at']}")
+    print(f"  pinned:      {', '.join(f'PCR{index}' for index in report['pinned_pcrs'])}")
     for index in SUMMARY_PCRS:
         value = report["pcrs"].get(str(index))
         print(f"  PCR{index}:{' ' * (8 - len(str(index)))}{value if value is not None else '(absent)'}")

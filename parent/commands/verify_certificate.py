@@ -3,24 +3,28 @@
 Exit status: 0 valid, 1 invalid (one-line reason on stderr), 2 usage error.
 The epsilons printed are the ones this verifier recomputed from the ledger, not
 the ones the certificate states.
+
+The image must be pinned (--measurements or --pcr 0=HEX): the Nitro root signs
+documents for every enclave, so without PCR0 an attacker's own image could issue a
+certificate claiming any noise and any epsilon, and it would verify. PCR0 and not
+just any PCR: it is the one that hashes the image's code (`parent.verify.policy.IMAGE_PCR`).
+--sealed and --spec then tie the certificate to the verifier's own dataset and job.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from enclave.attestation.document import PCR_COUNT
 from enclave.certificate.checks import metrics_epsilon
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
-from enclave.errors import ConfigError
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
-from parent.inputs import load_certificate_der, parse_pcr, pcr_values, read_bounded
+from parent.inputs import load_certificate_der, parse_pcr, pinned_pcrs, read_bounded
 from parent.verify.body import body_to_json
 from parent.verify.certificate import VerifiedCertificate, verify_certificate
 from parent.verify.policy import AttestationPolicy
+from parent.verify.subject import SealedFile, check_sealed, check_spec, read_sealed_file, spec_sha256
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,18 +35,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Verify a privacy certificate: the attestation document (chain to the pinned "
             "AWS root at the document's own time, ES384 signature), its binding to the "
             "certificate body, the attested PCRs, the body's consistency with the sealed "
-            "budgets, and the epsilon recomputed from the privacy ledger."
+            "budgets, and the epsilon recomputed from the privacy ledger. The enclave image must "
+            "be pinned (--measurements or --pcr 0=HEX): without PCR0 any image's certificate would "
+            "verify, so none is called valid."
         ),
     )
     parser.add_argument("certificate", metavar="CERT", help="certificate file; '-' for stdin")
     parser.add_argument("--root", metavar="PEM", type=Path,
                         help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
     parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
-                        help="required attested PCR value; may repeat, all must match")
+                        help="required attested PCR value; may repeat, all must match; PCR0 (here or in "
+                             "--measurements) is required")
     parser.add_argument("--measurements", metavar="FILE", type=Path,
                         help='required attested PCRs from a nitro-cli measurements file ({"Measurements": '
                              '{"PCR0": HEX, ...}}, as `nitro-cli describe-eif`, `make eif` and `hermetic local '
                              'up` write); combines with --pcr, all must match')
+    parser.add_argument("--sealed", metavar="FILE", action="append", type=Path, default=None,
+                        help="a sealed dataset (local file) the certificate must be about: its dataset id, "
+                             "SHA-256, KMS key and encryption context (budget, records, schema) as the "
+                             "certificate records them; may repeat")
+    parser.add_argument("--spec", metavar="FILE", type=Path,
+                        help="the job spec (TOML) the certificate must be about: its canonical SHA-256 "
+                             "equals the certificate's spec_sha256")
     parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=None,
                         help="accountant whose recomputed epsilon is reported (default: the"
                              " certificate's primary); all are always checked")
@@ -51,61 +65,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    policy = _policy(args)
+    # The pin is checked before anything is read: without one no verdict would mean anything.
+    pcrs = pinned_pcrs(args._parser, args.pcr, args.measurements)
+    policy = AttestationPolicy.from_pcrs(pcrs)
+    sealed = [read_sealed_file(path) for path in args.sealed or ()]
+    spec = spec_sha256(args.spec) if args.spec is not None else None
     data = _read_certificate(args.certificate)
     root_der = load_certificate_der(args.root) if args.root is not None else None
     verified = verify_certificate(data, root_der=root_der, policy=policy, accountant=args.accountant)
-    report = _report(verified)
+    check_sealed(verified.body, sealed)
+    if spec is not None:
+        check_spec(verified.body, spec, str(args.spec))
+    report = _report(verified, sorted(pcrs), sealed, spec is not None)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         _print_summary(report)
     return 0
-
-
-# --- arguments (errors exit 2 through argparse) ------------------------------------------
-
-
-def _policy(args: argparse.Namespace) -> AttestationPolicy | None:
-    pcrs = pcr_values(args._parser, args.pcr)
-    if args.measurements is not None:
-        for index, value in load_measurements(args.measurements).items():
-            if pcrs.get(index, value) != value:
-                args._parser.error(f"--pcr {index} differs from PCR{index} in {args.measurements}")
-            pcrs[index] = value
-    return AttestationPolicy.from_pcrs(pcrs) if pcrs else None
-
-
-MAX_MEASUREMENTS_SIZE = 64 * 1024
-_PCR_NAME = re.compile(r"^PCR([0-9]{1,2})$")
-_SHA384_HEX = re.compile(r"^[0-9a-fA-F]{96}$")
-
-
-def load_measurements(path: Path) -> dict[int, bytes]:
-    """{index: value} of every PCRn in a nitro-cli measurements file (or a bare {"PCR0": HEX, ...})."""
-    raw = read_bounded(str(path), MAX_MEASUREMENTS_SIZE, "measurements file")
-    try:
-        doc = json.loads(raw)
-    except ValueError as err:
-        raise ConfigError(f"measurements file {path} is not valid JSON: {err}") from None
-    if isinstance(doc, dict) and isinstance(doc.get("Measurements"), dict):
-        doc = doc["Measurements"]
-    if not isinstance(doc, dict):
-        raise ConfigError(f"measurements file {path} must hold a JSON object")
-    pcrs: dict[int, bytes] = {}
-    for name, value in doc.items():
-        match = _PCR_NAME.match(name)
-        if match is None:
-            if name == "HashAlgorithm":
-                continue
-            raise ConfigError(f"measurements file {path}: unexpected entry {name!r}")
-        index = int(match.group(1))
-        if index >= PCR_COUNT or not isinstance(value, str) or not _SHA384_HEX.match(value):
-            raise ConfigError(f"measurements file {path}: {name} must be PCR0..PCR{PCR_COUNT - 1}, 96 hex digits")
-        pcrs[index] = bytes.fromhex(value)
-    if not pcrs:
-        raise ConfigError(f"measurements file {path} names no PCR")
-    return pcrs
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -118,7 +94,8 @@ def _read_certificate(name: str) -> bytes:
 # --- output --------------------------------------------------------------------------------
 
 
-def _report(verified: VerifiedCertificate) -> dict[str, Any]:
+def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[SealedFile],
+            spec_checked: bool) -> dict[str, Any]:
     body = verified.body
     shown = body_to_json(body)
     return {
@@ -152,6 +129,9 @@ def _report(verified: VerifiedCertificate) -> dict[str, Any]:
         "attested_at": verified.attested_at.isoformat(timespec="milliseconds"),
         "module_id": verified.attestation.module_id,
         "body_sha384": verified.body_sha384.hex(),
+        "pinned_pcrs": pinned,
+        "sealed_checked": [{"file": f.name, "dataset_id": f.dataset_id} for f in sealed],
+        "spec_checked": spec_checked,
     }
 
 
@@ -175,7 +155,12 @@ def _print_summary(report: dict[str, Any]) -> None:
               f"sealed sha256 {dataset['sealed_sha256']})")
     print(f"  model:        sha256 {report['model_sha256']}")
     print(f"  checkpoint:   sha256 {report['checkpoint_sha256']}")
-    print(f"  enclave PCR0: {report['pcrs'].get('0')}")
+    print(f"  enclave PCR0: {report['pcrs'].get('0')} (pinned: "
+          f"{', '.join(f'PCR{index}' for index in report['pinned_pcrs'])})")
+    for checked in report["sealed_checked"]:
+        print(f"  sealed file:  {checked['file']} is dataset {checked['dataset_id']}, as certified")
+    if report["spec_checked"]:
+        print("  job spec:     matches the certificate's spec sha256")
     print(f"  attested at:  {report['attested_at']}")
     for metric in report["metrics"]:
         print(f"  metric:       {metric['name']} = {metric['value']:.6g} ({metric['kind']}, "

@@ -227,7 +227,7 @@ def run_demo(
         report.proved.append("an enclave whose code differs (different PCR0) is refused the key")
 
         _train(report, recipe, state, sealed, out_dir, logs, services, say, progress)
-        _verify_outputs(report, state, out_dir, logs, say)
+        _verify_outputs(report, state, sealed, out_dir, logs, say)
     finally:
         for service in reversed(services):
             service.stop()
@@ -275,10 +275,12 @@ def _train(
     say(f"training done: {result['detail']}")
 
 
-def _verify_outputs(report: DemoReport, state: ApplianceState, out_dir: Path, logs: Path, say: Say) -> None:
+def _verify_outputs(report: DemoReport, state: ApplianceState, sealed: Path, out_dir: Path, logs: Path,
+                    say: Say) -> None:
+    # Pinned to the measured image, and tied to the owner's sealed file and the job's spec.
     verified = json.loads(run_command("verify-certificate", hermetic_argv(
         "verify-certificate", report.certificate, "--root", state.root, "--measurements", state.measurements,
-        "--json",
+        "--sealed", str(sealed), "--spec", str(out_dir / "job.toml"), "--json",
     ), logs))
     if not verified.get("valid"):
         raise DemoFailed(f"the certificate did not verify: {verified}")
@@ -289,8 +291,10 @@ def _verify_outputs(report: DemoReport, state: ApplianceState, out_dir: Path, lo
     if report.epsilon > 0 and report.delta > 0:
         say(f"certificate verified offline (`hermetic verify-certificate --measurements`): epsilon "
             f"{report.epsilon:.3f} ({verified['accountant']}) at delta {report.delta:g} over {report.steps} steps, "
-            "recomputed independently; enclave PCRs match the measurements")
-    report.proved.append("the privacy certificate verifies offline and its epsilon recomputes")
+            "recomputed independently; enclave PCRs match the measurements, and it names the sealed file and "
+            "job spec")
+    report.proved.append("the privacy certificate verifies offline against the measured image, names the sealed "
+                         "dataset and the job spec, and its epsilon recomputes")
     decrypted = json.loads(run_command("checkpoint-decrypt", hermetic_argv(
         "checkpoint", "decrypt", str(out_dir / "job" / "model.ckpt.sealed"), "--local", state.state_dir,
         "--out", str(out_dir / "model.pt"), "--json",

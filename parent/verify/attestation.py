@@ -32,6 +32,9 @@ def verify_attestation(
         Archived documents (leaves live ~3 hours) are verified by passing
         `at=parse_attestation(data).timestamp` explicitly.
     policy: optional PCR / nonce / user_data / public_key / freshness requirements.
+        Without one that pins PCR0 (`policy.require_pinned_image`), the document may come
+        from any enclave image under the root; chain-only callers (the KMS emulator, which
+        evaluates PCR0 through the key policy) must check the image themselves.
     """
     if at is None:
         at = datetime.now(UTC)

@@ -1,6 +1,7 @@
 """Verifying a privacy certificate anywhere, offline.
 
-Order: parse the file (sizes, canonical CBOR) and the document -> attestation
+Order: the caller's policy must pin the enclave image (PCR0) -> parse the file
+(sizes, canonical CBOR) and the document -> attestation
 chain and signature at the document's own time (certificates are archived; the
 leaf lives ~3 hours) -> binding (user_data == SHA-384(body bytes)) -> strict
 body decoding (only attested bytes get interpreted) -> attested PCRs -> consistency ->
@@ -37,7 +38,7 @@ from parent.verify.accounting import REL_TOLERANCE, recompute_epsilon
 from parent.verify.attestation import verify_attestation
 from parent.verify.body import decode_body
 from parent.verify.envelope import decode_envelope
-from parent.verify.policy import DEFAULT_CLOCK_SKEW, AttestationPolicy
+from parent.verify.policy import DEFAULT_CLOCK_SKEW, AttestationPolicy, require_pinned_image
 
 __all__ = ["VerifiedCertificate", "verify_certificate"]
 
@@ -67,16 +68,19 @@ class VerifiedCertificate:
 def verify_certificate(
     data: bytes,
     *,
+    policy: AttestationPolicy,
     root_der: bytes | None = None,
-    policy: AttestationPolicy | None = None,
     accountant: str | None = None,
     allow_debug: bool = False,
 ) -> VerifiedCertificate:
     """Verify a certificate file; raise a CertificateError or AttestationError subclass otherwise.
 
+    policy: the attestation requirements, checked at the document's own time (so a max_age
+        in it constrains nothing here). It must pin the image: every allowed PCR set names
+        PCR0, e.g. `AttestationPolicy.from_pcrs({0: pcr0, 1: pcr1, 2: pcr2})`; otherwise
+        ImageNotPinned is raised before anything is read. The root signs documents for
+        every enclave, so without PCR0 any image could issue a certificate that verifies.
     root_der: trust anchor; defaults to the pinned AWS Nitro Enclaves Root-G1.
-    policy: extra attestation requirements (e.g. `AttestationPolicy.from_pcrs`), checked
-        at the document's own time, so a max_age in it constrains nothing here.
     accountant: which recomputed epsilon `.epsilon` reports; default the body's primary.
         Every known accountant is replayed and checked regardless.
     allow_debug: accept debug-mode enclaves (PCR0/1/2 zero), whose memory the host
@@ -84,6 +88,7 @@ def verify_certificate(
     """
     if accountant is not None and accountant not in NAMES:
         raise ValueError(f"accountant must be one of {NAMES}")
+    require_pinned_image(policy)
     body_bytes, document_bytes = decode_envelope(data)
     archived = parse_attestation(document_bytes)
 

@@ -1,11 +1,12 @@
-"""Typed failures of attestation verification: chain, signature, pinned root, policy.
+"""Typed failures of attestation verification: chain, signature, pinned root, policy, pin.
 
 Every distinct way a document can be refused has its own class so callers (the KMS
 emulator, the CLI, audit logs) can react to the reason, not to a string.
 """
 from __future__ import annotations
 
-from enclave.errors import AttestationError
+from enclave.certificate.errors import CertificateError
+from enclave.errors import AttestationError, ConfigError
 
 __all__ = [
     "BadBasicConstraints",
@@ -18,11 +19,13 @@ __all__ = [
     "ChainError",
     "DocumentInFuture",
     "DocumentTooOld",
+    "ImageNotPinned",
     "NonceMismatch",
     "PcrMismatch",
     "PolicyViolation",
     "PublicKeyMismatch",
     "RootPinMismatch",
+    "SubjectMismatch",
     "UntrustedRoot",
     "UserDataMismatch",
 ]
@@ -94,3 +97,15 @@ class DocumentTooOld(PolicyViolation):
 
 class DocumentInFuture(PolicyViolation):
     """The document's timestamp lies in the future beyond the allowed clock skew."""
+
+
+class ImageNotPinned(ConfigError):
+    """Verification was asked for without requiring the enclave image's measurement (PCR0).
+
+    The Nitro root vouches for every enclave, whatever its code: without PCR0 a
+    verified document may come from any image. A caller error, hence `config`.
+    """
+
+
+class SubjectMismatch(CertificateError):
+    """A valid certificate is about another sealed dataset or job spec than the verifier's."""

@@ -16,6 +16,7 @@ from enclave.attestation.document import PCR_COUNT, PCR_VALUE_SIZES
 from parent.verify.errors import (
     DocumentInFuture,
     DocumentTooOld,
+    ImageNotPinned,
     NonceMismatch,
     PcrMismatch,
     PublicKeyMismatch,
@@ -26,6 +27,13 @@ if TYPE_CHECKING:
     from enclave.attestation.document import AttestationDocument
 
 PcrSet = tuple[tuple[int, bytes], ...]
+
+#: The measurement that names the code: PCR0 hashes the whole enclave image file (kernel,
+#: init and the application). PCR1 is the same for every image one nitro-cli version
+#: builds, PCR3/PCR4 name the parent's IAM role and instance (whoever runs the enclave
+#: picks them) and PCR8 only the signer, so none of them alone says which code ran.
+#: The key policies condition on PCR0 too (`kms:RecipientAttestation:ImageSha384`).
+IMAGE_PCR = 0
 
 # NSM and verifier clocks are both NTP-disciplined; a few minutes absorbs drift.
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
@@ -84,6 +92,13 @@ class AttestationPolicy:
             max_age=max_age,
         )
 
+    @property
+    def pins_image(self) -> bool:
+        """Whether every allowed PCR set requires PCR0, so no other image's document passes."""
+        return self.allowed_pcrs is not None and all(
+            any(index == IMAGE_PCR for index, _ in alternative) for alternative in self.allowed_pcrs
+        )
+
     def check(self, document: AttestationDocument, *, at: datetime) -> None:
         """Raise the PolicyViolation subclass for the first requirement `document` misses."""
         if self.allowed_pcrs is not None and not any(
@@ -103,6 +118,20 @@ class AttestationPolicy:
                 raise DocumentInFuture(
                     f"document from {stamp.isoformat()} is later than {at.isoformat()} plus {self.clock_skew}"
                 )
+
+
+def require_pinned_image(policy: AttestationPolicy | None) -> AttestationPolicy:
+    """`policy` if it pins the enclave image (see `pins_image`); ImageNotPinned otherwise.
+
+    For callers that accept a document as coming from one image: with no pin, a document
+    from any enclave under the root (an attacker's image included) would pass.
+    """
+    if policy is None or not policy.pins_image:
+        raise ImageNotPinned(
+            f"image not pinned: the policy must require PCR{IMAGE_PCR} (the enclave image's measurement) "
+            f"in every allowed PCR set, e.g. AttestationPolicy.from_pcrs({{{IMAGE_PCR}: pcr0}})"
+        )
+    return policy
 
 
 def pcr_set(pcrs: Mapping[int, bytes] | Iterable[tuple[int, bytes]]) -> PcrSet:

@@ -47,6 +47,7 @@ from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 from parent.seal import seal_dataset
 from parent.verify.certificate import verify_certificate
+from tests.support.certificates import PINNED
 from tests.support.channels import MemoryListener, drain
 
 QUICK_LIMITS = RuntimeLimits(recv_timeout_s=5)
@@ -262,7 +263,7 @@ def test_a_job_runs_to_a_certificate_in_memory(nsm: MockNsm, ca: LocalCa, sealed
     [result] = [m for m in replies if isinstance(m, JobResult)]
     assert result.status == "ok" and result.detail.startswith("2 steps")
     [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
-    body = verify_certificate(issued.data, root_der=ca.root_der).body
+    body = verify_certificate(issued.data, root_der=ca.root_der, policy=PINNED).body
     # The clock the runtime was given is the one the certificate reads.
     assert body.started_at == body.finished_at == "2024-05-01T12:00:00.000Z"
     assert kms.calls == ["Decrypt", "GenerateDataKey"]  # the data key, then the checkpoint's

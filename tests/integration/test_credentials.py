@@ -29,6 +29,7 @@ from parent.proxy.credentials import CredentialsRefresher
 from parent.proxy.job import RelayTarget, run_job
 from parent.proxy.session import EnclaveError, SessionOutcome
 from parent.verify.certificate import verify_certificate
+from parent.verify.policy import AttestationPolicy
 from tests.integration.conftest import PARENT, REGION, DataPath
 from tests.integration.test_training import STEPS, _in_process_enclave, _streams, spec_toml
 
@@ -118,7 +119,8 @@ def test_a_job_outliving_its_first_credentials_seals_its_final_checkpoint(
         "step-00000010.sealed", "step-00000020.sealed", "step-00000030.sealed"
     ]
     final = (out / "model.ckpt.sealed").read_bytes()
-    body = verify_certificate((out / "certificate.cbor").read_bytes(), root_der=data_path.ca.root_der).body
+    body = verify_certificate((out / "certificate.cbor").read_bytes(), root_der=data_path.ca.root_der,
+                              policy=AttestationPolicy.from_pcrs(data_path.pcrs)).body
     assert body.steps == STEPS and body.checkpoint_sha256 == hashlib.sha256(final).hexdigest()
     # The refresh was needed: past their expiry, KMS refuses the first credentials.
     first = boto3.session.Session().client(

@@ -121,6 +121,9 @@ def _check_outputs(cwd: Path, out: dict[str, Any]) -> None:
     assert verified["valid"] is True and verified["job_id"] == trained["job_id"]
     assert verified["pcrs"]["0"] == measured["PCR0"] and verified["epsilon"] <= 3.0
     assert verified["datasets"][0]["dataset_id"] == sealed["dataset_id"]
+    assert verified["sealed_checked"] == [{"file": "my-data.sealed", "dataset_id": sealed["dataset_id"]}]
+    assert verified["spec_checked"] is True
+    assert verified["pinned_pcrs"] == sorted(int(name[3:]) for name in measured if name.startswith("PCR"))
 
     decrypted = out["checkpoint decrypt"]
     assert decrypted["model_sha256"] == verified["model_sha256"]

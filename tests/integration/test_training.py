@@ -22,6 +22,7 @@ from parent.proxy.session import EnclaveError, SessionOutcome
 from parent.public_data import load_public_dataset
 from parent.sources import BytesSource
 from parent.verify.certificate import verify_certificate
+from parent.verify.policy import AttestationPolicy
 from tests.integration.conftest import REPO, DataPath, Sealed
 
 STEPS = 30
@@ -143,7 +144,8 @@ def test_training_job_releases_checkpoints_and_a_verifiable_certificate(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-00000010.sealed", "step-00000020.sealed", "step-00000030.sealed"
     ]
-    verified = verify_certificate((out / "certificate.cbor").read_bytes(), root_der=data_path.ca.root_der)
+    verified = verify_certificate((out / "certificate.cbor").read_bytes(), root_der=data_path.ca.root_der,
+                                  policy=AttestationPolicy.from_pcrs(data_path.pcrs))
     body = verified.body
     assert body.steps == STEPS and body.datasets[0].dataset_id == sealed.result.dataset_id
     assert body.epsilon["prv"] == pytest.approx(epsilon(100 / 2000, 1.5, STEPS, 1e-5))
@@ -200,7 +202,8 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_epsilon(data_path: Dat
     finally:
         second.wait(timeout=60)
     resumed = verify_certificate((tmp_path / "second" / "certificate.cbor").read_bytes(),
-                                 root_der=data_path.ca.root_der).body
+                                 root_der=data_path.ca.root_der,
+                                 policy=AttestationPolicy.from_pcrs(data_path.pcrs)).body
     ckpts = sorted(p.name for p in (tmp_path / "second" / "checkpoints").iterdir())
     assert ckpts == ["step-00000020.sealed", "step-00000030.sealed"]  # continued, not restarted
 
@@ -212,7 +215,8 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_epsilon(data_path: Dat
     finally:
         third.wait(timeout=60)
     straight = verify_certificate((tmp_path / "third" / "certificate.cbor").read_bytes(),
-                                  root_der=data_path.ca.root_der).body
+                                  root_der=data_path.ca.root_der,
+                                  policy=AttestationPolicy.from_pcrs(data_path.pcrs)).body
 
     assert resumed.steps == straight.steps == STEPS
     assert resumed.ledger == straight.ledger

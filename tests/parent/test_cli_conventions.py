@@ -353,7 +353,7 @@ def test_output_into_a_closed_pipe(argv: tuple[str, ...]) -> None:
 
 
 def test_a_failure_into_a_closed_pipe_still_exits_1(tmp_path: Path) -> None:
-    out = _with_closed_stdout("verify-attestation", str(tmp_path / "absent.cbor"), "--json")
+    out = _with_closed_stdout("verify-attestation", str(tmp_path / "absent.cbor"), "--pcr", f"0={'00' * 48}", "--json")
     _no_traceback(out.stderr)
     assert out.returncode == EXIT_FAILURE
     assert out.stderr == f"hermetic: error: cannot read attestation document {tmp_path / 'absent.cbor'}: " \

@@ -15,6 +15,7 @@ from enclave.sealed.format import build_encryption_context
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 from parent.verify.accounting import recompute_epsilon
+from parent.verify.policy import AttestationPolicy
 
 PCRS: dict[int, bytes] = {
     0: hashlib.sha384(b"pcr0").digest(),
@@ -23,6 +24,8 @@ PCRS: dict[int, bytes] = {
     3: hashlib.sha384(b"pcr3").digest(),
     4: hashlib.sha384(b"pcr4").digest(),
 }
+#: The image pin a verifier of these certificates passes: the published PCR0.
+PINNED = AttestationPolicy.from_pcrs({0: PCRS[0]})
 Q, SIGMA, STEPS, DELTA = 0.01, 1.1, 100, 1e-5
 MAX_EPSILON = 8.0
 

@@ -13,7 +13,7 @@ import pytest
 from enclave.attestation.document import parse_attestation
 from parent.cli import main
 from parent.commands.verify_attestation import decode_document_text
-from tests.support.attestation_chain import AT, make_chain, make_document
+from tests.support.attestation_chain import AT, default_pcrs, make_chain, make_document
 from tests.support.vectors import AWS_ATTESTATION
 
 FIXTURES = AWS_ATTESTATION
@@ -21,6 +21,12 @@ RECENT = FIXTURES / "aws_2026_indefinite_map.cbor"
 BRAVE = FIXTURES / "aws_2022_brave_definite_map.cbor"
 RECENT_DOC = parse_attestation(RECENT.read_bytes())
 ZERO48 = "00" * 48
+# Every verification names the image (PCR0); the tests below pin each document's own.
+PIN = ("--pcr", f"0={RECENT_DOC.pcrs[0].hex()}")
+PIN_SYNTHETIC = ("--pcr", f"0={default_pcrs()[0].hex()}")
+PIN_DEBUG = ("--pcr", f"0={ZERO48}")  # debug-mode enclaves attest zero PCR0/1/2
+NULL_FIELDS = FIXTURES / "aws_2021_uid2_null_fields.cbor"
+PIN_NULL = ("--pcr", f"0={parse_attestation(NULL_FIELDS.read_bytes()).pcrs[0].hex()}")
 
 
 def run(*argv: str) -> int:
@@ -34,7 +40,7 @@ def usage_error(*argv: str) -> None:
 
 
 def test_real_document_at_its_own_timestamp(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(RECENT), "--at", "document") == 0
+    assert run(str(RECENT), *PIN, "--at", "document") == 0
     out = capsys.readouterr().out
     assert "VALID" in out
     assert RECENT_DOC.module_id in out
@@ -45,21 +51,21 @@ def test_real_document_at_its_own_timestamp(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_real_document_now_is_invalid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(RECENT)) == 1
+    assert run(str(RECENT), *PIN) == 1
     err = capsys.readouterr().err
     assert err.startswith("hermetic: error: ") and "expired" in err
     assert err.count("\n") == 1
 
 
 def test_debug_mode_is_pointed_out(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(BRAVE), "--at", "document") == 0
+    assert run(str(BRAVE), *PIN_DEBUG, "--at", "document") == 0
     out = capsys.readouterr().out
     assert "debug mode" in out
     assert "public_key (0 bytes)" in out
 
 
 def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(RECENT), "--at", "document", "--json") == 0
+    assert run(str(RECENT), *PIN, "--at", "document", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["valid"] is True
     assert report["module_id"] == RECENT_DOC.module_id
@@ -75,13 +81,13 @@ def test_json_output(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_json_null_fields(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(FIXTURES / "aws_2021_uid2_null_fields.cbor"), "--at", "document", "--json") == 0
+    assert run(str(NULL_FIELDS), *PIN_NULL, "--at", "document", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["user_data"] is None and report["nonce"] is None and report["public_key"] is None
 
 
 def test_json_failure_is_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(RECENT), "--json") == 1
+    assert run(str(RECENT), *PIN, "--json") == 1
     captured = capsys.readouterr()
     verdict = json.loads(captured.out)
     assert verdict == {"valid": False, "error": verdict["error"], "error_type": "CertificateExpired",
@@ -101,13 +107,13 @@ def test_text_encodings_are_detected(tmp_path: Path, encoding: str) -> None:
     path = tmp_path / "doc.txt"
     path.write_bytes(text)
     assert decode_document_text(text) == raw
-    assert run(str(path), "--at", "document") == 0
+    assert run(str(path), *PIN, "--at", "document") == 0
 
 
 def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     stdin = io.TextIOWrapper(io.BytesIO(base64.b64encode(RECENT.read_bytes())))
     monkeypatch.setattr(sys, "stdin", stdin)
-    assert run("-", "--at", "document", "--json") == 0
+    assert run("-", *PIN, "--at", "document", "--json") == 0
     assert json.loads(capsys.readouterr().out)["valid"] is True
 
 
@@ -116,6 +122,24 @@ def test_pcr_requirements() -> None:
     assert run(str(RECENT), "--at", "document", "--pcr", f"0={pcr0}", "--pcr", f"1={pcr1}") == 0
     assert run(str(RECENT), "--at", "document", "--pcr", f"0={pcr0}", "--pcr", f"1={ZERO48}") == 1
     assert run(str(RECENT), "--at", "document", "--pcr", f"0=0x{pcr0.upper()}") == 0
+    # PCR1 alone is shared by every image one nitro-cli version builds: no pin.
+    assert run(str(RECENT), "--at", "document", "--pcr", f"1={pcr1}") == 1
+
+
+def test_measurements_file_pins_the_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    measurements = tmp_path / "measurements.json"
+    pcrs = {f"PCR{i}": RECENT_DOC.pcrs[i].hex() for i in (0, 1, 2)}
+    measurements.write_text(json.dumps({"Measurements": {"HashAlgorithm": "Sha384 { ... }", **pcrs}}))
+    assert run(str(RECENT), "--at", "document", "--measurements", str(measurements), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["pinned_pcrs"] == [0, 1, 2]
+    measurements.write_text(json.dumps({"Measurements": {**pcrs, "PCR2": ZERO48}}))
+    assert run(str(RECENT), "--at", "document", "--measurements", str(measurements)) == 1
+    assert "PCR2 differs" in capsys.readouterr().err
+    measurements.write_text(json.dumps({"Measurements": {"PCR1": pcrs["PCR1"]}}))
+    assert run(str(RECENT), "--at", "document", "--measurements", str(measurements)) == 1
+    assert "image not pinned" in capsys.readouterr().err
+    # The same PCR from both sources must agree: a usage error otherwise.
+    usage_error(str(RECENT), "--measurements", str(measurements), "--pcr", f"1={ZERO48}")
 
 
 def test_pcr_mismatch_names_the_pcr_and_both_values(capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,25 +152,25 @@ def test_pcr_mismatch_names_the_pcr_and_both_values(capsys: pytest.CaptureFixtur
 def test_nonce_user_data_public_key() -> None:
     nonce = RECENT_DOC.nonce.hex()  # type: ignore[union-attr]
     user_data = RECENT_DOC.user_data.hex()  # type: ignore[union-attr]
-    assert run(str(RECENT), "--at", "document", "--nonce", nonce, "--user-data", user_data,
+    assert run(str(RECENT), *PIN, "--at", "document", "--nonce", nonce, "--user-data", user_data,
                "--public-key", b"dummy".hex()) == 0
-    assert run(str(RECENT), "--at", "document", "--nonce", "00" * 20) == 1
-    assert run(str(RECENT), "--at", "document", "--user-data", "") == 1
-    assert run(str(RECENT), "--at", "document", "--public-key", "00") == 1
+    assert run(str(RECENT), *PIN, "--at", "document", "--nonce", "00" * 20) == 1
+    assert run(str(RECENT), *PIN, "--at", "document", "--user-data", "") == 1
+    assert run(str(RECENT), *PIN, "--at", "document", "--public-key", "00") == 1
 
 
 def test_max_age(capsys: pytest.CaptureFixture[str]) -> None:
     later = (RECENT_DOC.timestamp + timedelta(hours=2)).isoformat()
-    assert run(str(RECENT), "--at", later) == 0
-    assert run(str(RECENT), "--at", later, "--max-age", "60") == 1
+    assert run(str(RECENT), *PIN, "--at", later) == 0
+    assert run(str(RECENT), *PIN, "--at", later, "--max-age", "60") == 1
     assert "older than" in capsys.readouterr().err
-    assert run(str(RECENT), "--at", later, "--max-age", str(3 * 3600)) == 0
+    assert run(str(RECENT), *PIN, "--at", later, "--max-age", str(3 * 3600)) == 0
 
 
 def test_at_iso_without_offset_is_utc() -> None:
     naive = (RECENT_DOC.timestamp + timedelta(minutes=1)).replace(tzinfo=None).isoformat()
-    assert run(str(RECENT), "--at", naive) == 0
-    assert run(str(RECENT), "--at", "2026-02-02T20:00:00Z") == 1  # before the leaf was issued
+    assert run(str(RECENT), *PIN, "--at", naive) == 0
+    assert run(str(RECENT), *PIN, "--at", "2026-02-02T20:00:00Z") == 1  # before the leaf was issued
 
 
 def test_custom_root_with_synthetic_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,10 +182,10 @@ def test_custom_root_with_synthetic_chain(tmp_path: Path, capsys: pytest.Capture
     root_der = tmp_path / "root.der"
     root_der.write_bytes(chain.root.der)
     at = AT.isoformat()
-    assert run(str(doc), "--root", str(root_pem), "--at", at) == 0
-    assert run(str(doc), "--root", str(root_der), "--at", at) == 0
+    assert run(str(doc), *PIN_SYNTHETIC, "--root", str(root_pem), "--at", at) == 0
+    assert run(str(doc), *PIN_SYNTHETIC, "--root", str(root_der), "--at", at) == 0
     capsys.readouterr()
-    assert run(str(doc), "--at", at) == 1  # default root is AWS: refused
+    assert run(str(doc), *PIN_SYNTHETIC, "--at", at) == 1  # default root is AWS: refused
     assert "pinned root" in capsys.readouterr().err
 
 
@@ -192,17 +216,17 @@ def test_missing_document_argument() -> None:
 
 
 def test_unreadable_inputs_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(tmp_path / "missing.cbor")) == 1
+    assert run(str(tmp_path / "missing.cbor"), *PIN) == 1
     assert "cannot read" in capsys.readouterr().err
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"\x00\x01garbage")
-    assert run(str(garbage)) == 1
-    assert run(str(garbage), "--at", "document") == 1
-    assert run(str(RECENT), "--root", str(tmp_path / "none.pem")) == 1
-    assert run(str(RECENT), "--root", str(garbage)) == 1
+    assert run(str(garbage), *PIN) == 1
+    assert run(str(garbage), *PIN, "--at", "document") == 1
+    assert run(str(RECENT), *PIN, "--root", str(tmp_path / "none.pem")) == 1
+    assert run(str(RECENT), *PIN, "--root", str(garbage)) == 1
     huge = tmp_path / "huge"
     huge.write_bytes(b"A" * (1 << 17))
-    assert run(str(huge)) == 1
+    assert run(str(huge), *PIN) == 1
 
 
 def test_tampered_document_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,7 +234,7 @@ def test_tampered_document_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[
     data[-1] ^= 0x01  # last signature byte
     path = tmp_path / "tampered.cbor"
     path.write_bytes(bytes(data))
-    assert run(str(path), "--at", "document") == 1
+    assert run(str(path), *PIN, "--at", "document") == 1
     assert "signature" in capsys.readouterr().err
 
 
@@ -231,5 +255,6 @@ def test_mock_enclave_documents_verify_against_the_local_root(
                  "--nonce", nonce.hex(), "--user-data", b"job".hex(), "--max-age", "60"]) == 0
     assert pcr0[:16] in capsys.readouterr().out
     # The pinned AWS root (the default) does not vouch for the local CA.
-    assert main(["verify-attestation", str(doc)]) == 1
+    assert main(["verify-attestation", str(doc), "--pcr", f"0={pcr0}"]) == 1
+    assert "pinned root" in capsys.readouterr().err
     assert main(["verify-attestation", str(doc), "--root", root, "--pcr", "0=" + "00" * 48]) == 1

@@ -1,21 +1,29 @@
 """`hermetic verify-certificate` through the real CLI entry point: exit codes 0/1/2."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from enclave.certificate.body import DatasetRecord
 from enclave.certificate.envelope import encode_envelope
 from enclave.certificate.issue import issue_certificate
+from enclave.sealed.stream import read_header
+from enclave.training.spec import JobSpec
 from parent.cli import main
 from parent.local.local_ca import LocalCa
+from parent.seal import seal_dataset
 from parent.verify.accounting import recompute_epsilon
 from parent.verify.envelope import decode_envelope
-from tests.support.certificates import PCRS, make_body, new_nsm
+from tests.support.certificates import DELTA, MAX_EPSILON, PCRS, make_body, new_nsm
 
+PIN = ("--pcr", f"0={PCRS[0].hex()}")
 JSON_KEYS = {
     "valid", "epsilon", "epsilons", "delta", "accountant", "pcrs", "datasets", "model_sha256",
     "checkpoint_sha256", "steps", "sampling_rate", "noise_multiplier", "max_grad_norm", "metrics",
@@ -55,7 +63,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_valid_certificate_summary(cert: Path, root_pem: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(cert), "--root", str(root_pem)) == 0
+    assert run(str(cert), "--root", str(root_pem), *PIN) == 0
     out = capsys.readouterr().out
     body = make_body()
     assert "VALID" in out
@@ -68,7 +76,7 @@ def test_valid_certificate_summary(cert: Path, root_pem: Path,
 
 
 def test_json_output(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(cert), "--root", str(root_pem), "--json") == 0
+    assert run(str(cert), "--root", str(root_pem), *PIN, "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert JSON_KEYS <= set(report)
     body = make_body()
@@ -92,7 +100,7 @@ def test_json_output(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_accountant_choice(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(cert), "--root", str(root_pem), "--json", "--accountant", "rdp") == 0
+    assert run(str(cert), "--root", str(root_pem), *PIN, "--json", "--accountant", "rdp") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["accountant"] == "rdp" and report["epsilon"] == report["epsilons"]["rdp"]
 
@@ -100,14 +108,14 @@ def test_accountant_choice(cert: Path, root_pem: Path, capsys: pytest.CaptureFix
 def test_stdin(cert: Path, root_pem: Path, monkeypatch: pytest.MonkeyPatch,
                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(cert.read_bytes())))
-    assert run("-", "--root", str(root_pem)) == 0
+    assert run("-", "--root", str(root_pem), *PIN) == 0
     assert "VALID" in capsys.readouterr().out
 
 
 def test_default_aws_root_refuses_mock_certificates(cert: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(cert)) == 1
-    one_line_error(capsys)
+    assert run(str(cert), *PIN) == 1
+    assert "pinned root" in one_line_error(capsys)
 
 
 def test_pcr_requirements(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -123,7 +131,7 @@ def test_invalid_json_verdict(cert: Path, root_pem: Path, tmp_path: Path,
     body_bytes, attestation = decode_envelope(cert.read_bytes())
     tampered = tmp_path / "tampered.cert"
     tampered.write_bytes(encode_envelope(body_bytes.replace(b"job-0001", b"job-0002"), attestation))
-    assert run(str(tampered), "--root", str(root_pem), "--json") == 1
+    assert run(str(tampered), "--root", str(root_pem), *PIN, "--json") == 1
     captured = capsys.readouterr()
     verdict = json.loads(captured.out)
     assert verdict["valid"] is False and verdict["error_type"] == "CertificateBindingError"
@@ -134,13 +142,13 @@ def test_truncated_and_missing_files(cert: Path, root_pem: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     truncated = tmp_path / "truncated.cert"
     truncated.write_bytes(cert.read_bytes()[:-10])
-    assert run(str(truncated), "--root", str(root_pem)) == 1
+    assert run(str(truncated), "--root", str(root_pem), *PIN) == 1
     one_line_error(capsys)
-    assert run(str(tmp_path / "absent.cert"), "--root", str(root_pem)) == 1
+    assert run(str(tmp_path / "absent.cert"), "--root", str(root_pem), *PIN) == 1
     one_line_error(capsys)
     bad_root = tmp_path / "bad.pem"
     bad_root.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
-    assert run(str(cert), "--root", str(bad_root)) == 1
+    assert run(str(cert), "--root", str(bad_root), *PIN) == 1
     one_line_error(capsys)
 
 
@@ -159,7 +167,7 @@ def test_usage_errors(cert: Path, argv: tuple[str, ...]) -> None:
 
 
 def test_json_verdict_for_unreadable_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(str(tmp_path / "absent.cert"), "--json") == 1
+    assert run(str(tmp_path / "absent.cert"), *PIN, "--json") == 1
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {
         "valid": False, "error": captured.err.removeprefix("hermetic: error: ").strip(),
@@ -209,3 +217,130 @@ def test_bad_measurements_files_are_one_line_errors(cert: Path, root_pem: Path, 
     path.write_text(content)
     assert run(str(cert), "--root", str(root_pem), "--measurements", str(path)) == 1
     assert "measurements file" in one_line_error(capsys)
+
+
+# --- --sealed and --spec: the certificate is about the verifier's own dataset and job ---------
+
+KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/verify"
+SPEC = """
+[job]
+name = "verify-me"
+[model]
+name = "mlp"
+[optimizer]
+name = "sgd"
+lr = 0.5
+[privacy]
+expected_batch_size = 50
+steps = 100
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.1
+[checkpoint]
+key_id = "alias/model"
+"""
+
+
+class StubKms:
+    def generate_data_key(self, **kwargs: object) -> dict[str, object]:
+        return {"Plaintext": os.urandom(32), "CiphertextBlob": b"blob", "KeyId": KEY_ARN}
+
+
+def seal(tmp_path: Path, name: str, *, dataset_id: str = "train-v1", max_epsilon: float = MAX_EPSILON) -> Path:
+    rng = np.random.default_rng(1)
+    source = tmp_path / f"{name}.npz"
+    np.savez(source, image=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8),
+             label=rng.integers(0, 10, 64, dtype=np.uint8))
+    out = tmp_path / f"{name}.sealed"
+    seal_dataset(source, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=max_epsilon, delta=DELTA,
+                 owner="hospital-a", dataset_id=dataset_id)
+    return out
+
+
+@pytest.fixture()
+def job(ca: LocalCa, tmp_path: Path) -> dict[str, Path]:
+    """A certificate about one sealed file and one spec, as the enclave would record them."""
+    sealed, spec = seal(tmp_path, "train"), tmp_path / "job.toml"
+    spec.write_text(SPEC, encoding="utf-8")
+    with sealed.open("rb") as handle:
+        header = read_header(handle)
+    context = dict(header.encryption_context)
+    record = DatasetRecord(context["dataset_id"], hashlib.sha256(sealed.read_bytes()).hexdigest(), header.key_id,
+                           context, int(context["record_count"]))
+    body = make_body(datasets=(record,), spec_sha256=JobSpec.from_toml(SPEC).sha256)
+    cert, root = tmp_path / "job.cert", tmp_path / "root.pem"
+    cert.write_bytes(issue_certificate(body, new_nsm(ca)))
+    root.write_bytes(ca.root_pem)
+    return {"cert": cert, "root": root, "sealed": sealed, "spec": spec}
+
+
+def verify_job(job: dict[str, Path], *argv: str) -> int:
+    return run(str(job["cert"]), "--root", str(job["root"]), *PIN, *argv)
+
+
+def test_the_certificate_is_about_the_sealed_file_and_spec(job: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify_job(job, "--sealed", str(job["sealed"]), "--spec", str(job["spec"]), "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["valid"] is True and report["pinned_pcrs"] == [0]
+    assert report["sealed_checked"] == [{"file": str(job["sealed"]), "dataset_id": "train-v1"}]
+    assert report["spec_checked"] is True
+    assert verify_job(job, "--sealed", str(job["sealed"]), "--spec", str(job["spec"])) == 0
+    out = capsys.readouterr().out
+    assert f"sealed file:  {job['sealed']} is dataset train-v1" in out and "job spec:     matches" in out
+    # Formatting does not change a spec's hash (JobSpec.sha256 is over its canonical form).
+    job["spec"].write_text("# reformatted\n" + SPEC.replace("lr = 0.5", "lr = 5e-1"), encoding="utf-8")
+    assert verify_job(job, "--spec", str(job["spec"])) == 0
+
+
+def test_a_sealed_file_of_another_dataset_is_named(job: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    other = seal(tmp_path, "other", dataset_id="other-v1")
+    assert verify_job(job, "--sealed", str(job["sealed"]), "--sealed", str(other), "--json") == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["valid"] is False and verdict["error_type"] == "SubjectMismatch"
+    assert verdict["code"] == "certificate"
+    assert verdict["error"] == f"dataset_id: sealed file {other} is dataset 'other-v1', the certificate lists 'train-v1'"
+
+
+def test_a_resealed_budget_is_named_with_both_values(job: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    resealed = seal(tmp_path, "resealed", max_epsilon=3.0)
+    assert verify_job(job, "--sealed", str(resealed)) == 1
+    assert one_line_error(capsys) == (f"hermetic: error: encryption_context max_epsilon of dataset 'train-v1': "
+                                      f"certificate '8.0', {resealed} '3.0'\n")
+
+
+def test_other_bytes_of_the_same_dataset_are_named_with_both_hashes(job: dict[str, Path], tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # Sealed again under a fresh data key: same id, key and context, other bytes.
+    again = seal(tmp_path, "again")
+    certified = hashlib.sha256(job["sealed"].read_bytes()).hexdigest()
+    found = hashlib.sha256(again.read_bytes()).hexdigest()
+    assert verify_job(job, "--sealed", str(again)) == 1
+    assert one_line_error(capsys) == (
+        f"hermetic: error: sealed_sha256 of dataset 'train-v1': certificate {certified[:8]}...{certified[-8:]}, "
+        f"{again} {found[:8]}...{found[-8:]}\n")
+
+
+def test_another_spec_is_named_with_both_hashes(job: dict[str, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text(SPEC.replace("noise_multiplier = 1.1", "noise_multiplier = 0.5"), encoding="utf-8")
+    certified, found = JobSpec.from_toml(SPEC).sha256, JobSpec.from_toml(other.read_text()).sha256
+    assert verify_job(job, "--spec", str(other)) == 1
+    assert one_line_error(capsys) == (f"hermetic: error: spec_sha256: certificate {certified[:8]}...{certified[-8:]}, "
+                                      f"{other} {found[:8]}...{found[-8:]}\n")
+
+
+def test_unreadable_sealed_and_spec_files_are_one_line_errors(job: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert verify_job(job, "--sealed", str(tmp_path / "absent.sealed")) == 1
+    assert "cannot read sealed file" in one_line_error(capsys)
+    assert verify_job(job, "--sealed", str(job["spec"])) == 1
+    assert f"sealed file {job['spec']}" in one_line_error(capsys)
+    assert verify_job(job, "--spec", str(job["sealed"])) == 1
+    assert f"job spec {job['sealed']}" in one_line_error(capsys)
+    assert verify_job(job, "--spec", str(tmp_path / "absent.toml"), "--json") == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["valid"] is False and verdict["code"] == "config" and "cannot read job spec" in verdict["error"]

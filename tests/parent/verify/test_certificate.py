@@ -36,6 +36,7 @@ from parent.verify.policy import AttestationPolicy
 from tests.support.certificates import (
     MAX_EPSILON,
     PCRS,
+    PINNED,
     assemble,
     make_body,
     new_nsm,
@@ -46,7 +47,7 @@ from tests.support.certificates import (
 def test_round_trip(ca: LocalCa, nsm: MockNsm) -> None:
     body = make_body()
     data = issue_certificate(body, nsm)
-    verified = verify_certificate(data, root_der=ca.root_der)
+    verified = verify_certificate(data, root_der=ca.root_der, policy=PINNED)
     assert verified.body == body
     assert verified.accountant == "prv"
     assert set(verified.epsilons) == {"prv", "rdp"}
@@ -57,14 +58,14 @@ def test_round_trip(ca: LocalCa, nsm: MockNsm) -> None:
     assert verified.attestation.user_data == hashlib.sha384(body_bytes).digest()
     assert verified.body_sha384 == verified.attestation.user_data
     assert abs(verified.attested_at - datetime.now(UTC)) < timedelta(minutes=1)
-    other = verify_certificate(data, root_der=ca.root_der, accountant="rdp")
+    other = verify_certificate(data, root_der=ca.root_der, policy=PINNED, accountant="rdp")
     assert other.epsilon == verified.epsilons["rdp"]
 
 
 def test_heterogeneous_ledger_round_trip(ca: LocalCa, nsm: MockNsm) -> None:
     ledger = [{"q": 0.01, "sigma": 1.1, "steps": 60}, {"q": 0.02, "sigma": 1.5, "steps": 40}]
     body = make_body(ledger=ledger, sampling_rate=0.02, noise_multiplier=1.5)
-    verified = verify_certificate(issue_certificate(body, nsm), root_der=ca.root_der)
+    verified = verify_certificate(issue_certificate(body, nsm), root_der=ca.root_der, policy=PINNED)
     assert verified.epsilon == recompute_epsilon(ledger, body.delta, "prv")
 
 
@@ -83,7 +84,7 @@ def test_archived_certificate_verifies_at_its_own_time(ca: LocalCa) -> None:
     body = make_body(started_at=format_time(then - timedelta(hours=2)),
                      finished_at=format_time(then - timedelta(minutes=1)))
     # The leaf expired ~30 days ago: verifying "now" would fail, at the document time it holds.
-    verified = verify_certificate(issue_certificate(body, nsm), root_der=ca.root_der)
+    verified = verify_certificate(issue_certificate(body, nsm), root_der=ca.root_der, policy=PINNED)
     assert verified.attested_at == then.replace(microsecond=then.microsecond // 1000 * 1000)
 
 
@@ -151,7 +152,7 @@ def test_every_body_field_is_bound(ca: LocalCa, nsm: MockNsm) -> None:
     for name, tampered in _body_variants(body_bytes):
         assert tampered != body_bytes, name
         with pytest.raises(CertificateBindingError):
-            verify_certificate(encode_envelope(tampered, attestation), root_der=ca.root_der)
+            verify_certificate(encode_envelope(tampered, attestation), root_der=ca.root_der, policy=PINNED)
         touched.add(name.split("/")[0].split(" ")[0])
         count += 1
     assert touched == top_level and len(top_level) == 20
@@ -164,13 +165,13 @@ def test_swapped_attestation_is_refused(ca: LocalCa, nsm: MockNsm) -> None:
     body_a, _ = decode_envelope(first)
     _, attestation_b = decode_envelope(second)
     with pytest.raises(CertificateBindingError):
-        verify_certificate(encode_envelope(body_a, attestation_b), root_der=ca.root_der)
+        verify_certificate(encode_envelope(body_a, attestation_b), root_der=ca.root_der, policy=PINNED)
 
 
 def test_document_without_user_data_is_refused(ca: LocalCa, nsm: MockNsm) -> None:
     body_bytes = encode_body(make_body())
     with pytest.raises(CertificateBindingError):
-        verify_certificate(encode_envelope(body_bytes, nsm.attest()), root_der=ca.root_der)
+        verify_certificate(encode_envelope(body_bytes, nsm.attest()), root_der=ca.root_der, policy=PINNED)
 
 
 # --- attestation --------------------------------------------------------------------------
@@ -178,14 +179,14 @@ def test_document_without_user_data_is_refused(ca: LocalCa, nsm: MockNsm) -> Non
 
 def test_certificate_from_another_ca_is_refused(ca: LocalCa, other_ca: LocalCa) -> None:
     data = issue_certificate(make_body(), new_nsm(other_ca))
-    verify_certificate(data, root_der=other_ca.root_der)  # fine under its own root
+    verify_certificate(data, root_der=other_ca.root_der, policy=PINNED)  # fine under its own root
     with pytest.raises(AttestationError):
-        verify_certificate(data, root_der=ca.root_der)
+        verify_certificate(data, root_der=ca.root_der, policy=PINNED)
 
 
 def test_mock_certificate_fails_under_the_aws_root(nsm: MockNsm) -> None:
     with pytest.raises(AttestationError):
-        verify_certificate(issue_certificate(make_body(), nsm))
+        verify_certificate(issue_certificate(make_body(), nsm), policy=PINNED)
 
 
 def test_policy_pcrs_must_match(ca: LocalCa, nsm: MockNsm) -> None:
@@ -203,22 +204,24 @@ def test_body_pcrs_differing_from_the_document(ca: LocalCa, nsm: MockNsm) -> Non
     with pytest.raises(CertificatePcrMismatch):
         issue_certificate(wrong, nsm)  # the enclave refuses to sign it...
     with pytest.raises(CertificatePcrMismatch, match="PCR3"):
-        verify_certificate(assemble(wrong, nsm), root_der=ca.root_der)  # ...and verifiers too
+        verify_certificate(assemble(wrong, nsm), root_der=ca.root_der, policy=PINNED)  # ...and verifiers too
     other_image = replace(body, pcrs={**body.pcrs, 0: "cd" * 48})
     with pytest.raises(CertificatePcrMismatch, match="PCR0"):
-        verify_certificate(assemble(other_image, nsm), root_der=ca.root_der)
+        verify_certificate(assemble(other_image, nsm), root_der=ca.root_der, policy=PINNED)
     no_pcr2 = replace(body, pcrs={i: v for i, v in body.pcrs.items() if i != 2})
     with pytest.raises(CertificatePcrMismatch, match="PCR2"):
-        verify_certificate(assemble(no_pcr2, nsm), root_der=ca.root_der)
+        verify_certificate(assemble(no_pcr2, nsm), root_der=ca.root_der, policy=PINNED)
 
 
 def test_debug_enclave_is_refused_unless_allowed(ca: LocalCa) -> None:
     nsm = MockNsm(ca, {3: PCRS[3]}, debug=True)
     body = make_body(pcrs={0: "00" * 48, 1: "00" * 48, 2: "00" * 48, 3: PCRS[3].hex()})
     data = issue_certificate(body, nsm)
+    # A debug enclave's PCR0 is zero: pinning it is the explicit choice allow_debug is for.
+    zero = AttestationPolicy.from_pcrs({0: bytes(48)})
     with pytest.raises(DebugEnclaveCertificate):
-        verify_certificate(data, root_der=ca.root_der)
-    assert verify_certificate(data, root_der=ca.root_der, allow_debug=True).body == body
+        verify_certificate(data, root_der=ca.root_der, policy=zero)
+    assert verify_certificate(data, root_der=ca.root_der, policy=zero, allow_debug=True).body == body
 
 
 # --- privacy numbers ----------------------------------------------------------------------
@@ -233,20 +236,20 @@ def test_legitimately_attested_low_epsilon_is_refused(
     lowered = replace(body, epsilon={**body.epsilon, accountant: truth * 0.999})
     data = issue_certificate(lowered, nsm)  # consistent and within budget: the enclave signs it
     with pytest.raises(StatedEpsilonTooLow, match=accountant):
-        verify_certificate(data, root_der=ca.root_der)
+        verify_certificate(data, root_der=ca.root_der, policy=PINNED)
 
 
 def test_epsilon_tolerance_and_conservative_statements(ca: LocalCa, nsm: MockNsm) -> None:
     body = make_body()
     truth = body.epsilon["prv"]
     within = replace(body, epsilon={**body.epsilon, "prv": truth * (1 - 1e-8)})
-    assert verify_certificate(issue_certificate(within, nsm), root_der=ca.root_der).epsilon == truth
+    assert verify_certificate(issue_certificate(within, nsm), root_der=ca.root_der, policy=PINNED).epsilon == truth
     beyond = replace(body, epsilon={**body.epsilon, "prv": truth * (1 - 1e-5)})
     with pytest.raises(StatedEpsilonTooLow):
-        verify_certificate(issue_certificate(beyond, nsm), root_der=ca.root_der)
+        verify_certificate(issue_certificate(beyond, nsm), root_der=ca.root_der, policy=PINNED)
     # Overstating is allowed; the verifier still reports what it recomputed.
     higher = replace(body, epsilon={"prv": truth * 2})
-    verified = verify_certificate(issue_certificate(higher, nsm), root_der=ca.root_der)
+    verified = verify_certificate(issue_certificate(higher, nsm), root_der=ca.root_der, policy=PINNED)
     assert verified.epsilon == truth
 
 
@@ -256,7 +259,7 @@ def test_over_budget_is_refused_by_issuer_and_verifier(ca: LocalCa, nsm: MockNsm
     with pytest.raises(BudgetExceeded):
         issue_certificate(over, nsm)
     with pytest.raises(BudgetExceeded):
-        verify_certificate(assemble(over, nsm), root_der=ca.root_der)
+        verify_certificate(assemble(over, nsm), root_der=ca.root_der, policy=PINNED)
 
 
 def test_recomputed_epsilon_above_budget_is_refused(ca: LocalCa, nsm: MockNsm) -> None:
@@ -266,7 +269,7 @@ def test_recomputed_epsilon_above_budget_is_refused(ca: LocalCa, nsm: MockNsm) -
                      epsilon={"prv": MAX_EPSILON, "rdp": MAX_EPSILON}, metrics=())
     assert recompute_epsilon(ledger, body.delta, "prv") > MAX_EPSILON
     with pytest.raises((StatedEpsilonTooLow, BudgetExceeded)):
-        verify_certificate(assemble(body, nsm), root_der=ca.root_der)
+        verify_certificate(assemble(body, nsm), root_der=ca.root_der, policy=PINNED)
 
 
 def test_inconsistent_body_is_refused_by_issuer_and_verifier(ca: LocalCa, nsm: MockNsm) -> None:
@@ -283,14 +286,14 @@ def test_inconsistent_body_is_refused_by_issuer_and_verifier(ca: LocalCa, nsm: M
         issue_certificate(body, nsm)
     assert calls == []  # refused before anything was signed
     with pytest.raises(InconsistentCertificate):
-        verify_certificate(assemble(body, nsm), root_der=ca.root_der)
+        verify_certificate(assemble(body, nsm), root_der=ca.root_der, policy=PINNED)
 
 
 def test_finished_after_attestation_is_refused(ca: LocalCa, nsm: MockNsm) -> None:
     later = datetime.now(UTC) + timedelta(hours=1)
     body = make_body(finished_at=format_time(later))
     with pytest.raises(InconsistentCertificate, match="finished_at"):
-        verify_certificate(issue_certificate(body, nsm), root_der=ca.root_der)
+        verify_certificate(issue_certificate(body, nsm), root_der=ca.root_der, policy=PINNED)
 
 
 # --- malformed files ----------------------------------------------------------------------
@@ -300,7 +303,7 @@ def test_truncated_files_are_malformed(ca: LocalCa, nsm: MockNsm) -> None:
     data = issue_certificate(make_body(), nsm)
     for cut in [0, 1, 2, 10, len(data) // 3, len(data) // 2, len(data) - 97, len(data) - 1]:
         with pytest.raises(MalformedCertificate):
-            verify_certificate(data[:cut], root_der=ca.root_der)
+            verify_certificate(data[:cut], root_der=ca.root_der, policy=PINNED)
 
 
 def test_envelope_shape_is_strict(ca: LocalCa, nsm: MockNsm) -> None:
@@ -318,13 +321,13 @@ def test_envelope_shape_is_strict(ca: LocalCa, nsm: MockNsm) -> None:
     ]
     for data in bad:
         with pytest.raises(MalformedCertificate):
-            verify_certificate(data, root_der=ca.root_der)
+            verify_certificate(data, root_der=ca.root_der, policy=PINNED)
 
 
 def test_garbage_attestation_is_an_attestation_error(ca: LocalCa) -> None:
     body_bytes = encode_body(make_body())
     with pytest.raises(AttestationError):
-        verify_certificate(encode_envelope(body_bytes, b"\x84\x40\xa0\x40\x40"), root_der=ca.root_der)
+        verify_certificate(encode_envelope(body_bytes, b"\x84\x40\xa0\x40\x40"), root_der=ca.root_der, policy=PINNED)
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +348,7 @@ def test_mutated_files_raise_only_hermetic_errors(valid_file: tuple[bytes, bytes
         mutated[position] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(len(mutated) // 2, len(mutated)))
     try:
-        verify_certificate(bytes(mutated[:cut]), root_der=root)
+        verify_certificate(bytes(mutated[:cut]), root_der=root, policy=PINNED)
     except HermeticError:
         return
     assert bytes(mutated[:cut]) == original  # only the unchanged file may verify
@@ -355,4 +358,4 @@ def test_mutated_files_raise_only_hermetic_errors(valid_file: tuple[bytes, bytes
 @given(st.binary(max_size=400))
 def test_random_bytes_raise_only_hermetic_errors(blob: bytes) -> None:
     with pytest.raises(HermeticError):
-        verify_certificate(blob)
+        verify_certificate(blob, policy=PINNED)

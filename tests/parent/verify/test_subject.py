@@ -1,0 +1,49 @@
+"""parent.verify.subject: a certificate against the sealed files and spec the verifier holds."""
+from __future__ import annotations
+
+import pytest
+
+from enclave.certificate.body import DatasetRecord
+from parent.verify.errors import SubjectMismatch
+from parent.verify.subject import SealedFile, check_sealed, check_spec
+from tests.support.certificates import context, make_body, sha256_hex
+
+
+def sealed_file(**changes: object) -> SealedFile:
+    fields: dict[str, object] = {"name": "a.sealed", "dataset_id": "patients-2024", "sha256": sha256_hex("sealed"),
+                                 "key_id": "alias/hospital-a", "encryption_context": context()}
+    fields.update(changes)
+    return SealedFile(**fields)  # type: ignore[arg-type]  # test values
+
+
+def test_a_matching_file_passes_and_unlisted_datasets_are_not_required() -> None:
+    second = DatasetRecord("clinic-b", sha256_hex("b"), "alias/clinic-b", context("clinic-b"), 60000)
+    body = make_body()
+    body_two = make_body(datasets=(*body.datasets, second))
+    check_sealed(body, [sealed_file()])
+    check_sealed(body_two, [sealed_file()])  # the other owner's dataset is theirs to check
+    check_sealed(body, [])
+
+
+def test_each_field_is_named_with_both_values() -> None:
+    body = make_body()
+    with pytest.raises(SubjectMismatch, match=r"^key_id of dataset 'patients-2024': certificate "
+                                              r"'alias/hospital-a', a.sealed 'alias/other'$"):
+        check_sealed(body, [sealed_file(key_id="alias/other")])
+    extra = {**context(), "extra": "x"}
+    with pytest.raises(SubjectMismatch, match=r"^encryption_context extra of dataset 'patients-2024': "
+                                              r"certificate \(absent\), a.sealed 'x'$"):
+        check_sealed(body, [sealed_file(encryption_context=extra)])
+    records = {**context(), "record_count": "59999"}
+    with pytest.raises(SubjectMismatch, match="record_count .* certificate '60000', a.sealed '59999'"):
+        check_sealed(body, [sealed_file(encryption_context=records)])
+
+
+def test_hashes_with_the_same_ends_are_shown_where_they_differ() -> None:
+    certified = "ab" * 32
+    other = certified[:20] + "ff" + certified[22:]
+    body = make_body(spec_sha256=certified)
+    with pytest.raises(SubjectMismatch) as err:
+        check_spec(body, other, "job.toml")
+    assert str(err.value) == ("spec_sha256: certificate ...abababababab..., job.toml ...ababffababab...")
+    check_spec(body, certified, "job.toml")
