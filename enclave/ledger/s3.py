@@ -68,7 +68,7 @@ class S3Location:
     owner: str
 
     def __post_init__(self) -> None:
-        _check_bucket(self.bucket)
+        check_bucket_name(self.bucket)
         _check_prefix(self.prefix)
         if not _ACCOUNT.match(self.owner):
             raise InvalidLedgerLocation("ledger location owner must be a 12-digit AWS account id")
@@ -82,7 +82,8 @@ class S3Location:
         return f"{self.prefix}/{seq:0{SEQ_DIGITS}d}"
 
 
-def _check_bucket(bucket: str) -> None:
+def check_bucket_name(bucket: str) -> None:
+    """Raise InvalidLedgerLocation unless `bucket` is a name S3 would create."""
     if not _BUCKET.match(bucket) or ".." in bucket or ".-" in bucket or "-." in bucket:
         raise InvalidLedgerLocation(f"ledger location bucket {bucket[:80]!r} is not a valid S3 bucket name")
     if _IPV4_SHAPED.match(bucket):
