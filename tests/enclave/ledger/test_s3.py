@@ -184,13 +184,16 @@ def test_a_delete_marker_hides_a_locked_slot_which_is_why_the_bucket_policy_deni
     store: S3LedgerStore, raw: Any, bucket: str
 ) -> None:
     # Object Lock keeps the version, but a plain DeleteObject still stacks a delete marker
-    # on top and listings stop showing the key: only the bucket policy (deny
-    # s3:DeleteObject for everyone, kms-policies/ledger-bucket.template.json) stops this.
+    # on top: listings stop showing the key, and If-None-Match no longer sees it, so the
+    # slot can even be written again. Only the bucket policy (deny s3:DeleteObject for
+    # everyone, kms-policies/ledger-bucket.template.json) stops this.
     assert store.create(0, b"e0")
     raw.delete_object(Bucket=bucket, Key=f"{PREFIX}/0000000000")
     versions = raw.list_object_versions(Bucket=bucket, Prefix=PREFIX)
     assert [v["Key"] for v in versions["Versions"]] == [f"{PREFIX}/0000000000"]
     assert store.read_all() == []
+    assert store.create(0, b"rewritten") is True
+    assert [s.data for s in store.read_all()] == [b"rewritten"]
 
 
 # --------------------------------------------------------------------------- failures
