@@ -262,6 +262,14 @@ class _ScriptedPuts:
 LOCATION = f"s3://ledger/{PREFIX}?owner=123456789012"
 
 
+def test_a_refreshed_client_serves_later_calls(server: S3Server, bucket: str) -> None:
+    store = S3LedgerStore(S3Location(bucket, PREFIX, server.account_id), _ScriptedPuts([_client_error(403, "ExpiredToken")]))
+    with pytest.raises(LedgerUnavailable, match="^ledger S3 PutObject failed: ExpiredToken$"):
+        store.create(0, b"e0")
+    store.replace_client(server.client())
+    assert store.create(0, b"e0") is True
+
+
 def test_a_conflict_is_retried_until_the_winner_is_known() -> None:
     client = _ScriptedPuts([_client_error(409, "ConditionalRequestConflict"), _client_error(412, "PreconditionFailed")])
     assert S3LedgerStore(LOCATION, client).create(0, b"x") is False
