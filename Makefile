@@ -50,13 +50,15 @@ clean:
 	rm -rf $(VENV) .venv-checkov out .hermetic .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
 # --- Deployment: KMS key policies from the EIF's measurements, checkov for terraform/ ---
-# make policies OWNER_ARN=... MODEL_OWNER_ARN=... PARENT_ROLE_ARN=...
-# renders kms-policies/*.template.json into $(POLICY_OUT); terraform/ reads them there.
+# make policies OWNER_ARN=... MODEL_OWNER_ARN=... PARENT_ROLE_ARN=... LEDGER_BUCKET=...
+# renders kms-policies/*.template.json (two key policies and the budget ledger's bucket
+# policy) into $(POLICY_OUT); terraform/ reads them there.
 POLICY_MEASUREMENTS ?= eif/measurements.json
 POLICY_OUT ?= kms-policies/rendered
 OWNER_ARN ?=
 MODEL_OWNER_ARN ?=
 PARENT_ROLE_ARN ?=
+LEDGER_BUCKET ?=
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_CONSTRAINTS := tests/terraform/checkov-constraints.txt
@@ -72,12 +74,15 @@ policies: install
 	[ -n "$(OWNER_ARN)" ] || missing="$$missing OWNER_ARN"; \
 	[ -n "$(MODEL_OWNER_ARN)" ] || missing="$$missing MODEL_OWNER_ARN"; \
 	[ -n "$(PARENT_ROLE_ARN)" ] || missing="$$missing PARENT_ROLE_ARN"; \
-	if [ -n "$$missing" ]; then echo "make policies: set$$missing (IAM ARNs; see docs/DEPLOY.md)" >&2; exit 1; fi
+	[ -n "$(LEDGER_BUCKET)" ] || missing="$$missing LEDGER_BUCKET"; \
+	if [ -n "$$missing" ]; then echo "make policies: set$$missing (IAM ARNs and the ledger bucket name; see docs/DEPLOY.md)" >&2; exit 1; fi
 	@mkdir -p "$(POLICY_OUT)"
 	$(VENV)/bin/hermetic policy render --template data-owner --measurements "$(POLICY_MEASUREMENTS)" \
 		--owner-arn "$(OWNER_ARN)" --parent-role-arn "$(PARENT_ROLE_ARN)" --out "$(POLICY_OUT)/data-owner.json"
 	$(VENV)/bin/hermetic policy render --template model-owner --measurements "$(POLICY_MEASUREMENTS)" \
 		--model-owner-arn "$(MODEL_OWNER_ARN)" --parent-role-arn "$(PARENT_ROLE_ARN)" --out "$(POLICY_OUT)/model-owner.json"
+	$(VENV)/bin/hermetic policy render --template ledger-bucket --measurements "$(POLICY_MEASUREMENTS)" \
+		--ledger-bucket "$(LEDGER_BUCKET)" --parent-role-arn "$(PARENT_ROLE_ARN)" --out "$(POLICY_OUT)/ledger-bucket.json"
 
 # checkov pins boto3/botocore below the runtime pins, so it lives in its own venv;
 # tests/terraform runs it from there.

@@ -56,24 +56,45 @@ def build_parser() -> argparse.ArgumentParser:
                         help="loopback port of the TCP-to-relay forwarder (default 443)")
     parser.add_argument("--kms-ca-bundle", default=None,
                         help="CA bundle for the KMS TLS connection (default: botocore's)")
+    parser.add_argument("--s3-relay", type=_address, default=None,
+                        help="the parent's S3 relay, for the budget ledger (default: none, no S3)")
+    parser.add_argument("--s3-url", default=None,
+                        help="S3 endpoint boto3 uses with --s3-relay, e.g. https://s3.REGION.amazonaws.com")
+    parser.add_argument("--s3-forward-host", default="127.0.0.2",
+                        help="loopback address of the S3 forwarder (default 127.0.0.2: 127.0.0.1:443 is KMS's)")
+    parser.add_argument("--s3-forward-port", type=_port, default=443,
+                        help="port of the S3 forwarder (default 443)")
+    parser.add_argument("--s3-ca-bundle", default=None,
+                        help="CA bundle for the S3 TLS connection (default: botocore's)")
     parser.add_argument("--sessions", type=int, default=None, help="exit after this many sessions")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
-    url = urlsplit(args.kms_url)
+def _check_tls(option: str, value: str) -> None:
+    url = urlsplit(value)
     if url.scheme != "https" and not (url.scheme == "http" and url.hostname in _LOOPBACK_HOSTS):
-        # Plain HTTP through the parent's relay would let the parent read and forge KMS traffic.
-        raise ConfigError(
-            f"--kms-url must be https:// (http:// only for a loopback test endpoint), got {args.kms_url!r}"
-        )
+        # Plain HTTP through the parent's relay would let the parent read and forge the traffic.
+        raise ConfigError(f"{option} must be https:// (http:// only for a loopback test endpoint), got {value!r}")
+
+
+def config_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    _check_tls("--kms-url", args.kms_url)
+    if (args.s3_relay is None) != (args.s3_url is None):
+        raise ConfigError("--s3-relay and --s3-url go together")
+    if args.s3_url is not None:
+        _check_tls("--s3-url", args.s3_url)
     return RuntimeConfig(
         control=args.listen,
         kms_relay=args.kms_relay,
         kms_url=args.kms_url,
         kms_forward_port=args.kms_forward_port,
         kms_ca_bundle=args.kms_ca_bundle,
+        s3_relay=args.s3_relay,
+        s3_url=args.s3_url or RuntimeConfig.s3_url,
+        s3_forward_host=args.s3_forward_host,
+        s3_forward_port=args.s3_forward_port,
+        s3_ca_bundle=args.s3_ca_bundle,
     )
 
 
@@ -96,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runtime.stop()
 
         signal.signal(signal.SIGTERM, stop)
-        log.info("enclave listening on %s, KMS relay %s, KMS %s", runtime.control_address,
-                 config.kms_relay, config.kms_url)
+        log.info("enclave listening on %s, KMS relay %s, KMS %s, S3 relay %s", runtime.control_address,
+                 config.kms_relay, config.kms_url, config.s3_relay or "none")
         runtime.serve(sessions=args.sessions)
     except HermeticError as err:
         log.error("enclave runtime failed: %s", err)

@@ -3,7 +3,9 @@
 `SocketEnclave` gives `EnclaveRuntime` a listener of framed socket connections on
 the control address, and KMS clients made with boto3, unchanged, that reach KMS
 through the in-enclave forwarder: it tunnels TCP over the transport to the
-parent's KMS relay, and TLS (on Nitro) ends here.
+parent's KMS relay, and TLS (on Nitro) ends here. S3 clients (the budget ledger,
+enclave.ledger.s3) reach S3 the same way, through a second forwarder to the parent's
+S3 relay, when one is configured.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from enclave.errors import ConfigError
 from enclave.nsm.interface import Nsm
 from enclave.runtime import Clock, EnclaveRuntime, TrainingLoopFactory, utc_now
 from enclave.training.trainer import Trainer
@@ -37,6 +40,13 @@ class RuntimeConfig:
     kms_url: str = "http://127.0.0.1:{port}"
     kms_forward_port: int = 0
     kms_ca_bundle: str | None = None
+    # The same for S3 (no relay: no S3 clients). On Nitro the S3 forwarder needs its own
+    # loopback address (e.g. 127.0.0.2:443) for the regional S3 name in /etc/hosts.
+    s3_relay: Address | None = None
+    s3_url: str = "http://127.0.0.1:{port}"
+    s3_forward_host: str = "127.0.0.1"
+    s3_forward_port: int = 0
+    s3_ca_bundle: str | None = None
 
 
 class SocketEnclave:
@@ -52,6 +62,10 @@ class SocketEnclave:
     ) -> None:
         self._config = config
         self._forwarder = TcpForwarder(config.kms_relay, port=config.kms_forward_port)
+        self._s3_forwarder = (
+            None if config.s3_relay is None
+            else TcpForwarder(config.s3_relay, port=config.s3_forward_port, host=config.s3_forward_host)
+        )
         self.runtime = EnclaveRuntime(
             nsm, FramedListener(listen(config.control)), self._kms_client, clock=clock, training_loop=training_loop
         )
@@ -63,8 +77,12 @@ class SocketEnclave:
     def serve(self, sessions: int | None = None) -> None:
         self._forwarder.start()
         try:
+            if self._s3_forwarder is not None:
+                self._s3_forwarder.start()
             self.runtime.serve(sessions)
         finally:
+            if self._s3_forwarder is not None:
+                self._s3_forwarder.stop()
             self._forwarder.stop()
 
     def stop(self) -> None:
@@ -75,13 +93,29 @@ class SocketEnclave:
         thread that reads the control channel during training, hence its own boto3 session:
         the default one is not safe to share between threads)."""
         url = self._config.kms_url.replace("{port}", str(self._forwarder.address.port))
-        return boto3.session.Session().client(
-            "kms",
-            region_name=creds.region,
-            endpoint_url=url,
-            aws_access_key_id=creds.access_key_id,
-            aws_secret_access_key=creds.secret_access_key,
-            aws_session_token=creds.session_token,
-            verify=self._config.kms_ca_bundle if url.startswith("https") else None,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=30),
-        )
+        return _client("kms", url, self._config.kms_ca_bundle, creds, Config())
+
+    def s3_client(self, creds: Credentials) -> Any:
+        """An S3 client for `creds` through the S3 forwarder (the ledger's store), built
+        like the KMS clients, so a credentials refresh can replace it the same way."""
+        if self._s3_forwarder is None:
+            raise ConfigError("no S3 relay is configured: the enclave cannot reach S3")
+        url = self._config.s3_url.replace("{port}", str(self._s3_forwarder.address.port))
+        # Path-style: the forwarder answers for one name (the regional endpoint), so
+        # per-bucket virtual host names would not reach it.
+        return _client("s3", url, self._config.s3_ca_bundle, creds, Config(s3={"addressing_style": "path"}))
+
+
+def _client(service: str, url: str, ca_bundle: str | None, creds: Credentials, extra: Config) -> Any:
+    # Its own boto3 session: the default one is not safe to share between threads.
+    return boto3.session.Session().client(
+        service,
+        region_name=creds.region,
+        endpoint_url=url,
+        aws_access_key_id=creds.access_key_id,
+        aws_secret_access_key=creds.secret_access_key,
+        aws_session_token=creds.session_token,
+        verify=ca_bundle if url.startswith("https") else None,
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
+                      read_timeout=30).merge(extra),
+    )

@@ -1,7 +1,8 @@
 """Rendering the key-policy templates in kms-policies/ with real measurements and ARNs.
 
 Templates are valid JSON policies with `${NAME}` placeholders in strings:
-OWNER_ARN, PARENT_ROLE_ARN, MODEL_OWNER_ARN (principals) and IMAGE_SHA384 (= PCR0),
+OWNER_ARN, PARENT_ROLE_ARN, MODEL_OWNER_ARN (principals), LEDGER_BUCKET (the budget
+ledger's bucket name, for its bucket policy) and IMAGE_SHA384 (= PCR0),
 PCR0, PCR1, PCR2, PCR8 (measurements, lower-case hex). PCR8 is optional: a
 statement that mentions it is dropped when the image is not signed. Any other
 missing value, an unknown placeholder or malformed input is a PolicyError, and the
@@ -16,14 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from enclave.errors import PolicyError
+from enclave.errors import ConfigError, PolicyError
+from enclave.ledger.s3 import check_bucket_name
 from parent.kms_policy import parse_policy
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]*)\}")
 PRINCIPAL_PLACEHOLDERS = frozenset({"OWNER_ARN", "PARENT_ROLE_ARN", "MODEL_OWNER_ARN"})
 MEASUREMENT_PLACEHOLDERS = frozenset({"IMAGE_SHA384", "PCR0", "PCR1", "PCR2", "PCR8"})
+RESOURCE_PLACEHOLDERS = frozenset({"LEDGER_BUCKET"})
 OPTIONAL_PLACEHOLDERS = frozenset({"PCR8"})
-KNOWN_PLACEHOLDERS = PRINCIPAL_PLACEHOLDERS | MEASUREMENT_PLACEHOLDERS
+KNOWN_PLACEHOLDERS = PRINCIPAL_PLACEHOLDERS | MEASUREMENT_PLACEHOLDERS | RESOURCE_PLACEHOLDERS
 MEASUREMENT_KEYS = ("PCR0", "PCR1", "PCR2", "PCR8")
 SHA384_HEX = re.compile(r"^[0-9a-fA-F]{96}$")
 IAM_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(?:root|(?:user|role)/[\w+=,.@/-]+)$")
@@ -46,7 +49,9 @@ def normalise_measurements(raw: Mapping[str, Any]) -> dict[str, str]:
     return values
 
 
-def _placeholder_values(measurements: Mapping[str, Any], principals: Mapping[str, str]) -> dict[str, str]:
+def _placeholder_values(
+    measurements: Mapping[str, Any], principals: Mapping[str, str], resources: Mapping[str, str]
+) -> dict[str, str]:
     pcrs = normalise_measurements(measurements)
     values: dict[str, str] = dict(pcrs)
     values["IMAGE_SHA384"] = pcrs["PCR0"]
@@ -58,6 +63,15 @@ def _placeholder_values(measurements: Mapping[str, Any], principals: Mapping[str
         if not isinstance(arn, str) or not IAM_ARN.match(arn):
             raise PolicyError(f"{name} {arn!r} is not an IAM user, role or account-root ARN")
         values[name] = arn
+    for name, value in resources.items():
+        if name not in RESOURCE_PLACEHOLDERS:
+            raise PolicyError(f"unknown resource placeholder {name}")
+        if name == "LEDGER_BUCKET":
+            try:
+                check_bucket_name(value)
+            except ConfigError as err:
+                raise PolicyError(str(err)) from None
+        values[name] = value
     return values
 
 
@@ -85,10 +99,13 @@ def _substitute(node: Any, values: Mapping[str, str]) -> Any:
 
 
 def render_template(
-    template: Mapping[str, Any], measurements: Mapping[str, Any], principals: Mapping[str, str]
+    template: Mapping[str, Any],
+    measurements: Mapping[str, Any],
+    principals: Mapping[str, str],
+    resources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Render an already-loaded template document."""
-    values = _placeholder_values(measurements, principals)
+    values = _placeholder_values(measurements, principals, resources or {})
     unknown = _names_in(template) - KNOWN_PLACEHOLDERS
     if unknown:
         raise PolicyError(f"template uses unknown placeholder ${{{sorted(unknown)[0]}}}")
@@ -115,7 +132,10 @@ def render_template(
 
 
 def render_policy(
-    template_path: Path, measurements: Mapping[str, Any], principals: Mapping[str, str]
+    template_path: Path,
+    measurements: Mapping[str, Any],
+    principals: Mapping[str, str],
+    resources: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Load `template_path` and render it (see module docstring)."""
     try:
@@ -126,4 +146,4 @@ def render_policy(
         raise PolicyError(f"policy template {template_path} is not valid JSON: {exc}") from None
     if not isinstance(template, dict):
         raise PolicyError(f"policy template {template_path} must be a JSON object")
-    return render_template(template, measurements, principals)
+    return render_template(template, measurements, principals, resources)

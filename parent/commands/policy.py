@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     render.add_argument(
         "--template",
         required=True,
-        help="template file, or a shipped name: data-owner, model-owner",
+        help="template file, or a shipped name: data-owner, model-owner, ledger-bucket",
     )
     render.add_argument(
         "--measurements", required=True, type=Path, help='JSON {"PCR0": hex, ...} or nitro-cli describe-eif'
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     render.add_argument("--owner-arn", help="data owner principal (data-owner template)")
     render.add_argument("--parent-role-arn", required=True, help="IAM role of the parent instance")
     render.add_argument("--model-owner-arn", help="model owner principal (model-owner template)")
+    render.add_argument("--ledger-bucket", help="the budget ledger's S3 bucket name (ledger-bucket template)")
     render.add_argument("--out", type=Path, help="write here (atomically) instead of stdout")
     add_json_flag(render, help="with --out, print what was written as one JSON object (the policy"
                                " itself is always JSON)")
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         principals["OWNER_ARN"] = args.owner_arn
     if args.model_owner_arn:
         principals["MODEL_OWNER_ARN"] = args.model_owner_arn
-    policy = render_policy(_template_path(args.template), measurements, principals)
+    resources = {"LEDGER_BUCKET": args.ledger_bucket} if args.ledger_bucket else {}
+    policy = render_policy(_template_path(args.template), measurements, principals, resources)
     text = json.dumps(policy, indent=2) + "\n"
     if args.out is None:
         sys.stdout.write(text)

@@ -85,6 +85,22 @@ def test_plain_http_only_for_loopback(url: str) -> None:
         config_from_args(build_parser().parse_args(["--kms-url", url]))
 
 
+def test_s3_relay_is_optional_and_tls_only() -> None:
+    kms = ["--kms-url", "https://kms.eu-west-1.amazonaws.com"]
+    config = config_from_args(build_parser().parse_args(kms))
+    assert config.s3_relay is None
+    config = config_from_args(build_parser().parse_args(
+        [*kms, "--s3-relay", "vsock://3:8001", "--s3-url", "https://s3.eu-west-1.amazonaws.com"]))
+    assert config.s3_relay == VsockAddress(3, 8001) and config.s3_url == "https://s3.eu-west-1.amazonaws.com"
+    assert (config.s3_forward_host, config.s3_forward_port) == ("127.0.0.2", 443)
+    with pytest.raises(ConfigError, match="--s3-url must be https"):
+        config_from_args(build_parser().parse_args(
+            [*kms, "--s3-relay", "vsock://3:8001", "--s3-url", "http://s3.eu-west-1.amazonaws.com"]))
+    for half in (["--s3-relay", "vsock://3:8001"], ["--s3-url", "https://s3.eu-west-1.amazonaws.com"]):
+        with pytest.raises(ConfigError, match="go together"):
+            config_from_args(build_parser().parse_args([*kms, *half]))
+
+
 @pytest.mark.parametrize("argv", [["--kms-url", "https://k", "--listen", "vsock://2:5000"],
                                   ["--kms-url", "https://k", "--kms-forward-port", "70000"],
                                   []])

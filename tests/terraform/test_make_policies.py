@@ -1,4 +1,4 @@
-"""`make policies`: key policies rendered from eif/measurements.json for Terraform to load."""
+"""`make policies`: key policies rendered from eif/measurements.json, and the ledger's bucket policy, for Terraform to load."""
 from __future__ import annotations
 
 import json
@@ -21,6 +21,8 @@ OWNER = "arn:aws:iam::444455556666:role/hospital-data"
 MODEL_OWNER = "arn:aws:iam::777788889999:role/model-owner"
 PCR0, PCR1, PCR2 = "a1" * 48, "b2" * 48, "c3" * 48
 KEY = f"arn:aws:kms:eu-west-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+LEDGER_BUCKET = f"hermetic-ledger-{ACCOUNT}-eu-west-1"  # what the module names the bucket
+SLOT = f"arn:aws:s3:::{LEDGER_BUCKET}/ledger/fmnist-train/0000000000"
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
@@ -41,7 +43,7 @@ def make_policies(**variables: str) -> subprocess.CompletedProcess[str]:
 def test_missing_measurements_says_how_to_get_them(tmp_path: Path) -> None:
     result = make_policies(POLICY_MEASUREMENTS=str(tmp_path / "measurements.json"),
                            POLICY_OUT=str(tmp_path / "out"), OWNER_ARN=OWNER, MODEL_OWNER_ARN=MODEL_OWNER,
-                           PARENT_ROLE_ARN=PARENT_ROLE)
+                           PARENT_ROLE_ARN=PARENT_ROLE, LEDGER_BUCKET=LEDGER_BUCKET)
     assert result.returncode != 0
     assert "measurements.json not found" in result.stderr and "make eif" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -53,7 +55,7 @@ def test_missing_arns_are_named(tmp_path: Path) -> None:
     result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(tmp_path / "out"),
                            OWNER_ARN=OWNER)
     assert result.returncode != 0
-    assert "set MODEL_OWNER_ARN PARENT_ROLE_ARN" in result.stderr
+    assert "set MODEL_OWNER_ARN PARENT_ROLE_ARN LEDGER_BUCKET" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -67,10 +69,10 @@ def test_renders_both_policies_for_terraform(tmp_path: Path) -> None:
     measurements = tmp_path / "measurements.json"
     measurements.write_text(json.dumps(_nitro_cli_measurements()))
     out = tmp_path / "rendered"
-    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out),
-                           OWNER_ARN=OWNER, MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE)
+    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out), OWNER_ARN=OWNER,
+                           MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE, LEDGER_BUCKET=LEDGER_BUCKET)
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["data-owner.json", "model-owner.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["data-owner.json", "ledger-bucket.json", "model-owner.json"]
 
     data_text = (out / "data-owner.json").read_text("utf-8")
     model_text = (out / "model-owner.json").read_text("utf-8")
@@ -97,8 +99,62 @@ def test_bad_measurements_fail_without_output(tmp_path: Path) -> None:
     measurements = tmp_path / "measurements.json"
     measurements.write_text(json.dumps({"Measurements": {"PCR0": "not-hex"}}))
     out = tmp_path / "rendered"
-    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out),
-                           OWNER_ARN=OWNER, MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE)
+    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out), OWNER_ARN=OWNER,
+                           MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE, LEDGER_BUCKET=LEDGER_BUCKET)
     assert result.returncode != 0
     assert "hermetic: error: measurement PCR0 must be 96 hex digits" in result.stderr
     assert not (out / "data-owner.json").exists()
+
+
+def _s3(policy: Any, principal: str, action: str, resource: str = SLOT, **keys: str) -> Decision:
+    return evaluate(policy, RequestContext(principal, action, resource, {"aws:SecureTransport": "true", **keys}))
+
+
+def test_renders_the_ledger_bucket_policy(tmp_path: Path) -> None:
+    measurements = tmp_path / "measurements.json"
+    measurements.write_text(json.dumps(_nitro_cli_measurements()))
+    out = tmp_path / "rendered"
+    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out), OWNER_ARN=OWNER,
+                           MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE, LEDGER_BUCKET=LEDGER_BUCKET)
+    assert result.returncode == 0, result.stderr
+    text = (out / "ledger-bucket.json").read_text("utf-8")
+    # The module's preconditions: the bucket, the parent role and the conditional-write key.
+    assert f"arn:aws:s3:::{LEDGER_BUCKET}" in text and PARENT_ROLE in text and "s3:if-none-match" in text
+    assert "${" not in text
+    policy = parse_policy(json.loads(text))
+    create = {"s3:if-none-match": "*", "s3:object-lock-mode": "COMPLIANCE"}
+    # The enclave's calls, signed with the parent role's credentials.
+    assert _s3(policy, PARENT_SESSION, "s3:PutObject", **create) is Decision.ALLOW
+    assert _s3(policy, PARENT_SESSION, "s3:PutObjectRetention", **create) is Decision.ALLOW
+    assert _s3(policy, PARENT_SESSION, "s3:GetObject") is Decision.ALLOW
+    assert _s3(policy, PARENT_SESSION, "s3:GetObjectRetention") is Decision.ALLOW
+    assert _s3(policy, PARENT_SESSION, "s3:ListBucket", f"arn:aws:s3:::{LEDGER_BUCKET}") is Decision.ALLOW
+    # Overwrites, weaker locks, deletes and unlocking: nobody, whatever IAM grants them.
+    for who in (PARENT_SESSION, OWNER, f"arn:aws:iam::{ACCOUNT}:root"):
+        assert _s3(policy, who, "s3:PutObject", **{"s3:object-lock-mode": "COMPLIANCE"}) is Decision.EXPLICIT_DENY
+        assert _s3(policy, who, "s3:PutObject", **{"s3:if-none-match": "*"}) is Decision.EXPLICIT_DENY
+        assert _s3(policy, who, "s3:PutObject", **{"s3:if-none-match": "*", "s3:object-lock-mode": "GOVERNANCE"}) \
+            is Decision.EXPLICIT_DENY
+        assert _s3(policy, who, "s3:PutObjectRetention", **{"s3:object-lock-mode": "GOVERNANCE"}) \
+            is Decision.EXPLICIT_DENY
+        for action in ("s3:DeleteObject", "s3:DeleteObjectVersion", "s3:BypassGovernanceRetention",
+                       "s3:PutObjectLegalHold"):
+            assert _s3(policy, who, action) is Decision.EXPLICIT_DENY, action
+        for action in ("s3:PutBucketObjectLockConfiguration", "s3:PutLifecycleConfiguration"):
+            assert _s3(policy, who, action, f"arn:aws:s3:::{LEDGER_BUCKET}") is Decision.EXPLICIT_DENY, action
+    # Plain HTTP: refused even for what is otherwise allowed.
+    insecure = RequestContext(PARENT_SESSION, "s3:GetObject", SLOT, {"aws:SecureTransport": "false"})
+    assert evaluate(policy, insecure) is Decision.EXPLICIT_DENY
+    # Others get nothing from this policy (the bucket's account decides through IAM).
+    assert _s3(policy, OWNER, "s3:GetObject") is Decision.IMPLICIT_DENY
+
+
+def test_bad_ledger_bucket_fails_without_output(tmp_path: Path) -> None:
+    measurements = tmp_path / "measurements.json"
+    measurements.write_text(json.dumps(_nitro_cli_measurements()))
+    out = tmp_path / "rendered"
+    result = make_policies(POLICY_MEASUREMENTS=str(measurements), POLICY_OUT=str(out), OWNER_ARN=OWNER,
+                           MODEL_OWNER_ARN=MODEL_OWNER, PARENT_ROLE_ARN=PARENT_ROLE, LEDGER_BUCKET="Not_A_Bucket")
+    assert result.returncode != 0
+    assert "is not a valid S3 bucket name" in result.stderr
+    assert not (out / "ledger-bucket.json").exists()

@@ -1,12 +1,14 @@
 """Structural checks of terraform/: what the deployment promises, asserted on the parsed HCL."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from enclave.ledger.s3 import InvalidLedgerLocation, parse_s3_location
 from tests.terraform.conftest import (
     EXAMPLE_DIR,
     MODULE_DIR,
@@ -142,8 +144,13 @@ def test_endpoint_policies_name_only_hermetic_resources(module: TfModule) -> Non
     assert kms[0]["resources"] == ["${local.data_owner_key_arn}", "${local.model_owner_key_arn}"]
     assert block(kms[0], "principals")["identifiers"] == ["${aws_iam_role.parent.arn}"]
     s3 = {s["sid"]: s for s in statements(module.policy_document("s3_endpoint"))}
-    assert set(s3) == {"HermeticBuckets", "ListReleases", "AmazonLinuxRepositories"}
+    assert set(s3) == {"HermeticBuckets", "ListReleases", "LedgerSlots", "ListLedger", "AmazonLinuxRepositories"}
     assert s3["ListReleases"]["resources"] == ["${aws_s3_bucket.artifacts.arn}"]
+    assert s3["LedgerSlots"]["resources"] == ["${aws_s3_bucket.ledger.arn}/*"]
+    assert sorted(s3["LedgerSlots"]["actions"]) == ["s3:GetObject", "s3:GetObjectRetention", "s3:PutObject",
+                                                   "s3:PutObjectRetention"]
+    assert (s3["ListLedger"]["actions"], s3["ListLedger"]["resources"]) == (["s3:ListBucket"],
+                                                                            ["${aws_s3_bucket.ledger.arn}"])
     assert s3["AmazonLinuxRepositories"]["actions"] == ["s3:GetObject"]
     assert s3["AmazonLinuxRepositories"]["resources"] == [
         "arn:${local.partition}:s3:::al2023-repos-${local.region}-de612dc2/*"
@@ -188,14 +195,15 @@ def test_default_security_group_is_emptied(module: TfModule) -> None:
 
 # --------------------------------------------------------------------------- S3
 
-BUCKETS = {"sealed", "results", "artifacts", "logs"}
+BUCKETS = {"sealed", "results", "artifacts", "logs", "ledger"}
+SHARED_BUCKETS = {"sealed", "results", "artifacts", "logs"}  # local.all_buckets; the ledger is configured on its own
 DATA_BUCKETS = {"sealed", "results", "artifacts"}
 
 
 def _bucket_set(module: TfModule, body: dict[str, Any]) -> set[str]:
     """The buckets one per-bucket configuration resource applies to."""
     if "for_each" in body:
-        groups = {"${local.data_buckets}": DATA_BUCKETS, "${local.all_buckets}": BUCKETS}
+        groups = {"${local.data_buckets}": DATA_BUCKETS, "${local.all_buckets}": SHARED_BUCKETS}
         assert body["for_each"] in groups, body["for_each"]
         assert ref(body["bucket"]) == "each.value.id"
         return groups[body["for_each"]]
@@ -240,7 +248,7 @@ def test_every_bucket_blocks_all_public_access(module: TfModule) -> None:
 def test_data_buckets_use_sse_kms_and_logs_use_the_only_encryption_log_delivery_supports(module: TfModule) -> None:
     covered = _covered(module, "aws_s3_bucket_server_side_encryption_configuration")
     assert set(covered) == BUCKETS
-    for name in DATA_BUCKETS:
+    for name in DATA_BUCKETS | {"ledger"}:
         default = block(block(covered[name], "rule"), "apply_server_side_encryption_by_default")
         assert default["sse_algorithm"] == "aws:kms"
         assert ref(default["kms_master_key_id"]) == "aws_kms_key.storage.arn"
@@ -250,10 +258,11 @@ def test_data_buckets_use_sse_kms_and_logs_use_the_only_encryption_log_delivery_
 
 def test_data_buckets_log_access_and_every_bucket_has_a_lifecycle(module: TfModule) -> None:
     logging = _covered(module, "aws_s3_bucket_logging")
-    assert set(logging) == DATA_BUCKETS
+    assert set(logging) == DATA_BUCKETS | {"ledger"}
     assert all(ref(b["target_bucket"]) == "aws_s3_bucket.logs.id" for b in logging.values())
     lifecycle = _covered(module, "aws_s3_bucket_lifecycle_configuration")
-    assert set(lifecycle) == BUCKETS
+    # Not the ledger: expiring current versions would hide locked slots behind delete markers.
+    assert set(lifecycle) == BUCKETS - {"ledger"}
     for name, body in lifecycle.items():
         rule = block(body, "rule")
         assert rule["status"] == "Enabled"
@@ -276,11 +285,63 @@ def test_every_bucket_policy_denies_plain_http(module: TfModule) -> None:
         (bucket,) = _bucket_set(module, body)
         tls_ref = f'data.aws_iam_policy_document.tls_only["{bucket}"].json'
         document = ref(body["policy"])
+        if bucket == "ledger":
+            # Rendered by `make policies`; its template carries the same TLS deny.
+            assert document == "var.ledger_bucket_policy"
+            template = json.loads((REPO / "kms-policies" / "ledger-bucket.template.json").read_text("utf-8"))
+            tls_deny = {s["Sid"]: s for s in template["Statement"]}["DenyInsecureTransport"]
+            assert (tls_deny["Effect"], tls_deny["Principal"], tls_deny["Action"]) == ("Deny", "*", "s3:*")
+            assert tls_deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+            continue
         if document == tls_ref:
             continue
         name = re.fullmatch(r"data\.aws_iam_policy_document\.(\w+)\.json", document)
         assert name, document
         assert module.policy_document(name.group(1))["source_policy_documents"] == [f"${{{tls_ref}}}"]
+
+
+def test_ledger_bucket_is_compliance_locked_and_takes_the_rendered_policy(module: TfModule, example: TfModule) -> None:
+    bucket = module.resource("aws_s3_bucket", "ledger")
+    assert bucket["object_lock_enabled"] is True
+    assert bucket["force_destroy"] is False  # locked objects could not be deleted anyway
+    assert bucket["bucket"] == "${var.name}-ledger-${local.bucket_suffix}"
+    lock = module.resource("aws_s3_bucket_object_lock_configuration", "ledger")
+    assert ref(lock["bucket"]) == "aws_s3_bucket.ledger.id"
+    retention = block(block(lock, "rule"), "default_retention")
+    assert retention == {"mode": "COMPLIANCE", "days": "${var.ledger_retention_days}"}
+    assert module.variables["ledger_retention_days"]["default"] >= 3650
+
+    policy = module.resource("aws_s3_bucket_policy", "ledger")
+    assert ref(policy["policy"]) == "var.ledger_bucket_policy"
+    # The policy forbids lock-configuration changes, so the lock is set before it.
+    assert "${aws_s3_bucket_object_lock_configuration.ledger}" in policy["depends_on"]
+    conditions = [p["condition"] for p in blocks(block(policy, "lifecycle"), "precondition")]
+    assert any("var.ledger_bucket_policy != null" in c for c in conditions)
+    assert any("local.parent_role_arn" in c for c in conditions)
+    assert any("s3:if-none-match" in c for c in conditions)
+    assert any(":s3:::${var.name}-ledger-${local.bucket_suffix}/*" in c for c in conditions)
+
+    argument = example.modules["hermetic"]["ledger_bucket_policy"]
+    assert "local.ledger_policy" in argument and "file(" in argument
+    assert example.locals["ledger_policy"] == "${local.policy_dir}/ledger-bucket.json"
+    location = module.outputs["ledger_location"]["value"]
+    assert location == "s3://${aws_s3_bucket.ledger.id}/${var.ledger_prefix}?owner=${local.account_id}"
+    assert example.outputs["ledger_location"]["value"] == "${module.hermetic.ledger_location}"
+
+
+def test_ledger_prefix_validation_matches_the_enclaves_parser(module: TfModule) -> None:
+    condition = block(module.variables["ledger_prefix"], "validation")["condition"]
+    pattern = re.search(r'regex\("(.+)", var\.ledger_prefix\)', condition)
+    assert pattern, condition
+    regex = re.compile(pattern.group(1).replace("\\\\", "\\"))
+    for prefix in ("ledger/default", "a", "x_1/y-2/z.3", "a/.b", "a//b", "a/", "/a", "a/..", ".", "a b", "é"):
+        try:
+            parse_s3_location(f"s3://bucket/{prefix}?owner=123456789012")
+            enclave_accepts = True
+        except InvalidLedgerLocation:
+            enclave_accepts = False
+        assert bool(regex.fullmatch(prefix)) == enclave_accepts, prefix
+    assert regex.fullmatch(module.variables["ledger_prefix"]["default"])
 
 
 # --------------------------------------------------------------------------- KMS
@@ -349,7 +410,7 @@ def test_parent_role_is_least_privilege(module: TfModule) -> None:
     document = module.policy_document("parent")
     by_sid = {s["sid"]: s for s in statements(document)}
     assert set(by_sid) == {"ReadSealedDatasets", "ReadArtifacts", "ListReleases", "WriteResults", "AttestedKeyUse",
-                           "StorageKeyThroughS3"}
+                           "StorageKeyThroughS3", "CreateLedgerSlots", "ReadLedgerSlots", "ListLedgerSlots"}
     for statement in by_sid.values():
         assert statement["effect"] == "Allow"
         assert "*" not in statement["resources"]
@@ -366,6 +427,16 @@ def test_parent_role_is_least_privilege(module: TfModule) -> None:
         ["s3:PutObject"], ["${aws_s3_bucket.results.arn}/*"])
     assert sorted(by_sid["AttestedKeyUse"]["actions"]) == ["kms:Decrypt", "kms:GenerateDataKey"]
     assert by_sid["AttestedKeyUse"]["resources"] == ["${local.data_owner_key_arn}", "${local.model_owner_key_arn}"]
+    # The enclave's ledger calls: create only with If-None-Match, read with the lock headers, list.
+    assert (sorted(by_sid["CreateLedgerSlots"]["actions"]), by_sid["CreateLedgerSlots"]["resources"]) == (
+        ["s3:PutObject", "s3:PutObjectRetention"], ["${aws_s3_bucket.ledger.arn}/*"])
+    conditional = block(by_sid["CreateLedgerSlots"], "condition")
+    assert (conditional["test"], conditional["variable"], conditional["values"]) == ("Null", "s3:if-none-match",
+                                                                                     ["false"])
+    assert (sorted(by_sid["ReadLedgerSlots"]["actions"]), by_sid["ReadLedgerSlots"]["resources"]) == (
+        ["s3:GetObject", "s3:GetObjectRetention"], ["${aws_s3_bucket.ledger.arn}/*"])
+    assert (by_sid["ListLedgerSlots"]["actions"], by_sid["ListLedgerSlots"]["resources"]) == (
+        ["s3:ListBucket"], ["${aws_s3_bucket.ledger.arn}"])
     via = block(by_sid["StorageKeyThroughS3"], "condition")
     assert (via["variable"], via["values"]) == ("kms:ViaService", ["s3.${local.region}.amazonaws.com"])
 

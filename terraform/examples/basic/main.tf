@@ -1,11 +1,12 @@
 # Example root: one Hermetic deployment with both keys created here. Render the key
-# policies first (`make policies`, see docs/DEPLOY.md); this root only reads them, so
-# kms-policies/*.template.json stays the single source of truth.
+# policies and the ledger's bucket policy first (`make policies`, see docs/DEPLOY.md);
+# this root only reads them, so kms-policies/*.template.json stays the single source of truth.
 
 locals {
   policy_dir         = coalesce(var.policy_dir, "${path.module}/../../../kms-policies/rendered")
   data_owner_policy  = "${local.policy_dir}/data-owner.json"
   model_owner_policy = "${local.policy_dir}/model-owner.json"
+  ledger_policy      = "${local.policy_dir}/ledger-bucket.json"
 }
 
 module "hermetic" {
@@ -24,4 +25,5 @@ module "hermetic" {
   # null when the file is missing: the module then stops with "run `make policies`".
   data_owner_key_policy  = fileexists(local.data_owner_policy) ? file(local.data_owner_policy) : null
   model_owner_key_policy = fileexists(local.model_owner_policy) ? file(local.model_owner_policy) : null
+  ledger_bucket_policy   = fileexists(local.ledger_policy) ? file(local.ledger_policy) : null
 }

@@ -26,6 +26,14 @@ output "artifacts_bucket" {
   value = module.hermetic.artifacts_bucket
 }
 
+output "ledger_bucket" {
+  value = module.hermetic.ledger_bucket
+}
+
+output "ledger_location" {
+  value = module.hermetic.ledger_location
+}
+
 output "kms_endpoint_host" {
   value = module.hermetic.kms_endpoint_host
 }

@@ -72,6 +72,38 @@ data "aws_iam_policy_document" "parent" {
     resources = ["${aws_s3_bucket.results.arn}/*"]
   }
 
+  # The budget ledger (enclave/ledger/s3.py): the enclave signs these with the parent's
+  # credentials. Slots are created only with If-None-Match; the bucket policy refuses
+  # every delete, overwrite or weaker lock, whatever this role is granted.
+  statement {
+    sid       = "CreateLedgerSlots"
+    effect    = "Allow"
+    actions   = ["s3:PutObject", "s3:PutObjectRetention"]
+    resources = ["${aws_s3_bucket.ledger.arn}/*"]
+
+    condition {
+      test     = "Null"
+      variable = "s3:if-none-match"
+      values   = ["false"]
+    }
+  }
+
+  # GetObjectRetention: without it S3 leaves the lock mode and date out of GetObject,
+  # and the enclave would see every slot as unprotected.
+  statement {
+    sid       = "ReadLedgerSlots"
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:GetObjectRetention"]
+    resources = ["${aws_s3_bucket.ledger.arn}/*"]
+  }
+
+  statement {
+    sid       = "ListLedgerSlots"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.ledger.arn]
+  }
+
   # The enclave signs these requests with the parent's credentials; the key policies
   # add the kms:RecipientAttestation:* conditions.
   statement {

@@ -142,6 +142,31 @@ data "aws_iam_policy_document" "s3_endpoint" {
     }
   }
 
+  # The enclave's budget-ledger calls leave through the parent, hence this endpoint.
+  statement {
+    sid       = "LedgerSlots"
+    effect    = "Allow"
+    actions   = ["s3:GetObject", "s3:GetObjectRetention", "s3:PutObject", "s3:PutObjectRetention"]
+    resources = ["${aws_s3_bucket.ledger.arn}/*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = [aws_iam_role.parent.arn]
+    }
+  }
+
+  statement {
+    sid       = "ListLedger"
+    effect    = "Allow"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.ledger.arn]
+
+    principals {
+      type        = "AWS"
+      identifiers = [aws_iam_role.parent.arn]
+    }
+  }
+
   statement {
     sid       = "AmazonLinuxRepositories"
     effect    = "Allow"

@@ -48,3 +48,12 @@ output "kms_endpoint_host" {
   description = "The only host on the vsock-proxy allow-list."
   value       = local.kms_endpoint_host
 }
+
+output "ledger_bucket" {
+  value = aws_s3_bucket.ledger.id
+}
+
+output "ledger_location" {
+  description = "A budget ledger location (s3://BUCKET/PREFIX?owner=ACCOUNT) for sealing one dataset; use another prefix for each further dataset."
+  value       = "s3://${aws_s3_bucket.ledger.id}/${var.ledger_prefix}?owner=${local.account_id}"
+}

@@ -297,3 +297,103 @@ resource "aws_s3_bucket_policy" "logs" {
   policy     = data.aws_iam_policy_document.logs.json
   depends_on = [aws_s3_bucket_public_access_block.all]
 }
+
+# ------------------------------------------------------------------ budget ledger
+# Each sealed dataset's budget ledger: numbered write-once slots the enclave writes with
+# If-None-Match and COMPLIANCE Object Lock (enclave/ledger/s3.py). The bucket policy,
+# rendered by `make policies` from kms-policies/ledger-bucket.template.json, forbids
+# deleting, overwriting or unlocking a slot to everyone, the parent role included.
+# Compliance retention cannot be shortened by anyone: objects stay (and are billed)
+# until it ends, and the bucket cannot be emptied or destroyed before then.
+
+resource "aws_s3_bucket" "ledger" {
+  #checkov:skip=CKV_AWS_144:A second region would be another set of slots the enclave does not read; the slots are locked in place instead.
+  #checkov:skip=CKV2_AWS_62:The enclave reads the ledger itself; no consumer exists for notifications.
+  #checkov:skip=CKV2_AWS_61:No lifecycle: expiring current versions would stack delete markers over locked slots, and the bucket policy forbids lifecycle rules.
+  bucket              = "${var.name}-ledger-${local.bucket_suffix}"
+  object_lock_enabled = true
+  # Compliance-locked objects cannot be deleted before their retention ends, so
+  # force_destroy could never empty this bucket: refuse to pretend otherwise.
+  force_destroy = false
+  tags          = merge(local.tags, { Name = "${var.name}-ledger", Purpose = "budget-ledger" })
+}
+
+resource "aws_s3_bucket_ownership_controls" "ledger" {
+  bucket = aws_s3_bucket.ledger.id
+  rule {
+    object_ownership = "BucketOwnerEnforced" # ACLs off
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "ledger" {
+  bucket                  = aws_s3_bucket.ledger.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+# Object Lock needs versioning; S3 refuses to suspend it on such a bucket.
+resource "aws_s3_bucket_versioning" "ledger" {
+  bucket = aws_s3_bucket.ledger.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+# The enclave sets each slot's retention itself; this default covers any object put
+# without one (which the bucket policy refuses anyway).
+resource "aws_s3_bucket_object_lock_configuration" "ledger" {
+  bucket = aws_s3_bucket.ledger.id
+  rule {
+    default_retention {
+      mode = "COMPLIANCE"
+      days = var.ledger_retention_days
+    }
+  }
+  depends_on = [aws_s3_bucket_versioning.ledger]
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "ledger" {
+  bucket = aws_s3_bucket.ledger.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.storage.arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_logging" "ledger" {
+  bucket        = aws_s3_bucket.ledger.id
+  target_bucket = aws_s3_bucket.logs.id
+  target_prefix = "s3-access/ledger/"
+}
+
+resource "aws_s3_bucket_policy" "ledger" {
+  bucket = aws_s3_bucket.ledger.id
+  policy = var.ledger_bucket_policy
+
+  # The policy denies changing the lock configuration: set it first.
+  depends_on = [aws_s3_bucket_public_access_block.ledger, aws_s3_bucket_object_lock_configuration.ledger]
+
+  lifecycle {
+    precondition {
+      condition     = var.ledger_bucket_policy != null
+      error_message = "Set ledger_bucket_policy: run `make policies LEDGER_BUCKET=${var.name}-ledger-${local.bucket_suffix}` (kms-policies/rendered/ledger-bucket.json)."
+    }
+    precondition {
+      condition     = strcontains(coalesce(var.ledger_bucket_policy, "-"), "arn:${local.partition}:s3:::${var.name}-ledger-${local.bucket_suffix}/*")
+      error_message = "The ledger bucket policy names another bucket; render it with LEDGER_BUCKET=${var.name}-ledger-${local.bucket_suffix}."
+    }
+    precondition {
+      condition     = strcontains(coalesce(var.ledger_bucket_policy, "-"), local.parent_role_arn)
+      error_message = "The ledger bucket policy does not name this deployment's parent role; render it with PARENT_ROLE_ARN=${local.parent_role_arn}."
+    }
+    precondition {
+      condition     = can(regex("s3:if-none-match", coalesce(var.ledger_bucket_policy, "-")))
+      error_message = "The ledger bucket policy has no conditional-write rule; render it from kms-policies/ledger-bucket.template.json."
+    }
+  }
+}

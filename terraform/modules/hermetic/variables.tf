@@ -190,3 +190,36 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "ledger_bucket_policy" {
+  description = "Rendered bucket policy of the budget ledger (JSON, from `make policies LEDGER_BUCKET=<name>-ledger-<account>-<region>`)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.ledger_bucket_policy == null || can(jsondecode(var.ledger_bucket_policy).Statement)
+    error_message = "ledger_bucket_policy must be a rendered JSON bucket policy: run `make policies` (kms-policies/rendered/ledger-bucket.json)."
+  }
+}
+
+variable "ledger_retention_days" {
+  description = "Default COMPLIANCE retention of the ledger bucket, for objects put without their own (the enclave sets ten years on each slot). Nobody can delete a locked object before it ends."
+  type        = number
+  default     = 3653
+
+  validation {
+    condition     = var.ledger_retention_days >= 1 && var.ledger_retention_days <= 36500
+    error_message = "ledger_retention_days must be between 1 and 36500."
+  }
+}
+
+variable "ledger_prefix" {
+  description = "Key prefix of the first dataset's ledger in the ledger bucket (the ledger_location output); give every further dataset its own prefix."
+  type        = string
+  default     = "ledger/default"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$", var.ledger_prefix))
+    error_message = "ledger_prefix must be '/'-separated segments of letters, digits, '.', '_' and '-' (no empty, '.' or '..' segment)."
+  }
+}

@@ -148,3 +148,22 @@ def test_data_owner_policy_semantics(with_pcr8: bool) -> None:
     assert _decide(policy, OWNER, "kms:PutKeyPolicy") is Decision.ALLOW
     wrong_signer = _decide(policy, PARENT_SESSION, "kms:Decrypt", _attested(PCR0, "09" * 48))
     assert wrong_signer is (Decision.EXPLICIT_DENY if with_pcr8 else Decision.ALLOW)
+
+
+def test_render_ledger_bucket_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--template", "ledger-bucket", "--measurements", str(_measurements(tmp_path)), "--parent-role-arn", PARENT]
+    policy = _render(tmp_path, capsys, *args, "--ledger-bucket", "hermetic-ledger-111122223333-us-east-1")
+    text = json.dumps(policy)
+    assert "${" not in text and "arn:aws:s3:::hermetic-ledger-111122223333-us-east-1/*" in text
+    assert {s["Sid"] for s in policy["Statement"] if s["Principal"] == {"AWS": PARENT}} == {
+        "ParentCreatesSlots", "ParentReadsSlots", "ParentListsSlots"}
+    # Without the bucket name, or with one S3 would not create, nothing is rendered.
+    with pytest.raises(PolicyError, match=r"a value for \$\{LEDGER_BUCKET\} is required"):
+        render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT})
+    for bad in ("Hermetic-Ledger", "ab", "a..b", "10.0.0.1"):
+        with pytest.raises(PolicyError, match="bucket"):
+            render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT},
+                          {"LEDGER_BUCKET": bad})
+    with pytest.raises(PolicyError, match="unknown resource placeholder"):
+        render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT},
+                      {"BUCKET": "hermetic-ledger"})
