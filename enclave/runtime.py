@@ -217,7 +217,6 @@ class EnclaveRuntime:
             records=opened.records,
             schema_sha256=opened.header.schema_sha256,
             sealed_sha256=reader.sha256_hex,
-            plaintext_sha256=opened.plaintext_sha256,
         )
         assert job.plan is not None  # open_sealed_dataset checks the header first
         plan = job.plan

@@ -8,11 +8,15 @@ job can be checked against the data's shape without a key. The output appears
 atomically or not at all.
 
 Without an explicit id, the dataset id is derived from the input: its file name
-stem (reduced to [A-Za-z0-9._-], at most 64 characters) + "-" + the first 8 hex
-digits of the input's SHA-256 (for an input read from several files, such as an
-IDX images/labels pair, of the SHA-256 of their SHA-256s in order). The stem keeps
-ids readable; the content hash makes the id stable: the same file always gets the
-same id, and different contents under one name get different ids.
+stem (reduced to [A-Za-z0-9._-], at most 64 characters) + "-" + 8 random hex
+digits. The stem keeps ids readable; the random part keeps two sealings apart. It
+is not a hash of the content: the id is public (encryption context, certificate),
+and any digest of the private data lets a guess of the data be confirmed.
+
+Nothing the seal writes or returns holds a digest of the plaintext either: the
+sealed file's own SHA-256 (of ciphertext) identifies it, and AES-GCM proves the
+enclave opened the owner's bytes. The record count is public metadata: it is in
+the encryption context, in the clear.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import logging
 import math
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +68,9 @@ class SealResult:
     dataset_id: str
     record_count: int
     schema_sha256: str
-    sealed_sha256: str  # SHA-256 of the whole sealed file
-    plaintext_sha256: str  # SHA-256 of the Arrow IPC stream that was encrypted
+    sealed_sha256: str  # SHA-256 of the whole sealed file (ciphertext: public)
     encryption_context: Mapping[str, str] = field(default_factory=dict)
-    dataset_id_source: str = "given"  # or "derived": from the input's name and content (see above)
+    dataset_id_source: str = "given"  # or "derived": from the input's name and a random suffix (see above)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encryption_context", MappingProxyType(dict(self.encryption_context)))
@@ -79,37 +83,22 @@ class SealResult:
             "record_count": self.record_count,
             "schema_sha256": self.schema_sha256,
             "sealed_sha256": self.sealed_sha256,
-            "plaintext_sha256": self.plaintext_sha256,
             "encryption_context": dict(self.encryption_context),
         }
 
 
-DERIVED_HASH_HEX = 8
-_READ_SIZE = 1 << 20
+DERIVED_SUFFIX_HEX = 8
 
 
 def derived_dataset_id(paths: Sequence[str | os.PathLike[str]]) -> str:
-    """The stable id of a dataset read from `paths`: file stem + first 8 hex of its SHA-256."""
+    """A fresh id for a dataset read from `paths`: file stem + 8 random hex digits."""
     if not paths:
         raise ConfigError("a dataset id is required for an input that is not read from files")
-    digests = [_file_sha256(Path(p)) for p in paths]
-    digest = digests[0] if len(digests) == 1 else hashlib.sha256(b"".join(digests)).digest()
     name = Path(paths[0]).name
     for suffix in (".gz",):
         name = name.removesuffix(suffix)
     stem = _ID_CHARS.sub("-", Path(name).stem).strip("-.") or "dataset"
-    return f"{stem[:64]}-{digest.hex()[:DERIVED_HASH_HEX]}"
-
-
-def _file_sha256(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_READ_SIZE):
-                digest.update(chunk)
-    except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err.strerror}") from None
-    return digest.digest()
+    return f"{stem[:64]}-{secrets.token_hex(DERIVED_SUFFIX_HEX // 2)}"
 
 
 def _validate(
@@ -135,18 +124,16 @@ def _validate(
         raise ConfigError(f"chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
 
 
-class _HashingSink:
-    """Write target that hashes what passes through and forwards it."""
+class _Sink:
+    """Write target that forwards what passes through (the file-like shape Arrow's writer wants)."""
 
     def __init__(self, target: Any) -> None:
         self._target = target
-        self._hash = hashlib.sha256()
         self._pos = 0
         self.closed = False
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
-        self._hash.update(view)
         self._target.write(view)
         self._pos += view.nbytes
         return view.nbytes
@@ -162,6 +149,18 @@ class _HashingSink:
 
     def writable(self) -> bool:
         return True
+
+
+class _HashingSink(_Sink):
+    """A `_Sink` that also hashes what passes through (the sealed file: ciphertext)."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        self._hash = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self._hash.update(memoryview(data))
+        return super().write(data)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -262,8 +261,7 @@ def seal_dataset(
         writer = SealWriter(sealed_sink, header, data_key)
         del data_key  # the writer's cipher holds the only reference now
         with writer:
-            plain_sink = _HashingSink(writer)
-            written = _write_ipc(reader, schema, plain_sink, batch_rows, progress)
+            written = _write_ipc(reader, schema, _Sink(writer), batch_rows, progress)
         if written != record_count:
             raise DatasetError(
                 f"dataset yielded {written} records but was counted as {record_count}; "
@@ -276,7 +274,6 @@ def seal_dataset(
         record_count=record_count,
         schema_sha256=schema_hash,
         sealed_sha256=sealed_sink.hexdigest(),
-        plaintext_sha256=plain_sink.hexdigest(),
         encryption_context=ctx,
         dataset_id_source=source,
     )
@@ -285,7 +282,7 @@ def seal_dataset(
 def _write_ipc(
     reader: DatasetReader,
     schema: pa.Schema,
-    sink: BinaryIO | _HashingSink,
+    sink: BinaryIO | _Sink,
     batch_rows: int,
     progress: Callable[[int], None] | None,
 ) -> int:

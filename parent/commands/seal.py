@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="data owner name, bound into the encryption context (required, except under --local: "
                         "the data-owner identity's name)")
     p.add_argument("--dataset-id", default=None,
-                   help="dataset id (default: derived from the input, file stem + first 8 hex of its SHA-256)")
+                   help="dataset id (default: the input's file stem + 8 random hex digits)")
     add_kms_arguments(p)
     add_local_argument(p, "data-owner")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
@@ -91,10 +91,10 @@ def _print(result: SealResult, *, as_json: bool) -> None:
         return
     ctx = result.encryption_context
     print(f"sealed {result.record_count} records -> {result.out_path}")
-    how = " (derived: file stem + SHA-256 of the input)" if result.dataset_id_source == "derived" else ""
+    how = " (derived: file stem + random suffix)" if result.dataset_id_source == "derived" else ""
     print(f"  dataset_id       {result.dataset_id}{how}")
     print(f"  owner            {ctx['owner']}")
     print(f"  budget           epsilon={ctx['max_epsilon']} delta={ctx['delta']}")
     print(f"  schema_sha256    {result.schema_sha256}")
-    print(f"  plaintext_sha256 {result.plaintext_sha256}")
     print(f"  sealed_sha256    {result.sealed_sha256}")
+    print(f"  the record count ({result.record_count}) and the schema are public metadata of the sealed file")
