@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
 import pytest
@@ -24,9 +23,8 @@ from enclave.wiring import RuntimeConfig, SocketEnclave
 from parent.local.mock_nsm import MockNsm
 from parent.proxy.artifacts import ArtifactSink
 from parent.proxy.job import RelayTarget, run_job
-from parent.sources import BytesSource
 from tests.integration.conftest import DataPath, Sealed
-from tests.integration.conftest import data_path as data_path  # noqa: F401 - the module-scoped fixture
+from tests.integration.conftest import data_path as data_path
 
 STEPS = 6
 
