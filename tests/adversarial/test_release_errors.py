@@ -19,6 +19,7 @@ from enclave.errors import DatasetError
 from enclave.runtime import OPENED_FAILURE, OPENED_FAILURE_CODE
 from enclave.training.trainer import TrainingInputs
 from enclave.transport.messages import AuditEvent, Error, encode_payload
+from parent.datasets.labels import LabelCheck
 from parent.local.mock_nsm import MockNsm
 from parent.seal import seal_dataset
 from tests.enclave.test_runtime import KEY_ARN, SETUP, TRAIN, StubKms, run_session, stream
@@ -32,17 +33,11 @@ def _seal(tmp_path: Path, name: str, labels: np.ndarray, monkeypatch: pytest.Mon
     src = tmp_path / f"{name}.npz"
     np.savez(src, image=rng.integers(0, 256, (ROWS, 784), dtype=np.uint8), label=labels)
     with monkeypatch.context() as m:
-        m.setattr("parent.seal.check_labels", lambda *a, **k: None, raising=False)
+        m.setattr("parent.seal.scan_labels", lambda _batches, column, k: LabelCheck(column, k, declared=True))
+        m.setattr("parent.seal.check_batch", lambda *_: None)
         seal_dataset(src, tmp_path / f"{name}.sealed", key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=3.0,
-                     delta=1e-5, owner="owner", dataset_id=TRAIN, **_declared())
+                     delta=1e-5, owner="owner", dataset_id=TRAIN, num_classes=10)
     return (tmp_path / f"{name}.sealed").read_bytes()
-
-
-def _declared() -> dict[str, Any]:
-    # The class count the owner declares, where seal_dataset takes one.
-    import inspect
-
-    return {"num_classes": 10} if "num_classes" in inspect.signature(seal_dataset).parameters else {}
 
 
 def _labels(bad: int, every: int) -> np.ndarray:

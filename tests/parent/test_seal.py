@@ -381,7 +381,7 @@ def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, 
     assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
     text = capsys.readouterr().out
     assert re.search(r"dataset_id       d-[0-9a-f]{8} \(derived", text)
-    assert "the record count (12) and the schema are public metadata" in text
+    assert "public metadata  the record count (12)" in text
     assert "plaintext" not in text
     assert main([*base, "--out", str(tmp_path / "b.sealed"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
