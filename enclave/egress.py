@@ -37,9 +37,8 @@ class EgressRefused(HermeticError):
     code = "egress"
 
 
-# kind -> fields the event may carry. `plaintext_sha256` is a commitment the data
-# owner publishes when sealing: releasing it reveals nothing beyond confirming a
-# guess of the whole dataset, and lets the owner check what the enclave opened.
+# kind -> fields the event may carry: public values only. No digest of private
+# plaintext: with all records but one known, hashing each candidate finds the last.
 AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "attested": frozenset({"module_id", "pcr0"}),
@@ -48,7 +47,7 @@ AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
             {"sampling_rate", "noise_multiplier", "steps", "delta", "planned_epsilon", "max_epsilon", "resumed_at"}
         ),
         "dataset_opened": frozenset(
-            {"dataset_id", "records", "schema_sha256", "sealed_sha256", "plaintext_sha256"}
+            {"dataset_id", "records", "schema_sha256", "sealed_sha256"}
         ),
     }
 )

@@ -4,9 +4,11 @@ Every error carries a one-line message meant for people; the CLI prints `str(err
 Modules define narrower subclasses next to the code that raises them, always
 deriving from one of the families below so callers can catch by family.
 
-Each family has a stable wire code, `err.code`: the enclave reports a failed job
-to the parent as `Error(code=err.code, message=str(err))`, never with a class
-name, so classes can be renamed or split without changing the protocol.
+Each family has a stable wire code, `err.code`: the enclave reports a job that failed
+before any data key was used as `Error(code=err.code, message=str(err))`, never with a
+class name, so classes can be renamed or split without changing the protocol; after
+a data key was used, every failure is one constant Error of code `runtime`
+(enclave.runtime.OPENED_FAILURE).
 
     code          raised as
     internal      HermeticError outside any family; and, with a fixed message,

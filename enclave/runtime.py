@@ -4,7 +4,9 @@ Session (parent -> enclave unless noted):
   Hello <-> Hello, Credentials, JobStart, TrainingJob, then per stream in JobStart
   order DatasetBegin / DatasetData... / DatasetEnd; the enclave answers through the
   egress gate with AuditEvents and the training loop's releases, then JobResult and
-  Goodbye, or Error (a code from enclave.errors) on any failure.
+  Goodbye, or Error (a code from enclave.errors) on any failure. Once a data key has
+  come back from KMS, every failure is the one constant Error OPENED_FAILURE, and the
+  log gets the exception's class only: any reason could quote private data.
 
 Credentials refresh: after the first Credentials the parent may send Credentials
 again at any point, between set-up messages, between the frames of a dataset stream
@@ -70,6 +72,10 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 INTERNAL_FAILURE = "the enclave failed unexpectedly; the reason is in its log"
+# Once a data key is in the enclave, every failure is this one Error: a reason could
+# be a function of the private data (a value, a column, where it broke).
+OPENED_FAILURE_CODE = "runtime"
+OPENED_FAILURE = "the job failed inside the enclave after the data was opened"
 
 KmsClientFactory = Callable[[Credentials], Any]
 Clock = Callable[[], datetime]
@@ -103,6 +109,25 @@ class RuntimeLimits:
 
 
 @dataclass
+class _Exposure:
+    """Whether this session has obtained a data key (and so may hold private plaintext)."""
+
+    opened: bool = False
+
+
+class _MarkingKms:
+    """The job's KMS for a data key's Decrypt: marks the session opened once a key came back."""
+
+    def __init__(self, kms: AttestedKms, exposure: _Exposure) -> None:
+        self._kms, self._exposure = kms, exposure
+
+    def decrypt(self, ciphertext_blob: bytes, encryption_context: dict[str, str], key_id: str | None = None) -> bytes:
+        key = self._kms.decrypt(ciphertext_blob, encryption_context, key_id=key_id)
+        self._exposure.opened = True
+        return key
+
+
+@dataclass
 class _Job:
     """What one session has received so far."""
 
@@ -115,6 +140,7 @@ class _Job:
     plan: PlannedRun | None = None
     public: dict[str, PublicTable] = field(default_factory=dict)
     resume: CheckpointState | None = None
+    exposure: _Exposure = field(default_factory=_Exposure)
 
 
 class EnclaveRuntime:
@@ -163,20 +189,27 @@ class EnclaveRuntime:
     def _session(self, channel: Channel) -> None:
         control = _Control(channel, self._kms_clients)
         gate = EgressGate(control)
+        exposure = _Exposure()
         try:
-            self._run_job(control, gate)
-        except HermeticError as err:
-            # The reason is a one-line message about the failed check; it never
-            # carries plaintext, keys or metrics.
-            log.warning("job failed (%s): %s", err.code, err)
-            _report(gate, Error(code=err.code, message=str(err)))
-        except Exception:
-            # An exception we did not raise on purpose may quote data in its text:
-            # the parent learns only that something failed, the log gets the rest.
-            log.exception("job failed unexpectedly")
-            _report(gate, Error(code=INTERNAL, message=INTERNAL_FAILURE))
+            self._run_job(control, gate, exposure)
+        except Exception as err:
+            if exposure.opened:
+                # The log is the parent's to read too (the Nitro console): the class
+                # and a fixed text only, never str(err) or a traceback.
+                log.error("job failed after the data was opened (%s)", type(err).__name__)
+                _report(gate, Error(code=OPENED_FAILURE_CODE, message=OPENED_FAILURE))
+            elif isinstance(err, HermeticError):
+                # Before any data key: a one-line message about a check on public
+                # inputs (spec, public header, parent messages, KMS's answer).
+                log.warning("job failed (%s): %s", err.code, err)
+                _report(gate, Error(code=err.code, message=str(err)))
+            else:
+                # An exception we did not raise on purpose: the parent learns only
+                # that something failed, the log gets the rest.
+                log.exception("job failed unexpectedly")
+                _report(gate, Error(code=INTERNAL, message=INTERNAL_FAILURE))
 
-    def _run_job(self, channel: _Control, gate: EgressGate) -> None:
+    def _run_job(self, channel: _Control, gate: EgressGate, exposure: _Exposure) -> None:
         hello = self._expect(channel, Hello)
         if hello.protocol_version != PROTOCOL_VERSION:
             raise ProtocolError(f"parent speaks protocol {hello.protocol_version}, enclave {PROTOCOL_VERSION}")
@@ -186,7 +219,7 @@ class EnclaveRuntime:
         channel.accept_refreshes(creds, kms)
         start = self._expect(channel, JobStart)
         spec = JobSpec.from_toml(self._expect(channel, TrainingJob).spec_toml)
-        job = _Job(start.job_id, spec, kms, train_id=_train_id(spec, start.datasets))
+        job = _Job(start.job_id, spec, kms, train_id=_train_id(spec, start.datasets), exposure=exposure)
         for index, stream_id in enumerate(start.datasets):
             begin = self._expect(channel, DatasetBegin)
             reader = DatasetStreamReader(
@@ -207,7 +240,9 @@ class EnclaveRuntime:
         def budget(header: SealedHeader) -> None:
             job.plan = plan_run(job.spec, header)
 
-        opened = open_sealed_dataset(reader, expected_dataset_id=job.train_id, kms=job.kms, check_header=budget)
+        opened = open_sealed_dataset(
+            reader, expected_dataset_id=job.train_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget
+        )
         if not reader.finished:
             raise RuntimeFailure(f"dataset {job.train_id!r} stream did not end with its digest")
         job.train, job.train_sealed_sha256 = opened, reader.sha256_hex
@@ -217,7 +252,6 @@ class EnclaveRuntime:
             records=opened.records,
             schema_sha256=opened.header.schema_sha256,
             sealed_sha256=reader.sha256_hex,
-            plaintext_sha256=opened.plaintext_sha256,
         )
         assert job.plan is not None  # open_sealed_dataset checks the header first
         plan = job.plan
@@ -241,7 +275,8 @@ class EnclaveRuntime:
     def _receive_resume(self, reader: DatasetStreamReader, job: _Job) -> None:
         data = _read_bounded(reader, self._limits.max_checkpoint_bytes, "checkpoint")
         job.resume = open_checkpoint(
-            data, decrypt=job.kms.decrypt, expected_job_id=job.job_id, expected_spec_sha256=job.spec.sha256
+            data, decrypt=_MarkingKms(job.kms, job.exposure).decrypt, expected_job_id=job.job_id,
+            expected_spec_sha256=job.spec.sha256,
         )
 
     def _train(self, job: _Job, gate: EgressGate) -> str:

@@ -13,6 +13,16 @@ what it holds: its file name stem (reduced to [A-Za-z0-9._-], at most 64 charact
 The id is public (it is in the sealed file's header), so a hash of the content would
 let anyone who knows all records but one test guesses of the last; the path keeps the id
 stable for a file sealed again where it is, by the same owner.
+
+Nothing the seal writes or returns holds a digest of the plaintext either: the
+sealed file's own SHA-256 (of ciphertext) identifies it, and AES-GCM proves the
+enclave opened the owner's bytes. The record count is public metadata: it is in
+the encryption context, in the clear.
+
+The label column (default "label") is checked row by row before KMS is asked for a
+key: integers in [0, K), K the class count the owner declares (`num_classes`, or
+max(label) + 1, reported as chosen). K goes into the label field's metadata, so into
+the public schema in the header (`parent.datasets.labels`).
 """
 from __future__ import annotations
 
@@ -40,9 +50,10 @@ from enclave.sealed.format import (
     SealedHeader,
     build_encryption_context,
 )
-from enclave.sealed.records import schema_bytes, schema_sha256
+from enclave.sealed.records import declare_num_classes, schema_bytes, schema_sha256
 from enclave.sealed.stream import SealWriter
 from parent.datasets import DEFAULT_BATCH_ROWS, DatasetReader, open_dataset
+from parent.datasets.labels import DEFAULT_LABEL_COLUMN, LabelCheck, check_batch, label_type_problem, scan_labels
 from parent.storage import open_atomic
 
 log = logging.getLogger(__name__)
@@ -63,10 +74,10 @@ class SealResult:
     dataset_id: str
     record_count: int
     schema_sha256: str
-    sealed_sha256: str  # SHA-256 of the whole sealed file
-    plaintext_sha256: str  # SHA-256 of the Arrow IPC stream that was encrypted
+    sealed_sha256: str  # SHA-256 of the whole sealed file (ciphertext: public)
     encryption_context: Mapping[str, str] = field(default_factory=dict)
-    dataset_id_source: str = "given"  # or "derived": from the input's name and content (see above)
+    dataset_id_source: str = "given"  # or "derived": from the owner and the input's path (see above)
+    labels: LabelCheck | None = None  # None: the dataset has no label column
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encryption_context", MappingProxyType(dict(self.encryption_context)))
@@ -79,8 +90,10 @@ class SealResult:
             "record_count": self.record_count,
             "schema_sha256": self.schema_sha256,
             "sealed_sha256": self.sealed_sha256,
-            "plaintext_sha256": self.plaintext_sha256,
             "encryption_context": dict(self.encryption_context),
+            "label_column": self.labels.column if self.labels else None,
+            "num_classes": self.labels.num_classes if self.labels else None,
+            "num_classes_source": ("given" if self.labels.declared else "derived") if self.labels else None,
         }
 
 
@@ -123,18 +136,16 @@ def _validate(
         raise ConfigError(f"chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
 
 
-class _HashingSink:
-    """Write target that hashes what passes through and forwards it."""
+class _Sink:
+    """Write target that forwards what passes through (the file-like shape Arrow's writer wants)."""
 
     def __init__(self, target: Any) -> None:
         self._target = target
-        self._hash = hashlib.sha256()
         self._pos = 0
         self.closed = False
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
-        self._hash.update(view)
         self._target.write(view)
         self._pos += view.nbytes
         return view.nbytes
@@ -150,6 +161,18 @@ class _HashingSink:
 
     def writable(self) -> bool:
         return True
+
+
+class _HashingSink(_Sink):
+    """A `_Sink` that also hashes what passes through (the sealed file: ciphertext)."""
+
+    def __init__(self, target: Any) -> None:
+        super().__init__(target)
+        self._hash = hashlib.sha256()
+
+    def write(self, data: Any) -> int:
+        self._hash.update(memoryview(data))
+        return super().write(data)
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -195,13 +218,16 @@ def seal_dataset(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: Callable[[int], None] | None = None,
+    num_classes: int | None = None,
+    label_column: str | None = None,
 ) -> SealResult:
     """Seal a dataset into `out_path`.
 
     `input_path` may also be an already opened DatasetReader (the CLI passes
     one so the record count is not computed twice). `progress`, if given, is
     called with the number of records sealed in each batch (an increment,
-    the shape tqdm's update() takes).
+    the shape tqdm's update() takes). Without `label_column` the labels are the
+    column "label" if there is one; naming a column or a class count requires it.
     """
     reader = input_path if isinstance(input_path, DatasetReader) else open_dataset(input_path)
     source = "given"
@@ -214,6 +240,9 @@ def seal_dataset(
 
     schema = reader.schema()
     record_count = reader.count()
+    labels = _check_labels(reader, schema, label_column, num_classes, batch_rows)
+    if labels is not None:
+        schema = declare_num_classes(schema, labels.column, labels.num_classes)
     public_schema = schema_bytes(schema)
     if len(public_schema) > MAX_SCHEMA_SIZE:
         raise ConfigError(
@@ -250,8 +279,7 @@ def seal_dataset(
         writer = SealWriter(sealed_sink, header, data_key)
         del data_key  # the writer's cipher holds the only reference now
         with writer:
-            plain_sink = _HashingSink(writer)
-            written = _write_ipc(reader, schema, plain_sink, batch_rows, progress)
+            written = _write_ipc(reader, schema, _Sink(writer), batch_rows, progress, labels)
         if written != record_count:
             raise DatasetError(
                 f"dataset yielded {written} records but was counted as {record_count}; "
@@ -264,18 +292,33 @@ def seal_dataset(
         record_count=record_count,
         schema_sha256=schema_hash,
         sealed_sha256=sealed_sink.hexdigest(),
-        plaintext_sha256=plain_sink.hexdigest(),
         encryption_context=ctx,
         dataset_id_source=source,
+        labels=labels,
     )
+
+
+def _check_labels(
+    reader: DatasetReader, schema: pa.Schema, column: str | None, num_classes: int | None, batch_rows: int
+) -> LabelCheck | None:
+    """One pass over the labels before any key exists; None when there is no label column to check."""
+    name = DEFAULT_LABEL_COLUMN if column is None else column
+    if column is None and num_classes is None and name not in schema.names:
+        log.info("no %r column: the sealed dataset declares no class count", name)
+        return None
+    problem = label_type_problem(schema, name)
+    if problem is not None:
+        raise DatasetError(problem)
+    return scan_labels(reader.iter_batches(batch_rows), name, num_classes)
 
 
 def _write_ipc(
     reader: DatasetReader,
     schema: pa.Schema,
-    sink: BinaryIO | _HashingSink,
+    sink: BinaryIO | _Sink,
     batch_rows: int,
     progress: Callable[[int], None] | None,
+    labels: LabelCheck | None = None,
 ) -> int:
     written = 0
     try:
@@ -283,6 +326,8 @@ def _write_ipc(
             for batch in reader.iter_batches(batch_rows):
                 if not batch.schema.equals(schema):
                     raise DatasetError("a record batch does not match the dataset schema")
+                if labels is not None:  # again as written: the input may have changed since the scan
+                    check_batch(batch, labels.column, labels.num_classes, written)
                 ipc.write_batch(batch)
                 written += batch.num_rows
                 if progress is not None:

@@ -8,6 +8,14 @@ are always float64 on the wire, integers are CBOR integers, nothing is optional.
 
 Constructors check types, sizes and finiteness (MalformedCertificate); whether
 the values make sense together is `enclave.certificate.checks`' job.
+
+Every epsilon is stated for `privacy_unit` "record" and `neighbouring` "zero-out":
+two datasets are neighbours when one record of one is replaced by a null record that
+contributes nothing to training. The record count N stays fixed, as it must: N is
+public (the sealed file's encryption context, declared so by the data owner at
+sealing), which add/remove neighbours would not allow. For the Poisson-subsampled
+Gaussian mechanism the zero-out privacy curves equal add/remove's, so the accountants'
+numbers are unchanged. Version 2 added these two fields.
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ from enclave.hazmat.cbor import dumps_f64
 
 __all__ = [
     "BODY_VERSION",
+    "NEIGHBOURING",
+    "PRIVACY_UNIT",
     "CertificateBody",
     "DatasetRecord",
     "MAX_BODY_SIZE",
@@ -31,7 +41,11 @@ __all__ = [
     "wire_map",
 ]
 
-BODY_VERSION = 1
+BODY_VERSION = 2
+#: The unit of privacy and the neighbouring relation every epsilon here is stated for
+#: (module docstring); the accountants cover no other.
+PRIVACY_UNIT = "record"
+NEIGHBOURING = "zero-out"
 #: A body lists datasets, metrics and ledger segments; a few hundred KiB is far above
 #: any real job and keeps a hostile file from costing more than a moment to refuse.
 MAX_BODY_SIZE = 256 * 1024
@@ -211,10 +225,18 @@ class CertificateBody:
     started_at: str
     finished_at: str
     budget: Mapping[str, float] = field(hash=False)
+    privacy_unit: str = PRIVACY_UNIT
+    neighbouring: str = NEIGHBOURING
 
     def __post_init__(self) -> None:
         if type(self.version) is not int or self.version != BODY_VERSION:
             raise MalformedCertificate(f"certificate body version must be {BODY_VERSION}")
+        if self.privacy_unit != PRIVACY_UNIT or type(self.privacy_unit) is not str:
+            raise MalformedCertificate(f"the privacy unit must be {PRIVACY_UNIT!r}, the one the accounting covers")
+        if self.neighbouring != NEIGHBOURING or type(self.neighbouring) is not str:
+            raise MalformedCertificate(
+                f"the neighbouring relation must be {NEIGHBOURING!r}: the record count is public"
+            )
         _text(self.job_id, "job_id")
         _text(self.spec_sha256, "spec_sha256")
         self._set("pcrs", _pcrs(self.pcrs))
@@ -313,6 +335,8 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "started_at": body.started_at,
         "finished_at": body.finished_at,
         "budget": dict(body.budget),
+        "privacy_unit": body.privacy_unit,
+        "neighbouring": body.neighbouring,
     }
 
 

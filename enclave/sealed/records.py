@@ -5,6 +5,11 @@ fixed_size_list<T>[prod(shape)] with the per-record shape in the field
 metadata under SHAPE_METADATA_KEY, written as dimensions joined by "x"
 (e.g. b"28x28"). `field_shape` reads it back.
 
+The label column carries the number of classes K the data owner declared when
+sealing under NUM_CLASSES_METADATA_KEY (decimal ASCII): every label is an integer in
+[0, K), checked by the sealer row by row. `field_num_classes` reads it back; a job
+whose model has another class count is refused before any key is used.
+
 The schema's IPC serialisation without schema-level metadata (`schema_bytes`) is
 public: the sealed header carries it and the encryption context binds its SHA-256
 (`schema_sha256`), so `header_schema` gives the shape of the records before any key
@@ -25,6 +30,9 @@ from enclave.sealed.errors import EncryptionContextMismatch, MalformedHeader, Ma
 from enclave.sealed.format import PAYLOAD, SealedHeader
 
 SHAPE_METADATA_KEY = b"shape"
+NUM_CLASSES_METADATA_KEY = b"hermetic.num_classes"
+# Far above any classifier's class count; keeps the declared value a small number.
+MAX_NUM_CLASSES = 1 << 20
 
 
 def format_shape(shape: tuple[int, ...]) -> bytes:
@@ -44,6 +52,29 @@ def field_shape(field: pa.Field) -> tuple[int, ...] | None:
     if not shape or any(d <= 0 for d in shape):
         raise MalformedPayload(f"column {field.name!r} has a malformed shape {raw!r}")
     return shape
+
+
+def field_num_classes(field: pa.Field) -> int | None:
+    """The class count a label column declares, or None when it declares none."""
+    raw = (field.metadata or {}).get(NUM_CLASSES_METADATA_KEY)
+    if raw is None:
+        return None
+    text = raw.decode("ascii", errors="replace")
+    if not text.isdigit() or text != str(int(text)) or not 1 <= int(text) <= MAX_NUM_CLASSES:
+        raise MalformedPayload(f"column {field.name!r} declares a malformed class count {raw[:20]!r}")
+    return int(text)
+
+
+def declare_num_classes(schema: pa.Schema, column: str, num_classes: int) -> pa.Schema:
+    """`schema` with `column` declaring `num_classes` classes in its field metadata."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= MAX_NUM_CLASSES:
+        raise MalformedPayload(f"a class count must be an integer in [1, {MAX_NUM_CLASSES}], got {num_classes!r}")
+    index = schema.get_field_index(column)
+    if index < 0:
+        raise MalformedPayload(f"the dataset has no single column {column!r}")
+    field = schema.field(index)
+    metadata = {**(field.metadata or {}), NUM_CLASSES_METADATA_KEY: str(num_classes).encode("ascii")}
+    return schema.set(index, field.with_metadata(metadata))
 
 
 def schema_bytes(schema: pa.Schema) -> bytes:

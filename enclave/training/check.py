@@ -17,8 +17,10 @@ What the trainer really requires of the data (`enclave.training.trainer.table_ar
   1x28x28: size-1 dimensions aside) or flat (784), never another arrangement of
   the same count;
 - the label column is a scalar integer column whose type can hold every class
-  index of the model (0..num_classes-1). The label *values* are private: whether
-  each lies in that range is not visible before decryption;
+  index of the model (0..num_classes-1), and it declares (field metadata
+  `hermetic.num_classes`, written by the sealer, which refused any label outside
+  [0, K)) exactly the model's class count. The label values stay private; their
+  range is public by the owner's declaration;
 - the dataset is the one the spec's data.train names, if it names one;
 - the run the spec plans fits the dataset's budget (`enclave.training.budget`).
 
@@ -33,7 +35,7 @@ import pyarrow as pa
 
 from enclave.errors import SealedDataError
 from enclave.sealed.format import PAYLOAD, SealedHeader
-from enclave.sealed.records import field_shape, header_schema
+from enclave.sealed.records import NUM_CLASSES_METADATA_KEY, field_num_classes, field_shape, header_schema
 from enclave.training.budget import PlannedRun, plan_budget
 from enclave.training.models import MODELS, ModelSpec, UnknownModel, get_spec
 from enclave.training.spec import JobSpec
@@ -106,7 +108,7 @@ def review_dataset(spec: JobSpec, header: SealedHeader) -> JobReview:
         problems.append(Problem("schema", str(err)))
     else:
         problems += _feature_problems(schema, spec.data.features, spec.model.name, model)
-        problems += _label_problems(schema, spec.data.label, model)
+        problems += _label_problems(schema, spec.data.label, spec.model.name, model)
     budget = plan_budget(spec, header)
     problems += [Problem(where, message, BUDGET) for where, message in budget.breaches]
     return JobReview(tuple(problems), budget.planned)
@@ -175,7 +177,7 @@ def _feature_problems(schema: pa.Schema, name: str, model_name: str, model: Mode
     return problems
 
 
-def _label_problems(schema: pa.Schema, name: str, model: ModelSpec | None) -> list[Problem]:
+def _label_problems(schema: pa.Schema, name: str, model_name: str, model: ModelSpec | None) -> list[Problem]:
     where = "data.label"
     field, problems = _column(schema, name, where)
     if field is None:
@@ -187,4 +189,14 @@ def _label_problems(schema: pa.Schema, name: str, model: ModelSpec | None) -> li
     largest = 2 ** (kind.bit_width - (1 if pa.types.is_signed_integer(kind) else 0)) - 1
     if model is not None and largest < model.num_classes - 1:
         return [Problem(where, f"column {name!r} is {kind}, which cannot hold {classes}")]
+    try:
+        declared = field_num_classes(field)
+    except SealedDataError as err:
+        return [Problem(where, _short(err, 3 * _MAX_SHOWN))]
+    key = NUM_CLASSES_METADATA_KEY.decode()
+    if declared is None:
+        return [Problem(where, f"column {name!r} declares no class count ({key}): seal the data with --num-classes")]
+    if model is not None and declared != model.num_classes:
+        return [Problem(where, f"column {name!r} declares {declared} classes, model {model_name!r} has "
+                               f"{model.num_classes}")]
     return []

@@ -12,6 +12,10 @@ One step on a Poisson-sampled batch:
    (`enclave.training.noise.StepNoise`), off the step's critical path;
 3. that is written into `p.grad` and `optimizer.step()` called.
 
+Dropout layers are `CsprngDropout`, reseeded before every step from a fork of the
+noise Csprng (`reseed_dropout`); a layer that would draw from torch's global generator
+(nn.Dropout and its kin) is refused.
+
 Engines ("fast", the default, and "vmap", the reference) give the same clipped sum to
 float32 rounding; the noise is drawn identically whichever computes it.
 """
@@ -26,6 +30,7 @@ from torch import nn
 from enclave.hazmat.csprng import Csprng
 from enclave.training.clipping.registry import DEFAULT_ENGINE, make_engine
 from enclave.training.clipping.rules import DpSgdConfigError, positive, trainable_parameters
+from enclave.training.models import reseed_dropout
 from enclave.training.noise import StepNoise, spare_core
 
 __all__ = ["DpSgd", "StepStats"]
@@ -72,6 +77,14 @@ class DpSgd:
         self.expected_batch_size = positive(expected_batch_size, "expected_batch_size")
         if not isinstance(rng, Csprng):
             raise DpSgdConfigError("DP-SGD noise must come from the enclave Csprng")
+        for name, module in model.named_modules():
+            if isinstance(module, nn.modules.dropout._DropoutNd):
+                raise DpSgdConfigError(
+                    f"layer {name or '<root>'} ({type(module).__name__}) draws from torch's global generator; "
+                    "use CsprngDropout"
+                )
+        # Dropout masks: a stream of their own, so the noise stream is the same with or without dropout.
+        self._dropout_rng = rng.fork(b"dropout")
         trainable = trainable_parameters(model)
         if not trainable:
             raise DpSgdConfigError("the model has no trainable parameters")
@@ -102,6 +115,8 @@ class DpSgd:
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepStats:
         """One DP-SGD step on a (possibly empty) Poisson batch."""
         self.model.train()
+        # Fresh masks for this step, from the Csprng: never torch's global generator.
+        reseed_dropout(self.model, self._dropout_rng)
         result = self.engine.clipped_sum(inputs, targets)
         trainable = trainable_parameters(self.model)
         # Noise is drawn for every step and every parameter in named_parameters order,

@@ -3,7 +3,8 @@
 A job names a model; it never ships code. Each `ModelSpec.build(generator)` constructs
 the architecture on the meta device and initialises every parameter from the given
 `torch.Generator` (PyTorch's default schemes), so model construction neither reads nor
-advances torch's global generator and is reproducible from a Csprng seed.
+advances torch's global generator and is reproducible from a Csprng seed. Dropout is
+`CsprngDropout`, whose masks come from a generator seeded from the Csprng per step.
 
 Inputs are Fashion-MNIST-shaped: uint8 rows of 784 pixels. `preprocess` scales them to
 [0, 1] and standardises with the public Fashion-MNIST training-set statistics — fixed
@@ -30,6 +31,8 @@ __all__ = [
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "MODELS",
+    "CsprngDropout",
+    "DropoutUnseeded",
     "FeatureTransform",
     "FeatureTransformError",
     "InputFormatError",
@@ -41,6 +44,7 @@ __all__ = [
     "get_spec",
     "model_generator",
     "preprocess",
+    "reseed_dropout",
 ]
 
 #: Public per-pixel mean and standard deviation of the Fashion-MNIST training set (in [0, 1] units).
@@ -68,6 +72,48 @@ class ModelSpec:
     @property
     def input_features(self) -> int:
         return math.prod(self.input_shape)
+
+
+class DropoutUnseeded(ConfigError):
+    """A CsprngDropout ran in training mode before a generator was seeded for it."""
+
+
+class CsprngDropout(nn.Module):
+    """Dropout whose masks come from a generator seeded from the Csprng, never torch's global one.
+
+    `reseed_dropout(model, rng)` gives every such layer a fresh generator (DpSgd does it
+    before each step); in training mode without one it refuses to run. Under
+    torch.func.vmap(randomness="different") each sample still gets its own mask.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.generator is None:
+            raise DropoutUnseeded("dropout needs a generator seeded from the Csprng (reseed_dropout)")
+        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        return x * keep / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def __deepcopy__(self, memo: dict[int, object]) -> CsprngDropout:
+        # A copy never shares or replays the original's mask stream: it is reseeded before use.
+        return CsprngDropout(self.p).train(self.training)
+
+
+def reseed_dropout(model: nn.Module, rng: Csprng) -> None:
+    """A fresh generator, seeded with 64 bits from `rng`, for every CsprngDropout in `model`."""
+    for module in model.modules():
+        if isinstance(module, CsprngDropout):
+            module.generator = model_generator(rng)
 
 
 def _init_like_torch(module: nn.Linear | nn.Conv2d, generator: torch.Generator) -> None:
@@ -99,12 +145,12 @@ def _materialise(layers: Callable[[], nn.Module], generator: torch.Generator) ->
 
 
 def _mlp() -> nn.Module:
-    # The seed model: 784-128-10 with dropout.
+    # The seed model: 784-128-10 with dropout (masks from the Csprng).
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(784, 128),
         nn.ReLU(),
-        nn.Dropout(0.2),
+        CsprngDropout(0.2),
         nn.Linear(128, 10),
     )
 

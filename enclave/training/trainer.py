@@ -36,7 +36,7 @@ from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.ledger import PrivacyLedger
 from enclave.training.checkpoint import CheckpointState, SamplerState, model_sha256, seal_checkpoint
 from enclave.training.dpsgd import DpSgd
-from enclave.training.models import FeatureTransform, build_model, feature_transform, preprocess
+from enclave.training.models import FeatureTransform, build_model, feature_transform, get_spec, preprocess
 from enclave.training.plan import BudgetExceeded, PlannedRun
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
@@ -86,8 +86,19 @@ def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def table_arrays(table: pa.Table, features: str, label: str) -> tuple[np.ndarray, torch.Tensor]:
-    """uint8 feature rows [N, F] and int64 labels from an Arrow table."""
+class UnusableRecords(DatasetError):
+    """Records the trainer cannot use (a fixed message: it must not depend on the values)."""
+
+
+def table_arrays(
+    table: pa.Table, features: str, label: str, num_classes: int | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """uint8 feature rows [N, F] and int64 labels from an Arrow table.
+
+    With `num_classes`, every label must lie in [0, num_classes). The sealer checked
+    that and AES-GCM proves the file is the sealer's, so only a defect gets here; the
+    check still keeps a label from reaching torch's indexing, whose error would quote it.
+    """
     try:
         column = table.column(features).combine_chunks()
         labels = table.column(label).combine_chunks()
@@ -95,8 +106,16 @@ def table_arrays(table: pa.Table, features: str, label: str) -> tuple[np.ndarray
         raise DatasetError(f"dataset lacks column {err}") from None
     if not pa.types.is_fixed_size_list(column.type) or column.type.value_type != pa.uint8():
         raise DatasetError(f"column {features!r} must be fixed_size_list<uint8>, got {column.type}")
+    if not pa.types.is_integer(labels.type):
+        raise DatasetError(f"column {label!r} must hold integers, got {labels.type}")
+    # Types are public (the header's schema); null counts and values are not: fixed texts.
+    if column.null_count or column.values.null_count or labels.null_count:
+        raise UnusableRecords("a record has a missing feature or label")
     rows = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
-    y = torch.from_numpy(labels.to_numpy(zero_copy_only=False).astype(np.int64))
+    values = labels.to_numpy(zero_copy_only=False)
+    if num_classes is not None and len(values) and (values.min() < 0 or values.max() >= num_classes):
+        raise UnusableRecords("a label lies outside the declared class range")
+    y = torch.from_numpy(values.astype(np.int64))
     return rows, y
 
 
@@ -158,7 +177,8 @@ class Trainer:
             start = self._restore(model, optimizer, inp.resume)
             ledger = PrivacyLedger.from_dict(inp.resume.ledger)
             self._check_resumed_ledger(ledger, start)
-        rows, labels = table_arrays(inp.train.table, spec.data.features, spec.data.label)
+        classes = get_spec(spec.model.name).num_classes
+        rows, labels = table_arrays(inp.train.table, spec.data.features, spec.data.label, classes)
         sampler = PoissonSampler(len(rows), plan.sampling_rate, rng.fork(b"poisson-sampler"))
         net, inputs = self._trainable_inputs(model, rows)
         engine = DpSgd(
@@ -284,7 +304,9 @@ class Trainer:
         table = self._in.public.get(name)
         if table is None:
             raise DatasetError(f"the job spec evaluates on public dataset {name!r}, which was not sent")
-        rows, labels = table_arrays(table.table, self._in.spec.data.features, self._in.spec.data.label)
+        spec = self._in.spec
+        classes = get_spec(spec.model.name).num_classes
+        rows, labels = table_arrays(table.table, spec.data.features, spec.data.label, classes)
         if self._transform is not None:
             assert self._model is not None
             return table, self._transform.features(self._model, rows), labels

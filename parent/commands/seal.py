@@ -37,6 +37,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "the data-owner identity's name)")
     p.add_argument("--dataset-id", default=None,
                    help="dataset id (default: file stem + 8 hex of a hash of owner and path, never of the content)")
+    p.add_argument("--num-classes", type=int, default=None, metavar="K",
+                   help="labels are integers in [0, K); K is public, in the sealed file's schema "
+                        "(default: the largest label + 1, printed)")
+    p.add_argument("--label-column", default=None, metavar="NAME",
+                   help="the column holding the labels (default: 'label', when the dataset has one)")
     add_kms_arguments(p)
     add_local_argument(p, "data-owner")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
@@ -77,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             dataset_id=args.dataset_id,
             chunk_size=args.chunk_size,
             progress=bar.update if bar is not None else None,
+            num_classes=args.num_classes,
+            label_column=args.label_column,
         )
     finally:
         if bar is not None:
@@ -96,5 +103,11 @@ def _print(result: SealResult, *, as_json: bool) -> None:
     print(f"  owner            {ctx['owner']}")
     print(f"  budget           epsilon={ctx['max_epsilon']} delta={ctx['delta']}")
     print(f"  schema_sha256    {result.schema_sha256}")
-    print(f"  plaintext_sha256 {result.plaintext_sha256}")
     print(f"  sealed_sha256    {result.sealed_sha256}")
+    labels = result.labels
+    if labels is None:
+        print("  labels           none declared (no 'label' column): jobs will be refused; see --label-column")
+    else:
+        how = "as given" if labels.declared else "the largest label + 1; --num-classes declares another"
+        print(f"  labels           column {labels.column!r}, {labels.num_classes} classes ({how}), every label checked")
+    print(f"  public metadata  the record count ({result.record_count}), the schema and the class count")

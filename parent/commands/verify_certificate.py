@@ -109,6 +109,8 @@ def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[Seale
         "delta": body.delta,
         "accountant": verified.accountant,
         "budget": dict(body.budget),
+        "privacy_unit": body.privacy_unit,
+        "neighbouring": body.neighbouring,
         "pcrs": shown["pcrs"],
         "datasets": [
             {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,
@@ -148,6 +150,8 @@ def _print_summary(report: dict[str, Any]) -> None:
         total = report["epsilons"][report["accountant"]] + report["metrics_epsilon"]
         print(f"  DP metrics:   epsilon {report['metrics_epsilon']:.6g} more (total {total:.6g})")
     print(f"  delta:        {report['delta']:.3g}")
+    print(f"  privacy unit: one {report['privacy_unit']}; {report['neighbouring']} neighbours (one record replaced "
+          "by a null record; the record count is public)")
     print(f"  training:     {report['steps']} steps, q={report['sampling_rate']:.6g}, "
           f"sigma={report['noise_multiplier']:.6g}, C={report['max_grad_norm']:.6g}")
     for dataset in report["datasets"]:

@@ -10,6 +10,7 @@ claims and returns a report; the CLI prints the stage lines.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -48,8 +49,9 @@ class DemoReport:
     dataset_id: str = ""
     records: int = 0
     sealed_bytes: int = 0
-    owner_plaintext_sha256: str = ""
-    enclave_plaintext_sha256: str = ""
+    sealed_sha256: str = ""
+    enclave_sealed_sha256: str = ""
+    enclave_records: int = 0
     parent_plain_decrypt: str = ""
     parent_traffic_bytes: int = 0
     modified_enclave_pcr0: str = ""
@@ -179,14 +181,18 @@ def run_demo(
         sealed = out_dir / "fashion-mnist-train.sealed"
         sealed_info = json.loads(run_command("seal", hermetic_argv(
             "seal", str(dataset), "--local", str(state_dir), "--out", str(sealed), "--max-epsilon",
-            repr(recipe.epsilon), "--delta", repr(recipe.delta), "--json",
+            repr(recipe.epsilon), "--delta", repr(recipe.delta), "--num-classes", "10", "--json",
         ), logs, env=CLEAN_ENV))
         report.dataset_id = sealed_info["dataset_id"]
-        report.records = int(sealed_info["record_count"])
         report.sealed_bytes = sealed.stat().st_size
-        report.owner_plaintext_sha256 = sealed_info["plaintext_sha256"]
+        # Public values only: the record count the encryption context declares, and the
+        # SHA-256 of the sealed file (ciphertext). No digest of the plaintext exists.
+        report.records = int(sealed_info["encryption_context"]["record_count"])
+        report.sealed_sha256 = hashlib.sha256(sealed.read_bytes()).hexdigest()
+        if report.sealed_sha256 != sealed_info["sealed_sha256"]:
+            raise DemoFailed("the sealed file on disk is not the one `hermetic seal` reported")
         say(f"data owner sealed Fashion-MNIST (`hermetic seal --local`): {report.records} records, "
-            f"{report.sealed_bytes / 1e6:.1f} MB -> {sealed.name}")
+            f"{report.sealed_bytes / 1e6:.1f} MB -> {sealed.name}; record count and 10 classes declared public")
 
         report.parent_plain_decrypt = _plain_decrypt_as(state.credentials(PARENT), state.kms_endpoint, sealed)
         if report.parent_plain_decrypt != "AccessDeniedException":
@@ -202,12 +208,15 @@ def run_demo(
         event = next((e for e in outcome.get("audit_events", []) if e["kind"] == "dataset_opened"), None)
         if outcome.get("status") != "ok" or event is None:
             raise DemoFailed(f"the enclave did not open the dataset: {outcome.get('error', outcome)}")
-        report.enclave_plaintext_sha256 = str(event["plaintext_sha256"])
-        if report.enclave_plaintext_sha256 != report.owner_plaintext_sha256 or event["records"] != report.records:
-            raise DemoFailed("the enclave's plaintext differs from the owner's")
-        say(f"mock enclave decrypted {event['records']} records; plaintext SHA-256 "
-            f"{report.enclave_plaintext_sha256[:16]}… equals the owner's")
-        report.proved.append("an enclave with the measured code gets the key and the owner's exact plaintext")
+        report.enclave_sealed_sha256 = str(event["sealed_sha256"])
+        report.enclave_records = int(event["records"])
+        # AES-GCM authenticated every chunk under the owner's key, so opening this exact
+        # file is opening the owner's exact plaintext.
+        if report.enclave_sealed_sha256 != report.sealed_sha256 or report.enclave_records != report.records:
+            raise DemoFailed("the enclave opened another file than the one the owner sealed")
+        say(f"mock enclave authenticated and decrypted all {report.enclave_records} records of the sealed file "
+            f"(SHA-256 {report.enclave_sealed_sha256[:16]}…), the owner's file and declared record count")
+        report.proved.append("an enclave with the measured code gets the key and opens the owner's sealed file")
         tapped = (run_dir / "enclave.tap").read_bytes()
         leaked = _plaintext_leaks(dataset, tapped)
         if leaked:

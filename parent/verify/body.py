@@ -1,6 +1,7 @@
 """Strict decoding of privacy certificate bodies, and their JSON form for people.
 
-Only the exact canonical bytes of a v1 body decode; every field is type-checked
+Only the exact canonical bytes of a v2 body decode (v2 states the unit of privacy and
+the neighbouring relation; a v1 body, which does not, is refused); every field is type-checked
 again here, so a crafted file cannot smuggle an int where a float is attested.
 """
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _decode_segment(raw: Any, index: int) -> Mapping[str, Any]:
 
 
 def decode_body(data: bytes) -> CertificateBody:
-    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v1 body."""
+    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v2 body."""
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedCertificate("certificate body is not a byte string")
     if len(data) > MAX_BODY_SIZE:
@@ -141,4 +142,6 @@ def decode_body(data: bytes) -> CertificateBody:
         started_at=raw["started_at"],
         finished_at=raw["finished_at"],
         budget=budget,
+        privacy_unit=raw["privacy_unit"],
+        neighbouring=raw["neighbouring"],
     )

@@ -135,7 +135,7 @@ class DataPath:
         self,
         tmp_path: Path,
         records: int = 3000,
-        dataset_id: str = "patients-v1",
+        dataset_id: str | None = "patients-v1",
         width: int = 784,
         max_epsilon: float = 3.0,
     ) -> Sealed:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from enclave.runtime import OPENED_FAILURE, OPENED_FAILURE_CODE
 from enclave.sealed.format import SealedHeader
 from enclave.sealed.stream import read_header
 from parent.local.mock_nsm import MockNsm
@@ -37,7 +39,7 @@ def test_enclave_opens_what_the_owner_sealed_and_parent_sees_only_ciphertext(
 
     assert outcome.status == "ok" and outcome.detail == "handed to the training loop"
     [event] = [e for e in outcome.audit_events if e.kind == "dataset_opened"]
-    assert event.fields["plaintext_sha256"] == sealed.result.plaintext_sha256
+    assert set(event.fields) == {"dataset_id", "records", "schema_sha256", "sealed_sha256"}
     assert event.fields["records"] == 3000
     # The training loop gets exactly the records the owner sealed, in order.
     [inputs] = loop.inputs
@@ -87,14 +89,14 @@ def _header_end(path: Path) -> int:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        ("flip", "chunk 1 failed authentication"),
-        ("truncate", "without a final chunk"),
-        ("extend", "bytes follow the final chunk"),
-        ("reorder", "chunk 0 failed authentication"),
+        ("flip", "ChunkAuthenticationFailed"),
+        ("truncate", "TruncatedSealedFile"),
+        ("extend", "TrailingData"),
+        ("reorder", "ChunkAuthenticationFailed"),
     ],
 )
 def test_damaged_sealed_files_release_nothing(
-    data_path: DataPath, tmp_path: Path, damage: str, reason: str
+    data_path: DataPath, tmp_path: Path, damage: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     sealed = data_path.seal(tmp_path)
     start = _header_end(sealed.path)
@@ -110,10 +112,12 @@ def test_damaged_sealed_files_release_nothing(
         body = data[start:]
         sealed.path.write_bytes(data[:start] + body[chunk : 2 * chunk] + body[:chunk] + body[2 * chunk :])
     loop = RecordingLoop()
+    caplog.set_level(logging.ERROR, logger="enclave.runtime")
     with pytest.raises(EnclaveError) as info:
         data_path.run(sealed.result.dataset_id, sealed.path, training_loop=loop, name=damage)
-    assert info.value.remote_code == "sealed-data"
-    assert reason in info.value.remote_message
+    # Found with the data key in hand: the parent gets the one constant Error, the log the class.
+    assert (info.value.remote_code, info.value.remote_message) == (OPENED_FAILURE_CODE, OPENED_FAILURE)
+    assert f"({reason})" in caplog.text
     assert not info.value.audit_events
     assert not loop.inputs
 

@@ -39,12 +39,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["records"] == 60000
-    assert report["enclave_plaintext_sha256"] == report["owner_plaintext_sha256"]
+    assert report["enclave_sealed_sha256"] == report["sealed_sha256"]
+    assert report["enclave_records"] == report["records"]
+    assert "plaintext_sha256" not in json.dumps(report)
     assert report["parent_plain_decrypt"] == "AccessDeniedException"
     assert "AccessDenied" in report["modified_enclave_outcome"]
     assert report["modified_enclave_pcr0"] != report["pcr0"]
     assert len(report["proved"]) == 6
-    assert "equals the owner's" in proc.stdout
+    assert "the owner's file and declared record count" in proc.stdout
     # A fraction of an epoch still spends the whole budget it planned, and no more.
     assert 0 < report["epsilon"] <= 3.0
     assert report["steps"] > 0

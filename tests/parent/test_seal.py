@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,7 +108,8 @@ def test_seal_and_open_round_trip(tmp_path: Path) -> None:
     assert public.field("x").metadata == {b"shape": b"4x4"}
     assert np.array_equal(table.column("x").combine_chunks().flatten().to_numpy().reshape(-1, 4, 4), x)
     assert table.column("y").to_pylist() == y.tolist()
-    assert result.plaintext_sha256 == hashlib.sha256(plaintext).hexdigest()
+    # No digest of the plaintext is returned: nothing invites publishing or comparing one.
+    assert hashlib.sha256(plaintext).hexdigest() not in json.dumps(result.to_json())
     assert result.sealed_sha256 == hashlib.sha256(result.out_path.read_bytes()).hexdigest()
     assert dict(result.encryption_context) == dict(header.encryption_context)
     assert sorted(os.listdir(tmp_path)) == ["out.sealed", "patients.npz"]
@@ -122,7 +124,6 @@ def test_each_seal_gets_a_fresh_key_and_the_same_derived_id(tmp_path: Path) -> N
     b = seal(tmp_path, src, kms)
     assert a.dataset_id == b.dataset_id == derived_dataset_id([src], "St. Example")
     assert a.dataset_id_source == b.dataset_id_source == "derived"
-    assert a.plaintext_sha256 == b.plaintext_sha256
     assert first != b.out_path.read_bytes()
     assert len(set(kms.keys.values())) == 2
 
@@ -143,6 +144,9 @@ def test_derived_dataset_id_follows_the_path_and_owner(tmp_path: Path) -> None:
     assert derived_dataset_id([csv], "ann") == f"dataset-{expect('ann', csv)}"
     assert derived_dataset_id([images, csv], "ann") == f"train-images-idx3-ubyte-{expect('ann', images, csv)}"
     assert derived_dataset_id([csv], "bob") != derived_dataset_id([csv], "ann")
+    # A content hash in a public id would confirm a guess of the data.
+    csv.write_bytes(b"other content")
+    assert derived_dataset_id([csv], "ann") == f"dataset-{expect('ann', csv)}"
     with pytest.raises(ConfigError):
         derived_dataset_id([], "ann")
 
@@ -382,10 +386,14 @@ def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, 
             "--kms-endpoint", kms_url]
     assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
     expected = derived_dataset_id([src], "o")
-    assert f"dataset_id       {expected} (derived" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"dataset_id       {expected} (derived" in text
+    assert "public metadata  the record count (12)" in text
+    assert "plaintext" not in text
     assert main([*base, "--out", str(tmp_path / "b.sealed"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["dataset_id"], report["dataset_id_source"]) == (expected, "derived")
+    assert "plaintext_sha256" not in report
 
 
 def test_cli_local_without_an_appliance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,10 +7,9 @@ gradients summed without materialising the clipped copies. Slower than the ghost
 engine, but it handles any privatisable model, parameters shared between layers
 included, and the ghost engine checks itself against it.
 
-Dropout masks under `vmap(randomness="different")` come from torch's own generator.
-That is acceptable: the masks are independent of the data, and the Gaussian mechanism's
-guarantee holds for every fixed mask because each clipped g_i still has norm <= C. Only
-the sampling and the noise need the CSPRNG.
+Dropout masks under `vmap(randomness="different")` come from each CsprngDropout's own
+generator, seeded from the Csprng before every step (`DpSgd`), one mask per sample;
+torch's global generator is never drawn from.
 """
 from __future__ import annotations
 

@@ -33,24 +33,25 @@ def _kat_body() -> CertificateBody:
 
 
 KAT_HEX = (
-    "b46470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
+    "b66470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
     "746570730366627564676574a26564656c7461fb3ee4f8b588e368f16b6d6178"
     "5f657073696c6f6efb4008000000000000666a6f625f6964616a666c65646765"
     "7281a36171fb3fe0000000000000657369676d61fb3ff0000000000000657374"
     "6570730367657073696c6f6ea163707276fb4004000000000000676d65747269"
     "637381a5646b696e646b7075626c69635f6576616c646e616d65636163636473"
     "746570036576616c7565fb3fe80000000000006c657073696c6f6e5f636f7374"
-    "fb00000000000000006776657273696f6e0168646174617365747381a5666b65"
+    "fb00000000000000006776657273696f6e0268646174617365747381a5666b65"
     "795f6964616b677265636f726473076a646174617365745f696461646d736561"
     "6c65645f736861323536616872656e6372797074696f6e5f636f6e74657874a1"
     "6a646174617365745f696461646a6163636f756e74616e74637072766a737461"
     "727465645f61747818323032352d30312d30315430303a30303a30302e303030"
     "5a6b66696e69736865645f61747818323032352d30312d30315430313a30303a"
     "30302e3030305a6b737065635f73686132353661736c6d6f64656c5f73686132"
-    "3536616d6d6d61785f677261645f6e6f726dfb3ff00000000000006d73616d70"
-    "6c696e675f72617465fb3fe00000000000006f7075626c69635f646174617365"
-    "747380706e6f6973655f6d756c7469706c696572fb3ff0000000000000716368"
-    "65636b706f696e745f7368613235366163"
+    "3536616d6c6e65696768626f7572696e67687a65726f2d6f75746c7072697661"
+    "63795f756e6974667265636f72646d6d61785f677261645f6e6f726dfb3ff000"
+    "00000000006d73616d706c696e675f72617465fb3fe00000000000006f707562"
+    "6c69635f646174617365747380706e6f6973655f6d756c7469706c696572fb3f"
+    "f000000000000071636865636b706f696e745f7368613235366163"
 )
 
 
@@ -60,8 +61,12 @@ def test_known_answer_bytes() -> None:
 
 def test_known_answer_structure_by_hand() -> None:
     data = encode_body(_kat_body())
-    # 20 keys; the shortest key first (length-first canonical ordering).
-    assert data[:6] == b"\xb4\x64pcrs"
+    # 22 keys; the shortest key first (length-first canonical ordering).
+    assert data[:6] == b"\xb6\x64pcrs"
+    # Version 2 states the unit of privacy and the neighbouring relation, written by hand.
+    assert b"\x67version\x02" in data
+    assert b"\x6cprivacy_unit\x66record" in data
+    assert b"\x6cneighbouring\x68zero-out" in data
     # A ledger segment written by hand: keys q, sigma, steps; floats as float64 even
     # when float16 could hold them exactly (0.5, 1.0).
     segment = (b"\xa3" + b"\x61q" + b"\xfb" + struct.pack(">d", 0.5)
@@ -122,7 +127,8 @@ def _mutated(change: Any) -> bytes:
     [
         lambda w: w.pop("model_sha256"),
         lambda w: w.update(extra=1),
-        lambda w: w.update(version=2),
+        lambda w: w.update(version=1),
+        lambda w: w.update(version=3),
         lambda w: w.update(steps=True),
         lambda w: w.update(steps=-1),
         lambda w: w.update(steps=100.0),
@@ -177,10 +183,10 @@ def test_decode_rejects_duplicate_keys() -> None:
     data = encode_body(make_body())
     # Bump the map length by one and repeat the first entry ("pcrs").
     head, first_key = data[0], cbor2.dumps("pcrs")
-    assert head == 0xB4
+    assert head == 0xB6
     start = len(first_key) + 1
     value = dumps_f64(cbor2.loads(data)["pcrs"])
-    forged = b"\xb5" + first_key + value + data[1:]
+    forged = b"\xb7" + first_key + value + data[1:]
     assert forged[start:start + len(value)] == value
     with pytest.raises(MalformedCertificate):
         decode_body(forged)

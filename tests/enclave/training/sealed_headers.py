@@ -4,7 +4,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from enclave.sealed.format import SealedHeader, build_encryption_context
-from enclave.sealed.records import schema_bytes, schema_sha256
+from enclave.sealed.records import NUM_CLASSES_METADATA_KEY, schema_bytes, schema_sha256
 
 RECORDS = 10_000
 
@@ -15,9 +15,15 @@ def image_field(name: str = "image", size: int = 784, value: pa.DataType | None 
     return pa.field(name, pa.list_(value or pa.uint8(), size), nullable=False, metadata=metadata)
 
 
+def label_field(name: str = "label", kind: pa.DataType | None = None, classes: int | None = 10) -> pa.Field:
+    """A label column declaring `classes` classes, as `hermetic seal` writes it (None: no declaration)."""
+    metadata = None if classes is None else {NUM_CLASSES_METADATA_KEY: str(classes).encode()}
+    return pa.field(name, kind or pa.uint8(), nullable=False, metadata=metadata)
+
+
 def fmnist_schema() -> pa.Schema:
-    """The schema parent.datasets gives a Fashion-MNIST IDX pair."""
-    return pa.schema([image_field(), pa.field("label", pa.uint8(), nullable=False)])
+    """The schema `hermetic seal` gives a Fashion-MNIST IDX pair."""
+    return pa.schema([image_field(), label_field()])
 
 
 def dataset_header(*, schema: pa.Schema | None = None, dataset_id: str = "plan-ds", max_epsilon: float = 3.0,

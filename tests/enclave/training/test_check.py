@@ -18,9 +18,9 @@ from enclave.training.models import MODELS, ModelSpec, preprocess
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import table_arrays
 
-from .sealed_headers import RECORDS, dataset_header, image_field
+from .sealed_headers import RECORDS, dataset_header, image_field, label_field
 
-LABEL = pa.field("label", pa.uint8(), nullable=False)
+LABEL = label_field()
 
 
 def spec(model: str = "mlp", *, data: dict[str, str] | None = None, **privacy: Any) -> JobSpec:
@@ -63,7 +63,7 @@ def test_shapes_the_trainer_reads_as_the_model_input_pass(shape: bytes | None, m
 
 
 def test_missing_columns_are_each_named() -> None:
-    header = with_schema(pa.field("pixels", pa.list_(pa.uint8(), 784)), pa.field("y", pa.int64()))
+    header = with_schema(pa.field("pixels", pa.list_(pa.uint8(), 784)), label_field("y", pa.int64()))
     problems = check_job(spec(), header)
     assert wheres(problems) == ["data.features", "data.label"]
     assert problems[0].message == "column 'image' is not in the dataset (columns: 'pixels', 'y')"
@@ -72,7 +72,7 @@ def test_missing_columns_are_each_named() -> None:
 
 
 def test_the_spec_chooses_the_columns() -> None:
-    header = with_schema(image_field("pixels"), pa.field("y", pa.int64()))
+    header = with_schema(image_field("pixels"), label_field("y", pa.int64()))
     assert check_job(spec(data={"features": "pixels", "label": "y"}), header) == []
 
 
@@ -129,22 +129,42 @@ def test_every_defect_of_one_column_is_listed() -> None:
     ],
 )
 def test_labels_must_be_integer_class_indices(label: pa.DataType, message: str) -> None:
-    problems = check_job(spec(), with_schema(image_field(), pa.field("label", label)))
+    problems = check_job(spec(), with_schema(image_field(), label_field(kind=label)))
     assert [(p.where, p.message) for p in problems] == [("data.label", message)]
 
 
 @pytest.mark.parametrize("label", [pa.int8(), pa.uint8(), pa.int16(), pa.uint32(), pa.int64()])
 def test_every_integer_type_holds_ten_classes(label: pa.DataType) -> None:
-    assert check_job(spec(), with_schema(image_field(), pa.field("label", label))) == []
+    assert check_job(spec(), with_schema(image_field(), label_field(kind=label))) == []
 
 
 def test_a_label_type_too_narrow_for_the_classes_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     wide = ModelSpec(name="mlp", input_shape=(784,), num_classes=200, build=MODELS["mlp"].build)
     monkeypatch.setattr("enclave.training.check.MODELS", {"mlp": wide})
-    problems = check_job(spec(), with_schema(image_field(), pa.field("label", pa.int8())))
+    problems = check_job(spec(), with_schema(image_field(), label_field(kind=pa.int8(), classes=200)))
     assert [(p.where, p.message) for p in problems] == [
         ("data.label", "column 'label' is int8, which cannot hold class indices 0..199")]
-    assert check_job(spec(), with_schema(image_field(), pa.field("label", pa.uint8()))) == []
+    assert check_job(spec(), with_schema(image_field(), label_field(kind=pa.uint8(), classes=200))) == []
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [
+        (label_field(classes=None), "column 'label' declares no class count (hermetic.num_classes): seal the data "
+                                    "with --num-classes"),
+        (label_field(classes=9), "column 'label' declares 9 classes, model 'mlp' has 10"),
+        (label_field(classes=1000), "column 'label' declares 1000 classes, model 'mlp' has 10"),
+        (pa.field("label", pa.uint8(), metadata={b"hermetic.num_classes": b"010"}),
+         "column 'label' declares a malformed class count b'010'"),
+        (pa.field("label", pa.uint8(), metadata={b"hermetic.num_classes": b"0"}),
+         "column 'label' declares a malformed class count b'0'"),
+    ],
+)
+def test_the_declared_class_count_must_be_the_models(label: pa.Field, message: str) -> None:
+    # The sealer checked every label against the declared count: a model with another
+    # count could meet a label it cannot take, a failure that depends on the data.
+    problems = check_job(spec(), with_schema(image_field(), label))
+    assert [(p.where, p.message) for p in problems] == [("data.label", message)]
 
 
 def test_an_unknown_model_is_named_and_the_columns_still_checked() -> None:
@@ -244,7 +264,8 @@ def schemas(draw: st.DrawFn) -> pa.Schema:
         fields.append(pa.field(name, value))
     if draw(_mostly(True, False)):
         label = draw(_mostly(pa.uint8(), pa.int64(), pa.float64(), pa.bool_(), pa.string()))
-        fields.append(pa.field(draw(_mostly("label", "y")), label))
+        classes = draw(_mostly(10, None, 9))
+        fields.append(label_field(draw(_mostly("label", "y")), label, classes))
     return pa.schema(fields)
 
 
@@ -282,7 +303,7 @@ def test_a_schema_the_check_accepts_is_one_the_trainer_reads(schema: pa.Schema, 
         problems = check_job(job, header)
     assert all(isinstance(p, Problem) and p.where and p.message for p in problems)
     try:
-        rows, _ = table_arrays(_rows(schema), job.data.features, job.data.label)
+        rows, _ = table_arrays(_rows(schema), job.data.features, job.data.label, 10)
         preprocess(model, rows)
         readable = True
     except Exception:  # noqa: BLE001  # any failure of the trainer's reading is what the check must foresee
@@ -297,6 +318,7 @@ def test_a_schema_the_check_accepts_is_one_the_trainer_reads(schema: pa.Schema, 
         image is not None and "label" in names
         and image.type == pa.list_(pa.uint8(), 784)
         and pa.types.is_integer(schema.field("label").type)
+        and schema.field("label").metadata == {b"hermetic.num_classes": b"10"}
         and (shape in (None, b"28x28", b"784", b"1x28x28", b"28x28x1") or (model == "mlp" and shape == b"4x196"))
     )
     assert (not problems) == fits

@@ -6,7 +6,7 @@ import torch
 
 from enclave.hazmat.csprng import Csprng
 from enclave.training.clipping.reference import clip_per_sample, per_sample_gradients, per_sample_norms
-from enclave.training.models import MODELS, build_model
+from enclave.training.models import MODELS, build_model, reseed_dropout
 from tests.enclave.training.per_sample import loop_gradients
 
 MODEL_SEED = bytes(range(32))
@@ -45,7 +45,7 @@ def test_dropout_masks_differ_per_sample_in_train_mode() -> None:
     model = build_model("mlp", rng=Csprng(MODEL_SEED))
     x, y = _batch("mlp", 1)
     xs, ys = x.repeat(8, 1), y.repeat(8)
-    torch.manual_seed(0)
+    reseed_dropout(model, Csprng(bytes(32)))  # as DpSgd does before every step
     train = per_sample_gradients(model.train(), xs, ys)["1.weight"]
     assert not all(torch.equal(train[0], train[i]) for i in range(1, 8))
     evaluated = per_sample_gradients(model.eval(), xs, ys)["1.weight"]

@@ -15,6 +15,8 @@ from enclave.training.models import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     MODELS,
+    CsprngDropout,
+    DropoutUnseeded,
     InputFormatError,
     ModelSpec,
     UnknownModel,
@@ -22,6 +24,7 @@ from enclave.training.models import (
     get_spec,
     model_generator,
     preprocess,
+    reseed_dropout,
 )
 
 SEED = bytes(range(32))
@@ -54,7 +57,7 @@ def test_unknown_model_lists_registered_names(name: object) -> None:
 def test_mlp_is_the_seed_architecture() -> None:
     model = build_model("mlp", rng=Csprng(SEED))
     kinds = [type(m) for m in model]
-    assert kinds == [nn.Flatten, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert kinds == [nn.Flatten, nn.Linear, nn.ReLU, CsprngDropout, nn.Linear]
     assert (model[1].in_features, model[1].out_features) == (784, 128)
     assert model[3].p == 0.2
     assert (model[4].in_features, model[4].out_features) == (128, 10)
@@ -79,10 +82,19 @@ def test_tanh_cnn_architecture_and_512_features() -> None:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_on_preprocessed_pixels_gives_logits(name: str) -> None:
     model = build_model(name, rng=Csprng(SEED))
+    reseed_dropout(model, Csprng(SEED))
     out = model(preprocess(name, _pixels(5)))
     assert out.shape == (5, 10) and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     assert model.training
+
+
+def test_dropout_in_training_mode_refuses_to_run_unseeded() -> None:
+    # Never a silent fall back to torch's global generator.
+    model = build_model("mlp", rng=Csprng(SEED))
+    with pytest.raises(DropoutUnseeded):
+        model(preprocess("mlp", _pixels(2)))
+    assert model.eval()(preprocess("mlp", _pixels(2))).shape == (2, 10)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
