@@ -24,7 +24,7 @@ from enclave.hazmat.cbor import dumps_f64
 from parent.cli import main
 from parent.local.local_ca import LocalCa
 from parent.verify.body import decode_body
-from tests.support.certificates import make_body, new_nsm
+from tests.support.certificates import PCRS, make_body, new_nsm
 
 
 def test_the_body_states_the_unit_of_privacy_and_the_neighbouring_relation() -> None:
@@ -65,7 +65,7 @@ def test_verify_certificate_shows_them(ca: LocalCa, tmp_path: Path, capsys: pyte
     cert.write_bytes(issue_certificate(make_body(), new_nsm(ca)))
     root = tmp_path / "root.pem"
     root.write_bytes(ca.root_pem)
-    args = ["verify-certificate", str(cert), "--root", str(root)]
+    args = ["verify-certificate", str(cert), "--root", str(root), "--pcr", f"0={PCRS[0].hex()}"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "privacy unit: one record; zero-out neighbours" in out
