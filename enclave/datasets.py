@@ -55,11 +55,14 @@ def open_sealed_dataset(
     expected_dataset_id: str,
     kms: DataKeyOpener,
     check_header: Callable[[SealedHeader], None] | None = None,
+    on_data_key: Callable[[SealedHeader, bytes], None] | None = None,
 ) -> OpenedDataset:
     """Read the header, get the data key from KMS, decrypt and verify everything.
 
     `check_header` runs on the header before KMS is asked for the key (the budget
-    check): a job refused there never touches the key.
+    check): a job refused there never touches the key. `on_data_key` sees the key
+    once KMS released it, before any chunk is decrypted (the ledger key is derived
+    from it); what it raises ends the job there.
     """
     header = read_header(stream)
     if header.dataset_id != expected_dataset_id:
@@ -73,6 +76,8 @@ def open_sealed_dataset(
     )
     digest = hashlib.sha256()
     try:
+        if on_data_key is not None:
+            on_data_key(header, data_key)
         table = read_table(_hashing(iter_plaintext(stream, header, data_key), digest))
     finally:
         del data_key

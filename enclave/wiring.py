@@ -3,7 +3,10 @@
 `SocketEnclave` gives `EnclaveRuntime` a listener of framed socket connections on
 the control address, and KMS clients made with boto3, unchanged, that reach KMS
 through the in-enclave forwarder: it tunnels TCP over the transport to the
-parent's KMS relay, and TLS (on Nitro) ends here.
+parent's KMS relay, and TLS (on Nitro) ends here. Budget ledgers are reached through
+`ledgers` (enclave.ledger.location.LedgerBackends); its default opens none, and it
+never accepts slots its store does not protect: only the local mock enclave's wiring
+(`parent.local.mock_enclave`) passes the local-directory backend, which does.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from enclave.ledger.location import NO_LEDGERS, LedgerBackends
 from enclave.nsm.interface import Nsm
 from enclave.runtime import Clock, EnclaveRuntime, TrainingLoopFactory, utc_now
 from enclave.training.trainer import Trainer
@@ -49,11 +53,13 @@ class SocketEnclave:
         *,
         clock: Clock = utc_now,
         training_loop: TrainingLoopFactory = Trainer,
+        ledgers: LedgerBackends = NO_LEDGERS,
     ) -> None:
         self._config = config
         self._forwarder = TcpForwarder(config.kms_relay, port=config.kms_forward_port)
         self.runtime = EnclaveRuntime(
-            nsm, FramedListener(listen(config.control)), self._kms_client, clock=clock, training_loop=training_loop
+            nsm, FramedListener(listen(config.control)), self._kms_client, clock=clock, training_loop=training_loop,
+            ledgers=ledgers,
         )
 
     @property

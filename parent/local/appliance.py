@@ -37,6 +37,7 @@ from parent.appliance import (
     DATA_OWNER,
     ENCLAVE_SERVICE,
     KMS_SERVICE,
+    LEDGER_DIR,
     MODEL_OWNER,
     PARENT,
     ROLES,
@@ -140,6 +141,8 @@ def _bring_up(
     identities = _identities(state_dir)
     policies = _render_policies(state_dir, pcrs)
     run_dir = _run_dir(state_dir, old)
+    # Every dataset sealed with `seal --local` keeps its budget ledger here (local:DIR).
+    (state_dir / LEDGER_DIR).mkdir(mode=0o700, exist_ok=True)
     started: list[ServiceRecord] = []
     try:
         services, data_key, model_key, updated = _start_services(
@@ -220,7 +223,7 @@ def _start_services(
     if enclave is None:
         enclave = _start(ENCLAVE_SERVICE, hermetic_argv(
             "mock-enclave", "run", "--state", str(state_dir), "--listen", f"unix://{run_dir / 'enclave.sock'}",
-            "--kms-relay", _relay_address(run_dir),
+            "--kms-relay", _relay_address(run_dir), "--ledger", str(state_dir / LEDGER_DIR),
         ), logs, state_dir, timeout)
         services[ENCLAVE_SERVICE] = enclave
         started.append(enclave)

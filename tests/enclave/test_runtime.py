@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -48,6 +49,7 @@ from parent.local.mock_nsm import MockNsm
 from parent.seal import seal_dataset
 from parent.verify.certificate import verify_certificate
 from tests.support.channels import MemoryListener, drain
+from tests.support.ledgers import MEMORY_LOCATION, MemoryLedgers
 
 QUICK_LIMITS = RuntimeLimits(recv_timeout_s=5)
 
@@ -105,9 +107,12 @@ class StubKms:
     def decrypt(self, **params: Any) -> dict[str, Any]:
         return self._for_recipient("Decrypt", params)
 
+    def encrypt(self, **params: Any) -> dict[str, Any]:
+        # The data owner sealing, outside any enclave: the one data key this stub releases.
+        assert params["Plaintext"] is not None
+        return {"CiphertextBlob": b"wrapped-key", "KeyId": KEY_ARN}
+
     def generate_data_key(self, **params: Any) -> dict[str, Any]:
-        if "Recipient" not in params:  # the data owner sealing, outside any enclave
-            return {"Plaintext": DATA_KEY, "CiphertextBlob": b"wrapped-key", "KeyId": KEY_ARN}
         return {**self._for_recipient("GenerateDataKey", params), "CiphertextBlob": b"wrapped-key"}
 
 
@@ -117,8 +122,9 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     rng = np.random.default_rng(5)
     np.savez(folder / "train.npz", image=rng.integers(0, 256, (200, 784), dtype=np.uint8),
              label=rng.integers(0, 10, 200, dtype=np.uint8))
-    seal_dataset(folder / "train.npz", folder / "train.sealed", key_id=KEY_ARN, kms_client=StubKms(),
-                 max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TRAIN)
+    with mock.patch("parent.seal.secrets.token_bytes", return_value=DATA_KEY):
+        seal_dataset(folder / "train.npz", folder / "train.sealed", key_id=KEY_ARN, kms_client=StubKms(),
+                     max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TRAIN, ledger=MEMORY_LOCATION)
     return (folder / "train.sealed").read_bytes()
 
 
@@ -138,6 +144,7 @@ def run_session(
     kms_clients: Callable[[Credentials], Any] | None = None,
     training_loop: Callable[[TrainingInputs, EgressGate], Any] = Trainer,
     limits: RuntimeLimits = QUICK_LIMITS,
+    ledgers: MemoryLedgers | None = None,
 ) -> list[Message]:
     listener = MemoryListener()
     parent = listener.connect()
@@ -147,7 +154,7 @@ def run_session(
     stub = kms or StubKms()
     runtime = EnclaveRuntime(
         nsm, listener, kms_clients or (lambda creds: stub), clock=lambda: FIXED_NOW,
-        training_loop=training_loop, limits=limits,
+        training_loop=training_loop, limits=limits, ledgers=(ledgers or MemoryLedgers()).backends(),
     )
     runtime.serve(sessions=1)
     assert listener.closed
@@ -257,8 +264,9 @@ def test_a_job_runs_to_a_certificate_in_memory(nsm: MockNsm, ca: LocalCa, sealed
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], kms=kms)
     assert replies[0] == ENCLAVE_HELLO and replies[-1] == Goodbye()
     audits = [m for m in replies if isinstance(m, AuditEvent)]
-    assert [a.kind for a in audits] == ["dataset_opened", "training_planned"]
+    assert [a.kind for a in audits] == ["dataset_opened", "training_planned", "budget_reserved"]
     assert audits[0].fields["sealed_sha256"] == hashlib.sha256(sealed).hexdigest()
+    assert audits[2].fields["slot"] == 0 and audits[2].fields["steps"] == 2
     [result] = [m for m in replies if isinstance(m, JobResult)]
     assert result.status == "ok" and result.detail.startswith("2 steps")
     [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
@@ -311,9 +319,9 @@ def test_unexpected_exception_in_training_releases_nothing_more(nsm: MockNsm, se
         raise ZeroDivisionError(f"loss {float(inputs.train.table.num_rows) / 0.0001}")
 
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=failing_loop)
-    opened, planned = replies[1:3]
-    assert isinstance(opened, AuditEvent) and isinstance(planned, AuditEvent)
-    error = assert_refused(replies, "internal", INTERNAL_FAILURE, before=[ENCLAVE_HELLO, opened, planned])
+    opened, planned, reserved = replies[1:4]
+    assert isinstance(opened, AuditEvent) and isinstance(planned, AuditEvent) and isinstance(reserved, AuditEvent)
+    error = assert_refused(replies, "internal", INTERNAL_FAILURE, before=[ENCLAVE_HELLO, opened, planned, reserved])
     assert "loss" not in error.message
 
 
@@ -327,7 +335,7 @@ def test_egress_refusal_inside_training_is_reported_and_nothing_leaves(nsm: Mock
             return "done"
 
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=LeakyLoop)
-    assert_refused(replies, "egress", "'train_loss' is not registered", before=replies[:3])
+    assert_refused(replies, "egress", "'train_loss' is not registered", before=replies[:4])
     assert not [m for m in replies if isinstance(m, AuditEvent) and m.kind == "train_loss"]
 
 
@@ -452,8 +460,8 @@ def test_refused_messages_while_training_end_the_job(
     factory = ClientPerCredentials()
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed), *after_datasets],
                           kms_clients=factory, training_loop=RecordingLoop())
-    opened, planned = replies[1:3]
-    assert_refused(replies, code, reason, before=[ENCLAVE_HELLO, opened, planned])
+    opened, planned, reserved = replies[1:4]
+    assert_refused(replies, code, reason, before=[ENCLAVE_HELLO, opened, planned, reserved])
     assert factory.given == [CREDS]  # no refused refresh reached the factory
 
 
