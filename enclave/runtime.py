@@ -44,7 +44,7 @@ from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.kms.attested import AttestedKms
 from enclave.ledger.entry import NONCE_BYTES
 from enclave.ledger.location import NO_LEDGERS, LedgerBackends
-from enclave.ledger.reserve import Reservation, check_budget, dataset_budget, ledger_signing_key, read_view, reserve
+from enclave.ledger.reserve import check_budget, dataset_budget, ledger_signing_key, read_view, reserve
 from enclave.ledger.store import LedgerStore
 from enclave.nsm.interface import Nsm
 from enclave.privacy.ledger import Segment
@@ -130,7 +130,8 @@ class _Job:
     resume: CheckpointState | None = None
     ledger: LedgerStore | None = None
     ledger_key: LedgerSigningKey | None = None
-    reservation: Reservation | None = None
+    # The dataset's cumulative epsilon: what the ledger held before the key, then with this job's entry.
+    dataset_epsilon: float = 0.0
 
 
 class EnclaveRuntime:
@@ -265,8 +266,9 @@ class EnclaveRuntime:
         view = read_view(job.ledger, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
                          accept_unprotected=self._ledgers.accept_unprotected)
         plan = job.plan
-        check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)], dataset_budget(header),
-                     plan.accountant)
+        check = check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
+                             dataset_budget(header), plan.accountant)
+        job.dataset_epsilon = check.spent
 
     def _reserve_budget(self, job: _Job, gate: EgressGate) -> None:
         """Before any step on private data: the steps this session will run, written to the ledger."""
@@ -277,15 +279,16 @@ class EnclaveRuntime:
         steps = min(plan.steps, plan.max_steps_within_budget) - start
         if steps <= 0:
             return  # nothing left to run (the trainer refuses a checkpoint beyond the plan)
-        job.reservation = reserve(
+        reservation = reserve(
             job.ledger, job.ledger_key, budget=dataset_budget(header), job_id=job.job_id,
             accountant=plan.accountant, job_delta=plan.delta,
             segments=[Segment(plan.sampling_rate, plan.noise_multiplier, steps)],
             nonce=self._nsm.get_random(NONCE_BYTES), now=lambda: int(self._clock().timestamp()),
             accept_unprotected=self._ledgers.accept_unprotected,
         )
-        check = job.reservation.check
-        gate.audit("budget_reserved", dataset_id=header.dataset_id, slot=job.reservation.entry.seq, steps=steps,
+        check = reservation.check
+        job.dataset_epsilon = check.total
+        gate.audit("budget_reserved", dataset_id=header.dataset_id, slot=reservation.entry.seq, steps=steps,
                    job_epsilon=check.job, dataset_epsilon=check.total, max_epsilon=check.max_epsilon)
 
     def _receive_public(self, reader: DatasetStreamReader, name: str, job: _Job, gate: EgressGate) -> None:
@@ -314,6 +317,7 @@ class EnclaveRuntime:
             resume=job.resume,
             nsm=self._nsm,
             generate_data_key=job.kms.generate_data_key,
+            dataset_epsilon=job.dataset_epsilon,
             clock=self._clock,
         )
         return self._training_loop(inputs, gate).run()

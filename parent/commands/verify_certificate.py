@@ -132,6 +132,7 @@ def _report(verified: VerifiedCertificate) -> dict[str, Any]:
         "delta": body.delta,
         "accountant": verified.accountant,
         "budget": dict(body.budget),
+        "dataset_epsilon": body.dataset_epsilon,
         "pcrs": shown["pcrs"],
         "datasets": [
             {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,
@@ -160,6 +161,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"  job:          {report['job_id']} (spec sha256 {report['spec_sha256']})")
     print(f"  epsilon:      {report['epsilon']:.6g} ({report['accountant']}, recomputed from the ledger;"
           f" budget {report['budget']['max_epsilon']:.6g})")
+    print(f"  dataset:      epsilon {report['dataset_epsilon']:.6g} spent by every job on it, this one included"
+          f" (its budget ledger, as stated by the enclave)")
     others = ", ".join(f"{name} {value:.6g}" for name, value in report["epsilons"].items()
                        if name != report["accountant"])
     if others:

@@ -22,6 +22,7 @@ from enclave.training.trainer import Trainer
 from enclave.transport.messages import (
     RESUME_STREAM,
     AuditEvent,
+    CertificateIssued,
     CheckpointBegin,
     CheckpointData,
     CheckpointEnd,
@@ -31,8 +32,10 @@ from enclave.transport.messages import (
     Message,
     TrainingJob,
 )
+from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 from parent.seal import seal_dataset
+from parent.verify.certificate import verify_certificate
 from tests.enclave.test_runtime import (
     CREDS,
     DATA_KEY,
@@ -200,7 +203,7 @@ def _checkpoints(replies: list[Message]) -> dict[int, bytes]:
     return out
 
 
-def test_a_forked_checkpoint_resumed_twice_pays_twice(nsm: MockNsm, sealed_cap3: bytes) -> None:
+def test_a_forked_checkpoint_resumed_twice_pays_twice(nsm: MockNsm, ca: LocalCa, sealed_cap3: bytes) -> None:
     ledgers = MemoryLedgers()
     spec = job_spec(steps=4, noise=2.0, checkpoint_every=2)
     replies, _ = job(sealed_cap3, ledgers, nsm, job_id="forked", spec=spec, loop=Trainer)
@@ -209,6 +212,12 @@ def test_a_forked_checkpoint_resumed_twice_pays_twice(nsm: MockNsm, sealed_cap3:
     for _ in range(2):
         resumed, _ = job(sealed_cap3, ledgers, nsm, job_id="forked", spec=spec, loop=Trainer, resume=checkpoint)
         assert error_of(resumed) is None, resumed[-1]
+    # The last certificate states the dataset's epsilon with all three reservations in it.
+    [issued] = [m for m in resumed if isinstance(m, CertificateIssued)]
+    body = verify_certificate(issued.data, root_der=ca.root_der).body
+    paid = compose_epsilon([Segment(0.1, 2.0, 4), Segment(0.1, 2.0, 2), Segment(0.1, 2.0, 2)], 1e-5, "prv")
+    assert body.dataset_epsilon == pytest.approx(paid)
+    assert body.dataset_epsilon > body.epsilon["prv"]
     # The first run reserved its 4 steps; each resume from step 2 reserved the 2 it ran again.
     assert [(e.job_id, e.steps) for e in entries(ledgers)] == [("forked", 4), ("forked", 2), ("forked", 2)]
     assert len({e.nonce for e in entries(ledgers)}) == 3

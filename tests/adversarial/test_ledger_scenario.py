@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from enclave.training.trainer import Trainer
+from enclave.transport.messages import CertificateIssued
 from parent.appliance import KMS_SERVICE, ApplianceState, AwsCredentials, IdentityRecord, ServiceRecord, start_ticks
 from parent.cli import main
 from parent.proxy.session import EnclaveError
+from parent.verify.certificate import verify_certificate
 from tests.integration.conftest import OWNER, CountingNsm, DataPath
 from tests.integration.conftest import data_path as data_path  # the module-scoped fixture, shared here
 
@@ -92,6 +94,10 @@ def test_a_second_job_past_the_cap_is_refused_before_any_key_use(
     assert first.status == "ok"
     [reserved] = [a for a in first.audit_events if a.kind == "budget_reserved"]
     assert reserved.fields["dataset_epsilon"] == pytest.approx(2.0, abs=0.01)
+    # The certificate states this job's epsilon and the dataset's, every ledger entry included.
+    [issued] = [m for m in first.messages if isinstance(m, CertificateIssued)]
+    body = verify_certificate(issued.data, root_der=data_path.ca.root_der).body
+    assert body.dataset_epsilon == reserved.fields["dataset_epsilon"]
 
     nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)
     with pytest.raises(EnclaveError) as refused:

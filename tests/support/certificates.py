@@ -77,6 +77,7 @@ def make_body(**overrides: Any) -> CertificateBody:
         "started_at": format_time(now - timedelta(minutes=10)),
         "finished_at": format_time(now - timedelta(minutes=1)),
         "budget": {"max_epsilon": MAX_EPSILON, "delta": DELTA},
+        "dataset_epsilon": 2.5,
     }
     fields.update(overrides)
     if "epsilon" not in fields:

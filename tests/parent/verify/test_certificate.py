@@ -154,7 +154,7 @@ def test_every_body_field_is_bound(ca: LocalCa, nsm: MockNsm) -> None:
             verify_certificate(encode_envelope(tampered, attestation), root_der=ca.root_der)
         touched.add(name.split("/")[0].split(" ")[0])
         count += 1
-    assert touched == top_level and len(top_level) == 20
+    assert touched == top_level and len(top_level) == 21
     assert count > 40
 
 
