@@ -3,10 +3,12 @@
 `up` makes (once) and keeps in `DIR`: the local Nitro CA, the enclave package's
 measurements in the nitro-cli shape, three AWS identities (data owner, model owner,
 the parent's role) with fresh access keys in 0600 files, and the two key policies
-rendered from the measurements with the same templates as on AWS. It starts the KMS
-emulator on a loopback port and a mock enclave that serves job after job on a unix
-socket, makes the data-owner and model-owner keys (aliases `alias/hermetic-data-owner`
-and `alias/hermetic-model-owner`, as on AWS), and records everything in
+rendered from the measurements with the same templates as on AWS, and `DIR/ledger/`, where
+every dataset sealed with `seal --local` keeps its budget ledger. It starts the KMS
+emulator on a loopback port and a mock enclave (with the local-directory ledger backend
+over `DIR/ledger/`) that serves job after job on a unix socket, makes the data-owner and
+model-owner keys (aliases `alias/hermetic-data-owner` and `alias/hermetic-model-owner`, as
+on AWS), and records everything in
 `DIR/appliance.json` (`parent.appliance`). Services that are already running are left
 alone; crashed ones are restarted. If the enclave code changed since the policies were
 rendered, the policies are re-rendered and put on the keys and the enclave restarted.
