@@ -312,3 +312,32 @@ def test_any_header_byte_flip_is_rejected_or_changes_hash(pos: int, xor: int) ->
         return
     # A flip that still parses must change the header hash, which every chunk's AAD binds.
     assert header.header_hash.hex() != KAT_HEADER_HASH
+
+
+# -- the budget ledger in the context ------------------------------------------------
+
+
+def test_a_dataset_sealed_before_the_ledger_is_refused_by_name() -> None:
+    body = _kat_body()
+    del body["encryption_context"]["ledger"], body["encryption_context"]["ledger_public_key"]
+    with pytest.raises(MalformedHeader, match="sealed before datasets had a budget ledger"):
+        read_header(io.BytesIO(_with_body(body)))
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("ledger", "file:///tmp/x", "ledger location starts with"),
+    ("ledger", "local:relative/dir", "ABSOLUTE"),
+    ("ledger_public_key", "AB" * 32, "64 lowercase hex"),
+    ("ledger_public_key", "ab" * 31, "64 lowercase hex"),
+])
+def test_a_malformed_ledger_in_the_context_is_refused(key: str, value: str, reason: str) -> None:
+    body = _kat_body()
+    body["encryption_context"][key] = value
+    with pytest.raises(MalformedHeader, match=reason):
+        read_header(io.BytesIO(_with_body(body)))
+
+
+def test_the_header_names_its_ledger() -> None:
+    header = make_header()
+    assert header.ledger_location == "s3://kat-ledger/hermetic"
+    assert header.ledger_public_key == bytes([0x11]) * 32
