@@ -45,6 +45,7 @@ class BudgetReport:
     entries: tuple[dict[str, Any], ...] = ()
     ignored: tuple[dict[str, Any], ...] = ()
     problem: str | None = None
+    note: str | None = None  # e.g. a local ledger directory that does not exist (yet) on this machine
 
     @property
     def remaining_epsilon(self) -> float | None:
@@ -67,6 +68,7 @@ class BudgetReport:
             "remaining_epsilon": self.remaining_epsilon,
             "valid": self.valid,
             "problem": self.problem,
+            "note": self.note,
             "entries": list(self.entries),
             "ignored": list(self.ignored),
         }
@@ -102,6 +104,10 @@ def budget_report(
     dataset_id, location = context["dataset_id"], context[LEDGER_CONTEXT_KEY]
     max_epsilon, delta = float(context["max_epsilon"]), float(context["delta"])
     store = store if store is not None else open_ledger_store(location, dataset_id)
+    note = None
+    if isinstance(store, LocalDirectoryStore) and not store.directory.is_dir():
+        # Empty either way, but say so: on another machine than the enclave's, this is not its ledger.
+        note = f"ledger directory {store.directory} does not exist: no job has reserved on this machine"
     base = dict(dataset_id=dataset_id, ledger=location, max_epsilon=max_epsilon, delta=delta, accountant=accountant)
     slots = store.read_all()  # LedgerUnavailable: an error, not a verdict on the ledger
     try:
@@ -113,6 +119,7 @@ def budget_report(
     return BudgetReport(
         **base,  # type: ignore[arg-type]
         valid=True,
+        note=note,
         spent_epsilon=view.spent_epsilon(delta, accountant),
         entries=tuple(_entries_json(view, delta, accountant)),
         ignored=tuple({"slot": i.seq, "reason": i.reason} for i in view.ignored),

@@ -71,6 +71,8 @@ def verify_slots(
         raise LedgerDamaged(f"ledger of {dataset_id!r} holds more than {MAX_SLOTS} slots")
     ordered = sorted(slots, key=lambda s: s.seq)
     for expected, slot in enumerate(ordered):
+        if expected and slot.seq == ordered[expected - 1].seq:
+            raise LedgerDamaged(f"ledger of {dataset_id!r}: its store reported slot {slot.seq} twice")
         if slot.seq != expected:
             raise LedgerDamaged(
                 f"ledger of {dataset_id!r} is damaged: slot {expected} is missing but slot {slot.seq} exists "

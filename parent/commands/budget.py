@@ -73,6 +73,8 @@ def _show(args: argparse.Namespace) -> int:
     print(f"  remaining  epsilon {remaining:.4f}{'  (exhausted)' if report.exhausted else ''}")
     for entry in report.entries:
         print(_entry_line(entry))
+    if report.note:
+        print(f"  note: {report.note}")
     for ignored in report.ignored:
         print(f"  slot {ignored['slot']:>4}  ignored: {ignored['reason']}")
     print("  chain verifies")

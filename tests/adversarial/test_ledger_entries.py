@@ -188,6 +188,13 @@ def test_a_deleted_entry_before_others_refuses_the_ledger() -> None:
         verify_slots(gap, public_key=KEY.public_key, dataset_id=DATASET, accept_unprotected=False)
 
 
+def test_a_store_reporting_a_slot_twice_refuses_the_ledger() -> None:
+    datas = chain(2)
+    twice = [StoredSlot(0, datas[0], True), StoredSlot(0, b"junk", True), StoredSlot(1, datas[1], True)]
+    with pytest.raises(LedgerDamaged, match="slot 0 twice"):
+        verify_slots(twice, public_key=KEY.public_key, dataset_id=DATASET, accept_unprotected=False)
+
+
 def test_a_rewritten_entry_refuses_the_ledger_rather_than_hiding_what_followed() -> None:
     datas = chain(3)
     for forged in (b"junk", encode_entry(entry(1, stored_sha256(datas[0]), job_id="cheap"), KEY)):

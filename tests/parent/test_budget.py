@@ -91,3 +91,4 @@ def test_a_recorded_context_is_validated(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["budget", "show", "ds-1", "--local", str(tmp_path), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["valid"], shown["spent_epsilon"], shown["remaining_epsilon"], shown["entries"]) == (True, 0.0, 3.0, [])
+    assert "does not exist" in shown["note"]
