@@ -8,8 +8,16 @@ needs only the public key, so the enclave runs it before KMS is asked for the da
 store confirms it: re-read, the slot holds exactly these bytes, and (unless the backend
 is the local directory) is protected from deletion. A taken slot means another writer
 won the race: re-read, re-verify, re-check and try the next slot, or refuse if the job
-no longer fits. One entry reserves all of a job's steps before the first one runs: a
+no longer fits. One entry reserves all of a session's steps before the first one runs: a
 job that crashes has spent its whole reservation (nothing is refunded, nothing is free).
+
+Why one entry per session rather than one per checkpoint interval: a job the ledger
+admitted then runs to its certificate, and of two enclaves racing for the last budget
+exactly one trains; per-interval entries would waste less on a crash but let a concurrent
+job take the budget mid-run and leave the first with sealed checkpoints and no
+certificate. A resumed or forked checkpoint reserves the steps it runs again. The check
+before the key (`check_budget` in the runtime) composes the job's whole plan, even for a
+resume: the checkpoint arrives after the sealed dataset, so its step is not known yet.
 """
 from __future__ import annotations
 
