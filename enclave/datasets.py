@@ -47,11 +47,14 @@ def open_sealed_dataset(
     expected_dataset_id: str,
     kms: DataKeyOpener,
     check_header: Callable[[SealedHeader], None] | None = None,
+    on_data_key: Callable[[SealedHeader, bytes], None] | None = None,
 ) -> OpenedDataset:
     """Read the header, get the data key from KMS, decrypt and verify everything.
 
     `check_header` runs on the header before KMS is asked for the key (the budget
-    check): a job refused there never touches the key.
+    check): a job refused there never touches the key. `on_data_key` sees the key
+    once KMS released it, before any chunk is decrypted (the ledger key is derived
+    from it); what it raises ends the job there.
     """
     header = read_header(stream)
     if header.dataset_id != expected_dataset_id:
@@ -66,6 +69,8 @@ def open_sealed_dataset(
     # No digest of the plaintext is kept: it would be an un-noised function of the
     # private data, and AES-GCM already proves the bytes are the owner's.
     try:
+        if on_data_key is not None:
+            on_data_key(header, data_key)
         table = read_table(iter_plaintext(stream, header, data_key))
     finally:
         del data_key

@@ -46,6 +46,9 @@ AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         "training_planned": frozenset(
             {"sampling_rate", "noise_multiplier", "steps", "delta", "planned_epsilon", "max_epsilon", "resumed_at"}
         ),
+        "budget_reserved": frozenset(
+            {"dataset_id", "slot", "steps", "job_epsilon", "dataset_epsilon", "max_epsilon"}
+        ),
         "dataset_opened": frozenset(
             {"dataset_id", "records", "schema_sha256", "sealed_sha256"}
         ),

@@ -24,7 +24,9 @@ a data key was used, every failure is one constant Error of code `runtime`
     protocol      ProtocolError and DatasetStreamError (enclave.transport.errors):
                   a valid message where the protocol allows none
     aborted       RemoteError (enclave.transport.errors): the peer reported an Error
-    budget        BudgetExceeded (enclave.training.plan): more privacy than allowed
+    budget        BudgetExceeded (enclave.training.plan): more privacy than allowed;
+                  LedgerError (enclave.ledger.store): the dataset's budget ledger is
+                  spent, damaged or unreachable
     egress        EgressRefused (enclave.egress)
     certificate   CertificateError (enclave.certificate.errors)
     runtime       RuntimeFailure: the runtime could not complete a job

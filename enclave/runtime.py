@@ -8,6 +8,13 @@ Session (parent -> enclave unless noted):
   come back from KMS, every failure is the one constant Error OPENED_FAILURE, and the
   log gets the exception's class only: any reason could quote private data.
 
+Budget ledger: the sealed dataset's context names its ledger and the ledger key's
+public half. Before KMS is asked for the data key, the ledger is read and verified
+and this job's whole plan composed with every valid entry must fit the cap
+(`_check_ledger`); once the key is released the ledger key is derived from it and
+must match the context; after the last stream and before any training step, this
+session's steps are reserved in the ledger (`_reserve_budget`). See enclave.ledger.
+
 Credentials refresh: after the first Credentials the parent may send Credentials
 again at any point, between set-up messages, between the frames of a dataset stream
 or while training runs (a thread reads the control channel then). Each one replaces
@@ -35,8 +42,14 @@ from typing import Any, Protocol, TypeVar
 from enclave.datasets import OpenedDataset, open_sealed_dataset, read_ipc_table
 from enclave.egress import EgressGate
 from enclave.errors import INTERNAL, HermeticError, RuntimeFailure
+from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.kms.attested import AttestedKms
+from enclave.ledger.entry import NONCE_BYTES
+from enclave.ledger.location import NO_LEDGERS, LedgerBackends
+from enclave.ledger.reserve import check_budget, dataset_budget, ledger_signing_key, read_view, reserve
+from enclave.ledger.store import LedgerStore
 from enclave.nsm.interface import Nsm
+from enclave.privacy.ledger import Segment
 from enclave.sealed.format import SealedHeader
 from enclave.training.checkpoint import CheckpointState, open_checkpoint
 from enclave.training.plan import PlannedRun, plan_run
@@ -141,6 +154,10 @@ class _Job:
     public: dict[str, PublicTable] = field(default_factory=dict)
     resume: CheckpointState | None = None
     exposure: _Exposure = field(default_factory=_Exposure)
+    ledger: LedgerStore | None = None
+    ledger_key: LedgerSigningKey | None = None
+    # The dataset's cumulative epsilon: what the ledger held before the key, then with this job's entry.
+    dataset_epsilon: float = 0.0
 
 
 class EnclaveRuntime:
@@ -153,8 +170,10 @@ class EnclaveRuntime:
         clock: Clock = utc_now,
         training_loop: TrainingLoopFactory = Trainer,
         limits: RuntimeLimits = RuntimeLimits(),
+        ledgers: LedgerBackends = NO_LEDGERS,
     ) -> None:
         self._nsm = nsm
+        self._ledgers = ledgers
         self._listener = listener
         self._kms_clients = kms_clients
         self._clock = clock
@@ -231,6 +250,7 @@ class EnclaveRuntime:
                 self._receive_resume(reader, job)
             else:
                 self._receive_sealed(reader, job, gate)
+        self._reserve_budget(job, gate)
         with channel.watched(self._limits.control_poll_s):
             detail = self._train(job, gate)
         gate.send(JobResult(status="ok", detail=detail))
@@ -239,9 +259,14 @@ class EnclaveRuntime:
     def _receive_sealed(self, reader: DatasetStreamReader, job: _Job, gate: EgressGate) -> None:
         def budget(header: SealedHeader) -> None:
             job.plan = plan_run(job.spec, header)
+            self._check_ledger(job, header)
+
+        def ledger_key(header: SealedHeader, data_key: bytes) -> None:
+            job.ledger_key = ledger_signing_key(header, data_key)
 
         opened = open_sealed_dataset(
-            reader, expected_dataset_id=job.train_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget
+            reader, expected_dataset_id=job.train_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget,
+            on_data_key=ledger_key,
         )
         if not reader.finished:
             raise RuntimeFailure(f"dataset {job.train_id!r} stream did not end with its digest")
@@ -264,6 +289,40 @@ class EnclaveRuntime:
             planned_epsilon=plan.planned_epsilon,
             max_epsilon=plan.max_epsilon,
         )
+
+    # ---------------------------------------------------------------- budget ledger
+
+    def _check_ledger(self, job: _Job, header: SealedHeader) -> None:
+        """Before the key: every valid entry plus this job's whole plan must fit the dataset's cap."""
+        assert job.plan is not None
+        job.ledger = self._ledgers.open_store(header.ledger_location, header.dataset_id)
+        view = read_view(job.ledger, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
+                         accept_unprotected=self._ledgers.accept_unprotected)
+        plan = job.plan
+        check = check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
+                             dataset_budget(header), plan.accountant)
+        job.dataset_epsilon = check.spent
+
+    def _reserve_budget(self, job: _Job, gate: EgressGate) -> None:
+        """Before any step on private data: the steps this session will run, written to the ledger."""
+        assert job.train is not None and job.plan is not None
+        assert job.ledger is not None and job.ledger_key is not None  # set on the way to the data key
+        plan, header = job.plan, job.train.header
+        start = job.resume.step if job.resume is not None else 0
+        steps = min(plan.steps, plan.max_steps_within_budget) - start
+        if steps <= 0:
+            return  # nothing left to run (the trainer refuses a checkpoint beyond the plan)
+        reservation = reserve(
+            job.ledger, job.ledger_key, budget=dataset_budget(header), job_id=job.job_id,
+            accountant=plan.accountant, job_delta=plan.delta,
+            segments=[Segment(plan.sampling_rate, plan.noise_multiplier, steps)],
+            nonce=self._nsm.get_random(NONCE_BYTES), now=lambda: int(self._clock().timestamp()),
+            accept_unprotected=self._ledgers.accept_unprotected,
+        )
+        check = reservation.check
+        job.dataset_epsilon = check.total
+        gate.audit("budget_reserved", dataset_id=header.dataset_id, slot=reservation.entry.seq, steps=steps,
+                   job_epsilon=check.job, dataset_epsilon=check.total, max_epsilon=check.max_epsilon)
 
     def _receive_public(self, reader: DatasetStreamReader, name: str, job: _Job, gate: EgressGate) -> None:
         data = _read_bounded(reader, self._limits.max_public_bytes, f"public dataset {name!r}")
@@ -292,6 +351,7 @@ class EnclaveRuntime:
             resume=job.resume,
             nsm=self._nsm,
             generate_data_key=job.kms.generate_data_key,
+            dataset_epsilon=job.dataset_epsilon,
             clock=self._clock,
         )
         return self._training_loop(inputs, gate).run()

@@ -5,7 +5,10 @@ the control address, and KMS clients made with boto3, unchanged, that reach KMS
 through the in-enclave forwarder: it tunnels TCP over the transport to the
 parent's KMS relay, and TLS (on Nitro) ends here. S3 clients (the budget ledger,
 enclave.ledger.s3) reach S3 the same way, through a second forwarder to the parent's
-S3 relay, when one is configured.
+S3 relay, when one is configured. Budget ledgers are reached through `ledgers`
+(enclave.ledger.location.LedgerBackends); its default opens none, and it never accepts
+slots its store does not protect: only the local mock enclave's wiring
+(`parent.local.mock_enclave`) passes the local-directory backend, which does.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import boto3
 from botocore.config import Config
 
 from enclave.errors import ConfigError
+from enclave.ledger.location import NO_LEDGERS, LedgerBackends
 from enclave.nsm.interface import Nsm
 from enclave.runtime import Clock, EnclaveRuntime, TrainingLoopFactory, utc_now
 from enclave.training.trainer import Trainer
@@ -59,6 +63,7 @@ class SocketEnclave:
         *,
         clock: Clock = utc_now,
         training_loop: TrainingLoopFactory = Trainer,
+        ledgers: LedgerBackends = NO_LEDGERS,
     ) -> None:
         self._config = config
         self._forwarder = TcpForwarder(config.kms_relay, port=config.kms_forward_port)
@@ -67,7 +72,8 @@ class SocketEnclave:
             else TcpForwarder(config.s3_relay, port=config.s3_forward_port, host=config.s3_forward_host)
         )
         self.runtime = EnclaveRuntime(
-            nsm, FramedListener(listen(config.control)), self._kms_client, clock=clock, training_loop=training_loop
+            nsm, FramedListener(listen(config.control)), self._kms_client, clock=clock, training_loop=training_loop,
+            ledgers=ledgers,
         )
 
     @property

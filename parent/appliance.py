@@ -25,6 +25,8 @@ from parent.storage import write_atomic
 
 STATE_FORMAT = "hermetic-local-appliance-v1"
 STATE_FILE = "appliance.json"
+LEDGER_DIR = "ledger"
+DATASETS_DIR = "datasets"
 DEFAULT_STATE_DIR = Path(".hermetic/local")
 
 #: The identities `local up` creates, by role.
@@ -132,6 +134,15 @@ class ApplianceState:
     @property
     def path(self) -> Path:
         return Path(self.state_dir) / STATE_FILE
+
+    @property
+    def ledger_dir(self) -> Path:
+        """Where the mock enclave keeps every dataset's budget ledger (`local:` locations)."""
+        return Path(self.state_dir) / LEDGER_DIR
+
+    def dataset_context_file(self, dataset_id: str) -> Path:
+        """Where `hermetic seal --local` records a dataset's encryption context, for `budget show`."""
+        return Path(self.state_dir) / DATASETS_DIR / f"{dataset_id}.json"
 
     def with_services(self, services: Mapping[str, ServiceRecord]) -> ApplianceState:
         return replace(self, services=services)

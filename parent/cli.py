@@ -49,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "job",
     "local",
     "train",
+    "budget",
 )
 
 # Commands that print their own --json failure object (train: with the partial report of the

@@ -1,9 +1,11 @@
 """Seal a dataset for the enclave: the data owner's side of `hermetic seal`.
 
 The dataset is streamed (reader -> Arrow IPC stream -> chunked AES-256-GCM ->
-temporary file) under a fresh data key from KMS GenerateDataKey whose
-encryption context binds the dataset id, owner, privacy budget, record count
-and schema hash; the header also carries the schema itself (`schema_bytes`), so a
+temporary file) under a fresh 256-bit data key (from the OS CSPRNG) wrapped by one
+KMS Encrypt whose encryption context binds the dataset id, owner, privacy budget,
+record count, schema hash and the budget ledger (its location, and the public half
+of the ledger signing key derived from the data key: `enclave.hazmat.ledger_key`);
+the header also carries the schema itself (`schema_bytes`), so a
 job can be checked against the data's shape without a key. The output appears
 atomically or not at all.
 
@@ -31,6 +33,7 @@ import logging
 import math
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from enclave.errors import ConfigError, DatasetError, KmsError
+from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.sealed.errors import MalformedHeader
 from enclave.sealed.format import (
     DEFAULT_CHUNK_SIZE,
@@ -58,6 +62,7 @@ from parent.storage import open_atomic
 
 log = logging.getLogger(__name__)
 
+DATA_KEY_BYTES = 32
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_ID = 128
 
@@ -65,7 +70,7 @@ _MAX_ID = 128
 class KmsClient(Protocol):
     """The slice of a boto3 KMS client that sealing uses."""
 
-    def generate_data_key(self, **kwargs: Any) -> Mapping[str, Any]: ...
+    def encrypt(self, **kwargs: Any) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -178,9 +183,10 @@ class _HashingSink(_Sink):
         return self._hash.hexdigest()
 
 
-def _generate_data_key(
-    kms_client: KmsClient, key_id: str, ctx: Mapping[str, str]
-) -> tuple[str, bytes, bytes]:
+def _wrap_data_key(
+    kms_client: KmsClient, key_id: str, ctx: Mapping[str, str], data_key: bytes
+) -> tuple[str, bytes]:
+    """KMS Encrypt of the data key under the full context: (the key id for the header, the blob)."""
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -188,21 +194,16 @@ def _generate_data_key(
     except ImportError:  # a fake client in tests does not need botocore
         errors = ()
     try:
-        response = dict(
-            kms_client.generate_data_key(KeyId=key_id, KeySpec="AES_256", EncryptionContext=dict(ctx))
-        )
+        response = dict(kms_client.encrypt(KeyId=key_id, Plaintext=data_key, EncryptionContext=dict(ctx)))
     except errors as err:
-        raise KmsError(f"KMS GenerateDataKey failed for {key_id}: {err}") from None
-    plaintext = response.pop("Plaintext", None)
+        raise KmsError(f"KMS Encrypt of the data key failed for {key_id}: {err}") from None
     blob = response.get("CiphertextBlob")
-    if not isinstance(plaintext, (bytes, bytearray)) or len(plaintext) != 32:
-        raise KmsError("KMS GenerateDataKey returned no 256-bit plaintext key")
     if not isinstance(blob, (bytes, bytearray)) or not blob:
-        raise KmsError("KMS GenerateDataKey returned no CiphertextBlob")
+        raise KmsError("KMS Encrypt returned no CiphertextBlob")
     # The full key ARN KMS reports is stable even when the caller used an alias.
     returned_id = response.get("KeyId")
     header_key_id = returned_id if isinstance(returned_id, str) and returned_id else key_id
-    return header_key_id, bytes(plaintext), bytes(blob)
+    return header_key_id, bytes(blob)
 
 
 def seal_dataset(
@@ -214,6 +215,7 @@ def seal_dataset(
     max_epsilon: float,
     delta: float,
     owner: str,
+    ledger: str,
     dataset_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     batch_rows: int = DEFAULT_BATCH_ROWS,
@@ -221,7 +223,7 @@ def seal_dataset(
     num_classes: int | None = None,
     label_column: str | None = None,
 ) -> SealResult:
-    """Seal a dataset into `out_path`.
+    """Seal a dataset into `out_path`, its budget ledger at `ledger` (a location URI).
 
     `input_path` may also be an already opened DatasetReader (the CLI passes
     one so the record count is not computed twice). `progress`, if given, is
@@ -250,6 +252,9 @@ def seal_dataset(
             f"{MAX_SCHEMA_SIZE}: seal only the columns training needs"
         )
     schema_hash = schema_sha256(schema)
+    # The context must hold the ledger key's public half, which the data key determines, so the
+    # key is drawn here and wrapped with one KMS Encrypt (GenerateDataKey wants the context first).
+    data_key = secrets.token_bytes(DATA_KEY_BYTES)
     try:
         ctx = build_encryption_context(
             dataset_id=dataset_id,
@@ -258,11 +263,13 @@ def seal_dataset(
             delta=float(delta),
             record_count=record_count,
             schema_sha256=schema_hash,
+            ledger=ledger,
+            ledger_public_key=LedgerSigningKey(data_key, dataset_id).public_key_hex,
         )
     except MalformedHeader as err:
         raise ConfigError(str(err)) from None
 
-    header_key_id, data_key, blob = _generate_data_key(kms_client, key_id, ctx)
+    header_key_id, blob = _wrap_data_key(kms_client, key_id, ctx, data_key)
     try:
         header = SealedHeader(
             key_id=header_key_id,

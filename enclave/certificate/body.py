@@ -3,7 +3,9 @@
 The body is a canonical CBOR map whose keys are the field names below; nested
 records are maps keyed by their field names, `pcrs` maps PCR index (int) to
 lowercase hex, `ledger` is a list of `{"q", "sigma", "steps"}` maps (one per
-accounting segment; a resumed run with other parameters adds a segment). Floats
+accounting segment; a resumed run with other parameters adds a segment),
+`dataset_epsilon` what the dataset's budget ledger held when the job reserved its
+steps, the job's own reservation included (`enclave.ledger`). Floats
 are always float64 on the wire, integers are CBOR integers, nothing is optional.
 
 Constructors check types, sizes and finiteness (MalformedCertificate); whether
@@ -225,6 +227,9 @@ class CertificateBody:
     started_at: str
     finished_at: str
     budget: Mapping[str, float] = field(hash=False)
+    # The dataset's cumulative epsilon (every entry of its budget ledger, this job's reservation
+    # included, composed under `accountant` at the budget's delta) when this job reserved.
+    dataset_epsilon: float
     privacy_unit: str = PRIVACY_UNIT
     neighbouring: str = NEIGHBOURING
 
@@ -256,6 +261,7 @@ class CertificateBody:
         _text(self.started_at, "started_at", limit=64)
         _text(self.finished_at, "finished_at", limit=64)
         self._set("budget", _budget(self.budget))
+        self._set("dataset_epsilon", _real(self.dataset_epsilon, "dataset_epsilon"))
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -335,6 +341,7 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "started_at": body.started_at,
         "finished_at": body.finished_at,
         "budget": dict(body.budget),
+        "dataset_epsilon": body.dataset_epsilon,
         "privacy_unit": body.privacy_unit,
         "neighbouring": body.neighbouring,
     }

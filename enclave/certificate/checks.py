@@ -35,6 +35,8 @@ __all__ = [
 
 #: The image measurements: without them a certificate names no code.
 REQUIRED_PCRS = (0, 1, 2)
+# The ledger's own slack for the cap's float form (enclave.ledger.reserve.BUDGET_RTOL).
+DATASET_EPSILON_RTOL = 1e-9
 _PCR_HEX_LENGTHS = frozenset({64, 96, 128})
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -164,6 +166,14 @@ def _check_budget(body: CertificateBody) -> None:
     spent = body.epsilon[body.accountant] + metrics_epsilon(body)
     if spent > max_epsilon:
         raise BudgetExceeded(f"stated epsilon {spent!r} is above the budget's max_epsilon {max_epsilon!r}")
+    # Every job on the dataset together, as its ledger held them: also within the cap.
+    if not body.dataset_epsilon >= 0.0:
+        raise InconsistentCertificate(f"dataset_epsilon {body.dataset_epsilon!r} is negative")
+    if body.dataset_epsilon > max_epsilon * (1.0 + DATASET_EPSILON_RTOL):
+        raise BudgetExceeded(
+            f"dataset epsilon {body.dataset_epsilon!r} (every job on it) is above the budget's "
+            f"max_epsilon {max_epsilon!r}"
+        )
 
 
 def _check_datasets(body: CertificateBody) -> None:

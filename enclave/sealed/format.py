@@ -40,7 +40,11 @@ posing as a checkpoint or the other way round:
 
 The encryption context is what KMS binds to the data key, so the privacy budget
 (max_epsilon, delta) and the record count cannot be changed without KMS refusing
-to decrypt. Floats are written as `repr(float(x))` (shortest round-trip form)
+to decrypt. A dataset's context also binds its budget ledger: `ledger`, the location
+of the ledger every job on it spends from (`enclave.ledger.location`), and
+`ledger_public_key`, the hex Ed25519 public key its entries are signed with (derived
+from the data key, `enclave.hazmat.ledger_key`). A context without these two (sealed
+before the ledger existed) is refused by name. Floats are written as `repr(float(x))` (shortest round-trip form)
 and integers as plain decimal, so a context can be rebuilt byte-for-byte.
 """
 from __future__ import annotations
@@ -56,6 +60,7 @@ from types import MappingProxyType
 from typing import Any
 
 from enclave.hazmat.cbor import dumps, strict_loads
+from enclave.ledger.location import location_problem
 from enclave.sealed.errors import (
     BadMagic,
     EncryptionContextMismatch,
@@ -90,6 +95,8 @@ _MAX_CONTEXT_VALUE = 1024
 MAX_SCHEMA_SIZE = 48 * 1024
 
 FORMAT_CONTEXT_KEY = "hermetic:format"
+LEDGER_CONTEXT_KEY = "ledger"
+LEDGER_PUBLIC_KEY_CONTEXT_KEY = "ledger_public_key"
 ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
     {
         "dataset_id",
@@ -98,9 +105,13 @@ ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
         "delta",
         "record_count",
         "schema_sha256",
+        LEDGER_CONTEXT_KEY,
+        LEDGER_PUBLIC_KEY_CONTEXT_KEY,
         FORMAT_CONTEXT_KEY,
     }
 )
+# Datasets sealed before the budget ledger lack exactly these; they are refused by name.
+_LEDGER_CONTEXT_KEYS = frozenset({LEDGER_CONTEXT_KEY, LEDGER_PUBLIC_KEY_CONTEXT_KEY})
 CHECKPOINT_CONTEXT_KEYS: frozenset[str] = frozenset(
     {FORMAT_CONTEXT_KEY, "job_id", "spec_sha256", "step"}
 )
@@ -132,6 +143,8 @@ def build_encryption_context(
     delta: float,
     record_count: int,
     schema_sha256: str,
+    ledger: str,
+    ledger_public_key: str,
 ) -> dict[str, str]:
     """The encryption context of a sealed dataset; raises MalformedHeader if invalid."""
     ctx = {
@@ -141,6 +154,8 @@ def build_encryption_context(
         "delta": format_context_float(delta),
         "record_count": str(int(record_count)),
         "schema_sha256": schema_sha256,
+        LEDGER_CONTEXT_KEY: ledger,
+        LEDGER_PUBLIC_KEY_CONTEXT_KEY: ledger_public_key,
         FORMAT_CONTEXT_KEY: FORMAT_NAME,
     }
     validate_encryption_context(ctx)
@@ -169,6 +184,11 @@ def validate_encryption_context(ctx: Mapping[str, Any], payload: str = PAYLOAD) 
         raise MalformedHeader(f"unsupported payload {payload!r}, expected one of {_PAYLOADS}")
     required = CONTEXT_KEYS_BY_PAYLOAD[payload]
     keys = set(ctx)
+    if payload == PAYLOAD and keys == required - _LEDGER_CONTEXT_KEYS:
+        raise MalformedHeader(
+            "encryption_context has no ledger and ledger_public_key (sealed before datasets had a budget "
+            "ledger): seal the data again with a ledger location"
+        )
     if keys != required:
         missing = sorted(required - keys, key=str)
         extra = sorted(keys - required, key=str)
@@ -207,6 +227,11 @@ def _validate_dataset_context(ctx: Mapping[str, str]) -> None:
         raise MalformedHeader("encryption_context record_count must be a plain decimal integer")
     if not _HEX64.fullmatch(ctx["schema_sha256"]):
         raise MalformedHeader("encryption_context schema_sha256 must be 64 lowercase hex digits")
+    problem = location_problem(ctx[LEDGER_CONTEXT_KEY])
+    if problem is not None:
+        raise MalformedHeader(f"encryption_context ledger: {problem}")
+    if not _HEX64.fullmatch(ctx[LEDGER_PUBLIC_KEY_CONTEXT_KEY]):
+        raise MalformedHeader("encryption_context ledger_public_key must be 64 lowercase hex digits (Ed25519)")
 
 
 def _context_float(ctx: Mapping[str, str], key: str) -> float:
@@ -308,6 +333,14 @@ class SealedHeader:
     @property
     def schema_sha256(self) -> str:
         return self._dataset_entry("schema_sha256")
+
+    @property
+    def ledger_location(self) -> str:
+        return self._dataset_entry(LEDGER_CONTEXT_KEY)
+
+    @property
+    def ledger_public_key(self) -> bytes:
+        return bytes.fromhex(self._dataset_entry(LEDGER_PUBLIC_KEY_CONTEXT_KEY))
 
     # -- wire form ---------------------------------------------------------
     def header_bytes(self) -> bytes:

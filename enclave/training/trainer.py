@@ -79,6 +79,8 @@ class TrainingInputs:
     resume: CheckpointState | None
     nsm: Nsm
     generate_data_key: Callable[[str, dict[str, str]], tuple[bytes, bytes]]
+    # The dataset's cumulative epsilon per its budget ledger, this job's reservation included.
+    dataset_epsilon: float
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
@@ -250,6 +252,7 @@ class Trainer:
             started_at=_rfc3339(started),
             finished_at=_rfc3339(inp.clock()),
             budget={"max_epsilon": plan.max_epsilon, "delta": plan.budget_delta},
+            dataset_epsilon=inp.dataset_epsilon,
         )
         self._gate.send(CertificateIssued(data=issue_certificate(body, inp.nsm)))
         summary = f"{ledger.steps} steps, epsilon {eps[plan.accountant]:.4f} ({plan.accountant})"

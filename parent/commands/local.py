@@ -53,6 +53,7 @@ def _summary(state: ApplianceState) -> dict[str, Any]:
         "pcr0": state.pcrs.get("PCR0"),
         "enclave": state.enclave,
         "kms_relay": state.kms_relay,
+        "ledger": str(state.ledger_dir),
         "identities": {role: {"name": i.name, "arn": i.arn, "file": i.file} for role, i in state.identities.items()},
         "services": {name: {"pid": s.pid, "address": s.address, "log": s.log} for name, s in state.services.items()},
     }
@@ -84,6 +85,7 @@ def _up(args: argparse.Namespace) -> int:
     print(f"  data-owner key  {state.data_owner_key} ({state.data_owner_alias})")
     print(f"  model-owner key {state.model_owner_key} ({state.model_owner_alias})")
     print(f"  root            {state.root}")
+    print(f"  ledger          {state.ledger_dir}")
     print(f"  measurements    {state.measurements} (PCR0 {state.pcrs.get('PCR0', '')[:24]}…)")
     return 0
 

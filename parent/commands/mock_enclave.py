@@ -22,6 +22,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--kms-url", default="http://127.0.0.1:{port}", help="KMS URL inside the enclave")
     run.add_argument("--measure-dir", type=Path, help="measure this copy of the enclave package")
     run.add_argument("--sessions", type=int, help="exit after this many sessions")
+    run.add_argument("--ledger", type=Path, default=None, metavar="DIR",
+                     help="the budget ledgers' directory (default STATE/ledger); only local:DIR ledgers are served")
     add_json_flag(run, help='announce readiness as {"event": "ready", "address": ADDR} instead of "ready ADDR"')
     run.set_defaults(func=_run)
 
@@ -41,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
         kms_relay=args.kms_relay,
         kms_url=args.kms_url,
         measure_dir=args.measure_dir,
+        ledger_dir=args.ledger,
     )
     # A launcher reads this line to know the enclave is listening.
     address = str(runtime.control_address)

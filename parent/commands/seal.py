@@ -6,12 +6,14 @@ import json
 import sys
 from typing import Any
 
+from enclave.ledger.location import local_location
 from enclave.sealed.format import DEFAULT_CHUNK_SIZE
-from parent.appliance import DATA_OWNER
+from parent.appliance import DATA_OWNER, ApplianceState
 from parent.commands.kms_args import add_kms_arguments, kms_client
 from parent.commands.local_args import add_local_argument, local_kms
 from parent.datasets import open_dataset
 from parent.seal import SealResult, seal_dataset
+from parent.storage import write_atomic
 
 # Below this many records sealing takes well under a second: no progress bar.
 PROGRESS_MIN_RECORDS = 10_000
@@ -42,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         "(default: the largest label + 1, printed)")
     p.add_argument("--label-column", default=None, metavar="NAME",
                    help="the column holding the labels (default: 'label', when the dataset has one)")
+    p.add_argument("--ledger", default=None, metavar="URI",
+                   help="where the dataset's budget ledger lives, bound into the encryption context: "
+                        "s3://BUCKET/PREFIX?owner=ACCOUNT (Object Lock) on AWS (required, except under --local: "
+                        "the local appliance's ledger directory)")
     add_kms_arguments(p)
     add_local_argument(p, "data-owner")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
@@ -49,20 +55,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run, _parser=p)
 
 
-def _kms(args: argparse.Namespace) -> tuple[Any, str, str]:
-    """The KMS client, key id and owner name: from the local appliance or from the options."""
+def _kms(args: argparse.Namespace) -> tuple[Any, str, str, str, ApplianceState | None]:
+    """The KMS client, key id, owner name, ledger location and local state (None on AWS)."""
     if args.local is not None:
         state, identity, client = local_kms(args, DATA_OWNER)
-        return client, args.key_id or state.data_owner_key, args.owner or identity.name
+        ledger = args.ledger or local_location(str(state.ledger_dir))
+        return client, args.key_id or state.data_owner_key, args.owner or identity.name, ledger, state
     if args.key_id is None:
         args._parser.error("--key-id is required (or --local, for the local appliance's data-owner key)")
     if not args.owner:
         args._parser.error("--owner is required: the data owner's name goes into the encryption context")
-    return kms_client(args), args.key_id, args.owner
+    if not args.ledger:
+        args._parser.error("--ledger is required: every job on the dataset spends its budget from that ledger")
+    return kms_client(args), args.key_id, args.owner, args.ledger, None
 
 
 def run(args: argparse.Namespace) -> int:
-    client, key_id, owner = _kms(args)
+    client, key_id, owner, ledger, state = _kms(args)
     reader = open_dataset(args.input)
     count = reader.count()
     bar = None
@@ -79,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             max_epsilon=args.max_epsilon,
             delta=args.delta,
             owner=owner,
+            ledger=ledger,
             dataset_id=args.dataset_id,
             chunk_size=args.chunk_size,
             progress=bar.update if bar is not None else None,
@@ -88,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if state is not None:
+        # `hermetic budget show DATASET --local` finds the cap and the ledger key here.
+        write_atomic(state.dataset_context_file(result.dataset_id),
+                     (json.dumps(dict(result.encryption_context), indent=2, sort_keys=True) + "\n").encode())
     _print(result, as_json=args.json)
     return 0
 
@@ -102,6 +116,7 @@ def _print(result: SealResult, *, as_json: bool) -> None:
     print(f"  dataset_id       {result.dataset_id}{how}")
     print(f"  owner            {ctx['owner']}")
     print(f"  budget           epsilon={ctx['max_epsilon']} delta={ctx['delta']}")
+    print(f"  ledger           {ctx['ledger']}")
     print(f"  schema_sha256    {result.schema_sha256}")
     print(f"  sealed_sha256    {result.sealed_sha256}")
     labels = result.labels

@@ -109,6 +109,7 @@ def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[Seale
         "delta": body.delta,
         "accountant": verified.accountant,
         "budget": dict(body.budget),
+        "dataset_epsilon": body.dataset_epsilon,
         "privacy_unit": body.privacy_unit,
         "neighbouring": body.neighbouring,
         "pcrs": shown["pcrs"],
@@ -142,6 +143,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"  job:          {report['job_id']} (spec sha256 {report['spec_sha256']})")
     print(f"  epsilon:      {report['epsilon']:.6g} ({report['accountant']}, recomputed from the ledger;"
           f" budget {report['budget']['max_epsilon']:.6g})")
+    print(f"  dataset:      epsilon {report['dataset_epsilon']:.6g} spent by every job on it, this one included"
+          f" (its budget ledger, as stated by the enclave)")
     others = ", ".join(f"{name} {value:.6g}" for name, value in report["epsilons"].items()
                        if name != report["accountant"])
     if others:

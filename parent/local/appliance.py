@@ -3,10 +3,12 @@
 `up` makes (once) and keeps in `DIR`: the local Nitro CA, the enclave package's
 measurements in the nitro-cli shape, three AWS identities (data owner, model owner,
 the parent's role) with fresh access keys in 0600 files, and the two key policies
-rendered from the measurements with the same templates as on AWS. It starts the KMS
-emulator on a loopback port and a mock enclave that serves job after job on a unix
-socket, makes the data-owner and model-owner keys (aliases `alias/hermetic-data-owner`
-and `alias/hermetic-model-owner`, as on AWS), and records everything in
+rendered from the measurements with the same templates as on AWS, and `DIR/ledger/`, where
+every dataset sealed with `seal --local` keeps its budget ledger. It starts the KMS
+emulator on a loopback port and a mock enclave (with the local-directory ledger backend
+over `DIR/ledger/`) that serves job after job on a unix socket, makes the data-owner and
+model-owner keys (aliases `alias/hermetic-data-owner` and `alias/hermetic-model-owner`, as
+on AWS), and records everything in
 `DIR/appliance.json` (`parent.appliance`). Services that are already running are left
 alone; crashed ones are restarted. If the enclave code changed since the policies were
 rendered, the policies are re-rendered and put on the keys and the enclave restarted.
@@ -37,6 +39,7 @@ from parent.appliance import (
     DATA_OWNER,
     ENCLAVE_SERVICE,
     KMS_SERVICE,
+    LEDGER_DIR,
     MODEL_OWNER,
     PARENT,
     ROLES,
@@ -140,6 +143,8 @@ def _bring_up(
     identities = _identities(state_dir)
     policies = _render_policies(state_dir, pcrs)
     run_dir = _run_dir(state_dir, old)
+    # Every dataset sealed with `seal --local` keeps its budget ledger here (local:DIR).
+    (state_dir / LEDGER_DIR).mkdir(mode=0o700, exist_ok=True)
     started: list[ServiceRecord] = []
     try:
         services, data_key, model_key, updated = _start_services(
@@ -220,7 +225,7 @@ def _start_services(
     if enclave is None:
         enclave = _start(ENCLAVE_SERVICE, hermetic_argv(
             "mock-enclave", "run", "--state", str(state_dir), "--listen", f"unix://{run_dir / 'enclave.sock'}",
-            "--kms-relay", _relay_address(run_dir),
+            "--kms-relay", _relay_address(run_dir), "--ledger", str(state_dir / LEDGER_DIR),
         ), logs, state_dir, timeout)
         services[ENCLAVE_SERVICE] = enclave
         started.append(enclave)

@@ -4,7 +4,8 @@ The demo drives the first-hour commands a user runs (`hermetic local up`, `seal
 --local`, `train --local`, `verify-certificate --measurements`, `checkpoint decrypt
 --local`, `local down`), so it is also their end-to-end test, and adds the proofs a
 user would not run: the parent's plain Decrypt is refused, the parent's traffic holds
-no plaintext, an enclave with modified code is refused. Data owner, KMS emulator,
+no plaintext, an enclave with modified code is refused, and once the training job has
+spent the dataset's budget a second job is refused before any key use. Data owner, KMS emulator,
 mock enclave and parent meet only over sockets, as on Nitro. The demo checks what it
 claims and returns a report; the CLI prints the stage lines.
 """
@@ -63,6 +64,8 @@ class DemoReport:
     test_accuracy: float | None = None
     certificate: str = ""
     model_sha256: str = ""
+    second_job_outcome: str = ""
+    spent_epsilon: float = 0.0
     proved: list[str] = field(default_factory=list)
 
 
@@ -194,6 +197,17 @@ def run_demo(
         say(f"data owner sealed Fashion-MNIST (`hermetic seal --local`): {report.records} records, "
             f"{report.sealed_bytes / 1e6:.1f} MB -> {sealed.name}; record count and 10 classes declared public")
 
+        # Every job spends from its dataset's budget ledger, the proofs' one-step jobs included: they get a
+        # copy of their own (a fresh data key, so its own ledger), and the training job the whole budget.
+        proofs_id = f"{report.dataset_id}-proofs"
+        proofs = out_dir / "fashion-mnist-proofs.sealed"
+        run_command("seal-proofs", hermetic_argv(
+            "seal", str(dataset), "--local", str(state_dir), "--out", str(proofs), "--max-epsilon",
+            repr(recipe.epsilon), "--delta", repr(recipe.delta), "--num-classes", "10", "--dataset-id", proofs_id,
+            "--json",
+        ), logs, env=CLEAN_ENV)
+        say(f"and a second sealed copy ({proofs.name}) for the proofs below, with a budget ledger of its own")
+
         report.parent_plain_decrypt = _plain_decrypt_as(state.credentials(PARENT), state.kms_endpoint, sealed)
         if report.parent_plain_decrypt != "AccessDeniedException":
             raise DemoFailed(f"the parent's plain Decrypt was not refused: {report.parent_plain_decrypt}")
@@ -203,7 +217,7 @@ def run_demo(
         # Every job carries a spec: these runs train one step, enough to open the data.
         opening_spec = run_dir / "open.toml"
         write_atomic(opening_spec, opening_spec_toml(state.model_owner_key, recipe.delta).encode())
-        outcome = _parent_run(state, "enclave", state.enclave, state.kms_relay, report.dataset_id, sealed,
+        outcome = _parent_run(state, "enclave", state.enclave, state.kms_relay, proofs_id, proofs,
                               opening_spec, run_dir, logs)
         event = next((e for e in outcome.get("audit_events", []) if e["kind"] == "dataset_opened"), None)
         if outcome.get("status") != "ok" or event is None:
@@ -227,8 +241,7 @@ def run_demo(
 
         modified = _modified_enclave_copy(run_dir)
         report.modified_enclave_pcr0 = measure_enclave_package(modified)[0].hex()
-        refused = _modified_enclave_job(state, run_dir, logs, services, report.dataset_id, sealed, opening_spec,
-                                        modified)
+        refused = _modified_enclave_job(state, run_dir, logs, services, proofs_id, proofs, opening_spec, modified)
         report.modified_enclave_outcome = str(refused.get("error", refused.get("status")))
         if refused.get("status") == "ok" or "AccessDenied" not in report.modified_enclave_outcome:
             raise DemoFailed(f"a modified enclave was not refused: {report.modified_enclave_outcome}")
@@ -237,6 +250,7 @@ def run_demo(
 
         _train(report, recipe, state, sealed, out_dir, logs, services, say, progress)
         _verify_outputs(report, state, sealed, out_dir, logs, say)
+        _over_budget(report, state, sealed, opening_spec, run_dir, logs, say)
     finally:
         for service in reversed(services):
             service.stop()
@@ -313,6 +327,25 @@ def _verify_outputs(report: DemoReport, state: ApplianceState, sealed: Path, out
     say(f"model owner decrypted the final checkpoint (`hermetic checkpoint decrypt --local`): model SHA-256 "
         f"{report.model_sha256[:16]}… matches the certificate")
     report.proved.append("only the model owner can read the checkpoint, and it is the certified model")
+
+
+def _over_budget(
+    report: DemoReport, state: ApplianceState, sealed: Path, spec: Path, run_dir: Path, logs: Path, say: Say
+) -> None:
+    """A second job on the trained copy: its ledger holds the whole budget, so the enclave refuses it before
+    asking KMS for the key, and `hermetic budget show` says what was spent."""
+    outcome = _parent_run(state, "second", state.enclave, state.kms_relay, report.dataset_id, sealed, spec,
+                          run_dir, logs)
+    report.second_job_outcome = str(outcome.get("error", outcome.get("status")))
+    if outcome.get("status") == "ok" or "has spent epsilon" not in report.second_job_outcome:
+        raise DemoFailed(f"a second job past the dataset's budget was not refused: {report.second_job_outcome}")
+    shown = json.loads(run_command("budget-show", hermetic_argv("budget", "show", str(sealed), "--json"), logs))
+    if not shown.get("valid") or shown["spent_epsilon"] is None:
+        raise DemoFailed(f"the dataset's budget ledger does not verify: {shown.get('problem')}")
+    report.spent_epsilon = float(shown["spent_epsilon"])
+    say(f"a second job on the same sealed data refused before any key use; `hermetic budget show`: spent "
+        f"epsilon {report.spent_epsilon:.3f} of {shown['max_epsilon']:g}, remaining {shown['remaining_epsilon']:.3f}")
+    report.proved.append("a dataset's budget bounds all its jobs together: a job past it never gets the key")
 
 
 def _plain_decrypt_as(identity: AwsCredentials, kms_url: str, sealed: Path) -> str:

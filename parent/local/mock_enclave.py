@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from enclave.ledger.local import local_backends
 from enclave.transport.address import Address
 from enclave.wiring import RuntimeConfig, SocketEnclave
+from parent.appliance import LEDGER_DIR
 from parent.local.local_ca import LocalCa
 from parent.local.measure import measure_enclave_package
 from parent.local.mock_nsm import MockNsm
@@ -30,10 +32,13 @@ def build_runtime(
     kms_relay: Address,
     kms_url: str = "http://127.0.0.1:{port}",
     measure_dir: Path | None = None,
+    ledger_dir: Path | None = None,
 ) -> SocketEnclave:
     ca = LocalCa.load_or_create(state_dir)
     pcrs = measure_enclave_package(measure_dir)
     nsm = MockNsm(ca, pcrs=pcrs)
     log.info("mock enclave PCR0 %s", pcrs[0].hex())
     config = RuntimeConfig(control=control, kms_relay=kms_relay, kms_url=kms_url)
-    return SocketEnclave(config, nsm)
+    # The one place unprotected (local-directory) ledger slots are accepted: see enclave.ledger.local.
+    ledgers = local_backends(Path(ledger_dir) if ledger_dir is not None else Path(state_dir) / LEDGER_DIR)
+    return SocketEnclave(config, nsm, ledgers=ledgers)

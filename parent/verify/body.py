@@ -38,7 +38,7 @@ def body_to_json(body: CertificateBody) -> dict[str, Any]:
 
 
 _BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
-_FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta"})
+_FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta", "dataset_epsilon"})
 
 
 def _keys(raw: Any, expected: tuple[str, ...], what: str) -> Mapping[str, Any]:
@@ -142,6 +142,7 @@ def decode_body(data: bytes) -> CertificateBody:
         started_at=raw["started_at"],
         finished_at=raw["finished_at"],
         budget=budget,
+        dataset_epsilon=raw["dataset_epsilon"],
         privacy_unit=raw["privacy_unit"],
         neighbouring=raw["neighbouring"],
     )

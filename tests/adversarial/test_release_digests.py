@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.ipc
 import pytest
 
+from enclave.ledger.local import local_backends
 from enclave.transport.address import UnixAddress
 from enclave.transport.messages import Message, TrainingJob
 from enclave.wiring import RuntimeConfig, SocketEnclave
@@ -107,7 +108,8 @@ def test_no_plaintext_digest_leaves_in_any_message_file_or_log(
     caplog.set_level(logging.DEBUG)
     control = UnixAddress(str(data_path.sock_dir / "digest.sock"))
     relay = UnixAddress(str(data_path.sock_dir / "digest-kms.sock"))
-    runtime = SocketEnclave(RuntimeConfig(control=control, kms_relay=relay), MockNsm(data_path.ca, pcrs=data_path.pcrs))
+    runtime = SocketEnclave(RuntimeConfig(control=control, kms_relay=relay), MockNsm(data_path.ca, pcrs=data_path.pcrs),
+                            ledgers=local_backends(data_path.ledger_dir))
     thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
     out = tmp_path / "out"
     sink = ArtifactSink(out)

@@ -22,7 +22,7 @@ from enclave.training.check import check_job
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import UnusableRecords, table_arrays
 from parent.cli import main
-from tests.parent.test_seal import FakeKms, seal
+from tests.parent.test_seal import LEDGER, FakeKms, seal
 from tests.parent.test_seal import kms_url as kms_url
 
 SPEC = """
@@ -102,7 +102,7 @@ def test_hermetic_seal_prints_the_class_count_as_the_owners_choice(
     key_id = boto3.client("kms", endpoint_url=kms_url, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     src = _npz(tmp_path / "d.npz", (np.arange(50) % 7).astype(np.uint8))
     base = ["seal", str(src), "--key-id", key_id, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
-            "--kms-endpoint", kms_url]
+            "--kms-endpoint", kms_url, "--ledger", LEDGER]
     assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
     out = capsys.readouterr().out
     assert "column 'label', 7 classes (the largest label + 1; --num-classes declares another)" in out

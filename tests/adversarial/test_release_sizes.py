@@ -10,6 +10,7 @@ length from one signature to the next, whatever the data.
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -17,7 +18,19 @@ from enclave.transport.messages import CertificateIssued, JobResult, Message, Tr
 from parent.local.mock_nsm import MockNsm
 from parent.seal import seal_dataset
 from parent.verify.envelope import decode_envelope
-from tests.enclave.test_runtime import CREDS, HELLO, JOB, KEY_ARN, TRAIN, StubKms, run_session, spec_toml, stream
+from tests.enclave.test_runtime import (
+    CREDS,
+    DATA_KEY,
+    HELLO,
+    JOB,
+    KEY_ARN,
+    TRAIN,
+    StubKms,
+    run_session,
+    spec_toml,
+    stream,
+)
+from tests.support.ledgers import MEMORY_LOCATION
 
 RECORDS = 300
 
@@ -29,8 +42,9 @@ def _sealed(tmp_path: Path, seed: int) -> bytes:
     labels[:10] = np.arange(10)  # both declare 10 classes
     np.savez(src, image=rng.integers(0, 256, (RECORDS, 784), dtype=np.uint8), label=labels)
     out = tmp_path / f"d{seed}.sealed"
-    seal_dataset(src, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=3.0, delta=1e-5, owner="owner",
-                 dataset_id=TRAIN, num_classes=10)
+    with mock.patch("parent.seal.secrets.token_bytes", return_value=DATA_KEY):
+        seal_dataset(src, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=3.0, delta=1e-5, owner="owner",
+                     dataset_id=TRAIN, num_classes=10, ledger=MEMORY_LOCATION)
     return out.read_bytes()
 
 

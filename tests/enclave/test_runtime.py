@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -49,6 +50,7 @@ from parent.seal import seal_dataset
 from parent.verify.certificate import verify_certificate
 from tests.support.certificates import PINNED
 from tests.support.channels import MemoryListener, drain
+from tests.support.ledgers import MEMORY_LOCATION, MemoryLedgers
 
 QUICK_LIMITS = RuntimeLimits(recv_timeout_s=5)
 
@@ -106,9 +108,12 @@ class StubKms:
     def decrypt(self, **params: Any) -> dict[str, Any]:
         return self._for_recipient("Decrypt", params)
 
+    def encrypt(self, **params: Any) -> dict[str, Any]:
+        # The data owner sealing, outside any enclave: the one data key this stub releases.
+        assert params["Plaintext"] is not None
+        return {"CiphertextBlob": b"wrapped-key", "KeyId": KEY_ARN}
+
     def generate_data_key(self, **params: Any) -> dict[str, Any]:
-        if "Recipient" not in params:  # the data owner sealing, outside any enclave
-            return {"Plaintext": DATA_KEY, "CiphertextBlob": b"wrapped-key", "KeyId": KEY_ARN}
         return {**self._for_recipient("GenerateDataKey", params), "CiphertextBlob": b"wrapped-key"}
 
 
@@ -118,8 +123,9 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     rng = np.random.default_rng(5)
     np.savez(folder / "train.npz", image=rng.integers(0, 256, (200, 784), dtype=np.uint8),
              label=rng.integers(0, 10, 200, dtype=np.uint8))
-    seal_dataset(folder / "train.npz", folder / "train.sealed", key_id=KEY_ARN, kms_client=StubKms(),
-                 max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TRAIN)
+    with mock.patch("parent.seal.secrets.token_bytes", return_value=DATA_KEY):
+        seal_dataset(folder / "train.npz", folder / "train.sealed", key_id=KEY_ARN, kms_client=StubKms(),
+                     max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TRAIN, ledger=MEMORY_LOCATION)
     return (folder / "train.sealed").read_bytes()
 
 
@@ -139,6 +145,7 @@ def run_session(
     kms_clients: Callable[[Credentials], Any] | None = None,
     training_loop: Callable[[TrainingInputs, EgressGate], Any] = Trainer,
     limits: RuntimeLimits = QUICK_LIMITS,
+    ledgers: MemoryLedgers | None = None,
 ) -> list[Message]:
     listener = MemoryListener()
     parent = listener.connect()
@@ -148,7 +155,7 @@ def run_session(
     stub = kms or StubKms()
     runtime = EnclaveRuntime(
         nsm, listener, kms_clients or (lambda creds: stub), clock=lambda: FIXED_NOW,
-        training_loop=training_loop, limits=limits,
+        training_loop=training_loop, limits=limits, ledgers=(ledgers or MemoryLedgers()).backends(),
     )
     runtime.serve(sessions=1)
     assert listener.closed
@@ -258,8 +265,9 @@ def test_a_job_runs_to_a_certificate_in_memory(nsm: MockNsm, ca: LocalCa, sealed
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], kms=kms)
     assert replies[0] == ENCLAVE_HELLO and replies[-1] == Goodbye()
     audits = [m for m in replies if isinstance(m, AuditEvent)]
-    assert [a.kind for a in audits] == ["dataset_opened", "training_planned"]
+    assert [a.kind for a in audits] == ["dataset_opened", "training_planned", "budget_reserved"]
     assert audits[0].fields["sealed_sha256"] == hashlib.sha256(sealed).hexdigest()
+    assert audits[2].fields["slot"] == 0 and audits[2].fields["steps"] == 2
     [result] = [m for m in replies if isinstance(m, JobResult)]
     assert result.status == "ok" and result.detail.startswith("2 steps")
     [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
@@ -315,10 +323,11 @@ def test_unexpected_exception_in_training_releases_nothing_more(
 
     caplog.set_level(logging.DEBUG, logger="enclave")
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=failing_loop)
-    opened, planned = replies[1:3]
-    assert isinstance(opened, AuditEvent) and isinstance(planned, AuditEvent)
+    opened, planned, reserved = replies[1:4]
+    assert isinstance(opened, AuditEvent) and isinstance(planned, AuditEvent) and isinstance(reserved, AuditEvent)
     # After a data key was used, one constant Error; the log has the class, not the text.
-    error = assert_refused(replies, OPENED_FAILURE_CODE, OPENED_FAILURE, before=[ENCLAVE_HELLO, opened, planned])
+    error = assert_refused(replies, OPENED_FAILURE_CODE, OPENED_FAILURE,
+                           before=[ENCLAVE_HELLO, opened, planned, reserved])
     assert "loss" not in error.message
     assert any("(ZeroDivisionError)" in r.getMessage() for r in caplog.records)
     assert not any("loss" in r.getMessage() or r.exc_info for r in caplog.records if r.name == "enclave.runtime")
@@ -334,7 +343,7 @@ def test_egress_refusal_inside_training_is_reported_and_nothing_leaves(nsm: Mock
             return "done"
 
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=LeakyLoop)
-    assert_refused(replies, OPENED_FAILURE_CODE, OPENED_FAILURE, before=replies[:3])
+    assert_refused(replies, OPENED_FAILURE_CODE, OPENED_FAILURE, before=replies[:4])
     assert not [m for m in replies if isinstance(m, AuditEvent) and m.kind == "train_loss"]
 
 
@@ -456,9 +465,9 @@ def test_refused_messages_while_training_end_the_job(
     caplog.set_level(logging.ERROR, logger="enclave.runtime")
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed), *after_datasets],
                           kms_clients=factory, training_loop=RecordingLoop())
-    opened, planned = replies[1:3]
+    opened, planned, reserved = replies[1:4]
     # The data was opened: the reason stays in the enclave's log, by class only.
-    assert_refused(replies, OPENED_FAILURE_CODE, OPENED_FAILURE, before=[ENCLAVE_HELLO, opened, planned])
+    assert_refused(replies, OPENED_FAILURE_CODE, OPENED_FAILURE, before=[ENCLAVE_HELLO, opened, planned, reserved])
     assert [r.getMessage() for r in caplog.records] == [f"job failed after the data was opened ({logged})"]
     assert factory.given == [CREDS]  # no refused refresh reached the factory
 

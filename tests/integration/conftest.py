@@ -21,6 +21,8 @@ import pytest
 from botocore.config import Config
 
 from enclave.egress import EgressGate
+from enclave.ledger.local import local_backends
+from enclave.ledger.location import local_location
 from enclave.training.trainer import TrainingInputs
 from enclave.transport.address import UnixAddress
 from enclave.transport.messages import Credentials, TrainingJob
@@ -148,18 +150,26 @@ class DataPath:
         client = kms_client(self.emulator.url, OWNER)
         captured: dict[str, bytes] = {}
 
-        def grab(parsed: dict[str, Any], **_: Any) -> None:
-            captured["key"] = parsed["Plaintext"]
+        def grab(params: dict[str, Any], **_: Any) -> None:
+            captured["key"] = params["Plaintext"]
 
-        client.meta.events.register("after-call.kms.GenerateDataKey", grab)
+        client.meta.events.register("provide-client-params.kms.Encrypt", grab)
         out = tmp_path / "patients.sealed"
         result = seal_dataset(
             src, out, key_id=self.key_id, kms_client=client, max_epsilon=max_epsilon, delta=1e-5,
-            owner="hospital", dataset_id=dataset_id, chunk_size=64 * 1024,
+            owner="hospital", dataset_id=dataset_id, chunk_size=64 * 1024, ledger=self.ledger_location,
         )
         # Random rows are unique: any 48 bytes of them in the parent's traffic is a leak.
         samples = [features[i].tobytes()[:48] for i in range(0, records, max(1, records // 50))]
         return Sealed(out, result, captured["key"], samples, features, labels)
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self.state_dir / "ledger"
+
+    @property
+    def ledger_location(self) -> str:
+        return local_location(str(self.ledger_dir.resolve()))
 
     def credentials(self) -> Credentials:
         return Credentials(
@@ -184,6 +194,7 @@ class DataPath:
             RuntimeConfig(control=control, kms_relay=relay),
             nsm or MockNsm(self.ca, pcrs=self.pcrs),
             training_loop=training_loop or RecordingLoop(),
+            ledgers=local_backends(self.ledger_dir),
         )
         thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
         thread.start()

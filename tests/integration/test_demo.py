@@ -45,8 +45,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert report["parent_plain_decrypt"] == "AccessDeniedException"
     assert "AccessDenied" in report["modified_enclave_outcome"]
     assert report["modified_enclave_pcr0"] != report["pcr0"]
-    assert len(report["proved"]) == 6
+    assert len(report["proved"]) == 7
     assert "the owner's file and declared record count" in proc.stdout
+    # The training job spent the dataset's budget: a second job was refused before any key use.
+    assert "has spent epsilon" in report["second_job_outcome"]
+    assert 0 < report["spent_epsilon"] <= 3.0
     # A fraction of an epoch still spends the whole budget it planned, and no more.
     assert 0 < report["epsilon"] <= 3.0
     assert report["steps"] > 0

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from enclave.ledger.local import local_backends
 from enclave.privacy.calibration import epsilon
 from enclave.runtime import OPENED_FAILURE, OPENED_FAILURE_CODE
 from enclave.transport.address import UnixAddress
@@ -111,7 +112,8 @@ def _run_parent(
 def _in_process_enclave(data_path: DataPath, name: str, nsm: MockNsm) -> tuple[SocketEnclave, threading.Thread]:
     control = UnixAddress(str(data_path.sock_dir / f"{name}.sock"))
     relay = UnixAddress(str(data_path.sock_dir / f"{name}-kms.sock"))
-    runtime = SocketEnclave(RuntimeConfig(control=control, kms_relay=relay), nsm)
+    runtime = SocketEnclave(RuntimeConfig(control=control, kms_relay=relay), nsm,
+                            ledgers=local_backends(data_path.ledger_dir))
     thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
     thread.start()
     return runtime, thread

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,8 @@ KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/job-check"
 
 
 class StubKms:
-    def generate_data_key(self, **kwargs: object) -> dict:
-        return {"Plaintext": os.urandom(32), "CiphertextBlob": b"blob", "KeyId": KEY_ARN}
+    def encrypt(self, **kwargs: object) -> dict:
+        return {"CiphertextBlob": b"blob", "KeyId": KEY_ARN}
 
 
 def spec_text(*, model: str = "tanh_cnn", data: str = "", privacy: str = "noise_multiplier = 1.1") -> str:
@@ -62,7 +61,7 @@ def sealed(tmp_path: Path, name: str = "train", *, shape: tuple[int, ...] = (28,
                      columns[1]: rng.integers(0, 10, records, dtype=np.uint8)})
     out = tmp_path / f"{name}.sealed"
     seal_dataset(src, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=max_epsilon, delta=1e-5,
-                 owner="owner", dataset_id=f"{name}-v1")
+                 owner="owner", dataset_id=f"{name}-v1", ledger="s3://ledgers/job-check")
     return out
 
 

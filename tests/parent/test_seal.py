@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from enclave.errors import ConfigError, DatasetError, KmsError
+from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.sealed.format import check_encryption_context
 from enclave.sealed.records import header_schema, iter_record_batches, schema_bytes, schema_sha256, verify_records
 from enclave.sealed.stream import iter_plaintext, read_header
@@ -22,28 +23,34 @@ from parent.datasets import DatasetReader
 from parent.seal import SealResult, derived_dataset_id, seal_dataset
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+LEDGER = "s3://owner-ledgers/hermetic"
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 class FakeKms:
-    """Stands in for AWS KMS: a fresh random key per call and an opaque blob naming it."""
+    """Stands in for AWS KMS Encrypt: an opaque blob naming the data key it wraps."""
 
-    def __init__(self, plaintext_len: int = 32) -> None:
+    def __init__(self) -> None:
         self.keys: dict[bytes, bytes] = {}
         self.calls: list[dict] = []
-        self.plaintext_len = plaintext_len
 
-    def generate_data_key(self, **kwargs: object) -> dict:
+    def encrypt(self, **kwargs: object) -> dict:
         self.calls.append(kwargs)
-        key = os.urandom(self.plaintext_len)
+        key = kwargs["Plaintext"]
+        assert isinstance(key, bytes)
         blob = b"blob-" + os.urandom(16)
         self.keys[blob] = key
-        return {"Plaintext": key, "CiphertextBlob": blob, "KeyId": KEY_ARN}
+        return {"CiphertextBlob": blob, "KeyId": KEY_ARN}
+
+
+class BloblessKms:
+    def encrypt(self, **kwargs: object) -> dict:
+        return {"KeyId": KEY_ARN}
 
 
 class FailingKms:
-    def generate_data_key(self, **kwargs: object) -> dict:
-        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "GenerateDataKey")
+    def encrypt(self, **kwargs: object) -> dict:
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "Encrypt")
 
 
 def write_npz(path: Path, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +71,8 @@ def open_sealed(path: Path, kms: FakeKms) -> tuple[object, pa.Table, bytes]:
 
 
 def seal(tmp_path: Path, src: Path | DatasetReader, kms: object, **kw: object) -> SealResult:
-    args: dict = dict(key_id="alias/owner", kms_client=kms, max_epsilon=3.0, delta=1e-5, owner="St. Example")
+    args: dict = dict(key_id="alias/owner", kms_client=kms, max_epsilon=3.0, delta=1e-5, owner="St. Example",
+                      ledger=LEDGER)
     args.update(kw)
     return seal_dataset(src, tmp_path / "out.sealed", **args)
 
@@ -81,9 +89,13 @@ def test_seal_and_open_round_trip(tmp_path: Path) -> None:
     assert result.record_count == 300
     header, table, plaintext = open_sealed(result.out_path, kms)
     # The context KMS bound the key to is exactly the header's.
+    key = kms.keys[header.encrypted_data_key]
     assert kms.calls == [
-        {"KeyId": "alias/owner", "KeySpec": "AES_256", "EncryptionContext": dict(header.encryption_context)}
+        {"KeyId": "alias/owner", "Plaintext": key, "EncryptionContext": dict(header.encryption_context)}
     ]
+    # The ledger key the context names is the one derived from the data key, for this dataset.
+    assert header.ledger_location == LEDGER
+    assert header.ledger_public_key == LedgerSigningKey(key, result.dataset_id).public_key
     assert header.key_id == KEY_ARN  # the ARN KMS reports, not the alias
     assert header.chunk_size == 1024
     check_encryption_context(
@@ -154,7 +166,7 @@ def test_a_given_dataset_id_is_reported_as_given(tmp_path: Path) -> None:
     src = tmp_path / "d.npz"
     write_npz(src, 10)
     result = seal_dataset(src, tmp_path / "o.sealed", key_id=KEY_ARN, kms_client=FakeKms(), max_epsilon=1.0,
-                          delta=1e-5, owner="o", dataset_id="mine-1")
+                          delta=1e-5, owner="o", dataset_id="mine-1", ledger=LEDGER)
     assert (result.dataset_id, result.dataset_id_source) == ("mine-1", "given")
     assert result.to_json()["dataset_id_source"] == "given"
 
@@ -192,8 +204,8 @@ def test_kms_failure(tmp_path: Path) -> None:
     write_npz(src, 5)
     with pytest.raises(KmsError, match="AccessDenied"):
         seal(tmp_path, src, FailingKms())
-    with pytest.raises(KmsError, match="256-bit"):
-        seal(tmp_path, src, FakeKms(plaintext_len=16))
+    with pytest.raises(KmsError, match="no CiphertextBlob"):
+        seal(tmp_path, src, BloblessKms())
     assert sorted(os.listdir(tmp_path)) == ["d.npz"]
 
 
@@ -297,7 +309,7 @@ def test_cli_seal_json(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixtu
     out = tmp_path / "d.sealed"
     rc = main(
         [
-            "seal", str(src), "--key-id", key_id, "--out", str(out), "--max-epsilon", "2.5",
+            "seal", str(src), "--key-id", key_id, "--out", str(out), "--ledger", LEDGER, "--max-epsilon", "2.5",
             "--delta", "1e-6", "--owner", "bank", "--dataset-id", "loans-2024",
             "--kms-endpoint", kms_url, "--region", "eu-west-1", "--json",
         ]
@@ -326,7 +338,7 @@ def test_cli_summary(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture
     src = tmp_path / "d.npz"
     write_npz(src, 12)
     rc = main(
-        ["seal", str(src), "--key-id", key_id, "--out", str(tmp_path / "o.sealed"), "--max-epsilon", "1",
+        ["seal", str(src), "--key-id", key_id, "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1",
          "--delta", "1e-5", "--owner", "o", "--kms-endpoint", kms_url]
     )
     assert rc == 0
@@ -337,11 +349,12 @@ def test_cli_summary(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture
 def test_cli_errors_are_one_line(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "d.npz"
     write_npz(src, 5)
-    base = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--owner", "o", "--kms-endpoint", kms_url]
+    base = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--owner", "o", "--kms-endpoint", kms_url,
+            "--ledger", LEDGER]
     assert main([*base, "--key-id", "no-such-key", "--max-epsilon", "1", "--delta", "1e-5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if line.startswith("hermetic: error:")] == [err[-1]]
-    assert "GenerateDataKey" in err[-1]
+    assert "KMS Encrypt" in err[-1]
     assert main([*base, "--key-id", "k", "--max-epsilon", "1", "--delta", "2"]) == 1
     assert "delta" in capsys.readouterr().err
     assert main([*base, "--key-id", "k", "--max-epsilon", "1", "--delta", "0.1", "--chunk-size", "0"]) == 1
@@ -352,7 +365,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, kms_url: str, capsys: pytest.Ca
 
 
 def test_cli_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["seal", str(tmp_path / "nope.csv"), "--key-id", "k", "--out", str(tmp_path / "o"),
+    rc = main(["seal", str(tmp_path / "nope.csv"), "--key-id", "k", "--ledger", LEDGER, "--out", str(tmp_path / "o"),
                "--max-epsilon", "1", "--delta", "0.1", "--owner", "o"])
     assert rc == 1
     assert "no such file" in capsys.readouterr().err
@@ -366,7 +379,7 @@ def test_cli_requires_owner_and_key_without_local(
     monkeypatch.setenv("USER", "someone")
     src = tmp_path / "d.npz"
     write_npz(src, 5)
-    argv = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--max-epsilon", "1", "--delta", "1e-5",
+    argv = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5",
             "--owner", "o", "--key-id", "k"]
     at = argv.index(missing)
     del argv[at : at + 2]
@@ -381,7 +394,7 @@ def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, 
     key_id = boto3.client("kms", endpoint_url=kms_url, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     src = tmp_path / "d.npz"
     write_npz(src, 12)
-    base = ["seal", str(src), "--key-id", key_id, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
+    base = ["seal", str(src), "--key-id", key_id, "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
             "--kms-endpoint", kms_url]
     assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
     expected = derived_dataset_id([src], "o")
@@ -398,7 +411,7 @@ def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, 
 def test_cli_local_without_an_appliance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "d.npz"
     write_npz(src, 5)
-    base = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--max-epsilon", "1", "--delta", "1e-5",
+    base = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5",
             "--local", str(tmp_path / "none")]
     assert main(base) == 1
     assert "hermetic local up" in capsys.readouterr().err

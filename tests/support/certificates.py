@@ -39,6 +39,7 @@ def context(dataset_id: str = "patients-2024", *, max_epsilon: float = MAX_EPSIL
     return build_encryption_context(
         dataset_id=dataset_id, owner="hospital-a", max_epsilon=max_epsilon, delta=delta,
         record_count=records, schema_sha256=sha256_hex("schema"),
+        ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
     )
 
 
@@ -79,6 +80,7 @@ def make_body(**overrides: Any) -> CertificateBody:
         "started_at": format_time(now - timedelta(minutes=10)),
         "finished_at": format_time(now - timedelta(minutes=1)),
         "budget": {"max_epsilon": MAX_EPSILON, "delta": DELTA},
+        "dataset_epsilon": 2.5,
     }
     fields.update(overrides)
     if "epsilon" not in fields:

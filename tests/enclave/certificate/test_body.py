@@ -28,12 +28,12 @@ def _kat_body() -> CertificateBody:
         ledger=[{"q": 0.5, "sigma": 1.0, "steps": 3}], model_sha256="m", checkpoint_sha256="c",
         metrics=(ReleasedMetric("acc", 0.75, "public_eval", 3, 0.0),),
         started_at="2025-01-01T00:00:00.000Z", finished_at="2025-01-01T01:00:00.000Z",
-        budget={"max_epsilon": 3.0, "delta": 1e-5},
+        budget={"max_epsilon": 3.0, "delta": 1e-5}, dataset_epsilon=2.75,
     )
 
 
 KAT_HEX = (
-    "b66470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
+    "b76470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
     "746570730366627564676574a26564656c7461fb3ee4f8b588e368f16b6d6178"
     "5f657073696c6f6efb4008000000000000666a6f625f6964616a666c65646765"
     "7281a36171fb3fe0000000000000657369676d61fb3ff0000000000000657374"
@@ -49,9 +49,10 @@ KAT_HEX = (
     "30302e3030305a6b737065635f73686132353661736c6d6f64656c5f73686132"
     "3536616d6c6e65696768626f7572696e67687a65726f2d6f75746c7072697661"
     "63795f756e6974667265636f72646d6d61785f677261645f6e6f726dfb3ff000"
-    "00000000006d73616d706c696e675f72617465fb3fe00000000000006f707562"
-    "6c69635f646174617365747380706e6f6973655f6d756c7469706c696572fb3f"
-    "f000000000000071636865636b706f696e745f7368613235366163"
+    "00000000006d73616d706c696e675f72617465fb3fe00000000000006f646174"
+    "617365745f657073696c6f6efb40060000000000006f7075626c69635f646174"
+    "617365747380706e6f6973655f6d756c7469706c696572fb3ff0000000000000"
+    "71636865636b706f696e745f7368613235366163"
 )
 
 
@@ -61,12 +62,13 @@ def test_known_answer_bytes() -> None:
 
 def test_known_answer_structure_by_hand() -> None:
     data = encode_body(_kat_body())
-    # 22 keys; the shortest key first (length-first canonical ordering).
-    assert data[:6] == b"\xb6\x64pcrs"
+    # 23 keys; the shortest key first (length-first canonical ordering).
+    assert data[:6] == b"\xb7\x64pcrs"
     # Version 2 states the unit of privacy and the neighbouring relation, written by hand.
     assert b"\x67version\x02" in data
     assert b"\x6cprivacy_unit\x66record" in data
     assert b"\x6cneighbouring\x68zero-out" in data
+    assert b"\x6fdataset_epsilon\xfb" + struct.pack(">d", 2.75) in data
     # A ledger segment written by hand: keys q, sigma, steps; floats as float64 even
     # when float16 could hold them exactly (0.5, 1.0).
     segment = (b"\xa3" + b"\x61q" + b"\xfb" + struct.pack(">d", 0.5)
@@ -183,10 +185,10 @@ def test_decode_rejects_duplicate_keys() -> None:
     data = encode_body(make_body())
     # Bump the map length by one and repeat the first entry ("pcrs").
     head, first_key = data[0], cbor2.dumps("pcrs")
-    assert head == 0xB6
+    assert head == 0xB7
     start = len(first_key) + 1
     value = dumps_f64(cbor2.loads(data)["pcrs"])
-    forged = b"\xb7" + first_key + value + data[1:]
+    forged = b"\xb8" + first_key + value + data[1:]
     assert forged[start:start + len(value)] == value
     with pytest.raises(MalformedCertificate):
         decode_body(forged)

@@ -151,3 +151,10 @@ def test_attested_pcrs_must_match_every_listed_index() -> None:
         check_attested_pcrs(body, {**PCRS, 3: bytes(48)})
     with pytest.raises(CertificatePcrMismatch, match="PCR3"):
         check_attested_pcrs(body, {i: v for i, v in PCRS.items() if i != 3})
+
+
+def test_a_dataset_epsilon_above_the_cap_is_refused() -> None:
+    # Every job on the dataset together, as its ledger held them, must fit the sealed cap too.
+    check_body(make_body(dataset_epsilon=MAX_EPSILON))
+    with pytest.raises(BudgetExceeded, match="dataset epsilon"):
+        check_body(make_body(dataset_epsilon=MAX_EPSILON * 1.01))

@@ -37,6 +37,8 @@ def make_header(chunk_size: int = 16, schema: bytes = KAT_SCHEMA_BYTES, **ctx_ov
         delta=1e-5,
         record_count=2,
         schema_sha256=hashlib.sha256(schema).hexdigest(),
+        ledger="s3://kat-ledger/hermetic",
+        ledger_public_key="11" * 32,
     )
     ctx_args.update(ctx_overrides)
     return SealedHeader(

@@ -33,7 +33,7 @@ from .conftest import KAT_SCHEMA_BYTES, make_header
 
 # Known answer: the encoding of conftest.make_header() (chunk_size 16).
 KAT_PREAMBLE = bytes.fromhex(
-    "48524d545345414c0001000002c6a763616c676b4145532d3235362d47434d666b65795f6964782a61726e3a"
+    "48524d545345414c00010000033ba763616c676b4145532d3235362d47434d666b65795f6964782a61726e3a"
     "6177733a6b6d733a75732d656173742d313a3131313132323232333333333a6b65792f6b617466736368656d"
     "61590138ffffffff300100001000000000000a000c000600050008000a000000000104000c00000008000800"
     "000004000800000004000000020000005c00000014000000100014000800000007000c000000100010000000"
@@ -45,13 +45,16 @@ KAT_PREAMBLE = bytes.fromhex(
     "0600000008000000677061796c6f6164706172726f772d6970632d73747265616d6a6368756e6b5f73697a65"
     "1072656e637279707465645f646174615f6b65795830000102030405060708090a0b0c0d0e0f101112131415"
     "161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f72656e6372797074696f6e5f636f6e746578"
-    "74a76564656c74616531652d3035656f776e65727453742e204578616d706c6520486f73706974616c6a6461"
-    "74617365745f6964666b61742d64736b6d61785f657073696c6f6e63332e306c7265636f72645f636f756e74"
-    "61326d736368656d615f73686132353678403132613831333531326630303063366262643334666433663039"
-    "65393265386632353330353937306164383031336162643062623431333261343861613739396f6865726d65"
-    "7469633a666f726d6174697365616c65642d7631"
+    "74a96564656c74616531652d3035656f776e65727453742e204578616d706c6520486f73706974616c666c65"
+    "64676572781873333a2f2f6b61742d6c65646765722f6865726d657469636a646174617365745f6964666b61"
+    "742d64736b6d61785f657073696c6f6e63332e306c7265636f72645f636f756e7461326d736368656d615f73"
+    "6861323536784031326138313335313266303030633662626433346664336630396539326538663235333035"
+    "3937306164383031336162643062623431333261343861613739396f6865726d657469633a666f726d617469"
+    "7365616c65642d7631716c65646765725f7075626c69635f6b65797840313131313131313131313131313131"
+    "3131313131313131313131313131313131313131313131313131313131313131313131313131313131313131"
+    "3131313131"
 )
-KAT_HEADER_HASH = "52166ab9c0e43feafc98a7e3c51ad93cec13b6fb05fa3554b92bc16fea9918f8"
+KAT_HEADER_HASH = "d7a563c8f04099a05d2868f4d78154b050b3fd1793eeecdd766cb1f9b6ad0b07"
 
 
 def test_known_answer_encoding() -> None:
@@ -77,6 +80,8 @@ def test_known_answer_layout_matches_spec() -> None:
     assert body["encryption_context"]["record_count"] == "2"
     assert body["schema"] == KAT_SCHEMA_BYTES
     assert body["encryption_context"]["schema_sha256"] == hashlib.sha256(KAT_SCHEMA_BYTES).hexdigest()
+    assert body["encryption_context"]["ledger"] == "s3://kat-ledger/hermetic"
+    assert body["encryption_context"]["ledger_public_key"] == "11" * 32
     assert set(body) == {"key_id", "encrypted_data_key", "encryption_context", "alg", "chunk_size", "payload", "schema"}
     assert KAT_PREAMBLE[14:] == cbor2.dumps(body, canonical=True)
 
@@ -96,6 +101,7 @@ def test_context_is_read_only_copy() -> None:
     ctx = build_encryption_context(
         dataset_id="d", owner="o", max_epsilon=1, delta=0.5, record_count=0,
         schema_sha256=hashlib.sha256(b"s").hexdigest(),
+        ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
     )
     header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, schema=b"s")
     before = header.encode()
@@ -218,6 +224,7 @@ def test_oversized_header_cannot_be_encoded() -> None:
         encryption_context=build_encryption_context(
             dataset_id="d" * 1024, owner="o" * 1024, max_epsilon=1.0000000000000002, delta=0.1,
             record_count=10**1023, schema_sha256=hashlib.sha256(schema).hexdigest(),
+            ledger="local:/" + "l" * 1017, ledger_public_key="ab" * 32,
         ),
         schema=schema,
     )
@@ -305,3 +312,32 @@ def test_any_header_byte_flip_is_rejected_or_changes_hash(pos: int, xor: int) ->
         return
     # A flip that still parses must change the header hash, which every chunk's AAD binds.
     assert header.header_hash.hex() != KAT_HEADER_HASH
+
+
+# -- the budget ledger in the context ------------------------------------------------
+
+
+def test_a_dataset_sealed_before_the_ledger_is_refused_by_name() -> None:
+    body = _kat_body()
+    del body["encryption_context"]["ledger"], body["encryption_context"]["ledger_public_key"]
+    with pytest.raises(MalformedHeader, match="sealed before datasets had a budget ledger"):
+        read_header(io.BytesIO(_with_body(body)))
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("ledger", "file:///tmp/x", "ledger location starts with"),
+    ("ledger", "local:relative/dir", "ABSOLUTE"),
+    ("ledger_public_key", "AB" * 32, "64 lowercase hex"),
+    ("ledger_public_key", "ab" * 31, "64 lowercase hex"),
+])
+def test_a_malformed_ledger_in_the_context_is_refused(key: str, value: str, reason: str) -> None:
+    body = _kat_body()
+    body["encryption_context"][key] = value
+    with pytest.raises(MalformedHeader, match=reason):
+        read_header(io.BytesIO(_with_body(body)))
+
+
+def test_the_header_names_its_ledger() -> None:
+    header = make_header()
+    assert header.ledger_location == "s3://kat-ledger/hermetic"
+    assert header.ledger_public_key == bytes([0x11]) * 32

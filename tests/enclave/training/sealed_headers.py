@@ -35,6 +35,7 @@ def dataset_header(*, schema: pa.Schema | None = None, dataset_id: str = "plan-d
         encryption_context=build_encryption_context(
             dataset_id=dataset_id, owner="owner", max_epsilon=max_epsilon, delta=delta,
             record_count=records, schema_sha256=schema_sha256(schema),
+            ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
         ),
         chunk_size=1 << 16,
         schema=schema_bytes(schema),

@@ -42,6 +42,10 @@ def test_up_status_crash_restart_down(tmp_path: Path, capsys: pytest.CaptureFixt
         assert code == 0 and up["started"] == ["kms-emulator", "mock-enclave"] and not up["already_running"]
         for key in ("state", "kms_endpoint", "data_owner_key", "model_owner_key", "root", "measurements"):
             assert up[key]
+        # Every dataset sealed with `seal --local` keeps its budget ledger here, and the mock enclave uses it.
+        assert up["ledger"] == str(state_dir.resolve() / "ledger") and Path(up["ledger"]).is_dir()
+        enclave_argv = list(load_state(state_dir).services["mock-enclave"].argv)  # type: ignore[union-attr]
+        assert enclave_argv[enclave_argv.index("--ledger") + 1] == up["ledger"]
         measured = json.loads(Path(up["measurements"]).read_text())["Measurements"]
         assert json.dumps(json.loads((state_dir / "policies" / "data-owner.json").read_text())).count(measured["PCR0"])
         for role in ("data-owner", "model-owner", "parent"):
