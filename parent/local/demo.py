@@ -226,7 +226,9 @@ def run_demo(
         report.enclave_records = int(event["records"])
         # AES-GCM authenticated every chunk under the owner's key, so opening this exact
         # file is opening the owner's exact plaintext.
-        if report.enclave_sealed_sha256 != report.sealed_sha256 or report.enclave_records != report.records:
+        # The proofs run on the owner's second sealed copy (a budget ledger of its own).
+        proofs_sha256 = hashlib.sha256(proofs.read_bytes()).hexdigest()
+        if report.enclave_sealed_sha256 != proofs_sha256 or report.enclave_records != report.records:
             raise DemoFailed("the enclave opened another file than the one the owner sealed")
         say(f"mock enclave authenticated and decrypted all {report.enclave_records} records of the sealed file "
             f"(SHA-256 {report.enclave_sealed_sha256[:16]}…), the owner's file and declared record count")
