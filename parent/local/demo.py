@@ -51,6 +51,7 @@ class DemoReport:
     records: int = 0
     sealed_bytes: int = 0
     sealed_sha256: str = ""
+    proofs_sealed_sha256: str = ""
     enclave_sealed_sha256: str = ""
     enclave_records: int = 0
     parent_plain_decrypt: str = ""
@@ -227,8 +228,8 @@ def run_demo(
         # AES-GCM authenticated every chunk under the owner's key, so opening this exact
         # file is opening the owner's exact plaintext.
         # The proofs run on the owner's second sealed copy (a budget ledger of its own).
-        proofs_sha256 = hashlib.sha256(proofs.read_bytes()).hexdigest()
-        if report.enclave_sealed_sha256 != proofs_sha256 or report.enclave_records != report.records:
+        report.proofs_sealed_sha256 = hashlib.sha256(proofs.read_bytes()).hexdigest()
+        if report.enclave_sealed_sha256 != report.proofs_sealed_sha256 or report.enclave_records != report.records:
             raise DemoFailed("the enclave opened another file than the one the owner sealed")
         say(f"mock enclave authenticated and decrypted all {report.enclave_records} records of the sealed file "
             f"(SHA-256 {report.enclave_sealed_sha256[:16]}…), the owner's file and declared record count")
