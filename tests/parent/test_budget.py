@@ -20,7 +20,7 @@ from tests.support.ledgers import MemoryLedgerStore
 KEY = LedgerSigningKey(bytes(range(32)), "ds-1")
 
 
-def context(ledger: str = "s3://ledgers/hermetic") -> dict[str, str]:
+def context(ledger: str = "s3://ledgers/hermetic?owner=123456789012") -> dict[str, str]:
     from enclave.sealed.format import build_encryption_context
 
     return build_encryption_context(dataset_id="ds-1", owner="o", max_epsilon=3.0, delta=1e-5, record_count=10,
