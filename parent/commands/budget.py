@@ -42,16 +42,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _s3_client(args: argparse.Namespace) -> Any:
-    """An S3 client with the caller's usual credentials, built on first use (local targets need none)."""
+    """An S3 client with the caller's usual credentials, built on first use (local targets need none)
+    and shared by the sealed file and the ledger."""
+    cached = getattr(args, "_s3_client", None)
+    if cached is not None:
+        return cached
     import boto3  # imported per call: `hermetic --help` stays fast
 
     kwargs: dict[str, Any] = {"region_name": region(args)}
     if args.s3_endpoint_url:
         kwargs["endpoint_url"] = args.s3_endpoint_url
     try:
-        return boto3.session.Session().client("s3", **kwargs)
+        args._s3_client = boto3.session.Session().client("s3", **kwargs)
     except ValueError as err:  # botocore rejects malformed endpoint URLs this way
         raise ConfigError(f"bad S3 endpoint {args.s3_endpoint_url!r}: {err}") from None
+    return args._s3_client
 
 
 def _context(args: argparse.Namespace) -> dict[str, str]:

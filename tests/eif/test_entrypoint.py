@@ -135,3 +135,25 @@ def test_without_an_nsm_it_exits_1_with_a_reason(caplog: pytest.LogCaptureFixtur
     assert code == 1
     assert any("cannot start" in r.getMessage() and "NSM" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "ctl.sock").exists()
+
+
+def test_the_production_runtime_opens_s3_ledgers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # `python -m enclave` wires S3 ledgers (protected slots only), never the default of none.
+    import enclave.__main__ as entry
+
+    built: list[dict[str, object]] = []
+
+    class Recorded:
+        def __init__(self, config: object, nsm: object, **kwargs: object) -> None:
+            built.append(kwargs)
+            raise ConfigError("recorded")
+
+    class NoDevice:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(entry, "DeviceNsm", NoDevice)
+    monkeypatch.setattr(entry, "SocketEnclave", Recorded)
+    assert main(["--listen", f"unix://{tmp_path}/ctl.sock", "--kms-relay", f"unix://{tmp_path}/relay.sock",
+                 "--kms-url", "https://kms.us-east-1.amazonaws.com"]) == 1
+    assert built == [{"s3_ledgers": True}]
