@@ -5,15 +5,17 @@ a Nitro Enclave this runs as root. As root it does the three things the runtime
 cannot do unprivileged, then becomes the image's non-root user and execs the runtime:
 
 1. bring the loopback interface up (it starts down in an enclave; the KMS
-   forwarder listens on 127.0.0.1);
-2. map the regional KMS name to 127.0.0.1 in /etc/hosts, so boto3 connects to
-   the forwarder while TLS still verifies the real KMS name;
-3. let the non-root user bind the forwarder's port 443
+   forwarder listens on 127.0.0.1, the S3 one on 127.0.0.2);
+2. map the regional KMS name to 127.0.0.1 and the regional S3 name to 127.0.0.2
+   in /etc/hosts, so boto3 connects to the forwarders while TLS still verifies
+   the real names;
+3. let the non-root user bind the forwarders' port 443
    (net.ipv4.ip_unprivileged_port_start) and open /dev/nsm.
 
 Started as a non-root user (e.g. `docker run` of the image), it skips those steps.
 Addresses are fixed here, so they are part of the measured image: control
-vsock://any:5000, KMS relay on the parent vsock://3:8000, forwarder port 443.
+vsock://any:5000, KMS relay on the parent vsock://3:8000, S3 relay (budget
+ledgers) vsock://3:8001, forwarder port 443.
 """
 from __future__ import annotations
 
@@ -26,7 +28,11 @@ import sys
 
 CONTROL = "vsock://any:5000"
 KMS_RELAY = "vsock://3:8000"
+S3_RELAY = "vsock://3:8001"
 FORWARD_PORT = 443
+KMS_FORWARD_HOST = "127.0.0.1"
+# Its own loopback address: both forwarders listen on 443, so TLS verifies the real names.
+S3_FORWARD_HOST = "127.0.0.2"
 RUN_AS = "enclave"
 NSM_DEVICE = "/dev/nsm"
 HOSTS = "/etc/hosts"
@@ -39,10 +45,18 @@ IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: name[IFNAMSIZ], short flags, padding to 40 bytes
 
 
-def kms_host(region: str) -> str:
+def _check_region(region: str) -> str:
     if not region or not all(c.isalnum() or c == "-" for c in region):
         raise SystemExit(f"entrypoint: invalid AWS region {region!r}")
-    return f"kms.{region}.amazonaws.com"
+    return region
+
+
+def kms_host(region: str) -> str:
+    return f"kms.{_check_region(region)}.amazonaws.com"
+
+
+def s3_host(region: str) -> str:
+    return f"s3.{_check_region(region)}.amazonaws.com"
 
 
 def runtime_argv(python: str, region: str) -> list[str]:
@@ -52,20 +66,33 @@ def runtime_argv(python: str, region: str) -> list[str]:
         "--kms-relay", KMS_RELAY,
         "--kms-url", f"https://{kms_host(region)}",
         "--kms-forward-port", str(FORWARD_PORT),
+        "--s3-relay", S3_RELAY,
+        "--s3-url", f"https://{s3_host(region)}",
+        "--s3-forward-host", S3_FORWARD_HOST,
+        "--s3-forward-port", str(FORWARD_PORT),
     ]
 
 
-def hosts_with_kms(existing: str, host: str) -> str:
-    """/etc/hosts text with `127.0.0.1 host` added once (idempotent)."""
+def hosts_with(existing: str, address: str, host: str) -> str:
+    """/etc/hosts text with `address host` added once (idempotent)."""
     lines = existing.splitlines()
     for line in lines:
         fields = line.split("#", 1)[0].split()
-        if fields and fields[0] == "127.0.0.1" and host in fields[1:]:
+        if fields and fields[0] == address and host in fields[1:]:
             return existing
     if not any(line.split("#", 1)[0].split()[1:2] == ["localhost"] for line in lines):
         lines.append("127.0.0.1 localhost")
-    lines.append(f"127.0.0.1 {host}")
+    lines.append(f"{address} {host}")
     return "\n".join(lines) + "\n"
+
+
+def hosts_with_kms(existing: str, host: str) -> str:
+    return hosts_with(existing, KMS_FORWARD_HOST, host)
+
+
+def hosts_for_region(existing: str, region: str) -> str:
+    """/etc/hosts text mapping the regional KMS and S3 names to their forwarders."""
+    return hosts_with(hosts_with_kms(existing, kms_host(region)), S3_FORWARD_HOST, s3_host(region))
 
 
 def bring_up_loopback() -> None:
@@ -84,7 +111,7 @@ def prepare_as_root(region: str) -> None:
     except FileNotFoundError:
         existing = ""
     with open(HOSTS, "w", encoding="utf-8") as f:
-        f.write(hosts_with_kms(existing, kms_host(region)))
+        f.write(hosts_for_region(existing, region))
     with open(UNPRIVILEGED_PORT_START, "w", encoding="ascii") as f:
         f.write(str(FORWARD_PORT))
     user = pwd.getpwnam(RUN_AS)

@@ -1,12 +1,15 @@
 """The enclave's production entry point: ``python -m enclave``.
 
     python -m enclave --listen vsock://any:5000 --kms-relay vsock://3:8000 \\
-        --kms-url https://kms.us-east-1.amazonaws.com --kms-forward-port 443
+        --kms-url https://kms.us-east-1.amazonaws.com --kms-forward-port 443 \\
+        --s3-relay vsock://3:8001 --s3-url https://s3.us-east-1.amazonaws.com
 
-It opens the real Nitro Secure Module (`/dev/nsm`) and serves
-parent sessions until SIGTERM. It never imports `parent`: the mock NSM and every
-other local stand-in are out of reach of this path, so an image built from the
-`enclave` package alone cannot be talked into using them.
+It opens the real Nitro Secure Module (`/dev/nsm`) and serves parent sessions until
+SIGTERM. Budget ledgers are S3 only (`s3://...?owner=`), reached through the S3 relay
+with the session's credentials, and every slot must be protected by Object Lock;
+without `--s3-relay` every job on a sealed dataset is refused. It never imports
+`parent`: the mock NSM and every other local stand-in are out of reach of this path,
+so an image built from the `enclave` package alone cannot be talked into using them.
 """
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", err)
         return 1
     try:
-        runtime = SocketEnclave(config, nsm)
+        runtime = SocketEnclave(config, nsm, s3_ledgers=True)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             del frame

@@ -9,9 +9,13 @@ S3 relay, when one is configured. Budget ledgers are reached through `ledgers`
 (enclave.ledger.location.LedgerBackends); its default opens none, and it never accepts
 slots its store does not protect: only the local mock enclave's wiring
 (`parent.local.mock_enclave`) passes the local-directory backend, which does.
+`s3_ledgers=True` (what `python -m enclave` uses) opens `s3://` ledgers through the S3
+forwarder with the session's current credentials, protected slots only.
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,9 @@ import boto3
 from botocore.config import Config
 
 from enclave.errors import ConfigError
-from enclave.ledger.location import NO_LEDGERS, LedgerBackends
+from enclave.ledger.location import NO_LEDGERS, S3_SCHEME, LedgerBackends
+from enclave.ledger.s3 import S3LedgerStore
+from enclave.ledger.store import LedgerStore, LedgerUnavailable
 from enclave.nsm.interface import Nsm
 from enclave.runtime import Clock, EnclaveRuntime, TrainingLoopFactory, utc_now
 from enclave.training.trainer import Trainer
@@ -64,13 +70,19 @@ class SocketEnclave:
         clock: Clock = utc_now,
         training_loop: TrainingLoopFactory = Trainer,
         ledgers: LedgerBackends = NO_LEDGERS,
+        s3_ledgers: bool = False,
     ) -> None:
+        if s3_ledgers and ledgers is not NO_LEDGERS:
+            raise ConfigError("pass either ledgers or s3_ledgers, not both")
         self._config = config
+        self._creds = _SessionCredentials()
         self._forwarder = TcpForwarder(config.kms_relay, port=config.kms_forward_port)
         self._s3_forwarder = (
             None if config.s3_relay is None
             else TcpForwarder(config.s3_relay, port=config.s3_forward_port, host=config.s3_forward_host)
         )
+        if s3_ledgers:
+            ledgers = LedgerBackends(open_store=self._open_s3_ledger, accept_unprotected=False)
         self.runtime = EnclaveRuntime(
             nsm, FramedListener(listen(config.control)), self._kms_client, clock=clock, training_loop=training_loop,
             ledgers=ledgers,
@@ -99,7 +111,11 @@ class SocketEnclave:
         thread that reads the control channel during training, hence its own boto3 session:
         the default one is not safe to share between threads)."""
         url = self._config.kms_url.replace("{port}", str(self._forwarder.address.port))
-        return _client("kms", url, self._config.kms_ca_bundle, creds, Config())
+        client = _client("kms", url, self._config.kms_ca_bundle, creds, Config())
+        # The runtime calls this with a session's first credentials and with every refresh it
+        # accepted: exactly the credentials the session's S3 ledger requests must use.
+        self._creds.set(creds)
+        return client
 
     def s3_client(self, creds: Credentials) -> Any:
         """An S3 client for `creds` through the S3 forwarder (the ledger's store), built
@@ -110,6 +126,70 @@ class SocketEnclave:
         # Path-style: the forwarder answers for one name (the regional endpoint), so
         # per-bucket virtual host names would not reach it.
         return _client("s3", url, self._config.s3_ca_bundle, creds, Config(s3={"addressing_style": "path"}))
+
+
+    def _open_s3_ledger(self, location: str, dataset_id: str) -> LedgerStore:
+        """Dataset `dataset_id`'s ledger at `location`, reached with the session's current credentials.
+
+        The location comes from the sealed header, read before KMS authenticates its context:
+        a forged header can point this at any bucket the parent's relay reaches. That only
+        fails: reads are bounded (slot count, listed keys, slot size), entries must verify
+        under the header's ledger key, nothing is written before KMS released the data key
+        for that very context, and the ledger key derived from it must match the context's.
+        """
+        if not location.startswith(S3_SCHEME):
+            raise LedgerUnavailable(f"this enclave reaches S3 ledgers only, not {location[:80]!r}")
+        if self._s3_forwarder is None:
+            raise LedgerUnavailable(f"this enclave has no S3 relay (--s3-relay): it cannot reach ledger {location!r}")
+        return S3LedgerStore.for_dataset(location, dataset_id, _CurrentS3Client(self.s3_client, self._creds))
+
+
+class _SessionCredentials:
+    """The credentials the serving session last handed over (set on the control thread or the
+    refresh-reading thread, read by the ledger's calls: hence the lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._creds: Credentials | None = None
+
+    def set(self, creds: Credentials) -> None:
+        with self._lock:
+            self._creds = creds
+
+    def get(self) -> Credentials:
+        with self._lock:
+            creds = self._creds
+        if creds is None:
+            raise LedgerUnavailable("no session credentials yet: the ledger cannot be reached")
+        return creds
+
+
+class _CurrentS3Client:
+    """The S3 calls a ledger store makes, each with a client for the current credentials (rebuilt
+    once after a refresh), so a store opened before a refresh never signs with expired keys."""
+
+    def __init__(self, build: Callable[[Credentials], Any], creds: _SessionCredentials) -> None:
+        self._build = build
+        self._creds = creds
+        self._lock = threading.Lock()
+        self._built_for: Credentials | None = None
+        self._client: Any = None
+
+    def _current(self) -> Any:
+        creds = self._creds.get()
+        with self._lock:
+            if self._built_for is not creds:
+                self._client, self._built_for = self._build(creds), creds
+            return self._client
+
+    def put_object(self, **request: Any) -> Any:
+        return self._current().put_object(**request)
+
+    def list_objects_v2(self, **request: Any) -> Any:
+        return self._current().list_objects_v2(**request)
+
+    def get_object(self, **request: Any) -> Any:
+        return self._current().get_object(**request)
 
 
 def _client(service: str, url: str, ca_bundle: str | None, creds: Credentials, extra: Config) -> Any:

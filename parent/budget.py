@@ -6,6 +6,10 @@ local appliance's state). Entries are decoded and verified by the enclave's own 
 (`enclave.ledger.chain.verify_slots`), so the host counts exactly what an enclave
 would: spent epsilon is recomputed from the valid entries, never read from anywhere.
 Unprotected slots are accepted for `local:` ledgers only, as the local enclave does.
+`s3://` ledgers are read with the caller's S3 client (default: boto3's credential chain),
+from the same keys and with the same expected bucket owner as the enclave
+(`enclave.ledger.s3`); the caller needs s3:ListBucket, s3:GetObject and
+s3:GetObjectRetention, or every slot reads as unprotected and the ledger does not verify.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ from typing import Any
 from enclave.errors import ConfigError
 from enclave.ledger.chain import LedgerView, verify_slots
 from enclave.ledger.local import LocalDirectoryStore
-from enclave.ledger.location import LOCAL_SCHEME
+from enclave.ledger.location import LOCAL_SCHEME, S3_SCHEME, location_problem
 from enclave.ledger.reserve import BUDGET_RTOL
+from enclave.ledger.s3 import S3LedgerStore
 from enclave.ledger.store import LedgerError, LedgerStore, LedgerUnavailable
 from enclave.privacy.accountants import PRIMARY
 from enclave.privacy.ledger import Segment, compose_epsilon
@@ -90,20 +95,34 @@ def context_from_file(path: Path) -> dict[str, str]:
     return dict(raw)
 
 
-def open_ledger_store(location: str, dataset_id: str) -> LedgerStore:
-    """The store a location names, as the host reads it."""
+def open_ledger_store(location: str, dataset_id: str, s3_client: Any | None = None) -> LedgerStore:
+    """The store a location names, as the host reads it (`s3_client` for `s3://` ledgers; default boto3's)."""
+    problem = location_problem(location)
+    if problem is not None:
+        raise LedgerUnavailable(f"ledger location {location[:80]!r}: {problem}")
     if location.startswith(LOCAL_SCHEME):
         return LocalDirectoryStore(Path(location[len(LOCAL_SCHEME):]), dataset_id)
+    if location.startswith(S3_SCHEME):
+        if s3_client is None:
+            import boto3  # imported on use: `hermetic --help` stays fast
+
+            s3_client = boto3.session.Session().client("s3")
+        return S3LedgerStore.for_dataset(location, dataset_id, s3_client)
     raise LedgerUnavailable(f"no ledger backend on this host for {location!r}")
 
 
 def budget_report(
-    context: Mapping[str, str], store: LedgerStore | None = None, accountant: str = PRIMARY
+    context: Mapping[str, str],
+    store: LedgerStore | None = None,
+    accountant: str = PRIMARY,
+    *,
+    s3_client: Any | None = None,
 ) -> BudgetReport:
-    """The dataset's cap, what its ledger spends, and every entry; `store` defaults to the context's location."""
+    """The dataset's cap, what its ledger spends, and every entry; `store` defaults to the context's
+    location (read with `s3_client` when it is in S3)."""
     dataset_id, location = context["dataset_id"], context[LEDGER_CONTEXT_KEY]
     max_epsilon, delta = float(context["max_epsilon"]), float(context["delta"])
-    store = store if store is not None else open_ledger_store(location, dataset_id)
+    store = store if store is not None else open_ledger_store(location, dataset_id, s3_client)
     note = None
     if isinstance(store, LocalDirectoryStore) and not store.directory.is_dir():
         # Empty either way, but say so: on another machine than the enclave's, this is not its ledger.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make stop-enclave: terminate the enclave started by run-enclave.sh (or all of them)
-# and stop `hermetic parent serve` by its PID file.
+# and stop `hermetic parent serve` and the S3 relay (vsock-proxy) by their PID files.
 #   env: STATE (.hermetic), ALL (1 = nitro-cli terminate-enclave --all)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,5 +47,17 @@ if [ -f "$pidfile" ]; then
     [ $status = 0 ] && rm -f "$pidfile"
 else
     echo "stop-enclave: no $pidfile: parent serve is not running" >&2
+fi
+
+s3_pidfile=$state/s3-relay.pid
+if [ -f "$s3_pidfile" ]; then
+    pid=$(cat "$s3_pidfile")
+    # Only signal the process if it still is the S3 relay run-enclave started (PIDs get reused).
+    if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q "vsock-proxy 8001 "; then
+        kill -TERM "$pid" && echo "stop-enclave: S3 relay (PID $pid) stopped" >&2
+    else
+        echo "stop-enclave: stale PID file $s3_pidfile (no S3 relay with PID $pid)" >&2
+    fi
+    rm -f "$s3_pidfile"
 fi
 exit $status

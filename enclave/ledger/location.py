@@ -1,8 +1,10 @@
 """Ledger locations as the data owner writes them into a dataset's encryption context.
 
-    local:/ABSOLUTE/DIR      a directory on the machine running the (local, mock) enclave;
-                             the dataset's slots are files in DIR/DATASET_ID/
-    s3://BUCKET[/PREFIX]     an S3 bucket with Object Lock (enclave.ledger.s3)
+    local:/ABSOLUTE/DIR              a directory on the machine running the (local, mock)
+                                     enclave; the dataset's slots are files in DIR/DATASET_ID/
+    s3://BUCKET/PREFIX?owner=ACCOUNT an S3 bucket with Object Lock owned by account ACCOUNT
+                                     (enclave.ledger.s3); the dataset's slots are objects
+                                     PREFIX/DATASET_ID/SEQ
 
 The location is bound into the context KMS checks, so the enclave cannot be pointed
 at another ledger without KMS refusing the data key. Syntax only here: which backends
@@ -10,17 +12,18 @@ an enclave can reach is its wiring's choice (`LedgerBackends`).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from enclave.ledger.store import LedgerStore, LedgerUnavailable
+from enclave.ledger.s3 import InvalidLedgerLocation, parse_s3_location
+from enclave.ledger.store import LedgerStore, LedgerUnavailable, dataset_dir_name
 
 LOCAL_SCHEME = "local:"
 S3_SCHEME = "s3://"
 MAX_LOCATION = 1024
-_S3 = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*'()/=-]*)?")
-_DATASET_DIR = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+__all__ = ["LOCAL_SCHEME", "S3_SCHEME", "LedgerBackends", "NO_LEDGERS", "dataset_dir_name", "local_location",
+           "location_problem"]
 
 
 def location_problem(location: str) -> str | None:
@@ -34,21 +37,17 @@ def location_problem(location: str) -> str | None:
             return f"a local ledger location is {LOCAL_SCHEME}/ABSOLUTE/DIR without '..' or spaces"
         return None
     if location.startswith(S3_SCHEME):
-        if not _S3.fullmatch(location):
-            return "an S3 ledger location is s3://BUCKET[/PREFIX] with a valid bucket name"
+        # One grammar: the S3 backend's own parser, canonical spelling only.
+        try:
+            parse_s3_location(location)
+        except InvalidLedgerLocation as err:
+            return str(err)
         return None
     return f"a ledger location starts with {LOCAL_SCHEME!r} or {S3_SCHEME!r}"
 
 
 def local_location(directory: str) -> str:
     return LOCAL_SCHEME + directory
-
-
-def dataset_dir_name(dataset_id: str) -> str:
-    """`dataset_id` as one path component, refused if it could name anything else."""
-    if not _DATASET_DIR.fullmatch(dataset_id):
-        raise LedgerUnavailable(f"dataset id {dataset_id[:64]!r} cannot name a ledger directory")
-    return dataset_id
 
 
 def _no_backend(location: str, dataset_id: str) -> LedgerStore:

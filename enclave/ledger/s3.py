@@ -1,7 +1,8 @@
 """The budget ledger in S3: write-once slots that Object Lock keeps from being deleted.
 
-A location is `s3://BUCKET/PREFIX?owner=ACCOUNT`; slot `seq` is the object
-`PREFIX/SEQ` (SEQ zero-padded to 10 digits, so keys sort as numbers). `create` is a
+A location is `s3://BUCKET/PREFIX?owner=ACCOUNT`; slot `seq` of dataset D is the
+object `PREFIX/D/SEQ` (SEQ zero-padded to 10 digits, so keys sort as numbers), so one
+location serves every dataset its owner seals (`S3LedgerStore.for_dataset`). `create` is a
 conditional PutObject (`If-None-Match: *`) that also sets Object Lock retention in
 COMPLIANCE mode; `read_all` lists the prefix and reads every slot, and calls a slot
 `protected` only when S3 itself reports a COMPLIANCE retention that has not ended.
@@ -25,7 +26,15 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from enclave.errors import ConfigError
-from enclave.ledger.store import MAX_SLOT_BYTES, MAX_SLOTS, LedgerError, LedgerUnavailable, StoredSlot
+from enclave.ledger.store import (
+    MAX_DATASET_DIR,
+    MAX_SLOT_BYTES,
+    MAX_SLOTS,
+    LedgerError,
+    LedgerUnavailable,
+    StoredSlot,
+    dataset_dir_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _ACCOUNT = re.compile(r"^[0-9]{12}$")
 _SEQ_KEY = re.compile(r"^[0-9]{10}$")
 MAX_PREFIX_LENGTH = 512
+# A sealed location's prefix leaves room for '/DATASET_ID', so every dataset's slots have a valid prefix.
+MAX_SEALED_PREFIX_LENGTH = MAX_PREFIX_LENGTH - 1 - MAX_DATASET_DIR
 
 
 class InvalidLedgerLocation(ConfigError):
@@ -80,6 +91,10 @@ class S3Location:
 
     def key(self, seq: int) -> str:
         return f"{self.prefix}/{seq:0{SEQ_DIGITS}d}"
+
+    def for_dataset(self, dataset_id: str) -> S3Location:
+        """Where dataset `dataset_id`'s slots live under this location: PREFIX/DATASET_ID."""
+        return S3Location(self.bucket, f"{self.prefix}/{dataset_dir_name(dataset_id)}", self.owner)
 
 
 def check_bucket_name(bucket: str) -> None:
@@ -123,6 +138,8 @@ def parse_s3_location(uri: str) -> S3Location:
     bucket, sep, prefix = path.partition("/")
     if not sep:
         raise InvalidLedgerLocation("ledger location needs a key prefix: s3://BUCKET/PREFIX?owner=ACCOUNT")
+    if len(prefix) > MAX_SEALED_PREFIX_LENGTH:
+        raise InvalidLedgerLocation(f"ledger location prefix must be at most {MAX_SEALED_PREFIX_LENGTH} characters")
     location = S3Location(bucket=bucket, prefix=prefix, owner=query[len("owner="):])
     if location.uri != uri:  # belt and braces: the checks above should make this unreachable
         raise InvalidLedgerLocation("ledger location is not in canonical form")
@@ -154,6 +171,7 @@ class S3LedgerStore:
 
     `client` is a boto3 S3 client (enclave.wiring builds it with the parent's
     credentials); `retention` is how long each new slot is locked in COMPLIANCE mode.
+    Built directly, the slots are PREFIX/SEQ; `for_dataset` builds one dataset's store.
     """
 
     def __init__(
@@ -163,6 +181,7 @@ class S3LedgerStore:
         *,
         retention: timedelta = DEFAULT_RETENTION,
         clock: Callable[[], datetime] = _now,
+        sealed_location: str | None = None,
     ) -> None:
         self._location = parse_s3_location(location) if isinstance(location, str) else location
         if retention <= timedelta(0):
@@ -170,13 +189,30 @@ class S3LedgerStore:
         self._client = client
         self._retention = retention
         self._clock = clock
+        self._sealed = sealed_location if sealed_location is not None else self._location.uri
+
+    @classmethod
+    def for_dataset(
+        cls,
+        location: str,
+        dataset_id: str,
+        client: Any,
+        *,
+        retention: timedelta = DEFAULT_RETENTION,
+        clock: Callable[[], datetime] = _now,
+    ) -> S3LedgerStore:
+        """Dataset `dataset_id`'s store under the sealed `location` (slots PREFIX/DATASET_ID/SEQ)."""
+        slots = parse_s3_location(location).for_dataset(dataset_id)
+        return cls(slots, client, retention=retention, clock=clock, sealed_location=location)
 
     @property
     def location(self) -> str:
-        return self._location.uri
+        """The location as sealed into the context (for a dataset's store, without the dataset id)."""
+        return self._sealed
 
     @property
     def s3_location(self) -> S3Location:
+        """Where this store's slots are: bucket, key prefix (PREFIX/DATASET_ID for a dataset) and owner."""
         return self._location
 
     def replace_client(self, client: Any) -> None:
@@ -208,7 +244,7 @@ class S3LedgerStore:
             except ClientError as err:
                 code, status = _error_code(err), _status(err)
                 if code == "PreconditionFailed" or status == 412:
-                    log.info("ledger slot %d at %s is already taken", seq, self.location)
+                    log.info("ledger slot %d at %s is already taken", seq, self._location.uri)
                     return False
                 if code == "ConditionalRequestConflict" or status == 409:
                     log.info("ledger slot %d: concurrent write in flight (attempt %d)", seq, attempt + 1)
@@ -216,7 +252,7 @@ class S3LedgerStore:
                 raise _unavailable("PutObject", err) from None
             except BotoCoreError as err:
                 raise _unavailable("PutObject", err) from None
-            log.info("ledger slot %d written at %s, locked until %s", seq, self.location, retain_until.isoformat())
+            log.info("ledger slot %d written at %s, locked until %s", seq, self._location.uri, retain_until.isoformat())
             return True
         # Neither "written" nor "taken" can be claimed: someone else may still fail.
         raise LedgerUnavailable(f"ledger S3 PutObject failed: ConditionalRequestConflict {CONFLICT_RETRIES + 1} times")
@@ -258,9 +294,9 @@ class S3LedgerStore:
                 else:
                     log.debug("ledger listing: ignoring a key that is not a slot")
             if len(found) > MAX_SLOTS:
-                raise LedgerTooLong(f"ledger at {self.location} has more than {MAX_SLOTS} slots")
+                raise LedgerTooLong(f"ledger at {self._location.uri} has more than {MAX_SLOTS} slots")
             if listed > MAX_LISTED_ENTRIES:
-                raise LedgerTooLong(f"ledger prefix at {self.location} lists more than {MAX_LISTED_ENTRIES} keys")
+                raise LedgerTooLong(f"ledger prefix at {self._location.uri} lists more than {MAX_LISTED_ENTRIES} keys")
             if not page.get("IsTruncated"):
                 break
             token = page.get("NextContinuationToken")

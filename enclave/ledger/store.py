@@ -9,6 +9,7 @@ owner can delete files). Backends: a local directory (enclave.ledger.local) for
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +20,9 @@ from enclave.errors import HermeticError
 MAX_SLOTS = 100_000
 # One entry is a few hundred bytes; anything much larger is junk and is not read whole.
 MAX_SLOT_BYTES = 64 * 1024
+# A dataset id as one path component (a local directory, an S3 key segment): never '.' or '..'.
+MAX_DATASET_DIR = 128
+_DATASET_DIR = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 class LedgerError(HermeticError):
@@ -29,6 +33,13 @@ class LedgerError(HermeticError):
 
 class LedgerUnavailable(LedgerError):
     """The ledger's store did not answer, or answered with an error."""
+
+
+def dataset_dir_name(dataset_id: str) -> str:
+    """`dataset_id` as one path component, refused if it could name anything else."""
+    if not _DATASET_DIR.fullmatch(dataset_id):
+        raise LedgerUnavailable(f"dataset id {dataset_id[:64]!r} cannot name a ledger directory")
+    return dataset_id
 
 
 @dataclass(frozen=True)

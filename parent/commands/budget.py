@@ -9,6 +9,7 @@ from typing import Any
 from enclave.errors import ConfigError
 from enclave.privacy.accountants import NAMES as ACCOUNTANTS
 from enclave.privacy.accountants import PRIMARY
+from parent.commands.kms_args import DEFAULT_REGION, region
 from parent.commands.local_args import add_local_argument, local_state
 
 
@@ -28,6 +29,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.add_argument("target", metavar="DATASET|SEALED",
                       help="a sealed file (path or s3://bucket/key), or under --local a dataset id sealed there")
     add_local_argument(show, "data-owner")
+    show.add_argument("--region", default=None,
+                      help=f"AWS region for S3 (default: $AWS_REGION, $AWS_DEFAULT_REGION or {DEFAULT_REGION})")
+    show.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                      help="S3 endpoint for s3:// sealed files and ledgers (default: AWS's)")
     show.add_argument("--accountant", choices=ACCOUNTANTS, default=PRIMARY,
                       help=f"compose the entries under this accountant (default {PRIMARY})")
     show.add_argument("--json", action="store_true",
@@ -36,13 +41,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.set_defaults(func=_show)
 
 
+def _s3_client(args: argparse.Namespace) -> Any:
+    """An S3 client with the caller's usual credentials, built on first use (local targets need none)
+    and shared by the sealed file and the ledger."""
+    cached = getattr(args, "_s3_client", None)
+    if cached is not None:
+        return cached
+    import boto3  # imported per call: `hermetic --help` stays fast
+
+    kwargs: dict[str, Any] = {"region_name": region(args)}
+    if args.s3_endpoint_url:
+        kwargs["endpoint_url"] = args.s3_endpoint_url
+    try:
+        args._s3_client = boto3.session.Session().client("s3", **kwargs)
+    except ValueError as err:  # botocore rejects malformed endpoint URLs this way
+        raise ConfigError(f"bad S3 endpoint {args.s3_endpoint_url!r}: {err}") from None
+    return args._s3_client
+
+
 def _context(args: argparse.Namespace) -> dict[str, str]:
     target: str = args.target
     if target.startswith("s3://") or Path(target).is_file():
         from enclave.sealed.stream import read_header
         from parent.sources import open_source
 
-        with open_source(target) as source:
+        with open_source(target, s3_client=_s3_client(args) if target.startswith("s3://") else None) as source:
             header = read_header(source)
         return dict(header.encryption_context)
     if args.local is None:
@@ -56,9 +79,13 @@ def _context(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from enclave.ledger.location import S3_SCHEME
+    from enclave.sealed.format import LEDGER_CONTEXT_KEY
     from parent.budget import budget_report
 
-    report = budget_report(_context(args), accountant=args.accountant)
+    context = _context(args)
+    s3 = _s3_client(args) if context[LEDGER_CONTEXT_KEY].startswith(S3_SCHEME) else None
+    report = budget_report(context, accountant=args.accountant, s3_client=s3)
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))
         return 0 if report.valid else 1

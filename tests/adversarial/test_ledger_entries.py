@@ -349,17 +349,17 @@ def test_local_backends_open_only_their_own_directory(tmp_path: Path) -> None:
     with pytest.raises(LedgerUnavailable, match="not this local enclave's ledger"):
         backends.open_store("local:/elsewhere", DATASET)
     with pytest.raises(LedgerUnavailable, match="no ledger backend"):
-        backends.open_store("s3://bucket/prefix", DATASET)
+        backends.open_store("s3://bucket/prefix?owner=123456789012", DATASET)
     with pytest.raises(LedgerUnavailable, match="cannot name a ledger directory"):
         backends.open_store(f"local:{tmp_path.resolve()}", "../escape")
 
 
-@pytest.mark.parametrize("location", ["local:/var/lib/hermetic", "s3://my-bucket", "s3://my-bucket/ledgers/a"])
+@pytest.mark.parametrize("location", ["local:/var/lib/hermetic", "s3://my-bucket/l?owner=123456789012", "s3://my-bucket/ledgers/a?owner=123456789012"])
 def test_ledger_locations(location: str) -> None:
     assert location_problem(location) is None
 
 
-@pytest.mark.parametrize("location", ["", "local:relative", "local:/a/../b", "file:///x", "s3://", "s3://A_B/x",
+@pytest.mark.parametrize("location", ["", "local:relative", "local:/a/../b", "file:///x", "s3://", "s3://A_B/x?owner=123456789012", "s3://my-bucket/x", "s3://my-bucket?owner=123456789012",
                                       "local:/with space", "x" * 2000])
 def test_bad_ledger_locations(location: str) -> None:
     assert location_problem(location) is not None

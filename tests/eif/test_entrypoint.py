@@ -35,12 +35,20 @@ def test_runtime_command_line_is_fixed_in_the_image() -> None:
         "--kms-relay", "vsock://3:8000",
         "--kms-url", "https://kms.eu-west-1.amazonaws.com",
         "--kms-forward-port", "443",
+        "--s3-relay", "vsock://3:8001",
+        "--s3-url", "https://s3.eu-west-1.amazonaws.com",
+        "--s3-forward-host", "127.0.0.2",
+        "--s3-forward-port", "443",
     ]
     # ... and it is a command line `python -m enclave` accepts.
     args = build_parser().parse_args(argv[3:])
     assert args.listen == VsockAddress(0xFFFFFFFF, 5000)
     assert args.kms_relay == VsockAddress(3, 8000)
-    assert config_from_args(args).kms_forward_port == 443
+    config = config_from_args(args)
+    assert config.kms_forward_port == 443
+    # The S3 relay (budget ledgers) on its own vsock port, its forwarder on its own loopback address.
+    assert config.s3_relay == VsockAddress(3, 8001) and config.s3_url == "https://s3.eu-west-1.amazonaws.com"
+    assert (config.s3_forward_host, config.s3_forward_port) == ("127.0.0.2", 443)
 
 
 @pytest.mark.parametrize("region", ["", "us-east-1;rm", "eu west", "../x"])
@@ -59,6 +67,15 @@ def test_hosts_entry_is_added_once() -> None:
     # A commented-out mapping does not count.
     commented = "# 127.0.0.1 kms.x.amazonaws.com\n127.0.0.1 localhost\n"
     assert ENTRY.hosts_with_kms(commented, "kms.x.amazonaws.com").endswith("127.0.0.1 kms.x.amazonaws.com\n")
+
+
+def test_hosts_map_kms_and_s3_to_their_forwarders() -> None:
+    base = "127.0.0.1 localhost\n"
+    hosts = ENTRY.hosts_for_region(base, "eu-west-1")
+    assert hosts == base + "127.0.0.1 kms.eu-west-1.amazonaws.com\n127.0.0.2 s3.eu-west-1.amazonaws.com\n"
+    assert ENTRY.hosts_for_region(hosts, "eu-west-1") == hosts
+    with pytest.raises(SystemExit):
+        ENTRY.hosts_for_region(base, "eu west")
 
 
 def test_ifreq_layout_matches_linux() -> None:
@@ -118,3 +135,25 @@ def test_without_an_nsm_it_exits_1_with_a_reason(caplog: pytest.LogCaptureFixtur
     assert code == 1
     assert any("cannot start" in r.getMessage() and "NSM" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "ctl.sock").exists()
+
+
+def test_the_production_runtime_opens_s3_ledgers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # `python -m enclave` wires S3 ledgers (protected slots only), never the default of none.
+    import enclave.__main__ as entry
+
+    built: list[dict[str, object]] = []
+
+    class Recorded:
+        def __init__(self, config: object, nsm: object, **kwargs: object) -> None:
+            built.append(kwargs)
+            raise ConfigError("recorded")
+
+    class NoDevice:
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(entry, "DeviceNsm", NoDevice)
+    monkeypatch.setattr(entry, "SocketEnclave", Recorded)
+    assert main(["--listen", f"unix://{tmp_path}/ctl.sock", "--kms-relay", f"unix://{tmp_path}/relay.sock",
+                 "--kms-url", "https://kms.us-east-1.amazonaws.com"]) == 1
+    assert built == [{"s3_ledgers": True}]

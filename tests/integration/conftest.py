@@ -22,9 +22,9 @@ from botocore.config import Config
 
 from enclave.egress import EgressGate
 from enclave.ledger.local import local_backends
-from enclave.ledger.location import local_location
+from enclave.ledger.location import NO_LEDGERS, local_location
 from enclave.training.trainer import TrainingInputs
-from enclave.transport.address import UnixAddress
+from enclave.transport.address import Address, UnixAddress
 from enclave.transport.messages import Credentials, TrainingJob
 from enclave.wiring import RuntimeConfig, SocketEnclave
 from parent.local.kms import KmsEmulator, Principal
@@ -140,6 +140,7 @@ class DataPath:
         dataset_id: str | None = "patients-v1",
         width: int = 784,
         max_epsilon: float = 3.0,
+        ledger: str | None = None,
     ) -> Sealed:
         rng = np.random.default_rng(7)
         features = rng.integers(0, 256, size=(records, width), dtype=np.uint8)
@@ -157,7 +158,7 @@ class DataPath:
         out = tmp_path / "patients.sealed"
         result = seal_dataset(
             src, out, key_id=self.key_id, kms_client=client, max_epsilon=max_epsilon, delta=1e-5,
-            owner="hospital", dataset_id=dataset_id, chunk_size=64 * 1024, ledger=self.ledger_location,
+            owner="hospital", dataset_id=dataset_id, chunk_size=64 * 1024, ledger=ledger or self.ledger_location,
         )
         # Random rows are unique: any 48 bytes of them in the parent's traffic is a leak.
         samples = [features[i].tobytes()[:48] for i in range(0, records, max(1, records // 50))]
@@ -187,14 +188,21 @@ class DataPath:
         training_loop: RecordingLoop | None = None,
         name: str = "job",
         spec: str | None = None,
+        s3_relay: Address | None = None,
+        s3_ledgers: bool | None = None,
     ) -> SessionOutcome:
+        """One job; with `s3_ledgers` (default: when `s3_relay` is given) the enclave is wired as
+        `python -m enclave` is (S3 ledgers only, through its S3 forwarder dialling `s3_relay`),
+        else with the local ledger directory."""
+        wired_for_s3 = s3_relay is not None if s3_ledgers is None else s3_ledgers
         control = UnixAddress(str(self.sock_dir / f"{name}.sock"))
         relay = UnixAddress(str(self.sock_dir / f"{name}-kms.sock"))
         runtime = SocketEnclave(
-            RuntimeConfig(control=control, kms_relay=relay),
+            RuntimeConfig(control=control, kms_relay=relay, s3_relay=s3_relay),
             nsm or MockNsm(self.ca, pcrs=self.pcrs),
             training_loop=training_loop or RecordingLoop(),
-            ledgers=local_backends(self.ledger_dir),
+            ledgers=NO_LEDGERS if wired_for_s3 else local_backends(self.ledger_dir),
+            s3_ledgers=wired_for_s3,
         )
         thread = threading.Thread(target=runtime.serve, kwargs={"sessions": 1}, daemon=True)
         thread.start()

@@ -10,6 +10,7 @@ import pytest
 
 from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.ledger.entry import LedgerEntry, encode_entry, stored_sha256
+from enclave.ledger.s3 import S3LedgerStore
 from enclave.ledger.store import LedgerUnavailable
 from enclave.privacy.ledger import Segment, compose_epsilon
 from parent.budget import budget_report, open_ledger_store
@@ -20,7 +21,7 @@ from tests.support.ledgers import MemoryLedgerStore
 KEY = LedgerSigningKey(bytes(range(32)), "ds-1")
 
 
-def context(ledger: str = "s3://ledgers/hermetic") -> dict[str, str]:
+def context(ledger: str = "s3://ledgers/hermetic?owner=123456789012") -> dict[str, str]:
     from enclave.sealed.format import build_encryption_context
 
     return build_encryption_context(dataset_id="ds-1", owner="o", max_epsilon=3.0, delta=1e-5, record_count=10,
@@ -56,10 +57,13 @@ def test_an_s3_ledger_entry_the_store_does_not_protect_fails_verification() -> N
     assert not report.valid and "does not protect" in (report.problem or "") and report.remaining_epsilon is None
 
 
-def test_the_host_reads_local_ledgers_only(tmp_path: Path) -> None:
+def test_the_host_reads_local_and_s3_ledgers_by_their_one_grammar(tmp_path: Path) -> None:
     assert open_ledger_store(f"local:{tmp_path}", "ds-1").read_all() == []
-    with pytest.raises(LedgerUnavailable, match="no ledger backend on this host"):
-        open_ledger_store("s3://ledgers/hermetic", "ds-1")
+    store = open_ledger_store("s3://ledgers/hermetic?owner=123456789012", "ds-1", s3_client=object())
+    assert isinstance(store, S3LedgerStore) and store.s3_location.prefix == "hermetic/ds-1"
+    for bad in ("s3://ledgers/hermetic", "file:///x"):
+        with pytest.raises(LedgerUnavailable, match="ledger location"):
+            open_ledger_store(bad, "ds-1", s3_client=object())
 
 
 def test_a_dataset_id_needs_the_local_appliance(capsys: pytest.CaptureFixture[str]) -> None:

@@ -169,7 +169,7 @@ def _failing_argv(path: tuple[str, ...], unusable: Path) -> list[str] | None:
         ("mock-enclave", "measure"): ["--measure-dir", str(unusable / "enclave")],
         ("demo",): ["--out", str(unusable / "demo")],
         ("seal",): ["--key-id", "k", "--owner", "o", "--out", str(unusable / "x.sealed"), "--max-epsilon", "1",
-                    "--delta", "1e-5", "--ledger", "s3://ledgers/x", str(unusable / "in.npz")],
+                    "--delta", "1e-5", "--ledger", "s3://ledgers/x?owner=123456789012", str(unusable / "in.npz")],
         ("job", "check"): [str(unusable / "job.toml")],
         ("local", "up"): ["--state", str(unusable / "state")],
         ("local", "status"): ["--state", str(unusable / "state")],

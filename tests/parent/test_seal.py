@@ -23,7 +23,7 @@ from parent.datasets import DatasetReader
 from parent.seal import SealResult, derived_dataset_id, seal_dataset
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-LEDGER = "s3://owner-ledgers/hermetic"
+LEDGER = "s3://owner-ledgers/hermetic?owner=123456789012"
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from enclave.ledger.location import LedgerBackends
 from enclave.ledger.store import LedgerStore, LedgerUnavailable, StoredSlot
 
-MEMORY_LOCATION = "s3://test-ledgers/hermetic"
+MEMORY_LOCATION = "s3://test-ledgers/hermetic?owner=123456789012"
 
 
 class MemoryLedgerStore:

@@ -11,6 +11,9 @@ and checksums. Two things it does not do, which this wrapper adds in front of it
 - **`x-amz-expected-bucket-owner`**: moto ignores it. Here a value other than the
   server's account id is refused with 403 AccessDenied, as S3 refuses it.
 
+It also records the access key id each request was signed with (`S3Server.access_keys`),
+so tests can see which credentials reached S3.
+
     with s3_server() as server:
         client = server.client()
         client.create_bucket(Bucket=server.unique_bucket("ledger"), ObjectLockEnabledForBucket=True)
@@ -20,11 +23,12 @@ so tests name buckets with `unique_bucket`.
 """
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
@@ -47,8 +51,12 @@ class _Strict:
         self._app = app
         self._account_id = account_id
         self._lock = threading.Lock()
+        self.access_keys: list[str] = []
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        credential = re.search(r"Credential=([^/,\s]+)/", environ.get("HTTP_AUTHORIZATION", ""))
+        if credential:
+            self.access_keys.append(credential.group(1))
         expected = environ.get("HTTP_X_AMZ_EXPECTED_BUCKET_OWNER")
         if expected is not None and expected != self._account_id:
             body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
@@ -65,6 +73,7 @@ class S3Server:
     endpoint: str
     account_id: str
     region: str = "us-east-1"
+    access_keys: list[str] = field(default_factory=list)  # every signed request's access key id, in order
 
     def client(self, *, max_attempts: int = 1, **config: Any) -> Any:
         """A boto3 S3 client for this server (one attempt: failures show at once)."""
@@ -108,7 +117,8 @@ def s3_server() -> Iterator[S3Server]:
     httpd = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    server = S3Server(endpoint=f"http://127.0.0.1:{httpd.server_port}", account_id=DEFAULT_ACCOUNT_ID)
+    server = S3Server(endpoint=f"http://127.0.0.1:{httpd.server_port}", account_id=DEFAULT_ACCOUNT_ID,
+                      access_keys=app.access_keys)
     try:
         _wait_ready(server)
         yield server

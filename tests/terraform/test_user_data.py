@@ -18,10 +18,13 @@ from tests.terraform.conftest import USER_DATA_TEMPLATE, TfModule
 
 REGION = "eu-west-1"
 KMS_HOST = f"kms.{REGION}.amazonaws.com"
+S3_HOST = f"s3.{REGION}.amazonaws.com"
 VALUES: dict[str, Any] = {
     "region": REGION,
     "kms_endpoint_host": KMS_HOST,
     "vsock_proxy_port": 8000,
+    "s3_endpoint_host": S3_HOST,
+    "s3_relay_port": 8001,
     "kms_relay": "vsock-proxy",
     "enclave_cpu_count": 2,
     "enclave_memory_mib": 8192,
@@ -151,9 +154,42 @@ def test_vsock_proxy_allow_list_holds_only_the_regional_kms_endpoint(script: str
     )
     assert proxy["Service"]["Restart"] == "on-failure"
     assert proxy["Service"]["NoNewPrivileges"] == "yes"
-    # No other host is ever named as a relay target.
+    # No other host is ever named as a relay target: KMS, and S3 for the budget ledger.
     hosts = set(re.findall(r"\b[a-z0-9.-]+\.amazonaws\.com\b", script))
-    assert hosts == {KMS_HOST}
+    assert hosts == {KMS_HOST, S3_HOST}
+
+
+def test_the_s3_relay_reaches_only_the_regional_s3_endpoint_on_its_own_port(script: str) -> None:
+    config = yaml.safe_load(heredoc(script, "/etc/nitro_enclaves/vsock-proxy-s3.yaml"))
+    assert config == {"allowlist": [{"address": S3_HOST, "port": 443}]}
+    proxy = unit(script, "hermetic-s3-vsock-proxy.service")
+    assert proxy["Service"]["ExecStart"] == (
+        f"/usr/bin/vsock-proxy 8001 {S3_HOST} 443 --config /etc/nitro_enclaves/vsock-proxy-s3.yaml"
+    )
+    for key, value in {"Restart": "on-failure", "NoNewPrivileges": "yes", "DynamicUser": "yes",
+                       "ProtectSystem": "strict", "CapabilityBoundingSet": ""}.items():
+        assert proxy["Service"].get(key) == value, key
+    assert proxy["Install"]["WantedBy"] == "multi-user.target"
+    # Enabled outside the KMS relay's choice: the image always dials it for S3 ledgers.
+    assert re.search(r"^systemctl enable --now hermetic-s3-vsock-proxy\.service$", script, re.M)
+    assert "hermetic-s3-vsock-proxy" not in _enable_block(script)
+
+
+def test_the_relay_ports_are_the_ones_the_image_dials(script: str, module: TfModule) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "eif" / "entrypoint.py"
+    spec = importlib.util.spec_from_file_location("hermetic_eif_entrypoint_tf", path)
+    assert spec is not None and spec.loader is not None
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    assert entry.KMS_RELAY == f"vsock://3:{VALUES['vsock_proxy_port']}"
+    assert entry.S3_RELAY == f"vsock://3:{VALUES['s3_relay_port']}"
+    assert entry.s3_host(REGION) == S3_HOST and entry.kms_host(REGION) == KMS_HOST
+    assert module.variables["vsock_proxy_port"]["default"] == VALUES["vsock_proxy_port"]
+    assert module.variables["s3_relay_port"]["default"] == VALUES["s3_relay_port"]
+    assert module.locals["s3_endpoint_host"] == "s3.${local.region}.amazonaws.com"
 
 
 def _enable_block(script: str) -> str:
@@ -246,6 +282,8 @@ def test_settings_file_agrees_with_the_variables(script: str) -> None:
     assert settings["HERMETIC_RESULTS_BUCKET"] == VALUES["results_bucket"]
     assert settings["HERMETIC_KMS_RELAY_PORT"] == "8000"
     assert settings["HERMETIC_KMS_RELAY"] == "vsock-proxy"
+    assert settings["HERMETIC_S3_HOST"] == S3_HOST
+    assert settings["HERMETIC_S3_RELAY_PORT"] == "8001"
 
 
 def test_installer_reads_only_the_artifacts_bucket(script: str) -> None:

@@ -8,6 +8,8 @@ locals {
     region             = local.region
     kms_endpoint_host  = local.kms_endpoint_host
     vsock_proxy_port   = var.vsock_proxy_port
+    s3_endpoint_host   = local.s3_endpoint_host
+    s3_relay_port      = var.s3_relay_port
     kms_relay          = var.kms_relay
     enclave_cpu_count  = var.enclave_cpu_count
     enclave_memory_mib = var.enclave_memory_mib
@@ -57,6 +59,12 @@ resource "aws_instance" "parent" {
   lifecycle {
     # A new AMI release must not silently replace a running enclave host.
     ignore_changes = [ami]
+
+    # A variable's validation cannot name another variable before Terraform 1.9.
+    precondition {
+      condition     = var.s3_relay_port != var.vsock_proxy_port
+      error_message = "s3_relay_port must differ from vsock_proxy_port (each relay holds its own vsock port)."
+    }
   }
 
   depends_on = [

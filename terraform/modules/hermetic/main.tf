@@ -16,6 +16,9 @@ locals {
   # The only host the enclave may reach, through vsock-proxy and the KMS interface
   # endpoint (private DNS makes this name resolve to the endpoint inside the VPC).
   kms_endpoint_host = "kms.${local.region}.amazonaws.com"
+  # The budget ledger's S3 requests (path-style) go to the regional S3 name, through the
+  # S3 relay and the S3 gateway endpoint.
+  s3_endpoint_host = "s3.${local.region}.amazonaws.com"
 
   # Deterministic so the key policies can be rendered before the role exists.
   parent_role_name = "${var.name}-parent"

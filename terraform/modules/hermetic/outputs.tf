@@ -54,6 +54,6 @@ output "ledger_bucket" {
 }
 
 output "ledger_location" {
-  description = "A budget ledger location (s3://BUCKET/PREFIX?owner=ACCOUNT) for sealing one dataset; use another prefix for each further dataset."
+  description = "The budget ledger location (s3://BUCKET/PREFIX?owner=ACCOUNT) to seal datasets with; each dataset keeps its slots under PREFIX/DATASET_ID/."
   value       = "s3://${aws_s3_bucket.ledger.id}/${var.ledger_prefix}?owner=${local.account_id}"
 }

@@ -93,6 +93,12 @@ variable "vsock_proxy_port" {
   default     = 8000
 }
 
+variable "s3_relay_port" {
+  description = "vsock port on which vsock-proxy accepts the enclave's S3 connections for the budget ledger (the image dials vsock://3:8001)."
+  type        = number
+  default     = 8001
+}
+
 variable "kms_relay" {
   description = <<-EOT
     Which systemd service holds vsock port vsock_proxy_port and relays the enclave's KMS
@@ -214,7 +220,7 @@ variable "ledger_retention_days" {
 }
 
 variable "ledger_prefix" {
-  description = "Key prefix of the first dataset's ledger in the ledger bucket (the ledger_location output); give every further dataset its own prefix."
+  description = "Key prefix of the ledgers in the ledger bucket (the ledger_location output); each dataset's slots are PREFIX/DATASET_ID/SEQ."
   type        = string
   default     = "ledger/default"
 

@@ -66,6 +66,31 @@ def test_is_a_ledger_store(store: S3LedgerStore, server: S3Server, bucket: str) 
     assert typed.location == f"s3://{bucket}/{PREFIX}?owner={server.account_id}"
 
 
+def test_a_datasets_store_keeps_its_slots_under_its_own_id(server: S3Server, bucket: str, raw: Any) -> None:
+    sealed = f"s3://{bucket}/{PREFIX}?owner={server.account_id}"
+    a = S3LedgerStore.for_dataset(sealed, "ds-a", server.client())
+    b = S3LedgerStore.for_dataset(sealed, "ds-b", server.client())
+    assert a.location == sealed and a.s3_location.prefix == f"{PREFIX}/ds-a"
+    assert a.create(0, b"a-0") is True and b.create(0, b"b-0") is True
+    assert [s.data for s in a.read_all()] == [b"a-0"] and [s.data for s in b.read_all()] == [b"b-0"]
+    keys = sorted(o["Key"] for o in raw.list_objects_v2(Bucket=bucket)["Contents"])
+    assert keys == [f"{PREFIX}/ds-a/0000000000", f"{PREFIX}/ds-b/0000000000"]
+
+
+@pytest.mark.parametrize("dataset_id", ["..", ".", "a/b", "", "x" * 129])
+def test_a_dataset_id_that_is_not_one_key_segment_is_refused(dataset_id: str) -> None:
+    with pytest.raises(LedgerUnavailable, match="cannot name a ledger directory"):
+        S3LedgerStore.for_dataset("s3://ledger/p?owner=123456789012", dataset_id, object())
+
+
+def test_the_longest_sealed_prefix_leaves_room_for_any_dataset_id() -> None:
+    prefix = "p" * s3mod.MAX_SEALED_PREFIX_LENGTH
+    store = S3LedgerStore.for_dataset(f"s3://ledger/{prefix}?owner=123456789012", "d" * 128, object())
+    assert len(store.s3_location.prefix) == s3mod.MAX_PREFIX_LENGTH
+    with pytest.raises(InvalidLedgerLocation, match="at most"):
+        parse_s3_location(f"s3://ledger/{prefix}p?owner=123456789012")
+
+
 def test_create_then_read_back_protected(store: S3LedgerStore, raw: Any, bucket: str) -> None:
     assert store.create(0, b"entry-0") is True
     [slot] = store.read_all()

@@ -37,7 +37,7 @@ def make_header(chunk_size: int = 16, schema: bytes = KAT_SCHEMA_BYTES, **ctx_ov
         delta=1e-5,
         record_count=2,
         schema_sha256=hashlib.sha256(schema).hexdigest(),
-        ledger="s3://kat-ledger/hermetic",
+        ledger="s3://kat-ledger/hermetic?owner=111122223333",
         ledger_public_key="11" * 32,
     )
     ctx_args.update(ctx_overrides)

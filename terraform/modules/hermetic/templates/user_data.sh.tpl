@@ -2,7 +2,8 @@
 # Hermetic parent instance bootstrap (Amazon Linux 2023), rendered by Terraform.
 # Installs the Nitro Enclaves CLI, sizes the enclave allocator, configures the enclave's
 # KMS relay (vsock-proxy, or `hermetic parent serve`) with an allow-list holding only
-# this region's KMS endpoint, and installs the systemd unit of the parent proxy.
+# this region's KMS endpoint, the budget ledger's S3 relay (vsock-proxy) with one holding
+# only this region's S3 endpoint, and installs the systemd unit of the parent proxy.
 # Packages come from the regional Amazon Linux repositories through the S3 gateway
 # endpoint: the instance has no internet route.
 set -euo pipefail
@@ -35,6 +36,8 @@ AWS_DEFAULT_REGION=${region}
 HERMETIC_KMS_HOST=${kms_endpoint_host}
 HERMETIC_KMS_RELAY_PORT=${vsock_proxy_port}
 HERMETIC_KMS_RELAY=${kms_relay}
+HERMETIC_S3_HOST=${s3_endpoint_host}
+HERMETIC_S3_RELAY_PORT=${s3_relay_port}
 ENCLAVE_CPU_COUNT=${enclave_cpu_count}
 ENCLAVE_MEMORY_MIB=${enclave_memory_mib}
 ENCLAVE_CID=${enclave_cid}
@@ -56,6 +59,12 @@ EOF
 cat > /etc/hermetic/kms-allowlist <<'EOF'
 ${kms_endpoint_host}:443
 EOF
+# The budget ledger's way out: vsock port ${s3_relay_port} to the regional S3 endpoint
+# (through the S3 gateway endpoint). Its own allow-list, again with one entry.
+cat > /etc/nitro_enclaves/vsock-proxy-s3.yaml <<'EOF'
+allowlist:
+- {address: ${s3_endpoint_host}, port: 443}
+EOF
 
 # Two interchangeable relays for vsock port ${vsock_proxy_port}; Conflicts= keeps them
 # exclusive (the port can have one listener), and both conflict with AWS's own
@@ -72,6 +81,35 @@ Conflicts=hermetic-parent.service nitro-enclaves-vsock-proxy.service
 [Service]
 Type=simple
 ExecStart=/usr/bin/vsock-proxy ${vsock_proxy_port} ${kms_endpoint_host} 443 --config /etc/nitro_enclaves/vsock-proxy.yaml
+Restart=on-failure
+RestartSec=5
+DynamicUser=yes
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+RestrictAddressFamilies=AF_INET AF_INET6 AF_VSOCK AF_UNIX
+CapabilityBoundingSet=
+LockPersonality=yes
+SystemCallArchitectures=native
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+# The S3 relay has a vsock port of its own, so it runs beside whichever KMS relay is chosen.
+cat > /etc/systemd/system/hermetic-s3-vsock-proxy.service <<'EOF'
+[Unit]
+Description=vsock-proxy for the Hermetic enclave (S3 only: the budget ledger)
+After=network-online.target nitro-enclaves-allocator.service
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart=/usr/bin/vsock-proxy ${s3_relay_port} ${s3_endpoint_host} 443 --config /etc/nitro_enclaves/vsock-proxy-s3.yaml
 Restart=on-failure
 RestartSec=5
 DynamicUser=yes
@@ -166,8 +204,9 @@ echo "hermetic-install: installed /opt/hermetic/venv and /opt/hermetic/hermetic.
 EOF
 chmod 0750 /usr/local/sbin/hermetic-install
 
-# ------------------------------------------------------------------ start the relay
+# ------------------------------------------------------------------ start the relays
 systemctl daemon-reload
+systemctl enable --now hermetic-s3-vsock-proxy.service
 if [ "${kms_relay}" = "hermetic" ]; then
   systemctl enable hermetic-parent.service # starts once hermetic-install has run
 else
