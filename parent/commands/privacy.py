@@ -1,11 +1,13 @@
 """`hermetic privacy`: epsilon of a DP-SGD run, the noise a budget needs, the steps it allows.
 
-    hermetic privacy epsilon   --sampling-rate Q --noise-multiplier S --steps T --delta D
+    hermetic privacy epsilon   --sampling-rate Q --noise-multiplier S --steps T --delta D [--and Q,S,T]...
     hermetic privacy noise     --target-epsilon E --delta D --sampling-rate Q --steps T
     hermetic privacy max-steps --sampling-rate Q --noise-multiplier S --delta D --epsilon-budget E
 
 All take `--accountant prv|rdp` (default prv, the PLD accountant) and `--json`.
 Malformed numbers are usage errors (exit 2); budgets no setting can meet exit 1.
+`epsilon --and Q,S,T` composes more runs on the same data with the first, exactly (not
+by adding epsilons), as a dataset's budget ledger composes its entries.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from enclave.privacy import params
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.accountants import PRIMARY
 from enclave.privacy.errors import PrivacyParameterError
+from enclave.privacy.ledger import Segment, compose_epsilon
 from parent.commands.output import add_json_flag
 
 
@@ -50,12 +53,19 @@ _target = _arg_type(lambda v: params.check_epsilon(v, "target epsilon"), float)
 _budget = _arg_type(lambda v: params.check_epsilon(v, "epsilon budget", allow_zero=True), float)
 
 
+def _run(text: str) -> Segment:
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"a run is Q,S,T (sampling rate, noise multiplier, steps): {text[:40]!r}")
+    return Segment(_q(parts[0]), _sigma(parts[1]), _steps(parts[2]))
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "privacy",
         help="DP accounting: epsilon, noise multiplier, step budget",
         description="Differential-privacy accounting for Poisson-sampled Gaussian DP-SGD "
-                    "(add/remove-one neighbours).",
+                    "(zero-out neighbours, whose privacy curves equal add/remove-one's).",
     )
     sub = parser.add_subparsers(dest="privacy_command", metavar="ACTION")
     sub.required = True
@@ -63,6 +73,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     eps = sub.add_parser("epsilon", help="epsilon spent by a run")
     _common(eps, sigma=True)
     eps.add_argument("--steps", required=True, type=_steps, metavar="T", help="number of steps")
+    eps.add_argument("--and", dest="more", action="append", default=[], type=_run, metavar="Q,S,T",
+                     help="another run on the same data (sampling rate, noise multiplier, steps), composed "
+                          "exactly with the first, as the budget ledger composes its entries; repeatable")
     eps.set_defaults(func=run_epsilon)
 
     noise = sub.add_parser("noise", help="smallest noise multiplier meeting a target epsilon")
@@ -102,14 +115,23 @@ def _emit(args: argparse.Namespace, record: dict[str, Any], line: str) -> None:
 
 
 def run_epsilon(args: argparse.Namespace) -> int:
-    value = privacy.epsilon(args.sampling_rate, args.noise_multiplier, args.steps, args.delta,
-                            accountant=args.accountant)
-    record = {"epsilon": _number(value), "sampling_rate": args.sampling_rate,
-              "noise_multiplier": args.noise_multiplier, "steps": args.steps,
-              "delta": args.delta, "accountant": args.accountant}
+    if not args.more:
+        value = privacy.epsilon(args.sampling_rate, args.noise_multiplier, args.steps, args.delta,
+                                accountant=args.accountant)
+    else:
+        first = Segment(args.sampling_rate, args.noise_multiplier, args.steps)
+        value = compose_epsilon([first, *args.more], args.delta, args.accountant)
+    record: dict[str, Any] = {"epsilon": _number(value), "sampling_rate": args.sampling_rate,
+                              "noise_multiplier": args.noise_multiplier, "steps": args.steps,
+                              "delta": args.delta, "accountant": args.accountant}
+    more = ""
+    if args.more:
+        record["runs"] = [s.to_dict() for s in (Segment(args.sampling_rate, args.noise_multiplier, args.steps),
+                                                 *args.more)]
+        more = f", composed with {len(args.more)} more run{'s' if len(args.more) > 1 else ''}"
     _emit(args, record, f"epsilon = {value:.6g} at delta = {args.delta:g} "
                         f"({args.accountant}; q = {args.sampling_rate:g}, "
-                        f"sigma = {args.noise_multiplier:g}, {args.steps} steps)")
+                        f"sigma = {args.noise_multiplier:g}, {args.steps} steps{more})")
     return 0
 
 

@@ -129,3 +129,39 @@ def test_a_second_job_past_the_cap_is_refused_before_any_key_use(
     report = show(capsys, str(sealed))
     assert report["valid"] is False and "slot 0 is missing" in report["problem"]
     assert report["spent_epsilon"] is None
+
+
+def test_jobs_compose_exactly_and_budget_show_agrees_with_privacy_epsilon(
+    data_path: DataPath, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cap 3, jobs planned at 2: under exact (PRV) composition two of them spend about 2.7, so
+    the second trains and the third is refused before any key use; what `budget show` reports
+    spent is what `hermetic privacy epsilon --and` composes from the same runs."""
+    state = local_state(data_path)
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "c.npz", image=rng.integers(0, 256, (3000, 784), dtype=np.uint8),
+             label=rng.integers(0, 10, 3000, dtype=np.uint8))
+    sealed = tmp_path / "c.sealed"
+    assert main(["seal", str(tmp_path / "c.npz"), "--local", str(state), "--out", str(sealed), "--max-epsilon", "3",
+                 "--delta", "1e-5", "--dataset-id", "compose-v1", "--json"]) == 0
+    capsys.readouterr()
+    for name in ("one", "two"):
+        outcome = data_path.run("compose-v1", sealed, name=f"compose-{name}", spec=spec(data_path.model_key_id, 2.0))
+        assert outcome.status == "ok"
+    nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)
+    with pytest.raises(EnclaveError) as refused:
+        data_path.run("compose-v1", sealed, name="compose-three", spec=spec(data_path.model_key_id, 2.0), nsm=nsm)
+    assert refused.value.remote_code == "budget" and nsm.attestations == 0
+
+    report = show(capsys, str(sealed))
+    runs = [seg for entry in report["entries"] for seg in entry["segments"]]
+    assert len(runs) == 2
+    first, *more = runs
+    argv = ["privacy", "epsilon", "--sampling-rate", repr(first["q"]), "--noise-multiplier", repr(first["sigma"]),
+            "--steps", str(first["steps"]), "--delta", "1e-05", "--json"]
+    for seg in more:
+        argv += ["--and", f"{seg['q']!r},{seg['sigma']!r},{seg['steps']}"]
+    assert main(argv) == 0
+    composed = json.loads(capsys.readouterr().out)["epsilon"]
+    assert report["spent_epsilon"] == pytest.approx(composed, rel=1e-9)
+    assert 2.5 < composed < 3.0, "two jobs at epsilon 2 compose to well under 4"

@@ -105,3 +105,27 @@ def test_unreachable_budget_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
 def test_calibrating_zero_steps_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert run("noise", "--target-epsilon", "1", *BASE, "--steps", "0") == 1
     assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_epsilon_composes_more_runs_exactly(capsys: pytest.CaptureFixture[str]) -> None:
+    from enclave.privacy.ledger import Segment, compose_epsilon
+
+    assert run("epsilon", "--sampling-rate", "0.1", "--noise-multiplier", "1.5", "--steps", "30", "--delta", "1e-5",
+               "--and", "0.05,2.0,40", "--and", "0.1,1.5,30", "--json") == 0
+    record = json.loads(capsys.readouterr().out)
+    expected = compose_epsilon([Segment(0.1, 1.5, 30), Segment(0.05, 2.0, 40), Segment(0.1, 1.5, 30)], 1e-5, "prv")
+    assert record["epsilon"] == expected
+    assert record["runs"] == [{"q": 0.1, "sigma": 1.5, "steps": 30}, {"q": 0.05, "sigma": 2.0, "steps": 40},
+                              {"q": 0.1, "sigma": 1.5, "steps": 30}]
+    # Exact composition, not the sum of the parts.
+    alone = privacy.epsilon(0.1, 1.5, 30, 1e-5)
+    assert alone < record["epsilon"] < 2 * alone + privacy.epsilon(0.05, 2.0, 40, 1e-5)
+
+
+@pytest.mark.parametrize("bad", ["0.1,1.5", "0.1,x,3", "2,1.5,3", "0.1,-1,3"])
+def test_epsilon_refuses_a_malformed_run(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run("epsilon", "--sampling-rate", "0.1", "--noise-multiplier", "1.5", "--steps", "30", "--delta", "1e-5",
+            "--and", bad)
+    assert exited.value.code == 2
+    assert "--and" in capsys.readouterr().err
