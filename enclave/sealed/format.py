@@ -112,8 +112,9 @@ ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
 )
 # Datasets sealed before the budget ledger lack exactly these; they are refused by name.
 _LEDGER_CONTEXT_KEYS = frozenset({LEDGER_CONTEXT_KEY, LEDGER_PUBLIC_KEY_CONTEXT_KEY})
+CHECKPOINT_AUTH_TAG_CONTEXT_KEY = "auth_tag"
 CHECKPOINT_CONTEXT_KEYS: frozenset[str] = frozenset(
-    {FORMAT_CONTEXT_KEY, "job_id", "spec_sha256", "step"}
+    {FORMAT_CONTEXT_KEY, "job_id", "spec_sha256", "step", CHECKPOINT_AUTH_TAG_CONTEXT_KEY}
 )
 CONTEXT_KEYS_BY_PAYLOAD: Mapping[str, frozenset[str]] = MappingProxyType(
     {PAYLOAD: ENCRYPTION_CONTEXT_KEYS, CHECKPOINT_PAYLOAD: CHECKPOINT_CONTEXT_KEYS}
@@ -162,7 +163,7 @@ def build_encryption_context(
     return ctx
 
 
-def build_checkpoint_context(*, job_id: str, spec_sha256: str, step: int) -> dict[str, str]:
+def build_checkpoint_context(*, job_id: str, spec_sha256: str, step: int, auth_tag: str) -> dict[str, str]:
     """The encryption context of a sealed checkpoint; raises MalformedHeader if invalid."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise MalformedHeader("checkpoint step must be a non-negative integer")
@@ -171,6 +172,7 @@ def build_checkpoint_context(*, job_id: str, spec_sha256: str, step: int) -> dic
         "job_id": job_id,
         "spec_sha256": spec_sha256,
         "step": str(step),
+        CHECKPOINT_AUTH_TAG_CONTEXT_KEY: auth_tag,
     }
     validate_encryption_context(ctx, CHECKPOINT_PAYLOAD)
     return ctx
@@ -184,6 +186,11 @@ def validate_encryption_context(ctx: Mapping[str, Any], payload: str = PAYLOAD) 
         raise MalformedHeader(f"unsupported payload {payload!r}, expected one of {_PAYLOADS}")
     required = CONTEXT_KEYS_BY_PAYLOAD[payload]
     keys = set(ctx)
+    if payload == CHECKPOINT_PAYLOAD and keys == required - {CHECKPOINT_AUTH_TAG_CONTEXT_KEY}:
+        raise MalformedHeader(
+            "encryption_context has no auth_tag (a checkpoint made before checkpoints were authenticated): "
+            "it cannot be resumed or opened"
+        )
     if payload == PAYLOAD and keys == required - _LEDGER_CONTEXT_KEYS:
         raise MalformedHeader(
             "encryption_context has no ledger and ledger_public_key (sealed before datasets had a budget "
@@ -214,6 +221,8 @@ def _validate_checkpoint_context(ctx: Mapping[str, str]) -> None:
         raise MalformedHeader("encryption_context step must be a plain decimal integer")
     if not _HEX64.fullmatch(ctx["spec_sha256"]):
         raise MalformedHeader("encryption_context spec_sha256 must be 64 lowercase hex digits")
+    if not _HEX64.fullmatch(ctx[CHECKPOINT_AUTH_TAG_CONTEXT_KEY]):
+        raise MalformedHeader("encryption_context auth_tag must be 64 lowercase hex digits (HMAC-SHA256)")
 
 
 def _validate_dataset_context(ctx: Mapping[str, str]) -> None:

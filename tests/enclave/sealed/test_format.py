@@ -28,6 +28,7 @@ from enclave.sealed.format import (
     check_encryption_context,
 )
 from enclave.sealed.stream import read_header
+from tests.support.checkpoints import TAG
 
 from .conftest import KAT_SCHEMA_BYTES, make_header
 
@@ -255,7 +256,7 @@ def test_a_dataset_header_must_carry_its_schema() -> None:
 
 
 def test_a_checkpoint_header_carries_no_schema() -> None:
-    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1)
+    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1, auth_tag=TAG)
     header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, payload=CHECKPOINT_PAYLOAD)
     assert header.schema == b"" and cbor2.loads(header.header_bytes())["schema"] == b""
     assert SealedHeader.decode(header.encode()) == header
