@@ -55,9 +55,11 @@ from enclave.sealed.format import SealedHeader
 from enclave.training.checkpoint import (
     CheckpointAuthenticator,
     CheckpointBinding,
+    CheckpointKeyNotAllowed,
     CheckpointState,
     dataset_context_sha256,
     open_checkpoint,
+    read_checkpoint_header,
 )
 from enclave.training.plan import PlannedRun, plan_run
 from enclave.training.spec import JobSpec
@@ -351,9 +353,11 @@ class EnclaveRuntime:
 
     def _receive_resume(self, reader: DatasetStreamReader, job: _Job) -> None:
         data = _read_bounded(reader, self._limits.max_checkpoint_bytes, "checkpoint")
-        if job.checkpoint_auth is None:
+        if job.checkpoint_auth is None or job.train is None:
             # The dataset stream comes first: only its data key can check the checkpoint's tag.
             raise ProtocolError("the checkpoint to resume from must follow the sealed dataset's stream")
+        if read_checkpoint_header(data).key_id not in job.train.header.model_owner_keys:
+            raise CheckpointKeyNotAllowed("checkpoint is sealed under a KMS key the data owner did not allow")
         job.resume = open_checkpoint(
             data, decrypt=_MarkingKms(job.kms, job.exposure).decrypt, expected_job_id=job.job_id,
             expected_spec_sha256=job.spec.sha256, authenticator=job.checkpoint_auth,
@@ -376,6 +380,7 @@ class EnclaveRuntime:
             generate_data_key=job.kms.generate_data_key,
             dataset_epsilon=job.dataset_epsilon,
             clock=self._clock,
+            resume_sealed_sha256=job.resume_sealed_sha256,
         )
         return self._training_loop(inputs, gate).run()
 

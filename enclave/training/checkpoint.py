@@ -104,6 +104,10 @@ class CheckpointNotAuthentic(CheckpointError):
     """The checkpoint's tag is not this enclave image's for this job and these datasets."""
 
 
+class CheckpointKeyNotAllowed(CheckpointError):
+    """The checkpoint is sealed under a KMS key the data owner did not allow to receive the model."""
+
+
 AUTH_DOMAIN = "hermetic checkpoint auth v1"
 
 

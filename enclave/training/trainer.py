@@ -24,6 +24,7 @@ from enclave.certificate.body import (
     DatasetRecord,
     PublicDatasetRecord,
     ReleasedMetric,
+    ResumedFrom,
 )
 from enclave.certificate.issue import issue_certificate
 from enclave.datasets import OpenedDataset
@@ -90,6 +91,8 @@ class TrainingInputs:
     # The dataset's cumulative epsilon per its budget ledger, this job's reservation included.
     dataset_epsilon: float
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # SHA-256 (hex) of the sealed checkpoint file `resume` came from; the certificate names it.
+    resume_sealed_sha256: str = ""
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -261,6 +264,10 @@ class Trainer:
             finished_at=_rfc3339(inp.clock()),
             budget={"max_epsilon": plan.max_epsilon, "delta": plan.budget_delta},
             dataset_epsilon=inp.dataset_epsilon,
+            resumed_from=(
+                None if inp.resume is None
+                else ResumedFrom(sealed_sha256=inp.resume_sealed_sha256, step=inp.resume.step)
+            ),
         )
         self._gate.send(CertificateIssued(data=issue_certificate(body, inp.nsm)))
         summary = f"{ledger.steps} steps, epsilon {eps[plan.accountant]:.4f} ({plan.accountant})"

@@ -9,11 +9,13 @@ dataset's data key by the same enclave image for the same job and dataset.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import replace
 
 import pytest
 
+from enclave.certificate.body import CertificateBody, ResumedFrom
 from enclave.hazmat.checkpoint_key import CheckpointAuthKey
 from enclave.privacy.ledger import PrivacyLedger
 from enclave.runtime import OPENED_FAILURE, OPENED_FAILURE_CODE
@@ -27,12 +29,12 @@ from enclave.training.checkpoint import (
     seal_checkpoint,
 )
 from enclave.training.trainer import Trainer
-from enclave.transport.messages import CertificateIssued, Message
+from enclave.transport.messages import RESUME_STREAM, CertificateIssued, JobStart, Message
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 from parent.verify.certificate import verify_certificate
 from tests.adversarial.test_ledger_runtime import _checkpoints, error_of, job, job_spec, pinned, seal
-from tests.enclave.test_runtime import DATA_KEY, KEY_ARN
+from tests.enclave.test_runtime import CREDS, DATA_KEY, HELLO, KEY_ARN, StubKms, run_session, stream
 from tests.support.ledgers import MemoryLedgers
 
 SPEC = job_spec(steps=4, noise=2.0, checkpoint_every=2)
@@ -80,14 +82,22 @@ def _refused(replies: list[Message], caplog: pytest.LogCaptureFixture, cause: st
     assert not [m for m in replies if isinstance(m, CertificateIssued)]
 
 
-def test_an_honest_checkpoint_resumes(nsm: MockNsm, ca: LocalCa, sealed_cap3: bytes) -> None:
+def _body(replies: list[Message], ca: LocalCa, nsm: MockNsm) -> CertificateBody:
+    [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
+    return verify_certificate(issued.data, root_der=ca.root_der, policy=pinned(nsm)).body
+
+
+def test_an_honest_checkpoint_resumes_and_the_certificate_names_it(
+    nsm: MockNsm, ca: LocalCa, sealed_cap3: bytes
+) -> None:
     replies, _ = job(sealed_cap3, MemoryLedgers(), nsm, job_id="forged", spec=SPEC, loop=Trainer)
-    resumed, _ = job(sealed_cap3, MemoryLedgers(), nsm, job_id="forged", spec=SPEC, loop=Trainer,
-                     resume=_checkpoints(replies)[2])
+    assert _body(replies, ca, nsm).resumed_from is None
+    checkpoint = _checkpoints(replies)[2]
+    resumed, _ = job(sealed_cap3, MemoryLedgers(), nsm, job_id="forged", spec=SPEC, loop=Trainer, resume=checkpoint)
     assert error_of(resumed) is None, resumed[-1]
-    [issued] = [m for m in resumed if isinstance(m, CertificateIssued)]
-    body = verify_certificate(issued.data, root_der=ca.root_der, policy=pinned(nsm)).body
+    body = _body(resumed, ca, nsm)
     assert body.steps == 4
+    assert body.resumed_from == ResumedFrom(sealed_sha256=hashlib.sha256(checkpoint).hexdigest(), step=2)
 
 
 def test_a_rewound_ledger_with_an_invented_metric_and_a_tag_of_the_owners_making_is_refused(
@@ -130,3 +140,15 @@ def test_a_checkpoint_of_another_dataset_or_enclave_image_is_refused(
     replies, _ = job(sealed_cap3, MemoryLedgers(), other_image, job_id="forged", spec=SPEC, loop=Trainer,
                      resume=final_checkpoint)
     _refused(replies, caplog, "CheckpointNotAuthentic")
+
+
+def test_a_checkpoint_streamed_before_the_dataset_is_refused_before_any_kms_call(
+    nsm: MockNsm, sealed_cap3: bytes, final_checkpoint: bytes
+) -> None:
+    kms = StubKms()
+    messages = [HELLO, CREDS, JobStart("forged", [RESUME_STREAM, "shared-v1"]), SPEC,
+                *stream(0, RESUME_STREAM, final_checkpoint), *stream(1, "shared-v1", sealed_cap3)]
+    replies = run_session(nsm, messages, kms=kms, ledgers=MemoryLedgers(), training_loop=Trainer)
+    error = error_of(replies)
+    assert error is not None and error.code == "protocol" and "must follow the sealed dataset" in error.message
+    assert kms.calls == []

@@ -168,7 +168,7 @@ def _failing_argv(path: tuple[str, ...], unusable: Path) -> list[str] | None:
                             "--spec", str(unusable / "job.toml")],
         ("mock-enclave", "measure"): ["--measure-dir", str(unusable / "enclave")],
         ("demo",): ["--out", str(unusable / "demo")],
-        ("seal",): ["--key-id", "k", "--owner", "o", "--out", str(unusable / "x.sealed"), "--max-epsilon", "1",
+        ("seal",): ["--key-id", "k", "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--owner", "o", "--out", str(unusable / "x.sealed"), "--max-epsilon", "1",
                     "--delta", "1e-5", "--ledger", "s3://ledgers/x", str(unusable / "in.npz")],
         ("job", "check"): [str(unusable / "job.toml")],
         ("local", "up"): ["--state", str(unusable / "state")],

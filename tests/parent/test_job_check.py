@@ -62,7 +62,7 @@ def sealed(tmp_path: Path, name: str = "train", *, shape: tuple[int, ...] = (28,
                      columns[1]: rng.integers(0, 10, records, dtype=np.uint8)})
     out = tmp_path / f"{name}.sealed"
     seal_dataset(src, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=max_epsilon, delta=1e-5,
-                 owner="owner", dataset_id=f"{name}-v1", ledger="s3://ledgers/job-check")
+                 owner="owner", dataset_id=f"{name}-v1", ledger="s3://ledgers/job-check", model_owner_keys=["alias/model"])
     return out
 
 

@@ -25,8 +25,8 @@ from .test_format import KAT_HEADER_HASH, KAT_PREAMBLE
 
 PAYLOAD = b"hermetic known answer"  # 21 bytes: one full 16-byte chunk + a 5-byte final chunk
 KAT_CHUNKS = bytes.fromhex(
-    "0000002066d9c7b3d058eade28c3c75a6f42b1f846f59b4f5c15c1841d4ad290ceca53e5"
-    "00000015067ef713b8e4226e199f205b518e7404336a857b28"
+    "0000002066d9c7b3d058eade28c3c75a6f42b1f8440934acd71612112e2c5c4f284cf828"
+    "00000015067ef713b8e6dec1fa142388c4bd128aec8c03d0e5"
 )
 
 

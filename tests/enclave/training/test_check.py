@@ -232,6 +232,7 @@ def test_schema_bytes_that_are_no_arrow_schema_are_a_problem_not_a_crash() -> No
             dataset_id="d", owner="o", max_epsilon=3.0, delta=1e-5, record_count=RECORDS,
             schema_sha256=hashlib.sha256(junk).hexdigest(),
             ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+            model_owner_keys=["alias/model"],
         ),
     )
     problems = check_job(spec(), header)

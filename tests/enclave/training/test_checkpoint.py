@@ -440,6 +440,7 @@ def test_dataset_files_are_not_checkpoints() -> None:
         dataset_id="ds", owner="o", max_epsilon=3.0, delta=1e-5, record_count=1,
         schema_sha256=hashlib.sha256(b"schema").hexdigest(),
         ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+        model_owner_keys=[KEY_ID],
     )
     header = SealedHeader(key_id=KEY_ID, encrypted_data_key=b"b", encryption_context=ctx, schema=b"schema")
     out = io.BytesIO()

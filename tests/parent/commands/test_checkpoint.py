@@ -311,7 +311,8 @@ def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "bad magic" in capsys.readouterr().err
     ctx = build_encryption_context(dataset_id="ds", owner="o", max_epsilon=1.0, delta=1e-5, record_count=1,
                                    schema_sha256=hashlib.sha256(b"schema").hexdigest(),
-                                   ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32)
+                                   ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+                                   model_owner_keys=["alias/hermetic-model-owner"])
     header = SealedHeader(key_id="k", encrypted_data_key=b"b", encryption_context=ctx, schema=b"schema")
     dataset = tmp_path / "ds.sealed"
     with dataset.open("wb") as handle:

@@ -258,7 +258,7 @@ def seal(tmp_path: Path, name: str, *, dataset_id: str = "train-v1", max_epsilon
     # context stay the same and only the bytes differ between two seals of one dataset.
     with mock.patch("parent.seal.secrets.token_bytes", return_value=bytes(range(32))):
         seal_dataset(source, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=max_epsilon, delta=DELTA,
-                     owner="hospital-a", dataset_id=dataset_id, ledger=MEMORY_LOCATION)
+                     owner="hospital-a", dataset_id=dataset_id, ledger=MEMORY_LOCATION, model_owner_keys=[KEY_ARN])
     return out
 
 
