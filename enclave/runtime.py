@@ -15,6 +15,11 @@ and this job's whole plan composed with every valid entry must fit the cap
 must match the context; after the last stream and before any training step, this
 session's steps are reserved in the ledger (`_reserve_budget`). See enclave.ledger.
 
+Checkpoints: once the dataset's data key is in, a checkpoint authenticator is derived
+from it (enclave.training.checkpoint); the trainer tags every checkpoint with it, and a
+checkpoint to resume from, which must follow the dataset's stream, is refused unless its
+KMS key is one the dataset's context allows (model_owner_keys) and its tag verifies.
+
 Credentials refresh: after the first Credentials the parent may send Credentials
 again at any point, between set-up messages, between the frames of a dataset stream
 or while training runs (a thread reads the control channel then). Each one replaces
@@ -273,7 +278,7 @@ class EnclaveRuntime:
             job.plan = plan_run(job.spec, header)
             self._check_ledger(job, header)
 
-        def ledger_key(header: SealedHeader, data_key: bytes) -> None:
+        def derive_keys(header: SealedHeader, data_key: bytes) -> None:
             job.ledger_key = ledger_signing_key(header, data_key)
             # One sealed dataset per job for now; CheckpointAuthKey takes them all, in order.
             binding = CheckpointBinding(
@@ -286,7 +291,7 @@ class EnclaveRuntime:
 
         opened = open_sealed_dataset(
             reader, expected_dataset_id=job.train_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget,
-            on_data_key=ledger_key,
+            on_data_key=derive_keys,
         )
         if not reader.finished:
             raise RuntimeFailure(f"dataset {job.train_id!r} stream did not end with its digest")
