@@ -72,6 +72,7 @@ def _header(chunk_size: int = DEFAULT_CHUNK_SIZE) -> SealedHeader:
         record_count=0,
         schema_sha256=hashlib.sha256(_SCHEMA).hexdigest(),
         ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+        model_owner_keys=["alias/hermetic-model-owner"],
     )
     return SealedHeader(
         key_id="bench-key", encrypted_data_key=b"\x00" * 184, encryption_context=ctx, chunk_size=chunk_size,

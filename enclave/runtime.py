@@ -15,6 +15,11 @@ and this job's whole plan composed with every valid entry must fit the cap
 must match the context; after the last stream and before any training step, this
 session's steps are reserved in the ledger (`_reserve_budget`). See enclave.ledger.
 
+Checkpoints: once the dataset's data key is in, a checkpoint authenticator is derived
+from it (enclave.training.checkpoint); the trainer tags every checkpoint with it, and a
+checkpoint to resume from, which must follow the dataset's stream, is refused unless its
+KMS key is one the dataset's context allows (model_owner_keys) and its tag verifies.
+
 Credentials refresh: after the first Credentials the parent may send Credentials
 again at any point, between set-up messages, between the frames of a dataset stream
 or while training runs (a thread reads the control channel then). Each one replaces
@@ -42,6 +47,7 @@ from typing import Any, Protocol, TypeVar
 from enclave.datasets import OpenedDataset, open_sealed_dataset, read_ipc_table
 from enclave.egress import EgressGate
 from enclave.errors import INTERNAL, HermeticError, RuntimeFailure
+from enclave.hazmat.checkpoint_key import CheckpointAuthKey
 from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.kms.attested import AttestedKms
 from enclave.ledger.entry import NONCE_BYTES
@@ -51,7 +57,15 @@ from enclave.ledger.store import LedgerStore
 from enclave.nsm.interface import Nsm
 from enclave.privacy.ledger import Segment
 from enclave.sealed.format import SealedHeader
-from enclave.training.checkpoint import CheckpointState, open_checkpoint
+from enclave.training.checkpoint import (
+    CheckpointAuthenticator,
+    CheckpointBinding,
+    CheckpointKeyNotAllowed,
+    CheckpointState,
+    dataset_context_sha256,
+    open_checkpoint,
+    read_checkpoint_header,
+)
 from enclave.training.plan import PlannedRun, plan_run
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import PublicTable, Trainer, TrainingInputs
@@ -153,6 +167,9 @@ class _Job:
     plan: PlannedRun | None = None
     public: dict[str, PublicTable] = field(default_factory=dict)
     resume: CheckpointState | None = None
+    resume_sealed_sha256: str = ""
+    # Tags this job's checkpoints and checks the one resumed from; set once the data key is in.
+    checkpoint_auth: CheckpointAuthenticator | None = None
     exposure: _Exposure = field(default_factory=_Exposure)
     ledger: LedgerStore | None = None
     ledger_key: LedgerSigningKey | None = None
@@ -261,12 +278,20 @@ class EnclaveRuntime:
             job.plan = plan_run(job.spec, header)
             self._check_ledger(job, header)
 
-        def ledger_key(header: SealedHeader, data_key: bytes) -> None:
+        def derive_keys(header: SealedHeader, data_key: bytes) -> None:
             job.ledger_key = ledger_signing_key(header, data_key)
+            # One sealed dataset per job for now; CheckpointAuthKey takes them all, in order.
+            binding = CheckpointBinding(
+                pcr0=self._nsm.describe_pcr(0).value.hex(),
+                datasets=((header.dataset_id, dataset_context_sha256(header)),),
+            )
+            job.checkpoint_auth = CheckpointAuthenticator(
+                CheckpointAuthKey([(header.dataset_id, data_key)]), binding
+            )
 
         opened = open_sealed_dataset(
             reader, expected_dataset_id=job.train_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget,
-            on_data_key=ledger_key,
+            on_data_key=derive_keys,
         )
         if not reader.finished:
             raise RuntimeFailure(f"dataset {job.train_id!r} stream did not end with its digest")
@@ -333,14 +358,20 @@ class EnclaveRuntime:
 
     def _receive_resume(self, reader: DatasetStreamReader, job: _Job) -> None:
         data = _read_bounded(reader, self._limits.max_checkpoint_bytes, "checkpoint")
+        if job.checkpoint_auth is None or job.train is None:
+            # The dataset stream comes first: only its data key can check the checkpoint's tag.
+            raise ProtocolError("the checkpoint to resume from must follow the sealed dataset's stream")
+        if read_checkpoint_header(data).key_id not in job.train.header.model_owner_keys:
+            raise CheckpointKeyNotAllowed("checkpoint is sealed under a KMS key the data owner did not allow")
         job.resume = open_checkpoint(
             data, decrypt=_MarkingKms(job.kms, job.exposure).decrypt, expected_job_id=job.job_id,
-            expected_spec_sha256=job.spec.sha256,
+            expected_spec_sha256=job.spec.sha256, authenticator=job.checkpoint_auth,
         )
+        job.resume_sealed_sha256 = hashlib.sha256(data).hexdigest()
 
     def _train(self, job: _Job, gate: EgressGate) -> str:
         # _train_id made the sealed dataset one of the streams, so it was opened.
-        assert job.train is not None and job.plan is not None
+        assert job.train is not None and job.plan is not None and job.checkpoint_auth is not None
         inputs = TrainingInputs(
             job_id=job.job_id,
             spec=job.spec,
@@ -350,9 +381,11 @@ class EnclaveRuntime:
             public=dict(job.public),
             resume=job.resume,
             nsm=self._nsm,
+            checkpoint_auth=job.checkpoint_auth,
             generate_data_key=job.kms.generate_data_key,
             dataset_epsilon=job.dataset_epsilon,
             clock=self._clock,
+            resume_sealed_sha256=job.resume_sealed_sha256,
         )
         return self._training_loop(inputs, gate).run()
 

@@ -1,7 +1,9 @@
 """Rendering the key-policy templates in kms-policies/ with real measurements and ARNs.
 
 Templates are valid JSON policies with `${NAME}` placeholders in strings:
-OWNER_ARN, PARENT_ROLE_ARN, MODEL_OWNER_ARN (principals), LEDGER_BUCKET (the budget
+OWNER_ARN, PARENT_ROLE_ARN, MODEL_OWNER_ARN (principals), MODEL_OWNER_ACCOUNT_ROOT
+(derived: the root of MODEL_OWNER_ARN's account, through which that account's key
+administrators, and nobody named in the template, may change the policy), LEDGER_BUCKET (the budget
 ledger's bucket name, for its bucket policy) and IMAGE_SHA384 (= PCR0),
 PCR0, PCR1, PCR2, PCR8 (measurements, lower-case hex). PCR8 is optional: a
 statement that mentions it is dropped when the image is not signed. Any other
@@ -25,8 +27,9 @@ PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_]*)\}")
 PRINCIPAL_PLACEHOLDERS = frozenset({"OWNER_ARN", "PARENT_ROLE_ARN", "MODEL_OWNER_ARN"})
 MEASUREMENT_PLACEHOLDERS = frozenset({"IMAGE_SHA384", "PCR0", "PCR1", "PCR2", "PCR8"})
 RESOURCE_PLACEHOLDERS = frozenset({"LEDGER_BUCKET"})
+DERIVED_PLACEHOLDERS = frozenset({"MODEL_OWNER_ACCOUNT_ROOT"})
 OPTIONAL_PLACEHOLDERS = frozenset({"PCR8"})
-KNOWN_PLACEHOLDERS = PRINCIPAL_PLACEHOLDERS | MEASUREMENT_PLACEHOLDERS | RESOURCE_PLACEHOLDERS
+KNOWN_PLACEHOLDERS = PRINCIPAL_PLACEHOLDERS | MEASUREMENT_PLACEHOLDERS | RESOURCE_PLACEHOLDERS | DERIVED_PLACEHOLDERS
 MEASUREMENT_KEYS = ("PCR0", "PCR1", "PCR2", "PCR8")
 SHA384_HEX = re.compile(r"^[0-9a-fA-F]{96}$")
 IAM_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(?:root|(?:user|role)/[\w+=,.@/-]+)$")
@@ -63,6 +66,9 @@ def _placeholder_values(
         if not isinstance(arn, str) or not IAM_ARN.match(arn):
             raise PolicyError(f"{name} {arn!r} is not an IAM user, role or account-root ARN")
         values[name] = arn
+    if "MODEL_OWNER_ARN" in values:
+        partition, account = values["MODEL_OWNER_ARN"].split(":")[1], values["MODEL_OWNER_ARN"].split(":")[4]
+        values["MODEL_OWNER_ACCOUNT_ROOT"] = f"arn:{partition}:iam::{account}:root"
     for name, value in resources.items():
         if name not in RESOURCE_PLACEHOLDERS:
             raise PolicyError(f"unknown resource placeholder {name}")

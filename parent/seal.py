@@ -216,6 +216,7 @@ def seal_dataset(
     delta: float,
     owner: str,
     ledger: str,
+    model_owner_keys: Sequence[str],
     dataset_id: str | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     batch_rows: int = DEFAULT_BATCH_ROWS,
@@ -224,6 +225,9 @@ def seal_dataset(
     label_column: str | None = None,
 ) -> SealResult:
     """Seal a dataset into `out_path`, its budget ledger at `ledger` (a location URI).
+
+    `model_owner_keys` are the KMS keys the data owner allows a job's checkpoints, and
+    so the model, to be sealed under; the enclave refuses any other.
 
     `input_path` may also be an already opened DatasetReader (the CLI passes
     one so the record count is not computed twice). `progress`, if given, is
@@ -265,6 +269,7 @@ def seal_dataset(
             schema_sha256=schema_hash,
             ledger=ledger,
             ledger_public_key=LedgerSigningKey(data_key, dataset_id).public_key_hex,
+            model_owner_keys=list(model_owner_keys),
         )
     except MalformedHeader as err:
         raise ConfigError(str(err)) from None

@@ -18,6 +18,12 @@ public (the sealed file's encryption context, declared so by the data owner at
 sealing), which add/remove neighbours would not allow. For the Poisson-subsampled
 Gaussian mechanism the zero-out privacy curves equal add/remove's, so the accountants'
 numbers are unchanged. Version 2 added these two fields.
+
+`resumed_from` is the resume lineage: null for a run that started at step 0, else
+`{"sealed_sha256", "step"}`, the SHA-256 (hex) of the sealed checkpoint file the run
+continued from and that checkpoint's step. The enclave resumes only a checkpoint it can
+authenticate (`enclave.training.checkpoint`), so the ledger and metrics carried over are
+an enclave's. Version 3 added it.
 """
 from __future__ import annotations
 
@@ -39,11 +45,12 @@ __all__ = [
     "MAX_BODY_SIZE",
     "PublicDatasetRecord",
     "ReleasedMetric",
+    "ResumedFrom",
     "encode_body",
     "wire_map",
 ]
 
-BODY_VERSION = 2
+BODY_VERSION = 3
 #: The unit of privacy and the neighbouring relation every epsilon here is stated for
 #: (module docstring); the accountants cover no other.
 PRIVACY_UNIT = "record"
@@ -62,6 +69,7 @@ MAX_ACCOUNTANTS = 8
 MAX_PCRS = 32
 
 LEDGER_KEYS = ("q", "sigma", "steps")
+RESUMED_FROM_KEYS = ("sealed_sha256", "step")
 BUDGET_KEYS = ("max_epsilon", "delta")
 
 
@@ -183,6 +191,18 @@ class ReleasedMetric:
         )
 
 
+@dataclass(frozen=True)
+class ResumedFrom:
+    """The sealed checkpoint a resumed run continued from."""
+
+    sealed_sha256: str
+    step: int
+
+    def __post_init__(self) -> None:
+        _text(self.sealed_sha256, "resumed_from sealed_sha256")
+        _count(self.step, "resumed_from step")
+
+
 def _segment(value: Any, index: int) -> Mapping[str, Any]:
     what = f"ledger[{index}]"
     if isinstance(value, Mapping):
@@ -230,6 +250,8 @@ class CertificateBody:
     # The dataset's cumulative epsilon (every entry of its budget ledger, this job's reservation
     # included, composed under `accountant` at the budget's delta) when this job reserved.
     dataset_epsilon: float
+    # None (CBOR null) unless the run continued from a checkpoint.
+    resumed_from: ResumedFrom | None = None
     privacy_unit: str = PRIVACY_UNIT
     neighbouring: str = NEIGHBOURING
 
@@ -262,6 +284,8 @@ class CertificateBody:
         _text(self.finished_at, "finished_at", limit=64)
         self._set("budget", _budget(self.budget))
         self._set("dataset_epsilon", _real(self.dataset_epsilon, "dataset_epsilon"))
+        if self.resumed_from is not None and type(self.resumed_from) is not ResumedFrom:
+            raise MalformedCertificate("resumed_from is not a ResumedFrom or null")
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -342,6 +366,8 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "finished_at": body.finished_at,
         "budget": dict(body.budget),
         "dataset_epsilon": body.dataset_epsilon,
+        "resumed_from": None if body.resumed_from is None else {
+            "sealed_sha256": body.resumed_from.sealed_sha256, "step": body.resumed_from.step},
         "privacy_unit": body.privacy_unit,
         "neighbouring": body.neighbouring,
     }

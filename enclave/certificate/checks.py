@@ -217,6 +217,13 @@ def check_body(body: CertificateBody) -> None:
     _sha256(body.spec_sha256, "spec_sha256")
     _sha256(body.model_sha256, "model_sha256")
     _sha256(body.checkpoint_sha256, "checkpoint_sha256")
+    if body.resumed_from is not None:
+        _sha256(body.resumed_from.sealed_sha256, "resumed_from sealed_sha256")
+        # A resume continues the run: its checkpoint's step is within the steps certified.
+        if body.resumed_from.step > body.steps:
+            raise InconsistentCertificate(
+                f"resumed_from step {body.resumed_from.step} is beyond the {body.steps} steps certified"
+            )
     _check_pcrs(body)
     _check_dp_parameters(body)
     _check_accounting(body)

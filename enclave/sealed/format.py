@@ -44,8 +44,13 @@ to decrypt. A dataset's context also binds its budget ledger: `ledger`, the loca
 of the ledger every job on it spends from (`enclave.ledger.location`), and
 `ledger_public_key`, the hex Ed25519 public key its entries are signed with (derived
 from the data key, `enclave.hazmat.ledger_key`). A context without these two (sealed
-before the ledger existed) is refused by name. Floats are written as `repr(float(x))` (shortest round-trip form)
-and integers as plain decimal, so a context can be rebuilt byte-for-byte.
+before the ledger existed) is refused by name. `model_owner_keys` names who may receive
+the model: the KMS keys (ids, ARNs or aliases; sorted, distinct, comma-separated) a job
+on the data may seal its checkpoints under; a job naming another key, or a checkpoint
+under another key, is refused. A context without it is refused by name.
+
+Floats are written as `repr(float(x))` (shortest round-trip form) and integers as
+plain decimal, so a context can be rebuilt byte-for-byte.
 """
 from __future__ import annotations
 
@@ -97,6 +102,7 @@ MAX_SCHEMA_SIZE = 48 * 1024
 FORMAT_CONTEXT_KEY = "hermetic:format"
 LEDGER_CONTEXT_KEY = "ledger"
 LEDGER_PUBLIC_KEY_CONTEXT_KEY = "ledger_public_key"
+MODEL_OWNER_KEYS_CONTEXT_KEY = "model_owner_keys"
 ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
     {
         "dataset_id",
@@ -107,13 +113,15 @@ ENCRYPTION_CONTEXT_KEYS: frozenset[str] = frozenset(
         "schema_sha256",
         LEDGER_CONTEXT_KEY,
         LEDGER_PUBLIC_KEY_CONTEXT_KEY,
+        MODEL_OWNER_KEYS_CONTEXT_KEY,
         FORMAT_CONTEXT_KEY,
     }
 )
 # Datasets sealed before the budget ledger lack exactly these; they are refused by name.
 _LEDGER_CONTEXT_KEYS = frozenset({LEDGER_CONTEXT_KEY, LEDGER_PUBLIC_KEY_CONTEXT_KEY})
+CHECKPOINT_AUTH_TAG_CONTEXT_KEY = "auth_tag"
 CHECKPOINT_CONTEXT_KEYS: frozenset[str] = frozenset(
-    {FORMAT_CONTEXT_KEY, "job_id", "spec_sha256", "step"}
+    {FORMAT_CONTEXT_KEY, "job_id", "spec_sha256", "step", CHECKPOINT_AUTH_TAG_CONTEXT_KEY}
 )
 CONTEXT_KEYS_BY_PAYLOAD: Mapping[str, frozenset[str]] = MappingProxyType(
     {PAYLOAD: ENCRYPTION_CONTEXT_KEYS, CHECKPOINT_PAYLOAD: CHECKPOINT_CONTEXT_KEYS}
@@ -128,6 +136,21 @@ _HEADER_KEYS_WITHOUT_SCHEMA = frozenset(
 _HEADER_KEYS = _HEADER_KEYS_WITHOUT_SCHEMA | {"schema"}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]*")
+# One KMS key reference: an id, key ARN, alias name or alias ARN; no separator or space in it.
+_KEY_REFERENCE = re.compile(r"[A-Za-z0-9:/_.+=@-]{1,256}")
+
+
+def canonical_model_owner_keys(keys: Any) -> str:
+    """The one textual form of the allowed model-owner keys: sorted, distinct, comma-separated."""
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise MalformedHeader("model_owner_keys must be a list of KMS key references")
+    distinct = sorted(set(keys))
+    if not distinct:
+        raise MalformedHeader("model_owner_keys must name at least one KMS key")
+    for key in distinct:
+        if not _KEY_REFERENCE.fullmatch(key):
+            raise MalformedHeader(f"model-owner key {key[:80]!r} is not a KMS key id, ARN or alias")
+    return ",".join(distinct)
 
 
 def format_context_float(value: float) -> str:
@@ -145,8 +168,13 @@ def build_encryption_context(
     schema_sha256: str,
     ledger: str,
     ledger_public_key: str,
+    model_owner_keys: Any,
 ) -> dict[str, str]:
-    """The encryption context of a sealed dataset; raises MalformedHeader if invalid."""
+    """The encryption context of a sealed dataset; raises MalformedHeader if invalid.
+
+    `model_owner_keys`: the KMS keys (ids, ARNs or aliases) a job on the data may seal
+    its checkpoints, and so the model, under.
+    """
     ctx = {
         "dataset_id": dataset_id,
         "owner": owner,
@@ -156,13 +184,14 @@ def build_encryption_context(
         "schema_sha256": schema_sha256,
         LEDGER_CONTEXT_KEY: ledger,
         LEDGER_PUBLIC_KEY_CONTEXT_KEY: ledger_public_key,
+        MODEL_OWNER_KEYS_CONTEXT_KEY: canonical_model_owner_keys(model_owner_keys),
         FORMAT_CONTEXT_KEY: FORMAT_NAME,
     }
     validate_encryption_context(ctx)
     return ctx
 
 
-def build_checkpoint_context(*, job_id: str, spec_sha256: str, step: int) -> dict[str, str]:
+def build_checkpoint_context(*, job_id: str, spec_sha256: str, step: int, auth_tag: str) -> dict[str, str]:
     """The encryption context of a sealed checkpoint; raises MalformedHeader if invalid."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise MalformedHeader("checkpoint step must be a non-negative integer")
@@ -171,6 +200,7 @@ def build_checkpoint_context(*, job_id: str, spec_sha256: str, step: int) -> dic
         "job_id": job_id,
         "spec_sha256": spec_sha256,
         "step": str(step),
+        CHECKPOINT_AUTH_TAG_CONTEXT_KEY: auth_tag,
     }
     validate_encryption_context(ctx, CHECKPOINT_PAYLOAD)
     return ctx
@@ -184,10 +214,22 @@ def validate_encryption_context(ctx: Mapping[str, Any], payload: str = PAYLOAD) 
         raise MalformedHeader(f"unsupported payload {payload!r}, expected one of {_PAYLOADS}")
     required = CONTEXT_KEYS_BY_PAYLOAD[payload]
     keys = set(ctx)
-    if payload == PAYLOAD and keys == required - _LEDGER_CONTEXT_KEYS:
+    if payload == CHECKPOINT_PAYLOAD and keys == required - {CHECKPOINT_AUTH_TAG_CONTEXT_KEY}:
+        raise MalformedHeader(
+            "encryption_context has no auth_tag (a checkpoint made before checkpoints were authenticated): "
+            "it cannot be resumed or opened"
+        )
+    if payload == PAYLOAD and keys - {MODEL_OWNER_KEYS_CONTEXT_KEY} == required - _LEDGER_CONTEXT_KEYS - {
+        MODEL_OWNER_KEYS_CONTEXT_KEY
+    }:
         raise MalformedHeader(
             "encryption_context has no ledger and ledger_public_key (sealed before datasets had a budget "
             "ledger): seal the data again with a ledger location"
+        )
+    if payload == PAYLOAD and keys == required - {MODEL_OWNER_KEYS_CONTEXT_KEY}:
+        raise MalformedHeader(
+            "encryption_context has no model_owner_keys (sealed before data owners chose who receives the "
+            "model): seal the data again with --model-owner-key"
         )
     if keys != required:
         missing = sorted(required - keys, key=str)
@@ -214,6 +256,8 @@ def _validate_checkpoint_context(ctx: Mapping[str, str]) -> None:
         raise MalformedHeader("encryption_context step must be a plain decimal integer")
     if not _HEX64.fullmatch(ctx["spec_sha256"]):
         raise MalformedHeader("encryption_context spec_sha256 must be 64 lowercase hex digits")
+    if not _HEX64.fullmatch(ctx[CHECKPOINT_AUTH_TAG_CONTEXT_KEY]):
+        raise MalformedHeader("encryption_context auth_tag must be 64 lowercase hex digits (HMAC-SHA256)")
 
 
 def _validate_dataset_context(ctx: Mapping[str, str]) -> None:
@@ -232,6 +276,9 @@ def _validate_dataset_context(ctx: Mapping[str, str]) -> None:
         raise MalformedHeader(f"encryption_context ledger: {problem}")
     if not _HEX64.fullmatch(ctx[LEDGER_PUBLIC_KEY_CONTEXT_KEY]):
         raise MalformedHeader("encryption_context ledger_public_key must be 64 lowercase hex digits (Ed25519)")
+    allowed = ctx[MODEL_OWNER_KEYS_CONTEXT_KEY]
+    if canonical_model_owner_keys(allowed.split(",")) != allowed:
+        raise MalformedHeader("encryption_context model_owner_keys is not sorted, distinct and comma-separated")
 
 
 def _context_float(ctx: Mapping[str, str], key: str) -> float:
@@ -341,6 +388,11 @@ class SealedHeader:
     @property
     def ledger_public_key(self) -> bytes:
         return bytes.fromhex(self._dataset_entry(LEDGER_PUBLIC_KEY_CONTEXT_KEY))
+
+    @property
+    def model_owner_keys(self) -> tuple[str, ...]:
+        """The KMS keys the data owner allowed checkpoints (the model) to be sealed under."""
+        return tuple(self._dataset_entry(MODEL_OWNER_KEYS_CONTEXT_KEY).split(","))
 
     # -- wire form ---------------------------------------------------------
     def header_bytes(self) -> bytes:

@@ -22,6 +22,9 @@ What the trainer really requires of the data (`enclave.training.trainer.table_ar
   [0, K)) exactly the model's class count. The label values stay private; their
   range is public by the owner's declaration;
 - the dataset is the one the spec's data.train names, if it names one;
+- the spec's checkpoint key is one the data owner allowed to receive the model (the
+  context's model_owner_keys): the parent writes the spec, so it could otherwise name a
+  key of its own and read the model;
 - the run the spec plans fits the dataset's budget (`enclave.training.budget`).
 
 Every problem is collected, each naming what is wrong; none stops the others.
@@ -101,6 +104,11 @@ def review_dataset(spec: JobSpec, header: SealedHeader) -> JobReview:
     train = spec.data.train
     if train is not None and header.dataset_id != train:
         problems.append(Problem("data.train", f"names dataset {train!r}, the sealed file is {header.dataset_id!r}"))
+    allowed = header.model_owner_keys
+    if spec.checkpoint.key_id not in allowed:
+        shown = ", ".join(_short(repr(k)) for k in allowed[:_MAX_NAMES_SHOWN])
+        problems.append(Problem("checkpoint.key_id", f"names KMS key {_short(repr(spec.checkpoint.key_id))}, which "
+                                f"the data owner did not allow to receive the model (allowed: {shown})"))
     model = MODELS.get(spec.model.name)
     try:
         schema = header_schema(header)

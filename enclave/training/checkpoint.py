@@ -17,11 +17,26 @@ and validated field by field; see `encode_checkpoint` / `decode_checkpoint`.
 
 Encrypted form: a sealed-v1 file (enclave.sealed) whose payload is
 "hermetic-checkpoint-v1" and whose encryption context is
-``{"hermetic:format": "checkpoint-v1", "job_id", "spec_sha256", "step"}``, under a
-data key from GenerateDataKey on the model owner's KMS key. KMS binds the context
-to the data key and every chunk is bound to the header, and `open_checkpoint`
+``{"hermetic:format": "checkpoint-v1", "job_id", "spec_sha256", "step", "auth_tag"}``,
+under a data key from GenerateDataKey on the model owner's KMS key. KMS binds the
+context to the data key and every chunk is bound to the header, and `open_checkpoint`
 checks the decrypted state against the context, so a checkpoint cannot be passed
 off as another job's or another step's.
+
+Authentication. The model owner may decrypt a checkpoint and so can also seal one:
+encryption under their key proves nothing about who made it. So the enclave tags
+every checkpoint with HMAC-SHA256 under a key derived from the datasets' data keys
+(`enclave.hazmat.checkpoint_key`), which only attested enclaves and the data owners
+hold, and resumes only a checkpoint whose tag verifies. The tag covers
+`auth_message`: the canonical CBOR of the job id, spec hash and step (the context),
+the SHA-256 of the exact plaintext (model and optimizer state, privacy ledger,
+sampler, metrics), the enclave image's PCR0, and each sealed dataset's id with the
+SHA-256 of its encryption context. A forged ledger, an invented metric, another
+job, another dataset or another enclave image all change the message. The tag sits
+in the encryption context rather than the plaintext so that it can cover the exact
+plaintext bytes (no canonical re-encoding of tensors) and be checked before
+torch.load ever sees bytes the model owner could have written; it is a MAC under a
+secret key, so showing it to the parent and to KMS's logs reveals nothing.
 """
 from __future__ import annotations
 
@@ -39,9 +54,17 @@ from typing import Any
 import torch
 
 from enclave.errors import SealedDataError
+from enclave.hazmat.cbor import dumps
+from enclave.hazmat.checkpoint_key import CheckpointAuthKey
 from enclave.kms.errors import KmsResponseError
 from enclave.sealed.errors import MalformedHeader
-from enclave.sealed.format import CHECKPOINT_PAYLOAD, DEFAULT_CHUNK_SIZE, SealedHeader, build_checkpoint_context
+from enclave.sealed.format import (
+    CHECKPOINT_AUTH_TAG_CONTEXT_KEY,
+    CHECKPOINT_PAYLOAD,
+    DEFAULT_CHUNK_SIZE,
+    SealedHeader,
+    build_checkpoint_context,
+)
 from enclave.sealed.stream import iter_plaintext, read_header, seal_stream
 
 log = logging.getLogger(__name__)
@@ -75,6 +98,61 @@ class NotACheckpoint(CheckpointError):
 
 class CheckpointMismatch(CheckpointError):
     """The checkpoint's encryption context, its contents and the expectation disagree."""
+
+
+class CheckpointNotAuthentic(CheckpointError):
+    """The checkpoint's tag is not this enclave image's for this job and these datasets."""
+
+
+class CheckpointKeyNotAllowed(CheckpointError):
+    """The checkpoint is sealed under a KMS key the data owner did not allow to receive the model."""
+
+
+AUTH_DOMAIN = "hermetic checkpoint auth v1"
+
+
+def dataset_context_sha256(header: SealedHeader) -> str:
+    """Hex SHA-256 of a sealed dataset's encryption context (canonical CBOR)."""
+    return hashlib.sha256(dumps(dict(header.encryption_context))).hexdigest()
+
+
+@dataclass(frozen=True)
+class CheckpointBinding:
+    """What a checkpoint's tag binds besides its contents: the enclave image and the datasets."""
+
+    pcr0: str
+    # (dataset id, dataset_context_sha256) of each sealed dataset, in the job's order.
+    datasets: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class CheckpointAuthenticator:
+    """Tags and checks checkpoints of one job (see the module docstring)."""
+
+    key: CheckpointAuthKey
+    binding: CheckpointBinding
+
+    def auth_message(self, *, job_id: str, spec_sha256: str, step: int, plaintext: bytes) -> bytes:
+        return dumps({
+            "domain": AUTH_DOMAIN,
+            "job_id": job_id,
+            "spec_sha256": spec_sha256,
+            "step": step,
+            "plaintext_sha256": hashlib.sha256(plaintext).digest(),
+            "pcr0": self.binding.pcr0,
+            "datasets": [[dataset_id, context] for dataset_id, context in self.binding.datasets],
+        })
+
+    def tag(self, *, job_id: str, spec_sha256: str, step: int, plaintext: bytes) -> str:
+        message = self.auth_message(job_id=job_id, spec_sha256=spec_sha256, step=step, plaintext=plaintext)
+        return self.key.tag(message).hex()
+
+    def check(self, context: Mapping[str, str], plaintext: bytes) -> None:
+        """CheckpointNotAuthentic unless the context's auth_tag is this job's tag of `plaintext`."""
+        message = self.auth_message(job_id=context["job_id"], spec_sha256=context["spec_sha256"],
+                                    step=int(context["step"]), plaintext=plaintext)
+        if not self.key.verify(message, bytes.fromhex(context[CHECKPOINT_AUTH_TAG_CONTEXT_KEY])):
+            raise CheckpointNotAuthentic("checkpoint was not made by this enclave image for this job and datasets")
 
 
 @dataclass(frozen=True)
@@ -138,10 +216,12 @@ class CheckpointState:
             _check_plain(entry, "metrics", tensors=False)
         object.__setattr__(self, "metrics", tuple(self.metrics))
 
-    def encryption_context(self) -> dict[str, str]:
-        """The KMS encryption context this state is sealed under."""
+    def encryption_context(self, auth_tag: str) -> dict[str, str]:
+        """The KMS encryption context this state is sealed under, with its tag."""
         try:
-            return build_checkpoint_context(job_id=self.job_id, spec_sha256=self.spec_sha256, step=self.step)
+            return build_checkpoint_context(
+                job_id=self.job_id, spec_sha256=self.spec_sha256, step=self.step, auth_tag=auth_tag
+            )
         except MalformedHeader as err:
             raise MalformedCheckpoint(f"checkpoint cannot be sealed: {err}") from None
 
@@ -278,16 +358,19 @@ def seal_checkpoint(
     *,
     key_id: str,
     generate_data_key: GenerateDataKey,
+    authenticator: CheckpointAuthenticator,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> bytes:
-    """The whole sealed checkpoint file.
+    """The whole sealed checkpoint file, tagged by `authenticator`.
 
     `generate_data_key(key_id, context) -> (plaintext key, CiphertextBlob)`; inside
     the enclave that is `AttestedKms.generate_data_key`, so the key never crosses
     the parent. Callers write the bytes atomically.
     """
-    context = state.encryption_context()
     plaintext = encode_checkpoint(state)
+    context = state.encryption_context(
+        authenticator.tag(job_id=state.job_id, spec_sha256=state.spec_sha256, step=state.step, plaintext=plaintext)
+    )
     data_key, blob = generate_data_key(key_id, dict(context))
     try:
         header = SealedHeader(
@@ -320,13 +403,16 @@ def open_checkpoint(
     decrypt: Decrypt,
     expected_job_id: str | None = None,
     expected_spec_sha256: str | None = None,
+    authenticator: CheckpointAuthenticator | None = None,
 ) -> CheckpointState:
     """Decrypt, authenticate and decode a sealed checkpoint.
 
     `decrypt(blob, context, key_id) -> data key` is `AttestedKms.decrypt` inside
     the enclave (resume) or a plain KMS Decrypt for the model owner. Expectations
     are checked against the header before KMS is asked; the decoded state must
-    agree with the authenticated context (job id, spec hash, step).
+    agree with the authenticated context (job id, spec hash, step). With an
+    `authenticator` (the enclave resuming; the model owner has none) the tag is
+    checked before the plaintext is decoded.
     """
     stream = io.BytesIO(bytes(data))
     header = read_header(stream)
@@ -345,6 +431,8 @@ def open_checkpoint(
     data_key = decrypt(header.encrypted_data_key, context, header.key_id)
     plaintext = b"".join(iter_plaintext(stream, header, data_key))
     del data_key
+    if authenticator is not None:
+        authenticator.check(context, plaintext)
     state = decode_checkpoint(plaintext)
     check_state_matches_context(state, context)
     return state

@@ -24,6 +24,7 @@ from enclave.certificate.body import (
     DatasetRecord,
     PublicDatasetRecord,
     ReleasedMetric,
+    ResumedFrom,
 )
 from enclave.certificate.issue import issue_certificate
 from enclave.datasets import OpenedDataset
@@ -34,7 +35,13 @@ from enclave.native.heap import retain_freed_memory
 from enclave.nsm.interface import Nsm
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.ledger import PrivacyLedger
-from enclave.training.checkpoint import CheckpointState, SamplerState, model_sha256, seal_checkpoint
+from enclave.training.checkpoint import (
+    CheckpointAuthenticator,
+    CheckpointState,
+    SamplerState,
+    model_sha256,
+    seal_checkpoint,
+)
 from enclave.training.dpsgd import DpSgd
 from enclave.training.models import FeatureTransform, build_model, feature_transform, get_spec, preprocess
 from enclave.training.plan import BudgetExceeded, PlannedRun
@@ -79,9 +86,13 @@ class TrainingInputs:
     resume: CheckpointState | None
     nsm: Nsm
     generate_data_key: Callable[[str, dict[str, str]], tuple[bytes, bytes]]
+    # Tags every checkpoint so that only this image, job and datasets can resume it.
+    checkpoint_auth: CheckpointAuthenticator
     # The dataset's cumulative epsilon per its budget ledger, this job's reservation included.
     dataset_epsilon: float
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # SHA-256 (hex) of the sealed checkpoint file `resume` came from; the certificate names it.
+    resume_sealed_sha256: str = ""
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -253,6 +264,10 @@ class Trainer:
             finished_at=_rfc3339(inp.clock()),
             budget={"max_epsilon": plan.max_epsilon, "delta": plan.budget_delta},
             dataset_epsilon=inp.dataset_epsilon,
+            resumed_from=(
+                None if inp.resume is None
+                else ResumedFrom(sealed_sha256=inp.resume_sealed_sha256, step=inp.resume.step)
+            ),
         )
         self._gate.send(CertificateIssued(data=issue_certificate(body, inp.nsm)))
         summary = f"{ledger.steps} steps, epsilon {eps[plan.accountant]:.4f} ({plan.accountant})"
@@ -353,7 +368,8 @@ class Trainer:
                 for m in self._metrics
             ),
         )
-        data = seal_checkpoint(state, key_id=inp.spec.checkpoint.key_id, generate_data_key=inp.generate_data_key)
+        data = seal_checkpoint(state, key_id=inp.spec.checkpoint.key_id, generate_data_key=inp.generate_data_key,
+                               authenticator=inp.checkpoint_auth)
         self._gate.send(CheckpointBegin(step=step, size=len(data), final=final))
         for offset in range(0, len(data), CHECKPOINT_FRAME):
             self._gate.send(CheckpointData(data=data[offset : offset + CHECKPOINT_FRAME]))

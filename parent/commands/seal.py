@@ -48,11 +48,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="where the dataset's budget ledger lives, bound into the encryption context: "
                         "s3://BUCKET/PREFIX?owner=ACCOUNT (Object Lock) on AWS (required, except under --local: "
                         "the local appliance's ledger directory)")
+    p.add_argument("--model-owner-key", action="append", default=None, metavar="KEY", dest="model_owner_keys",
+                   help="a KMS key the model may be sealed under (checkpoints), bound into the encryption context; "
+                        "repeatable; on AWS a key ARN (required, except under --local: the local model-owner key)")
     add_kms_arguments(p)
     add_local_argument(p, "data-owner")
     p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run, _parser=p)
+
+
+def _model_owner_keys(args: argparse.Namespace, state: ApplianceState | None) -> list[str]:
+    if args.model_owner_keys:
+        if state is None:
+            for key in args.model_owner_keys:
+                # An alias name resolves in the caller's account, and the enclave's KMS caller is the
+                # parent: it could create that alias over a key of its own.
+                if key.startswith("alias/"):
+                    args._parser.error(f"--model-owner-key {key}: an alias name resolves in the parent's account; "
+                                       "give the key ARN (or the alias ARN)")
+        return list(args.model_owner_keys)
+    if state is not None:
+        # The local model-owner key by its alias (as the README's job spec names it) and its id
+        # (as `hermetic local up --json` reports it): one account, so both mean the same key.
+        return [state.model_owner_alias, state.model_owner_key]
+    args._parser.error("--model-owner-key is required: the data owner decides which KMS key receives the model")
+    raise AssertionError("argparse's error() exits")
 
 
 def _kms(args: argparse.Namespace) -> tuple[Any, str, str, str, ApplianceState | None]:
@@ -72,6 +93,7 @@ def _kms(args: argparse.Namespace) -> tuple[Any, str, str, str, ApplianceState |
 
 def run(args: argparse.Namespace) -> int:
     client, key_id, owner, ledger, state = _kms(args)
+    model_owner_keys = _model_owner_keys(args, state)
     reader = open_dataset(args.input)
     count = reader.count()
     bar = None
@@ -89,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             delta=args.delta,
             owner=owner,
             ledger=ledger,
+            model_owner_keys=model_owner_keys,
             dataset_id=args.dataset_id,
             chunk_size=args.chunk_size,
             progress=bar.update if bar is not None else None,
@@ -117,6 +140,7 @@ def _print(result: SealResult, *, as_json: bool) -> None:
     print(f"  owner            {ctx['owner']}")
     print(f"  budget           epsilon={ctx['max_epsilon']} delta={ctx['delta']}")
     print(f"  ledger           {ctx['ledger']}")
+    print(f"  model keys       {ctx['model_owner_keys']} (the only KMS keys checkpoints may be sealed under)")
     print(f"  schema_sha256    {result.schema_sha256}")
     print(f"  sealed_sha256    {result.sealed_sha256}")
     labels = result.labels

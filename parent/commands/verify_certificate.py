@@ -121,6 +121,7 @@ def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[Seale
         "public_datasets": shown["public_datasets"],
         "model_sha256": body.model_sha256,
         "checkpoint_sha256": body.checkpoint_sha256,
+        "resumed_from": shown["resumed_from"],
         "steps": body.steps,
         "sampling_rate": body.sampling_rate,
         "noise_multiplier": body.noise_multiplier,
@@ -162,6 +163,11 @@ def _print_summary(report: dict[str, Any]) -> None:
               f"sealed sha256 {dataset['sealed_sha256']})")
     print(f"  model:        sha256 {report['model_sha256']}")
     print(f"  checkpoint:   sha256 {report['checkpoint_sha256']}")
+    resumed = report["resumed_from"]
+    if resumed is None:
+        print("  resumed from: nothing (trained from step 0)")
+    else:
+        print(f"  resumed from: the checkpoint at step {resumed['step']}, sealed sha256 {resumed['sealed_sha256']}")
     print(f"  enclave PCR0: {report['pcrs'].get('0')} (pinned: "
           f"{', '.join(f'PCR{index}' for index in report['pinned_pcrs'])})")
     for checked in report["sealed_checked"]:

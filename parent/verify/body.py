@@ -1,7 +1,7 @@
 """Strict decoding of privacy certificate bodies, and their JSON form for people.
 
-Only the exact canonical bytes of a v2 body decode (v2 states the unit of privacy and
-the neighbouring relation; a v1 body, which does not, is refused); every field is type-checked
+Only the exact canonical bytes of a v3 body decode (v2 stated the unit of privacy and
+the neighbouring relation, v3 the resume lineage; older bodies are refused); every field is type-checked
 again here, so a crafted file cannot smuggle an int where a float is attested.
 """
 from __future__ import annotations
@@ -14,10 +14,12 @@ from enclave.certificate.body import (
     BUDGET_KEYS,
     LEDGER_KEYS,
     MAX_BODY_SIZE,
+    RESUMED_FROM_KEYS,
     CertificateBody,
     DatasetRecord,
     PublicDatasetRecord,
     ReleasedMetric,
+    ResumedFrom,
     checked_mapping,
     wire_map,
 )
@@ -96,8 +98,15 @@ def _decode_segment(raw: Any, index: int) -> Mapping[str, Any]:
     return m
 
 
+def _decode_resumed_from(raw: Any) -> ResumedFrom | None:
+    if raw is None:
+        return None
+    m = _keys(raw, RESUMED_FROM_KEYS, "resumed_from")
+    return ResumedFrom(sealed_sha256=m["sealed_sha256"], step=m["step"])
+
+
 def decode_body(data: bytes) -> CertificateBody:
-    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v2 body."""
+    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v3 body."""
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedCertificate("certificate body is not a byte string")
     if len(data) > MAX_BODY_SIZE:
@@ -143,6 +152,7 @@ def decode_body(data: bytes) -> CertificateBody:
         finished_at=raw["finished_at"],
         budget=budget,
         dataset_epsilon=raw["dataset_epsilon"],
+        resumed_from=_decode_resumed_from(raw["resumed_from"]),
         privacy_unit=raw["privacy_unit"],
         neighbouring=raw["neighbouring"],
     )

@@ -85,7 +85,7 @@ def seal(folder: Path, *, max_epsilon: float, public_key_from: bytes = DATA_KEY)
     # The stub KMS releases DATA_KEY; the context's ledger key comes from `public_key_from`.
     with mock.patch("parent.seal.secrets.token_bytes", return_value=public_key_from):
         seal_dataset(folder / "d.npz", out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=max_epsilon,
-                     delta=1e-5, owner="owner", dataset_id=DATASET, ledger=MEMORY_LOCATION)
+                     delta=1e-5, owner="owner", dataset_id=DATASET, ledger=MEMORY_LOCATION, model_owner_keys=[KEY_ARN])
     return out.read_bytes()
 
 

@@ -38,7 +38,7 @@ def _seal(tmp_path: Path, name: str, labels: np.ndarray, monkeypatch: pytest.Mon
         m.setattr("parent.seal.check_batch", lambda *_: None)
         m.setattr("parent.seal.secrets.token_bytes", lambda _n: DATA_KEY)
         seal_dataset(src, tmp_path / f"{name}.sealed", key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=3.0,
-                     delta=1e-5, owner="owner", dataset_id=TRAIN, num_classes=10, ledger=MEMORY_LOCATION)
+                     delta=1e-5, owner="owner", dataset_id=TRAIN, num_classes=10, ledger=MEMORY_LOCATION, model_owner_keys=[KEY_ARN])
     return (tmp_path / f"{name}.sealed").read_bytes()
 
 

@@ -76,7 +76,8 @@ def test_seal_refuses_labels_that_are_not_integers(tmp_path: Path) -> None:
 
 def test_the_class_count_is_public_in_the_header_and_the_job_check_holds_the_model_to_it(tmp_path: Path) -> None:
     kms = FakeKms()
-    declared = seal(tmp_path, _npz(tmp_path / "d.npz", _labels()), kms, num_classes=12)
+    declared = seal(tmp_path, _npz(tmp_path / "d.npz", _labels()), kms, num_classes=12,
+                    model_owner_keys=["arn:aws:kms:us-east-1:111122223333:key/m"])
     with declared.out_path.open("rb") as fh:
         header = read_header(fh)
     # Read without any key: the count is in the public schema the context's hash binds.
@@ -86,7 +87,8 @@ def test_the_class_count_is_public_in_the_header_and_the_job_check_holds_the_mod
     assert [(p.where, p.message) for p in problems] == [
         ("data.label", "column 'label' declares 12 classes, model 'mlp' has 10")]
 
-    derived = seal(tmp_path, _npz(tmp_path / "d.npz", _labels()), kms)
+    derived = seal(tmp_path, _npz(tmp_path / "d.npz", _labels()), kms,
+                   model_owner_keys=["arn:aws:kms:us-east-1:111122223333:key/m"])
     with derived.out_path.open("rb") as fh:
         header = read_header(fh)
     assert derived.to_json()["num_classes_source"] == "derived"
@@ -101,7 +103,7 @@ def test_hermetic_seal_prints_the_class_count_as_the_owners_choice(
 
     key_id = boto3.client("kms", endpoint_url=kms_url, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     src = _npz(tmp_path / "d.npz", (np.arange(50) % 7).astype(np.uint8))
-    base = ["seal", str(src), "--key-id", key_id, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
+    base = ["seal", str(src), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--key-id", key_id, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
             "--kms-endpoint", kms_url, "--ledger", LEDGER]
     assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
     out = capsys.readouterr().out

@@ -44,7 +44,7 @@ def _sealed(tmp_path: Path, seed: int) -> bytes:
     out = tmp_path / f"d{seed}.sealed"
     with mock.patch("parent.seal.secrets.token_bytes", return_value=DATA_KEY):
         seal_dataset(src, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=3.0, delta=1e-5, owner="owner",
-                     dataset_id=TRAIN, num_classes=10, ledger=MEMORY_LOCATION)
+                     dataset_id=TRAIN, num_classes=10, ledger=MEMORY_LOCATION, model_owner_keys=[KEY_ARN])
     return out.read_bytes()
 
 

@@ -125,7 +125,7 @@ def sealed(tmp_path_factory: pytest.TempPathFactory) -> bytes:
              label=rng.integers(0, 10, 200, dtype=np.uint8))
     with mock.patch("parent.seal.secrets.token_bytes", return_value=DATA_KEY):
         seal_dataset(folder / "train.npz", folder / "train.sealed", key_id=KEY_ARN, kms_client=StubKms(),
-                     max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TRAIN, ledger=MEMORY_LOCATION)
+                     max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TRAIN, ledger=MEMORY_LOCATION, model_owner_keys=[KEY_ARN])
     return (folder / "train.sealed").read_bytes()
 
 

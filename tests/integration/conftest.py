@@ -159,6 +159,7 @@ class DataPath:
         result = seal_dataset(
             src, out, key_id=self.key_id, kms_client=client, max_epsilon=max_epsilon, delta=1e-5,
             owner="hospital", dataset_id=dataset_id, chunk_size=64 * 1024, ledger=ledger or self.ledger_location,
+            model_owner_keys=[self.model_key_id],
         )
         # Random rows are unique: any 48 bytes of them in the parent's traffic is a leak.
         samples = [features[i].tobytes()[:48] for i in range(0, records, max(1, records // 50))]

@@ -26,7 +26,8 @@ def context(ledger: str = "s3://ledgers/hermetic?owner=123456789012") -> dict[st
 
     return build_encryption_context(dataset_id="ds-1", owner="o", max_epsilon=3.0, delta=1e-5, record_count=10,
                                     schema_sha256=sha256_hex("schema"), ledger=ledger,
-                                    ledger_public_key=KEY.public_key_hex)
+                                    ledger_public_key=KEY.public_key_hex,
+                                    model_owner_keys=["alias/hermetic-model-owner"])
 
 
 def entry(seq: int, prev: str, steps: int) -> bytes:

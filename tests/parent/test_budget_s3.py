@@ -52,7 +52,8 @@ def seal(server: S3Server, tmp_path: Path, location: str, capsys: pytest.Capture
              label=rng.integers(0, 10, 50, dtype=np.uint8))
     sealed = tmp_path / "d.sealed"
     assert main(["seal", str(tmp_path / "d.npz"), "--key-id", key_id, "--ledger", location, "--max-epsilon", "3",
-                 "--delta", "1e-5", "--owner", "hospital", "--dataset-id", DATASET, "--kms-endpoint", server.endpoint,
+                 "--delta", "1e-5", "--owner", "hospital", "--dataset-id", DATASET,
+                 "--model-owner-key", "arn:aws:kms:us-east-1:123456789012:key/model-owner", "--kms-endpoint", server.endpoint,
                  "--region", server.region, "--out", str(sealed), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["encryption_context"]["ledger"] == location
     with open(sealed, "rb") as fh:

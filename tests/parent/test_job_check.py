@@ -15,6 +15,7 @@ from parent.cli import main
 from parent.job_check import JobCheck, check_job
 from parent.seal import seal_dataset
 from parent.sources import open_source
+from tests.support.checkpoints import TAG
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/job-check"
@@ -61,7 +62,8 @@ def sealed(tmp_path: Path, name: str = "train", *, shape: tuple[int, ...] = (28,
                      columns[1]: rng.integers(0, 10, records, dtype=np.uint8)})
     out = tmp_path / f"{name}.sealed"
     seal_dataset(src, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=max_epsilon, delta=1e-5,
-                 owner="owner", dataset_id=f"{name}-v1", ledger="s3://ledgers/job-check?owner=123456789012")
+                 owner="owner", dataset_id=f"{name}-v1", ledger="s3://ledgers/job-check?owner=123456789012",
+                 model_owner_keys=["alias/model"])
     return out
 
 
@@ -143,7 +145,7 @@ def test_a_job_trains_on_one_sealed_dataset(tmp_path: Path) -> None:
 def test_a_checkpoint_is_not_a_dataset(tmp_path: Path) -> None:
     header = SealedHeader(
         key_id="alias/m", encrypted_data_key=b"b", payload=CHECKPOINT_PAYLOAD,
-        encryption_context=build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1),
+        encryption_context=build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1, auth_tag=TAG),
     )
     ckpt = tmp_path / "step1.ckpt"
     with ckpt.open("wb") as out:

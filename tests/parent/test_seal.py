@@ -72,7 +72,7 @@ def open_sealed(path: Path, kms: FakeKms) -> tuple[object, pa.Table, bytes]:
 
 def seal(tmp_path: Path, src: Path | DatasetReader, kms: object, **kw: object) -> SealResult:
     args: dict = dict(key_id="alias/owner", kms_client=kms, max_epsilon=3.0, delta=1e-5, owner="St. Example",
-                      ledger=LEDGER)
+                      ledger=LEDGER, model_owner_keys=["arn:aws:kms:us-east-1:777788889999:key/model-owner"])
     args.update(kw)
     return seal_dataset(src, tmp_path / "out.sealed", **args)
 
@@ -166,7 +166,7 @@ def test_a_given_dataset_id_is_reported_as_given(tmp_path: Path) -> None:
     src = tmp_path / "d.npz"
     write_npz(src, 10)
     result = seal_dataset(src, tmp_path / "o.sealed", key_id=KEY_ARN, kms_client=FakeKms(), max_epsilon=1.0,
-                          delta=1e-5, owner="o", dataset_id="mine-1", ledger=LEDGER)
+                          delta=1e-5, owner="o", dataset_id="mine-1", ledger=LEDGER, model_owner_keys=[KEY_ARN])
     assert (result.dataset_id, result.dataset_id_source) == ("mine-1", "given")
     assert result.to_json()["dataset_id_source"] == "given"
 
@@ -309,7 +309,7 @@ def test_cli_seal_json(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixtu
     out = tmp_path / "d.sealed"
     rc = main(
         [
-            "seal", str(src), "--key-id", key_id, "--out", str(out), "--ledger", LEDGER, "--max-epsilon", "2.5",
+            "seal", str(src), "--model-owner-key", "arn:aws:kms:eu-west-1:111122223333:key/model-owner", "--key-id", key_id, "--out", str(out), "--ledger", LEDGER, "--max-epsilon", "2.5",
             "--delta", "1e-6", "--owner", "bank", "--dataset-id", "loans-2024",
             "--kms-endpoint", kms_url, "--region", "eu-west-1", "--json",
         ]
@@ -338,7 +338,7 @@ def test_cli_summary(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture
     src = tmp_path / "d.npz"
     write_npz(src, 12)
     rc = main(
-        ["seal", str(src), "--key-id", key_id, "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1",
+        ["seal", str(src), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--key-id", key_id, "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1",
          "--delta", "1e-5", "--owner", "o", "--kms-endpoint", kms_url]
     )
     assert rc == 0
@@ -349,7 +349,7 @@ def test_cli_summary(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture
 def test_cli_errors_are_one_line(tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "d.npz"
     write_npz(src, 5)
-    base = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--owner", "o", "--kms-endpoint", kms_url,
+    base = ["seal", str(src), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--out", str(tmp_path / "o.sealed"), "--owner", "o", "--kms-endpoint", kms_url,
             "--ledger", LEDGER]
     assert main([*base, "--key-id", "no-such-key", "--max-epsilon", "1", "--delta", "1e-5"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -360,12 +360,12 @@ def test_cli_errors_are_one_line(tmp_path: Path, kms_url: str, capsys: pytest.Ca
     assert main([*base, "--key-id", "k", "--max-epsilon", "1", "--delta", "0.1", "--chunk-size", "0"]) == 1
     assert not (tmp_path / "o.sealed").exists()
     with pytest.raises(SystemExit) as usage:
-        main(["seal", str(src), "--out", "x"])
+        main(["seal", str(src), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--out", "x"])
     assert usage.value.code == 2
 
 
 def test_cli_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["seal", str(tmp_path / "nope.csv"), "--key-id", "k", "--ledger", LEDGER, "--out", str(tmp_path / "o"),
+    rc = main(["seal", str(tmp_path / "nope.csv"), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--key-id", "k", "--ledger", LEDGER, "--out", str(tmp_path / "o"),
                "--max-epsilon", "1", "--delta", "0.1", "--owner", "o"])
     assert rc == 1
     assert "no such file" in capsys.readouterr().err
@@ -379,7 +379,7 @@ def test_cli_requires_owner_and_key_without_local(
     monkeypatch.setenv("USER", "someone")
     src = tmp_path / "d.npz"
     write_npz(src, 5)
-    argv = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5",
+    argv = ["seal", str(src), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5",
             "--owner", "o", "--key-id", "k"]
     at = argv.index(missing)
     del argv[at : at + 2]
@@ -394,7 +394,7 @@ def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, 
     key_id = boto3.client("kms", endpoint_url=kms_url, region_name="us-east-1").create_key()["KeyMetadata"]["KeyId"]
     src = tmp_path / "d.npz"
     write_npz(src, 12)
-    base = ["seal", str(src), "--key-id", key_id, "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
+    base = ["seal", str(src), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--key-id", key_id, "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5", "--owner", "o",
             "--kms-endpoint", kms_url]
     assert main([*base, "--out", str(tmp_path / "a.sealed")]) == 0
     expected = derived_dataset_id([src], "o")
@@ -411,10 +411,33 @@ def test_cli_says_when_the_dataset_id_was_derived(tmp_path: Path, kms_url: str, 
 def test_cli_local_without_an_appliance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "d.npz"
     write_npz(src, 5)
-    base = ["seal", str(src), "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5",
+    base = ["seal", str(src), "--model-owner-key", "arn:aws:kms:us-east-1:111122223333:key/model-owner", "--out", str(tmp_path / "o.sealed"), "--ledger", LEDGER, "--max-epsilon", "1", "--delta", "1e-5",
             "--local", str(tmp_path / "none")]
     assert main(base) == 1
     assert "hermetic local up" in capsys.readouterr().err
     assert main([*base, "--kms-endpoint", "http://127.0.0.1:1"]) == 1
     assert "exclude each other" in capsys.readouterr().err
     assert not (tmp_path / "o.sealed").exists()
+
+
+def test_cli_the_data_owner_names_the_model_owners_keys(
+    tmp_path: Path, kms_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kms = boto3.client("kms", endpoint_url=kms_url, region_name="eu-west-1")
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    src = tmp_path / "d.npz"
+    write_npz(src, 5)
+    base = ["seal", str(src), "--key-id", key_id, "--out", str(tmp_path / "o.sealed"), "--owner", "o",
+            "--kms-endpoint", kms_url, "--region", "eu-west-1", "--ledger", LEDGER, "--max-epsilon", "1",
+            "--delta", "1e-5"]
+    with pytest.raises(SystemExit):
+        main(base)
+    assert "--model-owner-key is required" in capsys.readouterr().err
+    # An alias name would resolve in the caller's account: the parent's, when the enclave seals.
+    with pytest.raises(SystemExit):
+        main([*base, "--model-owner-key", "alias/model-owner"])
+    assert "resolves in the parent's account" in capsys.readouterr().err
+    b, a = "arn:aws:kms:eu-west-1:111122223333:key/b", "arn:aws:kms:eu-west-1:111122223333:alias/a"
+    assert main([*base, "--model-owner-key", b, "--model-owner-key", a, "--model-owner-key", b, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["encryption_context"]["model_owner_keys"] == f"{a},{b}"

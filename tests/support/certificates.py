@@ -40,6 +40,7 @@ def context(dataset_id: str = "patients-2024", *, max_epsilon: float = MAX_EPSIL
         dataset_id=dataset_id, owner="hospital-a", max_epsilon=max_epsilon, delta=delta,
         record_count=records, schema_sha256=sha256_hex("schema"),
         ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+        model_owner_keys=["alias/hermetic-model-owner"],
     )
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from enclave.certificate.body import CertificateBody, DatasetRecord, ReleasedMetric
+from enclave.certificate.body import CertificateBody, DatasetRecord, ReleasedMetric, ResumedFrom
 from enclave.certificate.checks import check_attested_pcrs, check_body, metrics_epsilon, tightest_budget
 from enclave.certificate.errors import BudgetExceeded, CertificatePcrMismatch, InconsistentCertificate
 from tests.support.certificates import (
@@ -20,6 +20,8 @@ from tests.support.certificates import (
 
 def test_consistent_body_passes() -> None:
     check_body(make_body())
+    body = make_body()
+    check_body(replace(body, resumed_from=ResumedFrom("ab" * 32, body.steps)))
 
 
 def test_heterogeneous_ledger_passes_with_any_top_level_parameters() -> None:
@@ -53,6 +55,8 @@ INCONSISTENT: list[tuple[str, Change]] = [
     ("segment with zero steps", lambda b: replace(b, ledger=[
         {"q": 0.01, "sigma": 1.1, "steps": 100}, {"q": 0.01, "sigma": 1.1, "steps": 0}])),
     ("C zero", lambda b: replace(b, max_grad_norm=0.0)),
+    ("resumed beyond the steps", lambda b: replace(b, resumed_from=ResumedFrom("ab" * 32, b.steps + 1))),
+    ("resumed from no sha256", lambda b: replace(b, resumed_from=ResumedFrom("checkpoint", 1))),
     ("steps differ from ledger", lambda b: replace(b, steps=99)),
     ("zero steps", lambda b: replace(b, steps=0, ledger=[{"q": 0.01, "sigma": 1.1, "steps": 0}])),
     ("empty ledger", lambda b: replace(b, ledger=[])),

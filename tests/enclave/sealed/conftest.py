@@ -39,6 +39,7 @@ def make_header(chunk_size: int = 16, schema: bytes = KAT_SCHEMA_BYTES, **ctx_ov
         schema_sha256=hashlib.sha256(schema).hexdigest(),
         ledger="s3://kat-ledger/hermetic?owner=111122223333",
         ledger_public_key="11" * 32,
+        model_owner_keys=["arn:aws:kms:us-east-1:111122223333:key/model-owner"],
     )
     ctx_args.update(ctx_overrides)
     return SealedHeader(

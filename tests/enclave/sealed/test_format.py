@@ -28,12 +28,13 @@ from enclave.sealed.format import (
     check_encryption_context,
 )
 from enclave.sealed.stream import read_header
+from tests.support.checkpoints import TAG
 
 from .conftest import KAT_SCHEMA_BYTES, make_header
 
 # Known answer: the encoding of conftest.make_header() (chunk_size 16).
 KAT_PREAMBLE = bytes.fromhex(
-    "48524d545345414c00010000034ea763616c676b4145532d3235362d47434d666b65795f6964782a61726e3a"
+    "48524d545345414c000100000393a763616c676b4145532d3235362d47434d666b65795f6964782a61726e3a"
     "6177733a6b6d733a75732d656173742d313a3131313132323232333333333a6b65792f6b617466736368656d"
     "61590138ffffffff300100001000000000000a000c000600050008000a000000000104000c00000008000800"
     "000004000800000004000000020000005c00000014000000100014000800000007000c000000100010000000"
@@ -45,16 +46,18 @@ KAT_PREAMBLE = bytes.fromhex(
     "0600000008000000677061796c6f6164706172726f772d6970632d73747265616d6a6368756e6b5f73697a65"
     "1072656e637279707465645f646174615f6b65795830000102030405060708090a0b0c0d0e0f101112131415"
     "161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f72656e6372797074696f6e5f636f6e746578"
-    "74a96564656c74616531652d3035656f776e65727453742e204578616d706c6520486f73706974616c666c65"
+    "74aa6564656c74616531652d3035656f776e65727453742e204578616d706c6520486f73706974616c666c65"
     "64676572782b73333a2f2f6b61742d6c65646765722f6865726d657469633f6f776e65723d31313131323232"
     "32333333336a646174617365745f6964666b61742d64736b6d61785f657073696c6f6e63332e306c7265636f"
     "72645f636f756e7461326d736368656d615f7368613235367840313261383133353132663030306336626264"
     "3334666433663039653932653866323533303539373061643830313361626430626234313332613438616137"
-    "39396f6865726d657469633a666f726d6174697365616c65642d7631716c65646765725f7075626c69635f6b"
-    "6579784031313131313131313131313131313131313131313131313131313131313131313131313131313131"
-    "313131313131313131313131313131313131313131313131"
+    "39396f6865726d657469633a666f726d6174697365616c65642d7631706d6f64656c5f6f776e65725f6b6579"
+    "73783261726e3a6177733a6b6d733a75732d656173742d313a3131313132323232333333333a6b65792f6d6f"
+    "64656c2d6f776e6572716c65646765725f7075626c69635f6b65797840313131313131313131313131313131"
+    "3131313131313131313131313131313131313131313131313131313131313131313131313131313131313131"
+    "3131313131"
 )
-KAT_HEADER_HASH = "6edab2ec72e9501b7af9b4d0d4b57c31993bd545bdf78daf4eebda297c89b4d8"
+KAT_HEADER_HASH = "10b05d9fd9f8520fa374f34f7a4f039709360b44732dec0f6220c4df942fbcba"
 
 
 def test_known_answer_encoding() -> None:
@@ -82,6 +85,16 @@ def test_known_answer_layout_matches_spec() -> None:
     assert body["encryption_context"]["schema_sha256"] == hashlib.sha256(KAT_SCHEMA_BYTES).hexdigest()
     assert body["encryption_context"]["ledger"] == "s3://kat-ledger/hermetic?owner=111122223333"
     assert body["encryption_context"]["ledger_public_key"] == "11" * 32
+    assert body["encryption_context"]["model_owner_keys"] == "arn:aws:kms:us-east-1:111122223333:key/model-owner"
+    # By hand: "model_owner_keys" is a text of 16 (0x70), sorted among keys of its length after
+    # "hermetic:format" (15) and before "ledger_public_key" (17), its value a text of 50 (0x78 0x32);
+    # the context map has 10 entries (0xaa).
+    ctx_start = KAT_PREAMBLE.index(b"encryption_context") + len(b"encryption_context")
+    assert KAT_PREAMBLE[ctx_start] == 0xAA
+    entry = b"\x70model_owner_keys\x78\x32arn:aws:kms:us-east-1:111122223333:key/model-owner"
+    assert entry in KAT_PREAMBLE
+    assert KAT_PREAMBLE.index(b"\x6fhermetic:format") < KAT_PREAMBLE.index(entry) < KAT_PREAMBLE.index(
+        b"\x71ledger_public_key")
     assert set(body) == {"key_id", "encrypted_data_key", "encryption_context", "alg", "chunk_size", "payload", "schema"}
     assert KAT_PREAMBLE[14:] == cbor2.dumps(body, canonical=True)
 
@@ -102,6 +115,7 @@ def test_context_is_read_only_copy() -> None:
         dataset_id="d", owner="o", max_epsilon=1, delta=0.5, record_count=0,
         schema_sha256=hashlib.sha256(b"s").hexdigest(),
         ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+        model_owner_keys=["k"],
     )
     header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, schema=b"s")
     before = header.encode()
@@ -225,6 +239,7 @@ def test_oversized_header_cannot_be_encoded() -> None:
             dataset_id="d" * 1024, owner="o" * 1024, max_epsilon=1.0000000000000002, delta=0.1,
             record_count=10**1023, schema_sha256=hashlib.sha256(schema).hexdigest(),
             ledger="local:/" + "l" * 1017, ledger_public_key="ab" * 32,
+            model_owner_keys=[f"{i}" + "k" * 203 for i in range(5)],
         ),
         schema=schema,
     )
@@ -255,7 +270,7 @@ def test_a_dataset_header_must_carry_its_schema() -> None:
 
 
 def test_a_checkpoint_header_carries_no_schema() -> None:
-    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1)
+    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1, auth_tag=TAG)
     header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, payload=CHECKPOINT_PAYLOAD)
     assert header.schema == b"" and cbor2.loads(header.header_bytes())["schema"] == b""
     assert SealedHeader.decode(header.encode()) == header
@@ -341,3 +356,27 @@ def test_the_header_names_its_ledger() -> None:
     header = make_header()
     assert header.ledger_location == "s3://kat-ledger/hermetic?owner=111122223333"
     assert header.ledger_public_key == bytes([0x11]) * 32
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("b,a", "not sorted, distinct"),
+        ("a,a", "not sorted, distinct"),
+        ("a,", "is not a KMS key"),
+        ("a b", "is not a KMS key"),
+    ],
+)
+def test_model_owner_keys_have_one_canonical_form(value: str, message: str) -> None:
+    ctx = dict(make_header().encryption_context)
+    ctx["model_owner_keys"] = value
+    with pytest.raises(MalformedHeader, match=message):
+        SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, schema=KAT_SCHEMA_BYTES)
+
+
+def test_a_dataset_sealed_before_model_owner_keys_is_refused_by_name() -> None:
+    ctx = dict(make_header().encryption_context)
+    del ctx["model_owner_keys"]
+    with pytest.raises(MalformedHeader, match="no model_owner_keys .* --model-owner-key"):
+        SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, schema=KAT_SCHEMA_BYTES)
+    assert make_header(model_owner_keys=["b", "a", "b"]).model_owner_keys == ("a", "b")

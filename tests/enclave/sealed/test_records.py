@@ -28,6 +28,7 @@ from enclave.sealed.records import (
     verify_records,
 )
 from enclave.sealed.stream import iter_plaintext, read_header
+from tests.support.checkpoints import TAG
 
 from .conftest import KAT_SCHEMA, KAT_SCHEMA_BYTES, KEY, make_header, seal_bytes
 
@@ -86,7 +87,7 @@ def test_header_schema_refuses_bytes_that_are_no_canonical_schema() -> None:
 
 
 def test_header_schema_of_a_checkpoint_is_refused() -> None:
-    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1)
+    ctx = build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=1, auth_tag=TAG)
     header = SealedHeader(key_id="k", encrypted_data_key=b"x", encryption_context=ctx, payload=CHECKPOINT_PAYLOAD)
     with pytest.raises(EncryptionContextMismatch, match="not a dataset"):
         header_schema(header)

@@ -25,8 +25,8 @@ from .test_format import KAT_HEADER_HASH, KAT_PREAMBLE
 
 PAYLOAD = b"hermetic known answer"  # 21 bytes: one full 16-byte chunk + a 5-byte final chunk
 KAT_CHUNKS = bytes.fromhex(
-    "0000002066d9c7b3d058eade28c3c75a6f42b1f805f79c46415d193eca60410d73f4e362"
-    "00000015067ef713b8a7206910826883eb595e97aed7bbcbaf"
+    "0000002066d9c7b3d058eade28c3c75a6f42b1f86e0be726a6533c5d9e0ae65dec3d632d"
+    "00000015067ef713b8ccdc12706566a6880d3430fe48724be0"
 )
 
 

@@ -7,6 +7,8 @@ from enclave.sealed.format import SealedHeader, build_encryption_context
 from enclave.sealed.records import NUM_CLASSES_METADATA_KEY, schema_bytes, schema_sha256
 
 RECORDS = 10_000
+# The key the test specs name under [checkpoint] (test_plan, test_check).
+MODEL_OWNER_KEY = "alias/model"
 
 
 def image_field(name: str = "image", size: int = 784, value: pa.DataType | None = None,
@@ -36,6 +38,7 @@ def dataset_header(*, schema: pa.Schema | None = None, dataset_id: str = "plan-d
             dataset_id=dataset_id, owner="owner", max_epsilon=max_epsilon, delta=delta,
             record_count=records, schema_sha256=schema_sha256(schema),
             ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+            model_owner_keys=[MODEL_OWNER_KEY],
         ),
         chunk_size=1 << 16,
         schema=schema_bytes(schema),

@@ -17,6 +17,7 @@ from enclave.training.check import BUDGET, CONFIG, Problem, check_job, check_spe
 from enclave.training.models import MODELS, ModelSpec, preprocess
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import table_arrays
+from tests.support.checkpoints import TAG
 
 from .sealed_headers import RECORDS, dataset_header, image_field, label_field
 
@@ -215,7 +216,7 @@ def test_a_batch_larger_than_the_dataset_is_named() -> None:
 def test_a_checkpoint_is_not_a_dataset() -> None:
     header = SealedHeader(
         key_id="k", encrypted_data_key=b"x", payload=CHECKPOINT_PAYLOAD,
-        encryption_context=build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=3),
+        encryption_context=build_checkpoint_context(job_id="j", spec_sha256="ab" * 32, step=3, auth_tag=TAG),
     )
     review = review_job(spec(), header)
     assert [(p.where, p.message) for p in review.problems] == [
@@ -231,6 +232,7 @@ def test_schema_bytes_that_are_no_arrow_schema_are_a_problem_not_a_crash() -> No
             dataset_id="d", owner="o", max_epsilon=3.0, delta=1e-5, record_count=RECORDS,
             schema_sha256=hashlib.sha256(junk).hexdigest(),
             ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+            model_owner_keys=["alias/model"],
         ),
     )
     problems = check_job(spec(), header)

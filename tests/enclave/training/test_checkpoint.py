@@ -7,12 +7,14 @@ import os
 import struct
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import cbor2
 import numpy as np
 import pytest
 import torch
 
+from enclave.hazmat.checkpoint_key import CheckpointAuthKey
 from enclave.kms.errors import KmsInvalidCiphertext, KmsResponseError
 from enclave.sealed.errors import (
     BadMagic,
@@ -34,8 +36,11 @@ from enclave.sealed.stream import read_header, seal_stream
 from enclave.training.checkpoint import (
     CHECKPOINT_FORMAT,
     STATE_KEYS,
+    CheckpointAuthenticator,
+    CheckpointBinding,
     CheckpointError,
     CheckpointMismatch,
+    CheckpointNotAuthentic,
     CheckpointState,
     MalformedCheckpoint,
     NotACheckpoint,
@@ -46,6 +51,7 @@ from enclave.training.checkpoint import (
     open_checkpoint,
     seal_checkpoint,
 )
+from tests.support.checkpoints import TAG, TEST_AUTH
 
 SPEC = "5e" * 32
 KEY_ID = "arn:aws:kms:us-east-1:111122223333:key/model-owner"
@@ -232,28 +238,82 @@ def test_pickled_code_is_never_run() -> None:
 def test_seal_open_round_trip() -> None:
     kms = FakeKms()
     state = make_state(step=1172)
-    sealed = seal_checkpoint(state, key_id=KEY_ID, generate_data_key=kms.generate_data_key, chunk_size=1024)
+    sealed = seal_checkpoint(state, key_id=KEY_ID, generate_data_key=kms.generate_data_key, authenticator=TEST_AUTH, chunk_size=1024)
     header = read_header(io.BytesIO(sealed))
     assert header.payload == CHECKPOINT_PAYLOAD == "hermetic-checkpoint-v1"
     assert header.key_id == KEY_ID and header.chunk_size == 1024
+    tag = header.encryption_context["auth_tag"]
     assert dict(header.encryption_context) == {
-        "hermetic:format": "checkpoint-v1", "job_id": "job-1", "spec_sha256": SPEC, "step": "1172"
+        "hermetic:format": "checkpoint-v1", "job_id": "job-1", "spec_sha256": SPEC, "step": "1172", "auth_tag": tag
     }
     # Nothing of the plaintext shows: the model's raw float bytes are not in the file.
     weight = state.model_state["3.weight"].numpy().tobytes()
     assert weight[:32] not in sealed
 
-    back = open_checkpoint(sealed, decrypt=kms.decrypt, expected_job_id="job-1", expected_spec_sha256=SPEC)
+    back = open_checkpoint(sealed, decrypt=kms.decrypt, expected_job_id="job-1", expected_spec_sha256=SPEC,
+                           authenticator=TEST_AUTH)
     assert back.step == 1172 and back.sampler == SamplerState(1172, 0.03)
     assert_same_tensors(dict(state.model_state), dict(back.model_state))
     assert (kms.generate_calls, kms.decrypt_calls) == (1, 1)
 
 
+def _other_auth(*, data_key: bytes = bytes(32), dataset: str = "test-dataset", pcr0: str = "00" * 48,
+                context: str = "11" * 32) -> CheckpointAuthenticator:
+    return CheckpointAuthenticator(CheckpointAuthKey([(dataset, data_key)]),
+                                   CheckpointBinding(pcr0=pcr0, datasets=((dataset, context),)))
+
+
+def test_the_test_authenticator_is_rebuilt_the_same() -> None:
+    kms = FakeKms()
+    sealed = seal_checkpoint(make_state(), key_id=KEY_ID, generate_data_key=kms.generate_data_key,
+                             authenticator=TEST_AUTH)
+    assert open_checkpoint(sealed, decrypt=kms.decrypt, authenticator=_other_auth()).step == make_state().step
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        pytest.param(dict(data_key=b"\x01" * 32), id="another-data-key"),
+        pytest.param(dict(dataset="another-dataset"), id="another-dataset-id"),
+        pytest.param(dict(pcr0="01" * 48), id="another-enclave-image"),
+        pytest.param(dict(context="22" * 32), id="another-dataset-context"),
+    ],
+)
+def test_a_checkpoint_tagged_for_other_keys_images_or_datasets_is_not_authentic(other: dict[str, Any]) -> None:
+    kms = FakeKms()
+    sealed = seal_checkpoint(make_state(), key_id=KEY_ID, generate_data_key=kms.generate_data_key,
+                             authenticator=TEST_AUTH)
+    with pytest.raises(CheckpointNotAuthentic):
+        open_checkpoint(sealed, decrypt=kms.decrypt, authenticator=_other_auth(**other))
+
+
+def test_a_checkpoint_with_changed_contents_and_the_old_tag_is_not_authentic_and_never_decoded() -> None:
+    key = os.urandom(32)
+    honest = make_state(step=7)
+    tag = TEST_AUTH.tag(job_id="job-1", spec_sha256=SPEC, step=7, plaintext=encode_checkpoint(honest))
+    forged = encode_checkpoint(make_state(step=7, metrics=({"name": "invented", "value": 1.0},)))
+    sealed = _seal_raw(forged, build_checkpoint_context(job_id="job-1", spec_sha256=SPEC, step=7, auth_tag=tag), key)
+    with mock.patch("enclave.training.checkpoint.decode_checkpoint") as decode, pytest.raises(CheckpointNotAuthentic):
+        open_checkpoint(sealed, decrypt=lambda blob, ctx, key_id: key, authenticator=TEST_AUTH)
+    decode.assert_not_called()
+    # The honest plaintext under the same tag opens.
+    sealed = _seal_raw(encode_checkpoint(honest),
+                       build_checkpoint_context(job_id="job-1", spec_sha256=SPEC, step=7, auth_tag=tag), key)
+    assert open_checkpoint(sealed, decrypt=lambda blob, ctx, key_id: key, authenticator=TEST_AUTH).step == 7
+
+
+def test_a_checkpoint_sealed_before_tags_is_refused_by_name() -> None:
+    context = build_checkpoint_context(job_id="j", spec_sha256=SPEC, step=0, auth_tag=TAG)
+    del context["auth_tag"]
+    with pytest.raises(MalformedHeader, match="no auth_tag"):
+        SealedHeader(key_id=KEY_ID, encrypted_data_key=b"k", encryption_context=context, payload=CHECKPOINT_PAYLOAD)
+
+
 def test_every_seal_uses_a_fresh_data_key() -> None:
     kms = FakeKms()
     state = make_state()
-    a = seal_checkpoint(state, key_id=KEY_ID, generate_data_key=kms.generate_data_key)
-    b = seal_checkpoint(state, key_id=KEY_ID, generate_data_key=kms.generate_data_key)
+    a = seal_checkpoint(state, key_id=KEY_ID, generate_data_key=kms.generate_data_key, authenticator=TEST_AUTH)
+    b = seal_checkpoint(state, key_id=KEY_ID, generate_data_key=kms.generate_data_key, authenticator=TEST_AUTH)
     assert a != b
     assert open_checkpoint(b, decrypt=kms.decrypt).step == open_checkpoint(a, decrypt=kms.decrypt).step
 
@@ -261,7 +321,7 @@ def test_every_seal_uses_a_fresh_data_key() -> None:
 @pytest.fixture(scope="module")
 def sealed_pair() -> tuple[FakeKms, bytes]:
     kms = FakeKms()
-    return kms, seal_checkpoint(make_state(), key_id=KEY_ID, generate_data_key=kms.generate_data_key, chunk_size=512)
+    return kms, seal_checkpoint(make_state(), key_id=KEY_ID, generate_data_key=kms.generate_data_key, authenticator=TEST_AUTH, chunk_size=512)
 
 
 def test_flipped_ciphertext_byte_fails_authentication(sealed_pair: tuple[FakeKms, bytes]) -> None:
@@ -346,7 +406,7 @@ def _seal_raw(plaintext: bytes, context: dict[str, str], key: bytes) -> bytes:
 )
 def test_context_and_contents_must_agree(context: dict[str, Any], what: str) -> None:
     key = os.urandom(32)
-    sealed = _seal_raw(encode_checkpoint(make_state(step=7)), build_checkpoint_context(**context), key)
+    sealed = _seal_raw(encode_checkpoint(make_state(step=7)), build_checkpoint_context(**context, auth_tag=TAG), key)
     with pytest.raises(CheckpointMismatch, match=what):
         open_checkpoint(sealed, decrypt=lambda blob, ctx, key_id: key)
 
@@ -371,7 +431,8 @@ def test_wrong_data_key_from_decrypt(sealed_pair: tuple[FakeKms, bytes]) -> None
 
 def test_unusable_kms_blob_is_a_kms_error() -> None:
     with pytest.raises(KmsResponseError):
-        seal_checkpoint(make_state(), key_id=KEY_ID, generate_data_key=lambda k, c: (os.urandom(32), b""))
+        seal_checkpoint(make_state(), key_id=KEY_ID, generate_data_key=lambda k, c: (os.urandom(32), b""),
+                        authenticator=TEST_AUTH)
 
 
 def test_dataset_files_are_not_checkpoints() -> None:
@@ -379,6 +440,7 @@ def test_dataset_files_are_not_checkpoints() -> None:
         dataset_id="ds", owner="o", max_epsilon=3.0, delta=1e-5, record_count=1,
         schema_sha256=hashlib.sha256(b"schema").hexdigest(),
         ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+        model_owner_keys=[KEY_ID],
     )
     header = SealedHeader(key_id=KEY_ID, encrypted_data_key=b"b", encryption_context=ctx, schema=b"schema")
     out = io.BytesIO()
@@ -393,7 +455,7 @@ def test_dataset_files_are_not_checkpoints() -> None:
 def test_checkpoint_headers_are_not_datasets() -> None:
     header = SealedHeader(
         key_id=KEY_ID, encrypted_data_key=b"b", payload=CHECKPOINT_PAYLOAD,
-        encryption_context=build_checkpoint_context(job_id="j", spec_sha256=SPEC, step=0),
+        encryption_context=build_checkpoint_context(job_id="j", spec_sha256=SPEC, step=0, auth_tag=TAG),
     )
     with pytest.raises(EncryptionContextMismatch, match="not a dataset"):
         _ = header.dataset_id
@@ -407,20 +469,26 @@ HEADER_KAT = (
     "a763616c676b4145532d3235362d47434d666b65795f6964783261726e3a6177733a6b6d733a75732d656173742d31"
     "3a3131313132323232333333333a6b65792f6d6f64656c2d6f776e657266736368656d6140677061796c6f61647668"
     "65726d657469632d636865636b706f696e742d76316a6368756e6b5f73697a651a0010000072656e63727970746564"
-    "5f646174615f6b6579440001020372656e6372797074696f6e5f636f6e74657874a464737465706431313732666a6f"
-    "625f6964656a6f622d316b737065635f73686132353678403565356535653565356535653565356535653565356535"
-    "65356535653565356535653565356535653565356535653565356535653565356535653565356535656f6865726d65"
-    "7469633a666f726d61746d636865636b706f696e742d7631"
+    "5f646174615f6b6579440001020372656e6372797074696f6e5f636f6e74657874a564737465706431313732666a6f"
+    "625f6964656a6f622d3168617574685f74616778406162616261626162616261626162616261626162616261626162"
+    "61626162616261626162616261626162616261626162616261626162616261626162616261626b737065635f736861"
+    "3235367840356535653565356535653565356535653565356535653565356535653565356535653565356535653565"
+    "356535653565356535653565356535653565356535656f6865726d657469633a666f726d61746d636865636b706f69"
+    "6e742d7631"
 )
-HEADER_FILE_SHA256 = "5f631c498b6fa74ef0a31af22ec4c2dc16ab42167da76d0a2314c2a5bf4d6054"
+HEADER_FILE_SHA256 = "1411872d34db045e48cd0888c27e9269df53df5027dad97ee38bffd621618e1b"
 
 
 def test_checkpoint_header_known_answer() -> None:
     header = SealedHeader(
         key_id=KEY_ID, encrypted_data_key=bytes(range(4)), payload=CHECKPOINT_PAYLOAD,
-        encryption_context=build_checkpoint_context(job_id="job-1", spec_sha256=SPEC, step=1172),
+        encryption_context=build_checkpoint_context(job_id="job-1", spec_sha256=SPEC, step=1172, auth_tag=TAG),
     )
     assert header.header_bytes().hex() == HEADER_KAT
+    # By hand: the context map now has 5 entries (0xa5), and "auth_tag" (text of 8, 0x68) sorts
+    # after "job_id" and before "spec_sha256" (shorter keys first), its value text of 64 (0x78 0x40).
+    assert "a5" + "64" + b"step".hex() + "64" + b"1172".hex() + "66" + b"job_id".hex() in HEADER_KAT
+    assert "68" + b"auth_tag".hex() + "7840" + b"ab".hex() * 32 + "6b" + b"spec_sha256".hex() in HEADER_KAT
     assert cbor2.loads(bytes.fromhex(HEADER_KAT)) == {
         "alg": "AES-256-GCM",
         "key_id": KEY_ID,
@@ -429,6 +497,7 @@ def test_checkpoint_header_known_answer() -> None:
         "encrypted_data_key": b"\x00\x01\x02\x03",
         "encryption_context": {
             "step": "1172", "job_id": "job-1", "spec_sha256": SPEC, "hermetic:format": "checkpoint-v1",
+            "auth_tag": "ab" * 32,
         },
         "schema": b"",
     }
@@ -458,7 +527,7 @@ def test_checkpoint_context_validation(payload: str, context: dict[str, str]) ->
 @pytest.mark.parametrize("step", [-1, True, 1.0])
 def test_build_checkpoint_context_rejects_bad_steps(step: Any) -> None:
     with pytest.raises(MalformedHeader):
-        build_checkpoint_context(job_id="j", spec_sha256=SPEC, step=step)
+        build_checkpoint_context(job_id="j", spec_sha256=SPEC, step=step, auth_tag=TAG)
 
 
 # -- model hash ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 from parent.policy_render import render_template
 from parent.storage import write_atomic
+from tests.support.checkpoints import TEST_AUTH
 
 REPO = Path(__file__).resolve().parents[3]
 ACCOUNT = "111122223333"
@@ -137,7 +138,7 @@ def make_state(step: int = 500) -> CheckpointState:
 def sealed(kms: Kms, tmp_path_factory: pytest.TempPathFactory) -> tuple[CheckpointState, Path]:
     """A checkpoint sealed the way the enclave does it: attested GenerateDataKey via the parent."""
     state = make_state()
-    data = seal_checkpoint(state, key_id=kms.key_id, generate_data_key=kms.enclave().generate_data_key)
+    data = seal_checkpoint(state, key_id=kms.key_id, generate_data_key=kms.enclave().generate_data_key, authenticator=TEST_AUTH)
     path = tmp_path_factory.mktemp("ckpt") / "step-500.ckpt"
     write_atomic(path, data)
     return state, path
@@ -264,7 +265,7 @@ def test_shipped_policy_lets_the_attested_enclave_resume(kms: Kms, sealed: tuple
 
 def test_proposed_policy_lets_only_the_attested_enclave_resume(kms: Kms) -> None:
     state = make_state(step=900)
-    data = seal_checkpoint(state, key_id=kms.resume_key_id, generate_data_key=kms.enclave().generate_data_key)
+    data = seal_checkpoint(state, key_id=kms.resume_key_id, generate_data_key=kms.enclave().generate_data_key, authenticator=TEST_AUTH)
     back = open_checkpoint(data, decrypt=kms.enclave().decrypt, expected_job_id=state.job_id,
                            expected_spec_sha256=SPEC)
     assert back.step == 900 and back.sampler == SamplerState(900, 0.034)
@@ -278,7 +279,7 @@ def test_proposed_policy_lets_only_the_attested_enclave_resume(kms: Kms) -> None
 
 def test_other_images_cannot_write_checkpoints(kms: Kms) -> None:
     with pytest.raises(KmsAccessDenied):
-        seal_checkpoint(make_state(), key_id=kms.key_id, generate_data_key=kms.enclave(OTHER_PCRS).generate_data_key)
+        seal_checkpoint(make_state(), key_id=kms.key_id, generate_data_key=kms.enclave(OTHER_PCRS).generate_data_key, authenticator=TEST_AUTH)
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -291,8 +292,10 @@ def test_inspect_reads_the_header_only(sealed: tuple[CheckpointState, Path], kms
     info = json.loads(capsys.readouterr().out)
     assert info["key_id"] == kms.key_id and info["size"] == path.stat().st_size
     assert info["encryption_context"] == {
-        "hermetic:format": "checkpoint-v1", "job_id": "fashion-mnist-dp-1", "spec_sha256": SPEC, "step": "500"
+        "hermetic:format": "checkpoint-v1", "job_id": "fashion-mnist-dp-1", "spec_sha256": SPEC, "step": "500",
+        "auth_tag": info["encryption_context"]["auth_tag"],
     }
+    assert len(info["encryption_context"]["auth_tag"]) == 64
     assert (info["step"], info["payload"]) == (500, "hermetic-checkpoint-v1")
     assert main(["checkpoint", "inspect", str(path)]) == 0
     text = capsys.readouterr().out
@@ -308,7 +311,8 @@ def test_inspect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "bad magic" in capsys.readouterr().err
     ctx = build_encryption_context(dataset_id="ds", owner="o", max_epsilon=1.0, delta=1e-5, record_count=1,
                                    schema_sha256=hashlib.sha256(b"schema").hexdigest(),
-                                   ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32)
+                                   ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+                                   model_owner_keys=["alias/hermetic-model-owner"])
     header = SealedHeader(key_id="k", encrypted_data_key=b"b", encryption_context=ctx, schema=b"schema")
     dataset = tmp_path / "ds.sealed"
     with dataset.open("wb") as handle:

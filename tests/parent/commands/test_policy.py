@@ -150,6 +150,27 @@ def test_data_owner_policy_semantics(with_pcr8: bool) -> None:
     assert wrong_signer is (Decision.EXPLICIT_DENY if with_pcr8 else Decision.ALLOW)
 
 
+def test_model_owner_policy_semantics() -> None:
+    rendered = render_policy(TEMPLATES / "model-owner.template.json", {"PCR0": PCR0},
+                             {"MODEL_OWNER_ARN": MODEL_OWNER, "PARENT_ROLE_ARN": PARENT})
+    [admins] = [s for s in rendered["Statement"] if s["Sid"] == "AccountKeyAdministratorsChangeThePolicy"]
+    assert admins["Principal"] == {"AWS": "arn:aws:iam::111122223333:root"}
+    # What the model owner is granted by name, without the account's key administrators' statement.
+    own = {**rendered, "Statement": [s for s in rendered["Statement"] if s is not admins]}
+    policy = parse_policy(json.dumps(own))
+    for action in ("kms:PutKeyPolicy", "kms:CreateGrant", "kms:UpdateKeyDescription", "kms:ReplicateKey",
+                   "kms:UpdatePrimaryRegion", "kms:GenerateDataKey", "kms:Encrypt"):
+        assert _decide(policy, MODEL_OWNER, action) is Decision.IMPLICIT_DENY, action
+    for action in ("kms:Decrypt", "kms:DescribeKey", "kms:GetKeyPolicy", "kms:ListGrants", "kms:EnableKey",
+                   "kms:DisableKey", "kms:TagResource", "kms:ScheduleKeyDeletion", "kms:CancelKeyDeletion",
+                   "kms:CreateAlias", "kms:UpdateAlias"):
+        assert _decide(policy, MODEL_OWNER, action) is Decision.ALLOW, action
+    # The whole policy: a principal of another account may not change it.
+    whole = parse_policy(json.dumps(rendered))
+    assert _decide(whole, "arn:aws:iam::999988887777:user/someone", "kms:PutKeyPolicy") is Decision.IMPLICIT_DENY
+    assert _decide(whole, PARENT_SESSION, "kms:Decrypt") is Decision.EXPLICIT_DENY
+
+
 def test_render_ledger_bucket_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--template", "ledger-bucket", "--measurements", str(_measurements(tmp_path)), "--parent-role-arn", PARENT]
     policy = _render(tmp_path, capsys, *args, "--ledger-bucket", "hermetic-ledger-111122223333-us-east-1")

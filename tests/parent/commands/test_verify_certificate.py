@@ -1,6 +1,7 @@
 """`hermetic verify-certificate` through the real CLI entry point: exit codes 0/1/2."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -11,7 +12,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from enclave.certificate.body import DatasetRecord
+from enclave.certificate.body import DatasetRecord, ResumedFrom
 from enclave.certificate.envelope import encode_envelope
 from enclave.certificate.issue import issue_certificate
 from enclave.sealed.stream import read_header
@@ -98,6 +99,18 @@ def test_json_output(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[s
     assert report["model_sha256"] == body.model_sha256
     assert report["checkpoint_sha256"] == body.checkpoint_sha256
     assert report["attested_at"].endswith("+00:00")
+    assert report["resumed_from"] is None
+
+
+def test_the_resume_lineage_is_shown(ca: LocalCa, root_pem: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    resumed = tmp_path / "resumed.cbor"
+    lineage = ResumedFrom(sealed_sha256="cd" * 32, step=40)
+    resumed.write_bytes(issue_certificate(dataclasses.replace(make_body(), resumed_from=lineage), new_nsm(ca)))
+    assert run(str(resumed), "--root", str(root_pem), *PIN, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["resumed_from"] == {"sealed_sha256": "cd" * 32, "step": 40}
+    assert run(str(resumed), "--root", str(root_pem), *PIN) == 0
+    assert f"resumed from: the checkpoint at step 40, sealed sha256 {'cd' * 32}" in capsys.readouterr().out
 
 
 def test_accountant_choice(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,7 +271,7 @@ def seal(tmp_path: Path, name: str, *, dataset_id: str = "train-v1", max_epsilon
     # context stay the same and only the bytes differ between two seals of one dataset.
     with mock.patch("parent.seal.secrets.token_bytes", return_value=bytes(range(32))):
         seal_dataset(source, out, key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=max_epsilon, delta=DELTA,
-                     owner="hospital-a", dataset_id=dataset_id, ledger=MEMORY_LOCATION)
+                     owner="hospital-a", dataset_id=dataset_id, ledger=MEMORY_LOCATION, model_owner_keys=[KEY_ARN])
     return out
 
 

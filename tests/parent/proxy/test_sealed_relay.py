@@ -23,6 +23,7 @@ def _sealed_file(tmp_path, plaintext: bytes, key: bytes):
         dataset_id="ds-relay", owner="hospital-a", max_epsilon=3.0, delta=1e-5,
         record_count=10, schema_sha256=hashlib.sha256(b"schema").hexdigest(),
         ledger="local:/var/lib/hermetic/ledger", ledger_public_key="11" * 32,
+        model_owner_keys=["alias/hermetic-model-owner"],
     )
     header = SealedHeader(key_id="alias/test", encrypted_data_key=b"\x01" * 40,
                           encryption_context=ctx, chunk_size=64 * 1024, schema=b"schema")
