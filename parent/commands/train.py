@@ -77,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         if args.json or args.events:
             failed = {**(getattr(err, "report", None) or {"status": "error"}), "error": str(err),
                       "error_type": type(err).__name__, "code": err.code}
+            remote = getattr(err, "remote_code", None)
+            if remote is not None:
+                # The enclave's own wire code ("budget", "runtime", ...), beside the CLI's family.
+                failed["enclave_code"] = remote
             if args.events:
                 _event("result", **failed)
             else:

@@ -70,3 +70,19 @@ def test_inputs_are_checked_before_the_appliance(tmp_path: Path, spec_text: str,
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and "hermetic local up" not in err
+
+
+def test_an_enclave_refusal_carries_the_enclave_code(spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from parent.commands import train
+    from parent.proxy.session import EnclaveError
+
+    def refused(_args: object) -> dict:
+        raise EnclaveError("budget", "dataset 'd' has spent epsilon 2 of its 3 (remaining 1)")
+
+    monkeypatch.setattr(train, "_train", refused)
+    argv = ["train", str(spec), "--local", str(tmp_path), "--dataset", "d=x.sealed", "--out", str(tmp_path / "o"),
+            "--json"]
+    assert main(argv) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["enclave_code"] == "budget" and "remaining 1" in verdict["error"]
