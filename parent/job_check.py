@@ -6,7 +6,11 @@ context and public schema) are read, and the enclave's own check
 check before KMS. `hermetic job check` and `hermetic train` call `check_job`.
 
 A problem of one sealed file is reported with the file in front of the spec key or
-column it names ("data/train.sealed: data.features"). A job trains on exactly one
+column it names ("data/train.sealed: data.features"). When the host can read a dataset's
+budget ledger (a local appliance's directory, or S3 when the caller passes a client), the
+plan is also checked against it exactly as the enclave will before any key: every valid
+entry plus this job, composed; a ledger the host cannot reach is logged, not a problem
+(the enclave checks it anyway). A job trains on exactly one
 sealed dataset, as the enclave insists: several without a `data.train` naming one
 is a problem too.
 """
@@ -21,6 +25,10 @@ from types import MappingProxyType
 from typing import Any
 
 from enclave.errors import HermeticError
+from enclave.ledger.location import LOCAL_SCHEME
+from enclave.ledger.reserve import check_budget, dataset_budget, read_view
+from enclave.ledger.store import LedgerError, LedgerUnavailable
+from enclave.privacy.ledger import Segment
 from enclave.sealed.format import PAYLOAD, SealedHeader
 from enclave.sealed.stream import read_header
 from enclave.training.budget import PlannedRun
@@ -99,8 +107,34 @@ def check_job(
         problems += [Problem(f"{path}: {p.where}", p.message, p.code) for p in review.problems]
         if review.planned is not None:
             planned[path] = review.planned
+            if header.payload == PAYLOAD and not review.problems:
+                problems += _ledger_problems(path, header, review.planned, s3_client)
     log.info("checked job %s against %d sealed files: %d problems", spec.name, len(headers), len(problems))
     return JobCheck(tuple(problems), planned, spec)
+
+
+def _ledger_problems(path: str, header: SealedHeader, plan: PlannedRun, s3_client: Any | None) -> list[Problem]:
+    from parent.budget import open_ledger_store  # imported on use: boto3 only when a ledger is read
+
+    if not header.ledger_location.startswith(LOCAL_SCHEME) and s3_client is None:
+        # No S3 client given: never reach out to AWS from an offline check by surprise.
+        log.info("ledger of %s (%s) not checked here", header.dataset_id, header.ledger_location)
+        return []
+    try:
+        store = open_ledger_store(header.ledger_location, header.dataset_id, s3_client)
+        view = read_view(store, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
+                         accept_unprotected=header.ledger_location.startswith(LOCAL_SCHEME))
+    except LedgerUnavailable as err:
+        log.info("ledger of %s not checked here: %s", header.dataset_id, err)
+        return []
+    except LedgerError as err:
+        return [Problem(f"{path}: ledger", str(err))]
+    try:
+        check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)], dataset_budget(header),
+                     plan.accountant)
+    except LedgerError as err:
+        return [Problem(f"{path}: ledger", str(err))]
+    return []
 
 
 def _header(path: str, s3_client: Any | None) -> SealedHeader:

@@ -165,3 +165,26 @@ def test_jobs_compose_exactly_and_budget_show_agrees_with_privacy_epsilon(
     composed = json.loads(capsys.readouterr().out)["epsilon"]
     assert report["spent_epsilon"] == pytest.approx(composed, rel=1e-9)
     assert 2.5 < composed < 3.0, "two jobs at epsilon 2 compose to well under 4"
+
+
+def test_job_check_reads_the_local_ledger_as_the_enclave_will(
+    data_path: DataPath, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline, before any key: `hermetic job check --sealed` refuses a job the ledger cannot afford."""
+    state = local_state(data_path)
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "k.npz", image=rng.integers(0, 256, (3000, 784), dtype=np.uint8),
+             label=rng.integers(0, 10, 3000, dtype=np.uint8))
+    sealed = tmp_path / "k.sealed"
+    assert main(["seal", str(tmp_path / "k.npz"), "--local", str(state), "--out", str(sealed), "--max-epsilon", "3",
+                 "--delta", "1e-5", "--dataset-id", "check-v1", "--json"]) == 0
+    capsys.readouterr()
+    job = tmp_path / "job.toml"
+    job.write_text(spec(data_path.model_key_id, 2.8))
+    assert main(["job", "check", str(job), "--sealed", str(sealed), "--json"]) == 0
+    capsys.readouterr()
+    assert data_path.run("check-v1", sealed, name="check-first", spec=spec(data_path.model_key_id, 2.0)).status == "ok"
+    assert main(["job", "check", str(job), "--sealed", str(sealed), "--json"]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    [problem] = verdict["problems"]
+    assert problem["where"].endswith(": ledger") and "remaining" in problem["message"]
