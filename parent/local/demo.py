@@ -126,6 +126,31 @@ every_steps = {self.eval_every}
 Progress = Callable[[int, int, float], None]
 
 
+def second_job_spec_toml(key_id: str, delta: float) -> str:
+    """A modest job planned at epsilon 1: after the training job it cannot fit the dataset's cap,
+    however little that job left (a one-step job could slip into a remainder of 1e-4)."""
+    return f"""[job]
+name = "second-job"
+
+[model]
+name = "mlp"
+
+[optimizer]
+name = "sgd"
+lr = 0.1
+
+[privacy]
+expected_batch_size = 256
+epochs = 1
+max_grad_norm = 1.0
+delta = {delta!r}
+target_epsilon = 1.0
+
+[checkpoint]
+key_id = "{key_id}"
+"""
+
+
 def opening_spec_toml(key_id: str, delta: float) -> str:
     """The smallest job there is, one MLP step: for the runs that show who can open the data."""
     return f"""[job]
@@ -253,7 +278,9 @@ def run_demo(
 
         _train(report, recipe, state, sealed, out_dir, logs, services, say, progress)
         _verify_outputs(report, state, sealed, out_dir, logs, say)
-        _over_budget(report, state, sealed, opening_spec, run_dir, logs, say)
+        second_spec = run_dir / "second.toml"
+        write_atomic(second_spec, second_job_spec_toml(state.model_owner_key, recipe.delta).encode())
+        _over_budget(report, state, sealed, second_spec, run_dir, logs, say)
     finally:
         for service in reversed(services):
             service.stop()
