@@ -126,11 +126,10 @@ every_steps = {self.eval_every}
 Progress = Callable[[int, int, float], None]
 
 
-def second_job_spec_toml(key_id: str, delta: float) -> str:
-    """A modest job planned at epsilon 1: after the training job it cannot fit the dataset's cap,
-    however little that job left (a one-step job could slip into a remainder of 1e-4)."""
+def _mlp_spec_toml(name: str, key_id: str, delta: float, length: str) -> str:
+    """A small MLP job; `length` holds the privacy lines that set how long it runs and its noise."""
     return f"""[job]
-name = "second-job"
+name = "{name}"
 
 [model]
 name = "mlp"
@@ -141,39 +140,24 @@ lr = 0.1
 
 [privacy]
 expected_batch_size = 256
-epochs = 1
 max_grad_norm = 1.0
 delta = {delta!r}
-target_epsilon = 1.0
+{length}
 
 [checkpoint]
 key_id = "{key_id}"
 """
+
+
+def second_job_spec_toml(key_id: str, delta: float) -> str:
+    """A modest job planned at epsilon 1: after the training job it cannot fit the dataset's cap,
+    however little that job left (a one-step job could slip into a remainder of 1e-4)."""
+    return _mlp_spec_toml("second-job", key_id, delta, "epochs = 1\ntarget_epsilon = 1.0")
 
 
 def opening_spec_toml(key_id: str, delta: float) -> str:
     """The smallest job there is, one MLP step: for the runs that show who can open the data."""
-    return f"""[job]
-name = "open-dataset"
-
-[model]
-name = "mlp"
-
-[optimizer]
-name = "sgd"
-lr = 0.1
-
-[privacy]
-expected_batch_size = 256
-steps = 1
-max_grad_norm = 1.0
-delta = {delta!r}
-noise_multiplier = 1.0
-
-[checkpoint]
-key_id = "{key_id}"
-"""
-
+    return _mlp_spec_toml("open-dataset", key_id, delta, "steps = 1\nnoise_multiplier = 1.0")
 
 
 def run_demo(
