@@ -13,9 +13,10 @@ from parent.appliance import ServiceRecord, process_status
 from parent.local import daemons
 from parent.local.processes import ProcessFailed
 
-SERVE = "import sys, time; print('ready tcp://127.0.0.1:9', flush=True); time.sleep(600)"
-STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('ready x', flush=True); time.sleep(600)")
+# Stand-in daemons: they say they are ready, then wait for a signal (never a timed sleep).
+SERVE = "import signal; print('ready tcp://127.0.0.1:9', flush=True)\nwhile True: signal.pause()"
+STUBBORN = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready x', flush=True)\nwhile True: signal.pause()")
 
 
 @pytest.fixture()
