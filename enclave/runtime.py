@@ -52,7 +52,7 @@ from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.kms.attested import AttestedKms
 from enclave.ledger.entry import NONCE_BYTES
 from enclave.ledger.location import NO_LEDGERS, LedgerBackends
-from enclave.ledger.reserve import check_budget, dataset_budget, ledger_signing_key, read_view, reserve
+from enclave.ledger.reserve import check_header_budget, dataset_budget, ledger_signing_key, reserve
 from enclave.ledger.store import LedgerStore
 from enclave.nsm.interface import Nsm
 from enclave.privacy.ledger import Segment
@@ -321,11 +321,10 @@ class EnclaveRuntime:
         """Before the key: every valid entry plus this job's whole plan must fit the dataset's cap."""
         assert job.plan is not None
         job.ledger = self._ledgers.open_store(header.ledger_location, header.dataset_id)
-        view = read_view(job.ledger, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
-                         accept_unprotected=self._ledgers.accept_unprotected)
         plan = job.plan
-        check = check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
-                             dataset_budget(header), plan.accountant)
+        segments = [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)]
+        check = check_header_budget(job.ledger, header, segments, plan.accountant,
+                                    accept_unprotected=self._ledgers.accept_unprotected)
         job.dataset_epsilon = check.spent
 
     def _reserve_budget(self, job: _Job, gate: EgressGate) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from enclave.errors import HermeticError
 from enclave.ledger.location import LOCAL_SCHEME
-from enclave.ledger.reserve import check_budget, dataset_budget, read_view
+from enclave.ledger.reserve import check_header_budget
 from enclave.ledger.store import LedgerError, LedgerUnavailable
 from enclave.privacy.ledger import Segment
 from enclave.sealed.format import PAYLOAD, SealedHeader
@@ -122,16 +122,11 @@ def _ledger_problems(path: str, header: SealedHeader, plan: PlannedRun, s3_clien
         return []
     try:
         store = open_ledger_store(header.ledger_location, header.dataset_id, s3_client)
-        view = read_view(store, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
-                         accept_unprotected=header.ledger_location.startswith(LOCAL_SCHEME))
+        check_header_budget(store, header, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
+                            plan.accountant, accept_unprotected=header.ledger_location.startswith(LOCAL_SCHEME))
     except LedgerUnavailable as err:
         log.info("ledger of %s not checked here: %s", header.dataset_id, err)
         return []
-    except LedgerError as err:
-        return [Problem(f"{path}: ledger", str(err))]
-    try:
-        check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)], dataset_budget(header),
-                     plan.accountant)
     except LedgerError as err:
         return [Problem(f"{path}: ledger", str(err))]
     return []

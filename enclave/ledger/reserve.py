@@ -114,6 +114,15 @@ def read_view(store: LedgerStore, *, public_key: bytes, dataset_id: str, accept_
                         accept_unprotected=accept_unprotected)
 
 
+
+def check_header_budget(
+    store: LedgerStore, header: SealedHeader, segments: Sequence[Segment], accountant: str, *, accept_unprotected: bool
+) -> BudgetCheck:
+    """The header's ledger, read and verified with its key, plus `segments` against its cap (check_budget)."""
+    view = read_view(store, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
+                     accept_unprotected=accept_unprotected)
+    return check_budget(view, segments, dataset_budget(header), accountant)
+
 @dataclass(frozen=True)
 class Reservation:
     entry: LedgerEntry
