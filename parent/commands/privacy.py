@@ -115,19 +115,18 @@ def _emit(args: argparse.Namespace, record: dict[str, Any], line: str) -> None:
 
 
 def run_epsilon(args: argparse.Namespace) -> int:
-    if not args.more:
+    first = Segment(args.sampling_rate, args.noise_multiplier, args.steps)
+    if args.more:
+        value = compose_epsilon([first, *args.more], args.delta, args.accountant)
+    else:
         value = privacy.epsilon(args.sampling_rate, args.noise_multiplier, args.steps, args.delta,
                                 accountant=args.accountant)
-    else:
-        first = Segment(args.sampling_rate, args.noise_multiplier, args.steps)
-        value = compose_epsilon([first, *args.more], args.delta, args.accountant)
     record: dict[str, Any] = {"epsilon": _number(value), "sampling_rate": args.sampling_rate,
                               "noise_multiplier": args.noise_multiplier, "steps": args.steps,
                               "delta": args.delta, "accountant": args.accountant}
     more = ""
     if args.more:
-        record["runs"] = [s.to_dict() for s in (Segment(args.sampling_rate, args.noise_multiplier, args.steps),
-                                                 *args.more)]
+        record["runs"] = [s.to_dict() for s in (first, *args.more)]
         more = f", composed with {len(args.more)} more run{'s' if len(args.more) > 1 else ''}"
     _emit(args, record, f"epsilon = {value:.6g} at delta = {args.delta:g} "
                         f"({args.accountant}; q = {args.sampling_rate:g}, "
