@@ -134,7 +134,7 @@ def test_a_job_trains_on_one_sealed_dataset(tmp_path: Path) -> None:
     first, second = sealed(tmp_path, "a"), sealed(tmp_path, "b")
     result = check_job(write_spec(tmp_path), [first, second])
     assert [(p.where, p.message) for p in result.problems] == [
-        ("data.train", "names no dataset, and 2 sealed datasets were given: a job trains on exactly one")]
+        ("data.train", "names no dataset, and 2 sealed datasets were given: a job on several lists them all in data.train")]
     named = check_job(write_spec(tmp_path, name="named.toml", data='train = "b-v1"'), [first, second])
     assert [(p.where, p.message) for p in named.problems] == [
         (f"{first}: data.train", "names dataset 'b-v1', the sealed file is 'a-v1'")]
