@@ -4,8 +4,11 @@ The body is a canonical CBOR map whose keys are the field names below; nested
 records are maps keyed by their field names, `pcrs` maps PCR index (int) to
 lowercase hex, `ledger` is a list of `{"q", "sigma", "steps"}` maps (one per
 accounting segment; a resumed run with other parameters adds a segment),
-`dataset_epsilon` what the dataset's budget ledger held when the job reserved its
-steps, the job's own reservation included (`enclave.ledger`). Floats
+Each dataset record states the job's own `epsilon` on that dataset's records and its
+`dataset_epsilon`, what its budget ledger held when the job reserved its steps, the
+job's own reservation included (`enclave.ledger`), both under `accountant` at that
+dataset's delta (its encryption context): a job on several owners' data charges each
+ledger the same steps, but each owner's cap is stated at its own delta. Floats
 are always float64 on the wire, integers are CBOR integers, nothing is optional.
 
 Constructors check types, sizes and finiteness (MalformedCertificate); whether
@@ -17,7 +20,8 @@ contributes nothing to training. The record count N stays fixed, as it must: N i
 public (the sealed file's encryption context, declared so by the data owner at
 sealing), which add/remove neighbours would not allow. For the Poisson-subsampled
 Gaussian mechanism the zero-out privacy curves equal add/remove's, so the accountants'
-numbers are unchanged. Version 2 added these two fields.
+numbers are unchanged. Version 2 added these two fields; version 3 moved
+`dataset_epsilon` from the body into each dataset record, next to its `epsilon`.
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ __all__ = [
     "wire_map",
 ]
 
-BODY_VERSION = 2
+BODY_VERSION = 3
 #: The unit of privacy and the neighbouring relation every epsilon here is stated for
 #: (module docstring); the accountants cover no other.
 PRIVACY_UNIT = "record"
@@ -132,6 +136,10 @@ class DatasetRecord:
     key_id: str
     encryption_context: Mapping[str, str] = field(hash=False)
     records: int
+    # This job's epsilon on the dataset, and the dataset's cumulative epsilon (every entry of its
+    # budget ledger, this job's reservation included), both at the dataset's delta.
+    epsilon: float
+    dataset_epsilon: float
 
     def __post_init__(self) -> None:
         _text(self.dataset_id, "dataset_id")
@@ -147,6 +155,8 @@ class DatasetRecord:
             _text(value, f"encryption_context[{key!r}]")
         object.__setattr__(self, "encryption_context", _frozen(dict(sorted(context.items()))))
         _count(self.records, "dataset records")
+        object.__setattr__(self, "epsilon", _real(self.epsilon, "dataset epsilon"))
+        object.__setattr__(self, "dataset_epsilon", _real(self.dataset_epsilon, "dataset_epsilon"))
 
 
 @dataclass(frozen=True)
@@ -227,9 +237,6 @@ class CertificateBody:
     started_at: str
     finished_at: str
     budget: Mapping[str, float] = field(hash=False)
-    # The dataset's cumulative epsilon (every entry of its budget ledger, this job's reservation
-    # included, composed under `accountant` at the budget's delta) when this job reserved.
-    dataset_epsilon: float
     privacy_unit: str = PRIVACY_UNIT
     neighbouring: str = NEIGHBOURING
 
@@ -261,7 +268,6 @@ class CertificateBody:
         _text(self.started_at, "started_at", limit=64)
         _text(self.finished_at, "finished_at", limit=64)
         self._set("budget", _budget(self.budget))
-        self._set("dataset_epsilon", _real(self.dataset_epsilon, "dataset_epsilon"))
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -317,7 +323,8 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "pcrs": dict(body.pcrs),
         "datasets": [
             {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,
-             "encryption_context": dict(d.encryption_context), "records": d.records}
+             "encryption_context": dict(d.encryption_context), "records": d.records,
+             "epsilon": d.epsilon, "dataset_epsilon": d.dataset_epsilon}
             for d in body.datasets
         ],
         "public_datasets": [
@@ -341,7 +348,6 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "started_at": body.started_at,
         "finished_at": body.finished_at,
         "budget": dict(body.budget),
-        "dataset_epsilon": body.dataset_epsilon,
         "privacy_unit": body.privacy_unit,
         "neighbouring": body.neighbouring,
     }

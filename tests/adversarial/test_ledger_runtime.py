@@ -227,8 +227,9 @@ def test_a_forked_checkpoint_resumed_twice_pays_twice(nsm: MockNsm, ca: LocalCa,
     [issued] = [m for m in resumed if isinstance(m, CertificateIssued)]
     body = verify_certificate(issued.data, root_der=ca.root_der, policy=pinned(nsm)).body
     paid = compose_epsilon([Segment(0.1, 2.0, 4), Segment(0.1, 2.0, 2), Segment(0.1, 2.0, 2)], 1e-5, "prv")
-    assert body.dataset_epsilon == pytest.approx(paid)
-    assert body.dataset_epsilon > body.epsilon["prv"]
+    [record] = body.datasets
+    assert record.dataset_epsilon == pytest.approx(paid)
+    assert record.dataset_epsilon > record.epsilon == pytest.approx(body.epsilon["prv"])
     # The first run reserved its 4 steps; each resume from step 2 reserved the 2 it ran again.
     assert [(e.job_id, e.steps) for e in entries(ledgers)] == [("forked", 4), ("forked", 2), ("forked", 2)]
     assert len({e.nonce for e in entries(ledgers)}) == 3

@@ -319,7 +319,7 @@ def test_unexpected_exception_in_training_releases_nothing_more(
     nsm: MockNsm, sealed: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     def failing_loop(inputs: TrainingInputs, gate: EgressGate) -> Any:
-        raise ZeroDivisionError(f"loss {float(inputs.train.table.num_rows) / 0.0001}")
+        raise ZeroDivisionError(f"loss {float(inputs.train[0].opened.table.num_rows) / 0.0001}")
 
     caplog.set_level(logging.DEBUG, logger="enclave")
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=failing_loop)
@@ -359,7 +359,8 @@ def test_the_training_loop_gets_the_opened_data_and_public_sets(nsm: MockNsm, se
                                 *stream(1, TRAIN, sealed)], training_loop=loop)
     assert replies[-2:] == [JobResult("ok", "recorded"), Goodbye()]
     [inputs] = loop.inputs
-    assert inputs.train.records == 200 and inputs.train_sealed_sha256 == hashlib.sha256(sealed).hexdigest()
+    [train] = inputs.train
+    assert train.opened.records == 200 and train.sealed_sha256 == hashlib.sha256(sealed).hexdigest()
     assert inputs.public["holdout"].table.num_rows == 10 and inputs.clock() == FIXED_NOW
     assert inputs.resume is None and inputs.job_id == "job-1"
 

@@ -22,37 +22,38 @@ def _kat_body() -> CertificateBody:
     # Deliberately tiny values: this pins the encoding, not the semantics.
     return CertificateBody(
         job_id="j", spec_sha256="s", pcrs={2: "22", 0: "00"},
-        datasets=(DatasetRecord("d", "h", "k", {"dataset_id": "d"}, 7),),
+        datasets=(DatasetRecord("d", "h", "k", {"dataset_id": "d"}, 7, 2.25, 2.75),),
         public_datasets=(), sampling_rate=0.5, noise_multiplier=1.0, max_grad_norm=1,
         steps=3, delta=1e-5, epsilon={"prv": 2.5}, accountant="prv",
         ledger=[{"q": 0.5, "sigma": 1.0, "steps": 3}], model_sha256="m", checkpoint_sha256="c",
         metrics=(ReleasedMetric("acc", 0.75, "public_eval", 3, 0.0),),
         started_at="2025-01-01T00:00:00.000Z", finished_at="2025-01-01T01:00:00.000Z",
-        budget={"max_epsilon": 3.0, "delta": 1e-5}, dataset_epsilon=2.75,
+        budget={"max_epsilon": 3.0, "delta": 1e-5},
     )
 
 
 KAT_HEX = (
-    "b76470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
+    "b66470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
     "746570730366627564676574a26564656c7461fb3ee4f8b588e368f16b6d6178"
     "5f657073696c6f6efb4008000000000000666a6f625f6964616a666c65646765"
     "7281a36171fb3fe0000000000000657369676d61fb3ff0000000000000657374"
     "6570730367657073696c6f6ea163707276fb4004000000000000676d65747269"
     "637381a5646b696e646b7075626c69635f6576616c646e616d65636163636473"
     "746570036576616c7565fb3fe80000000000006c657073696c6f6e5f636f7374"
-    "fb00000000000000006776657273696f6e0268646174617365747381a5666b65"
-    "795f6964616b677265636f726473076a646174617365745f696461646d736561"
-    "6c65645f736861323536616872656e6372797074696f6e5f636f6e74657874a1"
-    "6a646174617365745f696461646a6163636f756e74616e74637072766a737461"
-    "727465645f61747818323032352d30312d30315430303a30303a30302e303030"
-    "5a6b66696e69736865645f61747818323032352d30312d30315430313a30303a"
-    "30302e3030305a6b737065635f73686132353661736c6d6f64656c5f73686132"
-    "3536616d6c6e65696768626f7572696e67687a65726f2d6f75746c7072697661"
-    "63795f756e6974667265636f72646d6d61785f677261645f6e6f726dfb3ff000"
-    "00000000006d73616d706c696e675f72617465fb3fe00000000000006f646174"
-    "617365745f657073696c6f6efb40060000000000006f7075626c69635f646174"
-    "617365747380706e6f6973655f6d756c7469706c696572fb3ff0000000000000"
-    "71636865636b706f696e745f7368613235366163"
+    "fb00000000000000006776657273696f6e0368646174617365747381a7666b65"
+    "795f6964616b67657073696c6f6efb4002000000000000677265636f72647307"
+    "6a646174617365745f696461646d7365616c65645f73686132353661686f6461"
+    "74617365745f657073696c6f6efb400600000000000072656e6372797074696f"
+    "6e5f636f6e74657874a16a646174617365745f696461646a6163636f756e7461"
+    "6e74637072766a737461727465645f61747818323032352d30312d3031543030"
+    "3a30303a30302e3030305a6b66696e69736865645f61747818323032352d3031"
+    "2d30315430313a30303a30302e3030305a6b737065635f73686132353661736c"
+    "6d6f64656c5f736861323536616d6c6e65696768626f7572696e67687a65726f"
+    "2d6f75746c707269766163795f756e6974667265636f72646d6d61785f677261"
+    "645f6e6f726dfb3ff00000000000006d73616d706c696e675f72617465fb3fe0"
+    "0000000000006f7075626c69635f646174617365747380706e6f6973655f6d75"
+    "6c7469706c696572fb3ff000000000000071636865636b706f696e745f736861"
+    "3235366163"
 )
 
 
@@ -60,15 +61,36 @@ def test_known_answer_bytes() -> None:
     assert encode_body(_kat_body()).hex() == KAT_HEX
 
 
+def test_known_answer_dataset_record_by_hand() -> None:
+    # Written out from RFC 8949 by hand, not by the encoder: a 22-entry body map (v3 has no
+    # body-level dataset_epsilon), version 3, and the one dataset record as a 7-entry map whose
+    # keys sort by length then bytes, with this job's epsilon 2.25 and the dataset's 2.75.
+    record = (
+        "81a7"                                   # array(1), map(7)
+        "666b65795f6964" "616b"                  # "key_id": "k"
+        "67657073696c6f6e" "fb4002000000000000"  # "epsilon": 2.25 (float64)
+        "677265636f726473" "07"                  # "records": 7
+        "6a646174617365745f6964" "6164"          # "dataset_id": "d"
+        "6d7365616c65645f736861323536" "6168"    # "sealed_sha256": "h"
+        "6f646174617365745f657073696c6f6e" "fb4006000000000000"  # "dataset_epsilon": 2.75
+        "72656e6372797074696f6e5f636f6e74657874" "a1"  # "encryption_context": map(1)
+    )
+    assert KAT_HEX.startswith("b6")
+    assert "6776657273696f6e03" + "68646174617365747" + "3" + record in KAT_HEX
+    assert "6f646174617365745f657073696c6f6e" not in KAT_HEX.replace(record, "")
+
+
 def test_known_answer_structure_by_hand() -> None:
     data = encode_body(_kat_body())
-    # 23 keys; the shortest key first (length-first canonical ordering).
-    assert data[:6] == b"\xb7\x64pcrs"
-    # Version 2 states the unit of privacy and the neighbouring relation, written by hand.
-    assert b"\x67version\x02" in data
+    # 22 keys; the shortest key first (length-first canonical ordering).
+    assert data[:6] == b"\xb6\x64pcrs"
+    # Version 2 states the unit of privacy and the neighbouring relation, written by hand;
+    # version 3 states each dataset's epsilons in its record (below).
+    assert b"\x67version\x03" in data
     assert b"\x6cprivacy_unit\x66record" in data
     assert b"\x6cneighbouring\x68zero-out" in data
-    assert b"\x6fdataset_epsilon\xfb" + struct.pack(">d", 2.75) in data
+    assert b"\x67epsilon\xfb" + struct.pack(">d", 2.25) + b"\x67records\x07" in data
+    assert b"\x6fdataset_epsilon\xfb" + struct.pack(">d", 2.75) + b"\x72encryption_context" in data
     # A ledger segment written by hand: keys q, sigma, steps; floats as float64 even
     # when float16 could hold them exactly (0.5, 1.0).
     segment = (b"\xa3" + b"\x61q" + b"\xfb" + struct.pack(">d", 0.5)
@@ -130,7 +152,9 @@ def _mutated(change: Any) -> bytes:
         lambda w: w.pop("model_sha256"),
         lambda w: w.update(extra=1),
         lambda w: w.update(version=1),
-        lambda w: w.update(version=3),
+        lambda w: w.update(version=2),
+        lambda w: w.update(version=4),
+        lambda w: w.update(dataset_epsilon=2.5),
         lambda w: w.update(steps=True),
         lambda w: w.update(steps=-1),
         lambda w: w.update(steps=100.0),
@@ -146,6 +170,9 @@ def _mutated(change: Any) -> bytes:
         lambda w: w.update(budget={"max_epsilon": 8.0}),
         lambda w: w.update(datasets={}),
         lambda w: w["datasets"][0].pop("records"),
+        lambda w: w["datasets"][0].pop("dataset_epsilon"),
+        lambda w: w["datasets"][0].update(epsilon=1),
+        lambda w: w["datasets"][0].update(dataset_epsilon="2.5"),
         lambda w: w["datasets"][0].update(encryption_context={"a": 1}),
         lambda w: w["ledger"][0].update(q=1),
         lambda w: w["ledger"][0].update(extra=0.0),
@@ -185,10 +212,10 @@ def test_decode_rejects_duplicate_keys() -> None:
     data = encode_body(make_body())
     # Bump the map length by one and repeat the first entry ("pcrs").
     head, first_key = data[0], cbor2.dumps("pcrs")
-    assert head == 0xB7
+    assert head == 0xB6
     start = len(first_key) + 1
     value = dumps_f64(cbor2.loads(data)["pcrs"])
-    forged = b"\xb8" + first_key + value + data[1:]
+    forged = b"\xb7" + first_key + value + data[1:]
     assert forged[start:start + len(value)] == value
     with pytest.raises(MalformedCertificate):
         decode_body(forged)
