@@ -115,6 +115,13 @@ def check_job(
     return JobCheck(tuple(problems), planned, spec)
 
 
+def in_spec_order(datasets: Sequence[tuple[str, str]], train: Sequence[str]) -> list[tuple[str, str]]:
+    """(id, file) pairs in the order the spec's data.train lists the ids, which the enclave
+    requires of the streams; ids it does not list keep their place after (the enclave names them)."""
+    rank = {dataset_id: index for index, dataset_id in enumerate(train)}
+    return sorted(datasets, key=lambda pair: rank.get(pair[0], len(rank)))
+
+
 def _header(path: str, s3_client: Any | None) -> SealedHeader:
     with open_source(path, s3_client) as source:
         return read_header(source)
