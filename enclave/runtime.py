@@ -129,7 +129,8 @@ class RuntimeLimits:
     # A public evaluation set or a checkpoint is held in memory whole; bound it.
     max_public_bytes: int = 1 << 30
     max_checkpoint_bytes: int = 1 << 30
-    # Every sealed stream of a job on several datasets but the last is held until all headers are in.
+    # Every sealed stream of a job on several datasets but the last is held until all headers are in;
+    # this bounds them together.
     max_sealed_bytes: int = 1 << 32
     # While training runs, the control channel is read in turns of this length, so
     # the reader sees the end of training promptly.
@@ -317,7 +318,10 @@ class EnclaveRuntime:
 
     def _hold_sealed(self, reader: DatasetStreamReader, job: _Job) -> None:
         """Keep a sealed stream, unopened, until the job's last sealed header is in."""
-        data = _read_bounded(reader, self._limits.max_sealed_bytes, f"sealed dataset {reader.dataset_id!r}")
+        # One bound for all of them together: memory, not any one stream, is what runs out.
+        held = sum(len(h.held) for h in job.sealed.values() if h.held is not None)
+        data = _read_bounded(reader, self._limits.max_sealed_bytes - held,
+                             f"sealed dataset {reader.dataset_id!r} (with those held before it)")
         stream = io.BytesIO(data)
         header = read_header(stream)
         if header.dataset_id != reader.dataset_id:
