@@ -72,6 +72,8 @@ def test_valid_certificate_summary(cert: Path, root_pem: Path,
     assert f"enclave PCR0: {PCRS[0].hex()}" in out
     assert body.model_sha256 in out
     assert "patients-2024" in out
+    assert (f"epsilon {body.datasets[0].epsilon:.6g} for this job at its delta 1e-05; 2.5 of its 8 spent by every "
+            "job on it") in out
     assert "test_accuracy" in out
     assert "prv" in out and "rdp" in out
 
