@@ -15,10 +15,21 @@ and this job's whole plan composed with every valid entry must fit the cap
 must match the context; after the last stream and before any training step, this
 session's steps are reserved in the ledger (`_reserve_budget`). See enclave.ledger.
 
-Checkpoints: once the dataset's data key is in, a checkpoint authenticator is derived
-from it (enclave.training.checkpoint); the trainer tags every checkpoint with it, and a
-checkpoint to resume from, which must follow the dataset's stream, is refused unless its
-KMS key is one the dataset's context allows (model_owner_keys) and its tag verifies.
+Checkpoints: once every dataset's data key is in, a checkpoint authenticator is derived
+from them, in the spec's order (enclave.training.checkpoint); the trainer tags every
+checkpoint with it, and a checkpoint to resume from, which must follow the datasets'
+streams, is refused unless its KMS key is one every dataset's context allows
+(model_owner_keys) and its tag verifies.
+
+Several data owners: a job whose spec lists several sealed datasets trains on their
+union. No key may be asked for before every dataset's header and ledger passed, and
+the headers arrive one stream after the other, so every sealed stream but the last is
+held in memory as it came (ciphertext, bounded by `max_sealed_bytes`); the last one's
+header completes the set, the whole job is checked against all of them, and only then
+are the keys asked for (the last stream's, as it streams on, then the held ones').
+Each ledger is then charged the same steps, one reservation after the other; if a
+later one fails, the earlier ones stay spent (the safe direction: budget is lost,
+never over-spent).
 
 Credentials refresh: after the first Credentials the parent may send Credentials
 again at any point, between set-up messages, between the frames of a dataset stream
@@ -37,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -56,7 +68,9 @@ from enclave.ledger.reserve import check_header_budget, dataset_budget, ledger_s
 from enclave.ledger.store import LedgerStore
 from enclave.nsm.interface import Nsm
 from enclave.privacy.ledger import Segment
+from enclave.sealed.errors import EncryptionContextMismatch
 from enclave.sealed.format import SealedHeader
+from enclave.sealed.stream import read_header
 from enclave.training.checkpoint import (
     CheckpointAuthenticator,
     CheckpointBinding,
@@ -68,7 +82,7 @@ from enclave.training.checkpoint import (
 )
 from enclave.training.plan import PlannedRun, plan_run
 from enclave.training.spec import JobSpec
-from enclave.training.trainer import PublicTable, Trainer, TrainingInputs
+from enclave.training.trainer import PublicTable, Trainer, TrainingDataset, TrainingInputs
 from enclave.transport.address import Address
 from enclave.transport.channel import Channel, ChannelListener
 from enclave.transport.errors import (
@@ -130,6 +144,9 @@ class RuntimeLimits:
     # A public evaluation set or a checkpoint is held in memory whole; bound it.
     max_public_bytes: int = 1 << 30
     max_checkpoint_bytes: int = 1 << 30
+    # Every sealed stream of a job on several datasets but the last is held until all headers are in;
+    # this bounds them together.
+    max_sealed_bytes: int = 1 << 32
     # While training runs, the control channel is read in turns of this length, so
     # the reader sees the end of training promptly.
     control_poll_s: float = 0.1
@@ -155,15 +172,30 @@ class _MarkingKms:
 
 
 @dataclass
+class _Sealed:
+    """One sealed dataset of the job, from its header to its reservation."""
+
+    header: SealedHeader
+    held: bytes | None = None  # the whole stream, while other headers are awaited
+    sealed_sha256: str = ""
+    opened: OpenedDataset | None = None
+    ledger: LedgerStore | None = None
+    ledger_key: LedgerSigningKey | None = None
+    # Kept from the data key's arrival until every dataset's is in to derive the checkpoint key.
+    data_key: bytes = b""
+    # The dataset's cumulative epsilon: what the ledger held before the key, then with this job's entry.
+    dataset_epsilon: float = 0.0
+
+
+@dataclass
 class _Job:
     """What one session has received so far."""
 
     job_id: str
     spec: JobSpec
     kms: AttestedKms
-    train_id: str
-    train: OpenedDataset | None = None
-    train_sealed_sha256: str = ""
+    train_ids: tuple[str, ...]
+    sealed: dict[str, _Sealed] = field(default_factory=dict)
     plan: PlannedRun | None = None
     public: dict[str, PublicTable] = field(default_factory=dict)
     resume: CheckpointState | None = None
@@ -171,10 +203,6 @@ class _Job:
     # Tags this job's checkpoints and checks the one resumed from; set once the data key is in.
     checkpoint_auth: CheckpointAuthenticator | None = None
     exposure: _Exposure = field(default_factory=_Exposure)
-    ledger: LedgerStore | None = None
-    ledger_key: LedgerSigningKey | None = None
-    # The dataset's cumulative epsilon: what the ledger held before the key, then with this job's entry.
-    dataset_epsilon: float = 0.0
 
 
 class EnclaveRuntime:
@@ -255,7 +283,7 @@ class EnclaveRuntime:
         channel.accept_refreshes(creds, kms)
         start = self._expect(channel, JobStart)
         spec = JobSpec.from_toml(self._expect(channel, TrainingJob).spec_toml)
-        job = _Job(start.job_id, spec, kms, train_id=_train_id(spec, start.datasets), exposure=exposure)
+        job = _Job(start.job_id, spec, kms, train_ids=_train_ids(spec, start.datasets), exposure=exposure)
         for index, stream_id in enumerate(start.datasets):
             begin = self._expect(channel, DatasetBegin)
             reader = DatasetStreamReader(
@@ -274,35 +302,26 @@ class EnclaveRuntime:
         gate.send(Goodbye())
 
     def _receive_sealed(self, reader: DatasetStreamReader, job: _Job, gate: EgressGate) -> None:
-        def budget(header: SealedHeader) -> None:
-            job.plan = plan_run(job.spec, header)
-            self._check_ledger(job, header)
+        dataset_id = reader.dataset_id
+        if len(job.sealed) + 1 < len(job.train_ids):
+            self._hold_sealed(reader, job)
+            return
 
-        def derive_keys(header: SealedHeader, data_key: bytes) -> None:
-            job.ledger_key = ledger_signing_key(header, data_key)
-            # One sealed dataset per job for now; CheckpointAuthKey takes them all, in order.
-            binding = CheckpointBinding(
-                pcr0=self._nsm.describe_pcr(0).value.hex(),
-                datasets=((header.dataset_id, dataset_context_sha256(header)),),
-            )
-            job.checkpoint_auth = CheckpointAuthenticator(
-                CheckpointAuthKey([(header.dataset_id, data_key)]), binding
-            )
+        def budget(header: SealedHeader) -> None:
+            job.sealed[dataset_id] = _Sealed(header)
+            self._check_job(job)
 
         opened = open_sealed_dataset(
-            reader, expected_dataset_id=job.train_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget,
-            on_data_key=derive_keys,
+            reader, expected_dataset_id=dataset_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget,
+            on_data_key=self._derive_keys(job, dataset_id),
         )
         if not reader.finished:
-            raise RuntimeFailure(f"dataset {job.train_id!r} stream did not end with its digest")
-        job.train, job.train_sealed_sha256 = opened, reader.sha256_hex
-        gate.audit(
-            "dataset_opened",
-            dataset_id=job.train_id,
-            records=opened.records,
-            schema_sha256=opened.header.schema_sha256,
-            sealed_sha256=reader.sha256_hex,
-        )
+            raise RuntimeFailure(f"dataset {dataset_id!r} stream did not end with its digest")
+        self._opened(job, job.sealed[dataset_id], opened, reader.sha256_hex, gate)
+        for held_id, held in job.sealed.items():
+            if held.held is not None:
+                self._open_held(job, held_id, held, gate)
+        job.checkpoint_auth = self._checkpoint_authenticator(job)
         assert job.plan is not None  # open_sealed_dataset checks the header first
         plan = job.plan
         gate.audit(
@@ -315,38 +334,104 @@ class EnclaveRuntime:
             max_epsilon=plan.max_epsilon,
         )
 
+    def _hold_sealed(self, reader: DatasetStreamReader, job: _Job) -> None:
+        """Keep a sealed stream, unopened, until the job's last sealed header is in."""
+        # One bound for all of them together: memory, not any one stream, is what runs out.
+        held = sum(len(h.held) for h in job.sealed.values() if h.held is not None)
+        data = _read_bounded(reader, self._limits.max_sealed_bytes - held,
+                             f"sealed dataset {reader.dataset_id!r} (with those held before it)")
+        stream = io.BytesIO(data)
+        header = read_header(stream)
+        if header.dataset_id != reader.dataset_id:
+            raise EncryptionContextMismatch(
+                f"sealed file is dataset {header.dataset_id!r}, the job asked for {reader.dataset_id!r}")
+        job.sealed[reader.dataset_id] = _Sealed(header, held=data, sealed_sha256=reader.sha256_hex)
+
+    def _open_held(self, job: _Job, dataset_id: str, held: _Sealed, gate: EgressGate) -> None:
+        assert held.held is not None
+
+        stream = io.BytesIO(held.held)
+        held.held = None
+        opened = open_sealed_dataset(stream, expected_dataset_id=dataset_id,
+                                     kms=_MarkingKms(job.kms, job.exposure),
+                                     on_data_key=self._derive_keys(job, dataset_id))
+        if stream.read(1):
+            raise RuntimeFailure(f"dataset {dataset_id!r} has bytes after its last chunk")
+        self._opened(job, held, opened, held.sealed_sha256, gate)
+
+    @staticmethod
+    def _derive_keys(job: _Job, dataset_id: str) -> Callable[[SealedHeader, bytes], None]:
+        def derive(header: SealedHeader, data_key: bytes) -> None:
+            sealed = job.sealed[dataset_id]
+            sealed.ledger_key = ledger_signing_key(header, data_key)
+            sealed.data_key = data_key
+        return derive
+
+    def _checkpoint_authenticator(self, job: _Job) -> CheckpointAuthenticator:
+        """From every dataset's data key, in the spec's order; the data keys are dropped after."""
+        datasets = [job.sealed[dataset_id] for dataset_id in job.train_ids]
+        key = CheckpointAuthKey([(s.header.dataset_id, s.data_key) for s in datasets])
+        for sealed in datasets:
+            sealed.data_key = b""
+        binding = CheckpointBinding(
+            pcr0=self._nsm.describe_pcr(0).value.hex(),
+            datasets=tuple((s.header.dataset_id, dataset_context_sha256(s.header)) for s in datasets),
+        )
+        return CheckpointAuthenticator(key, binding)
+
+    def _opened(self, job: _Job, sealed: _Sealed, opened: OpenedDataset, sha256_hex: str, gate: EgressGate) -> None:
+        sealed.opened, sealed.sealed_sha256 = opened, sha256_hex
+        gate.audit(
+            "dataset_opened",
+            dataset_id=opened.dataset_id,
+            records=opened.records,
+            schema_sha256=opened.header.schema_sha256,
+            sealed_sha256=sha256_hex,
+        )
+
     # ---------------------------------------------------------------- budget ledger
 
-    def _check_ledger(self, job: _Job, header: SealedHeader) -> None:
-        """Before the key: every valid entry plus this job's whole plan must fit the dataset's cap."""
+    def _check_job(self, job: _Job) -> None:
+        """Before any key: the job against every header, and every ledger with this job's whole plan."""
+        headers = [job.sealed[dataset_id].header for dataset_id in job.train_ids]
+        job.plan = plan_run(job.spec, headers)
+        for dataset_id in job.train_ids:
+            self._check_ledger(job, job.sealed[dataset_id])
+
+    def _check_ledger(self, job: _Job, sealed: _Sealed) -> None:
+        """Every valid entry plus this job's whole plan must fit the dataset's cap."""
         assert job.plan is not None
-        job.ledger = self._ledgers.open_store(header.ledger_location, header.dataset_id)
+        header = sealed.header
+        sealed.ledger = self._ledgers.open_store(header.ledger_location, header.dataset_id)
         plan = job.plan
         segments = [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)]
-        check = check_header_budget(job.ledger, header, segments, plan.accountant,
+        check = check_header_budget(sealed.ledger, header, segments, plan.accountant,
                                     accept_unprotected=self._ledgers.accept_unprotected)
-        job.dataset_epsilon = check.spent
+        sealed.dataset_epsilon = check.spent
 
     def _reserve_budget(self, job: _Job, gate: EgressGate) -> None:
-        """Before any step on private data: the steps this session will run, written to the ledger."""
-        assert job.train is not None and job.plan is not None
-        assert job.ledger is not None and job.ledger_key is not None  # set on the way to the data key
-        plan, header = job.plan, job.train.header
+        """Before any step on private data: the steps this session will run, written to every dataset's ledger."""
+        assert job.plan is not None
+        plan = job.plan
         start = job.resume.step if job.resume is not None else 0
         steps = min(plan.steps, plan.max_steps_within_budget) - start
         if steps <= 0:
             return  # nothing left to run (the trainer refuses a checkpoint beyond the plan)
-        reservation = reserve(
-            job.ledger, job.ledger_key, budget=dataset_budget(header), job_id=job.job_id,
-            accountant=plan.accountant, job_delta=plan.delta,
-            segments=[Segment(plan.sampling_rate, plan.noise_multiplier, steps)],
-            nonce=self._nsm.get_random(NONCE_BYTES), now=lambda: int(self._clock().timestamp()),
-            accept_unprotected=self._ledgers.accept_unprotected,
-        )
-        check = reservation.check
-        job.dataset_epsilon = check.total
-        gate.audit("budget_reserved", dataset_id=header.dataset_id, slot=reservation.entry.seq, steps=steps,
-                   job_epsilon=check.job, dataset_epsilon=check.total, max_epsilon=check.max_epsilon)
+        for dataset_id in job.train_ids:
+            sealed = job.sealed[dataset_id]
+            assert sealed.ledger is not None and sealed.ledger_key is not None  # set on the way to the data key
+            header = sealed.header
+            reservation = reserve(
+                sealed.ledger, sealed.ledger_key, budget=dataset_budget(header), job_id=job.job_id,
+                accountant=plan.accountant, job_delta=plan.delta,
+                segments=[Segment(plan.sampling_rate, plan.noise_multiplier, steps)],
+                nonce=self._nsm.get_random(NONCE_BYTES), now=lambda: int(self._clock().timestamp()),
+                accept_unprotected=self._ledgers.accept_unprotected,
+            )
+            check = reservation.check
+            sealed.dataset_epsilon = check.total
+            gate.audit("budget_reserved", dataset_id=header.dataset_id, slot=reservation.entry.seq, steps=steps,
+                       job_epsilon=check.job, dataset_epsilon=check.total, max_epsilon=check.max_epsilon)
 
     def _receive_public(self, reader: DatasetStreamReader, name: str, job: _Job, gate: EgressGate) -> None:
         data = _read_bounded(reader, self._limits.max_public_bytes, f"public dataset {name!r}")
@@ -357,11 +442,12 @@ class EnclaveRuntime:
 
     def _receive_resume(self, reader: DatasetStreamReader, job: _Job) -> None:
         data = _read_bounded(reader, self._limits.max_checkpoint_bytes, "checkpoint")
-        if job.checkpoint_auth is None or job.train is None:
-            # The dataset stream comes first: only its data key can check the checkpoint's tag.
-            raise ProtocolError("the checkpoint to resume from must follow the sealed dataset's stream")
-        if read_checkpoint_header(data).key_id not in job.train.header.model_owner_keys:
-            raise CheckpointKeyNotAllowed("checkpoint is sealed under a KMS key the data owner did not allow")
+        if job.checkpoint_auth is None:
+            # The dataset streams come first: only their data keys can check the checkpoint's tag.
+            raise ProtocolError("the checkpoint to resume from must follow the sealed datasets' streams")
+        key_id = read_checkpoint_header(data).key_id
+        if any(key_id not in sealed.header.model_owner_keys for sealed in job.sealed.values()):
+            raise CheckpointKeyNotAllowed("checkpoint is sealed under a KMS key a data owner did not allow")
         job.resume = open_checkpoint(
             data, decrypt=_MarkingKms(job.kms, job.exposure).decrypt, expected_job_id=job.job_id,
             expected_spec_sha256=job.spec.sha256, authenticator=job.checkpoint_auth,
@@ -369,20 +455,23 @@ class EnclaveRuntime:
         job.resume_sealed_sha256 = hashlib.sha256(data).hexdigest()
 
     def _train(self, job: _Job, gate: EgressGate) -> str:
-        # _train_id made the sealed dataset one of the streams, so it was opened.
-        assert job.train is not None and job.plan is not None and job.checkpoint_auth is not None
+        # _train_ids made every sealed dataset one of the streams, so each was opened.
+        assert job.plan is not None and job.checkpoint_auth is not None
+        train = []
+        for dataset_id in job.train_ids:
+            sealed = job.sealed[dataset_id]
+            assert sealed.opened is not None
+            train.append(TrainingDataset(sealed.opened, sealed.sealed_sha256, dataset_epsilon=sealed.dataset_epsilon))
         inputs = TrainingInputs(
             job_id=job.job_id,
             spec=job.spec,
             plan=job.plan,
-            train=job.train,
-            train_sealed_sha256=job.train_sealed_sha256,
+            train=tuple(train),
             public=dict(job.public),
             resume=job.resume,
             nsm=self._nsm,
             checkpoint_auth=job.checkpoint_auth,
             generate_data_key=job.kms.generate_data_key,
-            dataset_epsilon=job.dataset_epsilon,
             clock=self._clock,
             resume_sealed_sha256=job.resume_sealed_sha256,
         )
@@ -397,18 +486,21 @@ class EnclaveRuntime:
         return msg
 
 
-def _train_id(spec: JobSpec, streams: Sequence[str]) -> str:
-    """The one sealed dataset a training job streams: the spec's, or the only one sent."""
+def _train_ids(spec: JobSpec, streams: Sequence[str]) -> tuple[str, ...]:
+    """The sealed datasets a training job streams: the ones its spec lists, or the only one sent."""
     sealed = [s for s in streams if not s.startswith(PUBLIC_PREFIX) and s != RESUME_STREAM]
     sent = ", ".join(repr(s) for s in sealed) or "none"
-    if spec.data.train is not None and sealed != [spec.data.train]:
-        raise ProtocolError(
-            f"a training job streams exactly one sealed dataset, the one its spec names: "
-            f"the spec names {spec.data.train!r}, JobStart sends {sent}"
-        )
-    if len(sealed) != 1:
-        raise ProtocolError(f"a training job streams exactly one sealed dataset; JobStart sends {sent}")
-    return sealed[0]
+    if spec.data.train:
+        if sealed != list(spec.data.train):
+            named = ", ".join(repr(s) for s in spec.data.train)
+            raise ProtocolError(
+                f"a training job streams the sealed datasets its spec names, in its order: "
+                f"the spec names {named}, JobStart sends {sent}"
+            )
+    elif len(sealed) != 1:
+        raise ProtocolError(f"a training job whose spec lists none streams exactly one sealed dataset; "
+                            f"JobStart sends {sent}")
+    return tuple(sealed)
 
 
 class _Control:

@@ -6,13 +6,16 @@ context and public schema) are read, and the enclave's own check
 check before KMS. `hermetic job check` and `hermetic train` call `check_job`.
 
 A problem of one sealed file is reported with the file in front of the spec key or
-column it names ("data/train.sealed: data.features"). When the host can read a dataset's
-budget ledger (a local appliance's directory, or S3 when the caller passes a client), the
-plan is also checked against it exactly as the enclave will before any key: every valid
-entry plus this job, composed; a ledger the host cannot reach is logged, not a problem
-(the enclave checks it anyway). A job trains on exactly one
-sealed dataset, as the enclave insists: several without a `data.train` naming one
-is a problem too.
+column it names ("data/train.sealed: data.features"). A job trains on one sealed
+dataset, or on the union of those its `data.train` list names: those files are
+checked together (same feature and label fields, one plan over their records that
+fits every owner's budget), and each is mapped to that one plan. Several datasets
+without a `data.train` naming them is a problem, as it is in the enclave.
+
+When the host can read a dataset's budget ledger (a local appliance's directory, or S3
+when the caller passes a client), the plan is also checked against it exactly as the
+enclave will before any key: every valid entry plus this job, composed; a ledger the
+host cannot reach is logged, not a problem (the enclave checks it anyway).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from enclave.privacy.ledger import Segment
 from enclave.sealed.format import PAYLOAD, SealedHeader
 from enclave.sealed.stream import read_header
 from enclave.training.budget import PlannedRun
-from enclave.training.check import Problem, check_spec, review_dataset
+from enclave.training.check import Problem, check_spec, review_datasets
 from enclave.training.spec import JobSpec
 from parent.inputs import read_bounded
 from parent.sources import open_source
@@ -98,17 +101,28 @@ def check_job(
         return JobCheck(tuple(problems))
     problems += check_spec(spec)
     datasets = [path for path, header in headers.items() if header.payload == PAYLOAD]
-    if spec.data.train is None and len(datasets) > 1:
+    train = spec.data.train
+    if not train and len(datasets) > 1:
         problems.append(Problem("data.train", f"names no dataset, and {len(datasets)} sealed datasets were given: "
-                                              "a job trains on exactly one"))
+                                              "a job on several lists them all in data.train"))
+    ids = {headers[path].dataset_id for path in datasets}
+    if datasets and len(train) > 1:
+        problems += [Problem("data.train", f"names dataset {t!r}, which no sealed file given holds")
+                     for t in train if t not in ids]
+    # The files the job trains on are reviewed together (one plan over their union, one schema);
+    # any other file alone, to report what is wrong with it.
+    union = [path for path in datasets if not train or headers[path].dataset_id in train]
     planned: dict[str, PlannedRun] = {}
-    for path, header in headers.items():
-        review = review_dataset(spec, header)
-        problems += [Problem(f"{path}: {p.where}", p.message, p.code) for p in review.problems]
+    groups = [union] if union and (train or len(union) == 1) else [[p] for p in union]
+    groups += [[path] for path in headers if path not in union]
+    for group in groups:
+        review = review_datasets(spec, [headers[p] for p in group], names=group)
+        problems += review.problems
         if review.planned is not None:
-            planned[path] = review.planned
-            if header.payload == PAYLOAD and not review.problems:
-                problems += _ledger_problems(path, header, review.planned, s3_client)
+            planned.update({path: review.planned for path in group})
+            if not review.problems:
+                problems += [p for path in group if headers[path].payload == PAYLOAD
+                             for p in _ledger_problems(path, headers[path], review.planned, s3_client)]
     log.info("checked job %s against %d sealed files: %d problems", spec.name, len(headers), len(problems))
     return JobCheck(tuple(problems), planned, spec)
 
@@ -130,6 +144,13 @@ def _ledger_problems(path: str, header: SealedHeader, plan: PlannedRun, s3_clien
     except LedgerError as err:
         return [Problem(f"{path}: ledger", str(err))]
     return []
+
+
+def in_spec_order(datasets: Sequence[tuple[str, str]], train: Sequence[str]) -> list[tuple[str, str]]:
+    """(id, file) pairs in the order the spec's data.train lists the ids, which the enclave
+    requires of the streams; ids it does not list keep their place after (the enclave names them)."""
+    rank = {dataset_id: index for index, dataset_id in enumerate(train)}
+    return sorted(datasets, key=lambda pair: rank.get(pair[0], len(rank)))
 
 
 def _header(path: str, s3_client: Any | None) -> SealedHeader:

@@ -4,8 +4,11 @@ The body is a canonical CBOR map whose keys are the field names below; nested
 records are maps keyed by their field names, `pcrs` maps PCR index (int) to
 lowercase hex, `ledger` is a list of `{"q", "sigma", "steps"}` maps (one per
 accounting segment; a resumed run with other parameters adds a segment),
-`dataset_epsilon` what the dataset's budget ledger held when the job reserved its
-steps, the job's own reservation included (`enclave.ledger`). Floats
+Each dataset record states the job's own `epsilon` on that dataset's records and its
+`dataset_epsilon`, what its budget ledger held when the job reserved its steps, the
+job's own reservation included (`enclave.ledger`), both under `accountant` at that
+dataset's delta (its encryption context): a job on several owners' data charges each
+ledger the same steps, but each owner's cap is stated at its own delta. Floats
 are always float64 on the wire, integers are CBOR integers, nothing is optional.
 
 Constructors check types, sizes and finiteness (MalformedCertificate); whether
@@ -23,7 +26,8 @@ numbers are unchanged. Version 2 added these two fields.
 `{"sealed_sha256", "step"}`, the SHA-256 (hex) of the sealed checkpoint file the run
 continued from and that checkpoint's step. The enclave resumes only a checkpoint it can
 authenticate (`enclave.training.checkpoint`), so the ledger and metrics carried over are
-an enclave's. Version 3 added it.
+an enclave's. Version 3 added it; version 4 moved `dataset_epsilon` from the body into
+each dataset record, next to its `epsilon`, as a job may train on several datasets.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ __all__ = [
     "wire_map",
 ]
 
-BODY_VERSION = 3
+BODY_VERSION = 4
 #: The unit of privacy and the neighbouring relation every epsilon here is stated for
 #: (module docstring); the accountants cover no other.
 PRIVACY_UNIT = "record"
@@ -140,6 +144,10 @@ class DatasetRecord:
     key_id: str
     encryption_context: Mapping[str, str] = field(hash=False)
     records: int
+    # This job's epsilon on the dataset, and the dataset's cumulative epsilon (every entry of its
+    # budget ledger, this job's reservation included), both at the dataset's delta.
+    epsilon: float
+    dataset_epsilon: float
 
     def __post_init__(self) -> None:
         _text(self.dataset_id, "dataset_id")
@@ -155,6 +163,8 @@ class DatasetRecord:
             _text(value, f"encryption_context[{key!r}]")
         object.__setattr__(self, "encryption_context", _frozen(dict(sorted(context.items()))))
         _count(self.records, "dataset records")
+        object.__setattr__(self, "epsilon", _real(self.epsilon, "dataset epsilon"))
+        object.__setattr__(self, "dataset_epsilon", _real(self.dataset_epsilon, "dataset_epsilon"))
 
 
 @dataclass(frozen=True)
@@ -247,9 +257,6 @@ class CertificateBody:
     started_at: str
     finished_at: str
     budget: Mapping[str, float] = field(hash=False)
-    # The dataset's cumulative epsilon (every entry of its budget ledger, this job's reservation
-    # included, composed under `accountant` at the budget's delta) when this job reserved.
-    dataset_epsilon: float
     # None (CBOR null) unless the run continued from a checkpoint.
     resumed_from: ResumedFrom | None = None
     privacy_unit: str = PRIVACY_UNIT
@@ -283,7 +290,6 @@ class CertificateBody:
         _text(self.started_at, "started_at", limit=64)
         _text(self.finished_at, "finished_at", limit=64)
         self._set("budget", _budget(self.budget))
-        self._set("dataset_epsilon", _real(self.dataset_epsilon, "dataset_epsilon"))
         if self.resumed_from is not None and type(self.resumed_from) is not ResumedFrom:
             raise MalformedCertificate("resumed_from is not a ResumedFrom or null")
 
@@ -341,7 +347,8 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "pcrs": dict(body.pcrs),
         "datasets": [
             {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,
-             "encryption_context": dict(d.encryption_context), "records": d.records}
+             "encryption_context": dict(d.encryption_context), "records": d.records,
+             "epsilon": d.epsilon, "dataset_epsilon": d.dataset_epsilon}
             for d in body.datasets
         ],
         "public_datasets": [
@@ -365,7 +372,6 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "started_at": body.started_at,
         "finished_at": body.finished_at,
         "budget": dict(body.budget),
-        "dataset_epsilon": body.dataset_epsilon,
         "resumed_from": None if body.resumed_from is None else {
             "sealed_sha256": body.resumed_from.sealed_sha256, "step": body.resumed_from.step},
         "privacy_unit": body.privacy_unit,

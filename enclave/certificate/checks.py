@@ -166,14 +166,21 @@ def _check_budget(body: CertificateBody) -> None:
     spent = body.epsilon[body.accountant] + metrics_epsilon(body)
     if spent > max_epsilon:
         raise BudgetExceeded(f"stated epsilon {spent!r} is above the budget's max_epsilon {max_epsilon!r}")
-    # Every job on the dataset together, as its ledger held them: also within the cap.
-    if not body.dataset_epsilon >= 0.0:
-        raise InconsistentCertificate(f"dataset_epsilon {body.dataset_epsilon!r} is negative")
-    if body.dataset_epsilon > max_epsilon * (1.0 + DATASET_EPSILON_RTOL):
-        raise BudgetExceeded(
-            f"dataset epsilon {body.dataset_epsilon!r} (every job on it) is above the budget's "
-            f"max_epsilon {max_epsilon!r}"
-        )
+    # Every job on each dataset together, as its ledger held them: within that dataset's own cap.
+    for record in body.datasets:
+        name, cap = record.dataset_id[:64], float(record.encryption_context["max_epsilon"])
+        if not record.epsilon >= 0.0 or not record.dataset_epsilon >= 0.0:
+            raise InconsistentCertificate(f"dataset {name!r} states a negative epsilon")
+        if record.epsilon > record.dataset_epsilon * (1.0 + DATASET_EPSILON_RTOL):
+            raise InconsistentCertificate(
+                f"dataset {name!r}: this job's epsilon {record.epsilon!r} is above the dataset's cumulative "
+                f"{record.dataset_epsilon!r}"
+            )
+        if record.dataset_epsilon > cap * (1.0 + DATASET_EPSILON_RTOL):
+            raise BudgetExceeded(
+                f"dataset {name!r} epsilon {record.dataset_epsilon!r} (every job on it) is above its "
+                f"max_epsilon {cap!r}"
+            )
 
 
 def _check_datasets(body: CertificateBody) -> None:

@@ -13,6 +13,7 @@ any.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from enclave.errors import HermeticError
@@ -26,15 +27,15 @@ BUDGET_RTOL = 1e-9
 
 @dataclass(frozen=True)
 class PlannedRun:
-    records: int
+    records: int  # over every dataset the job trains on
     sampling_rate: float
     noise_multiplier: float
     steps: int
     delta: float
     accountant: str
     planned_epsilon: float
-    max_epsilon: float
-    budget_delta: float
+    max_epsilon: float  # the smallest of the datasets' caps
+    budget_delta: float  # the smallest of the datasets' deltas
     max_steps_within_budget: int
 
 
@@ -50,10 +51,17 @@ def _over(value: float, limit: float) -> bool:
     return value > limit * (1 + BUDGET_RTOL)
 
 
-def plan_budget(spec: JobSpec, header: SealedHeader) -> BudgetPlan:
-    """The run the spec plans on this dataset, and where it breaks the dataset's budget."""
+def plan_budget(spec: JobSpec, headers: SealedHeader | Sequence[SealedHeader]) -> BudgetPlan:
+    """The run the spec plans on the union of these datasets, and where it breaks any one's budget.
+
+    Poisson sampling runs over the union: q = B / N with N the sum of the record counts.
+    Every record is in exactly one dataset, so the one run (q, sigma, steps) is what each
+    dataset's records see, and it must fit each dataset's cap and delta.
+    """
+    datasets = (headers,) if isinstance(headers, SealedHeader) else tuple(headers)
+    assert datasets, "a run plans on at least one dataset"
     privacy = spec.privacy
-    records = header.record_count
+    records = sum(h.record_count for h in datasets)
     try:
         q = spec.sampling_rate(records)
         steps = spec.steps_for(records)
@@ -61,8 +69,11 @@ def plan_budget(spec: JobSpec, header: SealedHeader) -> BudgetPlan:
         return BudgetPlan(None, (("privacy.expected_batch_size", str(err)),))
     breaches: list[tuple[str, str]] = []
     delta = privacy.delta
-    if _over(delta, header.delta):
-        breaches.append(("privacy.delta", f"job delta {delta:g} exceeds the dataset's delta {header.delta:g}"))
+    for h in datasets:
+        if _over(delta, h.delta):
+            breaches.append(("privacy.delta", f"job delta {delta:g} exceeds {_the(h, datasets)} delta {h.delta:g}"))
+    # The tightest cap binds the one run; the smallest delta is the one a run at the job's delta must respect.
+    cap = min(datasets, key=lambda h: h.max_epsilon)
     accountant = privacy.accountant
     if privacy.noise_multiplier is not None:
         sigma = privacy.noise_multiplier
@@ -70,9 +81,10 @@ def plan_budget(spec: JobSpec, header: SealedHeader) -> BudgetPlan:
     else:
         assert privacy.target_epsilon is not None
         where = "privacy.target_epsilon"
-        if _over(privacy.target_epsilon, header.max_epsilon):
-            breaches.append((where, f"target epsilon {privacy.target_epsilon:g} exceeds the dataset's budget "
-                                    f"{header.max_epsilon:g}"))
+        over = [h for h in datasets if _over(privacy.target_epsilon, h.max_epsilon)]
+        if over:
+            breaches += [(where, f"target epsilon {privacy.target_epsilon:g} exceeds {_the(h, datasets)} budget "
+                                 f"{h.max_epsilon:g}") for h in over]
             return BudgetPlan(None, tuple(breaches))
         try:
             sigma = noise_multiplier(privacy.target_epsilon, delta, q, steps, accountant)
@@ -81,13 +93,14 @@ def plan_budget(spec: JobSpec, header: SealedHeader) -> BudgetPlan:
             return BudgetPlan(None, tuple(breaches))
     try:
         planned = epsilon(q, sigma, steps, delta, accountant)
-        within = max_steps(q, sigma, delta, header.max_epsilon, accountant)
+        within = max_steps(q, sigma, delta, cap.max_epsilon, accountant)
     except HermeticError as err:
         breaches.append((where, f"the accountant cannot plan this run: {err}"))
         return BudgetPlan(None, tuple(breaches))
-    if not math.isfinite(planned) or _over(planned, header.max_epsilon):
-        breaches.append((where, f"planned epsilon {planned:.4g} ({steps} steps, q={q:.4g}, sigma={sigma:.4g}) "
-                                f"exceeds the dataset's budget {header.max_epsilon:g}"))
+    for h in datasets:
+        if not math.isfinite(planned) or _over(planned, h.max_epsilon):
+            breaches.append((where, f"planned epsilon {planned:.4g} ({steps} steps, q={q:.4g}, sigma={sigma:.4g}) "
+                                    f"exceeds {_the(h, datasets)} budget {h.max_epsilon:g}"))
     plan = PlannedRun(
         records=records,
         sampling_rate=q,
@@ -96,8 +109,13 @@ def plan_budget(spec: JobSpec, header: SealedHeader) -> BudgetPlan:
         delta=delta,
         accountant=accountant,
         planned_epsilon=planned,
-        max_epsilon=header.max_epsilon,
-        budget_delta=header.delta,
+        max_epsilon=cap.max_epsilon,
+        budget_delta=min(h.delta for h in datasets),
         max_steps_within_budget=within,
     )
     return BudgetPlan(plan, tuple(breaches))
+
+
+def _the(header: SealedHeader, datasets: Sequence[SealedHeader]) -> str:
+    """How a breach names the dataset: by id when the job trains on several."""
+    return "the dataset's" if len(datasets) == 1 else f"dataset {header.dataset_id!r}'s"

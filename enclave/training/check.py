@@ -21,17 +21,22 @@ What the trainer really requires of the data (`enclave.training.trainer.table_ar
   `hermetic.num_classes`, written by the sealer, which refused any label outside
   [0, K)) exactly the model's class count. The label values stay private; their
   range is public by the owner's declaration;
-- the dataset is the one the spec's data.train names, if it names one;
+- the dataset is one the spec's data.train names, if it names any;
 - the spec's checkpoint key is one the data owner allowed to receive the model (the
-  context's model_owner_keys): the parent writes the spec, so it could otherwise name a
-  key of its own and read the model;
-- the run the spec plans fits the dataset's budget (`enclave.training.budget`).
+  context's model_owner_keys), every owner's when there are several: the parent writes
+  the spec, so it could otherwise name a key of its own and read the model;
+- a job on several datasets (the union of several owners' data) finds the same
+  feature and label fields in each (type, shape and declared class count): the
+  trainer stacks their records into one table;
+- the run the spec plans fits the dataset's budget, every dataset's when there are
+  several (`enclave.training.budget`).
 
 Every problem is collected, each naming what is wrong; none stops the others.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -76,15 +81,16 @@ class JobReview:
         return not self.problems
 
 
-def check_job(spec: JobSpec, header: SealedHeader) -> list[Problem]:
-    """Every problem that keeps `spec` from running on the dataset `header` describes."""
-    return list(review_job(spec, header).problems)
+def check_job(spec: JobSpec, headers: SealedHeader | Sequence[SealedHeader]) -> list[Problem]:
+    """Every problem that keeps `spec` from running on the dataset(s) the headers describe."""
+    return list(review_job(spec, headers).problems)
 
 
-def review_job(spec: JobSpec, header: SealedHeader) -> JobReview:
-    """`check_job` with the planned run (None if the header is no dataset or q cannot be formed)."""
-    dataset = review_dataset(spec, header)
-    return JobReview((*check_spec(spec), *dataset.problems), dataset.planned)
+def review_job(spec: JobSpec, headers: SealedHeader | Sequence[SealedHeader]) -> JobReview:
+    """`check_job` with the planned run (None if a header is no dataset or q cannot be formed)."""
+    datasets = (headers,) if isinstance(headers, SealedHeader) else tuple(headers)
+    review = review_datasets(spec, datasets)
+    return JobReview((*check_spec(spec), *review.problems), review.planned)
 
 
 def check_spec(spec: JobSpec) -> list[Problem]:
@@ -98,12 +104,42 @@ def check_spec(spec: JobSpec) -> list[Problem]:
 
 def review_dataset(spec: JobSpec, header: SealedHeader) -> JobReview:
     """The problems that depend on the dataset (`check_job` less `check_spec`), and the plan."""
+    return review_datasets(spec, (header,))
+
+
+def review_datasets(spec: JobSpec, headers: Sequence[SealedHeader], names: Sequence[str] | None = None) -> JobReview:
+    """`review_dataset` for a job on the union of these datasets; one plan over all of them.
+
+    A problem of one dataset is named by `names` (default: the dataset ids when there
+    are several) in front of the spec key or column.
+    """
+    if names is None:
+        names = [h.dataset_id for h in headers] if len(headers) > 1 else [""]*len(headers)
+    problems: list[Problem] = []
+    datasets: list[SealedHeader] = []
+    for name, header in zip(names, headers, strict=True):
+        found = _dataset_problems(spec, header)
+        problems += [Problem(f"{name}: {p.where}" if name else p.where, p.message, p.code) for p in found]
+        if header.payload == PAYLOAD:
+            datasets.append(header)
+    if len(datasets) != len(headers):
+        return JobReview(tuple(problems), None)
+    problems += _schema_mismatches(spec, headers, names)
+    budget = plan_budget(spec, datasets)
+    # One dataset's breaches go under its name; over several, each message names its dataset.
+    prefix = f"{names[0]}: " if len(names) == 1 and names[0] else ""
+    problems += [Problem(prefix + where, message, BUDGET) for where, message in budget.breaches]
+    return JobReview(tuple(problems), budget.planned)
+
+
+def _dataset_problems(spec: JobSpec, header: SealedHeader) -> list[Problem]:
     if header.payload != PAYLOAD:
-        return JobReview((Problem("sealed file", f"holds a {header.payload!r} payload, not a dataset"),), None)
+        return [Problem("sealed file", f"holds a {header.payload!r} payload, not a dataset")]
     problems: list[Problem] = []
     train = spec.data.train
-    if train is not None and header.dataset_id != train:
-        problems.append(Problem("data.train", f"names dataset {train!r}, the sealed file is {header.dataset_id!r}"))
+    if train and header.dataset_id not in train:
+        named = f"dataset {train[0]!r}" if len(train) == 1 else "datasets " + ", ".join(repr(t) for t in train)
+        problems.append(Problem("data.train", f"names {named}, the sealed file is {header.dataset_id!r}"))
     allowed = header.model_owner_keys
     if spec.checkpoint.key_id not in allowed:
         shown = ", ".join(_short(repr(k)) for k in allowed[:_MAX_NAMES_SHOWN])
@@ -117,9 +153,41 @@ def review_dataset(spec: JobSpec, header: SealedHeader) -> JobReview:
     else:
         problems += _feature_problems(schema, spec.data.features, spec.model.name, model)
         problems += _label_problems(schema, spec.data.label, spec.model.name, model)
-    budget = plan_budget(spec, header)
-    problems += [Problem(where, message, BUDGET) for where, message in budget.breaches]
-    return JobReview(tuple(problems), budget.planned)
+    return problems
+
+
+def _schema_mismatches(spec: JobSpec, headers: Sequence[SealedHeader], names: Sequence[str]) -> list[Problem]:
+    """Each dataset whose feature or label field differs from the first dataset's (type or metadata)."""
+    if len(headers) < 2:
+        return []
+    try:
+        schemas = [header_schema(h) for h in headers]
+    except SealedDataError:
+        return []  # already reported for that dataset
+    problems: list[Problem] = []
+    first = names[0] or headers[0].dataset_id
+    for where, column in (("data.features", spec.data.features), ("data.label", spec.data.label)):
+        if any(s.names.count(column) != 1 for s in schemas):
+            continue  # a missing column is already reported
+        reference = schemas[0].field(column)
+        for name, header, schema in zip(names[1:], headers[1:], schemas[1:], strict=True):
+            field = schema.field(column)
+            if not field.equals(reference, check_metadata=True):
+                problems.append(Problem(f"{name or header.dataset_id}: {where}",
+                                        f"column {column!r} is {_field_text(field)}, in {first} it is "
+                                        f"{_field_text(reference)}: the datasets of one job share a schema"))
+    return problems
+
+
+def _field_text(field: pa.Field) -> str:
+    try:
+        shape, classes = field_shape(field), field_num_classes(field)
+    except SealedDataError:
+        shape, classes = None, None
+    extra = "" if shape is None else f" shaped {_shape_text(shape)}"
+    extra += "" if classes is None else f" with {classes} classes"
+    meta = "" if shape is not None or classes is not None or not field.metadata else " with other metadata"
+    return f"{_short(field.type)}{extra}{meta}"
 
 
 def _column(schema: pa.Schema, name: str, where: str) -> tuple[pa.Field | None, list[Problem]]:

@@ -46,9 +46,16 @@ def describe(problems: Sequence[Problem]) -> str:
     return "; ".join(f"{p.where}: {p.message}" for p in problems)
 
 
-def refusal(header: SealedHeader, problems: Sequence[Problem]) -> BudgetExceeded | JobDoesNotFit:
-    """The one error that refuses a job for `problems` (not empty) on the dataset of `header`."""
-    what = f"dataset {header.dataset_id!r}" if header.payload == PAYLOAD else "the sealed file"
+def refusal(
+    headers: SealedHeader | Sequence[SealedHeader], problems: Sequence[Problem]
+) -> BudgetExceeded | JobDoesNotFit:
+    """The one error that refuses a job for `problems` (not empty) on the dataset(s) of `headers`."""
+    several = () if isinstance(headers, SealedHeader) else tuple(headers)
+    header = headers if isinstance(headers, SealedHeader) else several[0]
+    if len(several) > 1:
+        what = "datasets " + ", ".join(repr(h.dataset_id) for h in several)
+    else:
+        what = f"dataset {header.dataset_id!r}" if header.payload == PAYLOAD else "the sealed file"
     count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
     message = f"the job cannot run on {what} ({count}): {describe(problems)}"
     if all(p.code == BUDGET for p in problems):
@@ -56,11 +63,11 @@ def refusal(header: SealedHeader, problems: Sequence[Problem]) -> BudgetExceeded
     return JobDoesNotFit(message, problems)
 
 
-def plan_run(spec: JobSpec, header: SealedHeader) -> PlannedRun:
-    """The planned run; raise BudgetExceeded or JobDoesNotFit, listing every problem, unless it fits."""
-    review = review_job(spec, header)
+def plan_run(spec: JobSpec, headers: SealedHeader | Sequence[SealedHeader]) -> PlannedRun:
+    """The run on the dataset(s); raise BudgetExceeded or JobDoesNotFit, listing every problem, unless it fits."""
+    review = review_job(spec, headers)
     if review.problems:
-        raise refusal(header, review.problems)
+        raise refusal(headers, review.problems)
     plan = review.planned
     assert plan is not None  # planned whenever the budget reports no breach
     log.info(

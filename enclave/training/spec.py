@@ -5,7 +5,8 @@ numbers. Schema (unknown sections and keys are refused; every message names the 
 
     [job]        name = "fashion-mnist-dp"          # 1..128 of [A-Za-z0-9._-]
     [model]      name = "tanh_cnn"                  # checked against the registry by the trainer
-    [data]       train = "<dataset id>"             # optional: default the job's only sealed dataset
+    [data]       train = "<dataset id>" | ["<id>", ...]  # optional: default the job's only sealed dataset;
+                                                    # a list trains on the union, streamed in its order
                  features = "image"                 # optional, default "image"
                  label = "label"                    # optional, default "label"
     [optimizer]  name = "sgd" | "adam"
@@ -62,6 +63,8 @@ MAX_EVERY_STEPS = MAX_STEPS
 MAX_KEY_ID = 2048
 MAX_NAME = 128
 MAX_TEXT = 256
+# Each dataset costs a ledger read, a key and a stream; a handful of owners is the use.
+MAX_TRAIN_DATASETS = 16
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SECTIONS = ("job", "model", "data", "optimizer", "privacy", "eval", "checkpoint")
@@ -80,7 +83,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    train: str | None = None
+    # The sealed datasets the job trains on, in stream order; empty: the job's only one.
+    train: tuple[str, ...] = ()
     features: str = DEFAULT_FEATURES
     label: str = DEFAULT_LABEL
 
@@ -169,7 +173,8 @@ class JobSpec:
             "job": {"name": self.name},
             "model": {"name": self.model.name},
             "data": {
-                "train": self.data.train,
+                # One id stays a string (and none null) so specs of one dataset keep their hash.
+                "train": _train_canonical(self.data.train),
                 "features": self.data.features,
                 "label": self.data.label,
             },
@@ -339,13 +344,32 @@ def _parse_model(table: Mapping[str, Any]) -> ModelSpec:
 
 def _parse_data(table: Mapping[str, Any]) -> DataSpec:
     _check_keys(table, "data", ("train", "features", "label"))
-    train = _text(table, "data", "train", required=False)
+    train = _parse_train(table)
     features = _text(table, "data", "features", required=False, default=DEFAULT_FEATURES)
     label = _text(table, "data", "label", required=False, default=DEFAULT_LABEL)
     assert features is not None and label is not None
     if features == label:
         raise SpecError(f"data.features and data.label must name different columns, both are {label!r}")
     return DataSpec(train=train, features=features, label=label)
+
+
+def _parse_train(table: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = table.get("train")
+    if not isinstance(raw, list):
+        value = _text(table, "data", "train", required=False)
+        return () if value is None else (value,)
+    if not 1 <= len(raw) <= MAX_TRAIN_DATASETS:
+        raise SpecError(f"data.train must list 1..{MAX_TRAIN_DATASETS} dataset ids, got {len(raw)}")
+    train = tuple(str(_text({f"train[{i}]": v}, "data", f"train[{i}]", required=True)) for i, v in enumerate(raw))
+    if len(set(train)) != len(train):
+        raise SpecError(f"data.train names a dataset more than once: {', '.join(repr(v) for v in train)}")
+    return train
+
+
+def _train_canonical(train: tuple[str, ...]) -> str | list[str] | None:
+    if not train:
+        return None
+    return train[0] if len(train) == 1 else list(train)
 
 
 def _parse_optimizer(table: Mapping[str, Any]) -> OptimizerSpec:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,7 +34,7 @@ from enclave.hazmat.csprng import seed_from
 from enclave.native.heap import retain_freed_memory
 from enclave.nsm.interface import Nsm
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
-from enclave.privacy.ledger import PrivacyLedger
+from enclave.privacy.ledger import PrivacyLedger, compose_epsilon
 from enclave.training.checkpoint import (
     CheckpointAuthenticator,
     CheckpointState,
@@ -76,20 +76,28 @@ class PublicTable:
 
 
 @dataclass(frozen=True)
+class TrainingDataset:
+    """One opened sealed dataset and what its budget ledger says about this job."""
+
+    opened: OpenedDataset
+    sealed_sha256: str
+    # The dataset's cumulative epsilon per its budget ledger, this job's reservation included.
+    dataset_epsilon: float
+
+
+@dataclass(frozen=True)
 class TrainingInputs:
     job_id: str
     spec: JobSpec
     plan: PlannedRun
-    train: OpenedDataset
-    train_sealed_sha256: str
+    # The sealed datasets in the spec's order; the job trains on the union of their records.
+    train: tuple[TrainingDataset, ...]
     public: Mapping[str, PublicTable]
     resume: CheckpointState | None
     nsm: Nsm
     generate_data_key: Callable[[str, dict[str, str]], tuple[bytes, bytes]]
     # Tags every checkpoint so that only this image, job and datasets can resume it.
     checkpoint_auth: CheckpointAuthenticator
-    # The dataset's cumulative epsilon per its budget ledger, this job's reservation included.
-    dataset_epsilon: float
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # SHA-256 (hex) of the sealed checkpoint file `resume` came from; the certificate names it.
     resume_sealed_sha256: str = ""
@@ -130,6 +138,16 @@ def table_arrays(
         raise UnusableRecords("a label lies outside the declared class range")
     y = torch.from_numpy(values.astype(np.int64))
     return rows, y
+
+
+def union_arrays(
+    tables: Sequence[pa.Table], features: str, label: str, num_classes: int | None = None
+) -> tuple[np.ndarray, torch.Tensor]:
+    """`table_arrays` over the records of every table, in order (the job check made their fields equal)."""
+    parts = [table_arrays(t, features, label, num_classes) for t in tables]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([rows for rows, _ in parts]), torch.cat([labels for _, labels in parts])
 
 
 def accuracy(model: nn.Module, model_name: str, rows: np.ndarray, labels: torch.Tensor) -> float:
@@ -191,7 +209,8 @@ class Trainer:
             ledger = PrivacyLedger.from_dict(inp.resume.ledger)
             self._check_resumed_ledger(ledger, start)
         classes = get_spec(spec.model.name).num_classes
-        rows, labels = table_arrays(inp.train.table, spec.data.features, spec.data.label, classes)
+        rows, labels = union_arrays([d.opened.table for d in inp.train], spec.data.features, spec.data.label,
+                                    classes)
         sampler = PoissonSampler(len(rows), plan.sampling_rate, rng.fork(b"poisson-sampler"))
         net, inputs = self._trainable_inputs(model, rows)
         engine = DpSgd(
@@ -236,14 +255,18 @@ class Trainer:
             job_id=inp.job_id,
             spec_sha256=spec.sha256,
             pcrs={i: inp.nsm.describe_pcr(i).value.hex() for i in PCR_INDICES},
-            datasets=(
+            datasets=tuple(
                 DatasetRecord(
-                    dataset_id=inp.train.dataset_id,
-                    sealed_sha256=inp.train_sealed_sha256,
-                    key_id=inp.train.header.key_id,
-                    encryption_context=dict(inp.train.header.encryption_context),
-                    records=inp.train.records,
-                ),
+                    dataset_id=d.opened.dataset_id,
+                    sealed_sha256=d.sealed_sha256,
+                    key_id=d.opened.header.key_id,
+                    encryption_context=dict(d.opened.header.encryption_context),
+                    records=d.opened.records,
+                    # The job's whole ledger at this dataset's delta: each owner's cap is at its own.
+                    epsilon=compose_epsilon(ledger.segments, d.opened.header.delta, plan.accountant),
+                    dataset_epsilon=d.dataset_epsilon,
+                )
+                for d in inp.train
             ),
             public_datasets=tuple(
                 PublicDatasetRecord(name=p.name, sha256=p.sha256, records=p.table.num_rows)
@@ -263,7 +286,6 @@ class Trainer:
             started_at=_rfc3339(started),
             finished_at=_rfc3339(inp.clock()),
             budget={"max_epsilon": plan.max_epsilon, "delta": plan.budget_delta},
-            dataset_epsilon=inp.dataset_epsilon,
             resumed_from=(
                 None if inp.resume is None
                 else ResumedFrom(sealed_sha256=inp.resume_sealed_sha256, step=inp.resume.step)

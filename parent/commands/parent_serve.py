@@ -94,6 +94,19 @@ def _datasets(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _spec_order(datasets: list[tuple[str, str]], spec_toml: str) -> list[tuple[str, str]]:
+    """The streams in the order the spec's data.train lists them; as given if the spec does not parse
+    (the enclave refuses it with the reason)."""
+    from enclave.training.spec import JobSpec
+    from parent.job_check import in_spec_order
+
+    try:
+        train = JobSpec.from_toml(spec_toml).data.train
+    except HermeticError:
+        return datasets
+    return in_spec_order(datasets, train)
+
+
 def _read_text(path: Path, what: str) -> str:
     try:
         return path.read_text("utf-8")
@@ -122,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # Inputs first: a wrong path is reported before any AWS credential lookup.
     spec_toml = _read_text(args.spec, "job spec")
-    datasets = _datasets(args.dataset)
+    datasets = _spec_order(_datasets(args.dataset), spec_toml)
     if args.resume is not None and args.job_id is None:
         raise ConfigError("--resume needs the --job-id of the run that wrote the checkpoint")
     target = RelayTarget.parse(args.kms_target)

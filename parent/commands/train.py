@@ -119,7 +119,10 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read job spec {args.spec}: {err}") from None
     spec = JobSpec.from_toml(spec_text)  # a malformed spec fails here, before anything is sent
-    datasets = _pairs(args.dataset, "--dataset")
+    from parent.job_check import in_spec_order
+
+    # Streamed in the spec's order, as the enclave requires, whatever the order of --dataset.
+    datasets = in_spec_order(_pairs(args.dataset, "--dataset"), spec.data.train)
     for _, path in datasets:
         if not Path(path).is_file():
             raise ConfigError(f"no sealed dataset at {path}")

@@ -109,13 +109,13 @@ def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[Seale
         "delta": body.delta,
         "accountant": verified.accountant,
         "budget": dict(body.budget),
-        "dataset_epsilon": body.dataset_epsilon,
         "privacy_unit": body.privacy_unit,
         "neighbouring": body.neighbouring,
         "pcrs": shown["pcrs"],
         "datasets": [
             {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,
-             "records": d.records}
+             "records": d.records, "epsilon": d.epsilon, "dataset_epsilon": d.dataset_epsilon,
+             "max_epsilon": float(d.encryption_context["max_epsilon"]), "delta": float(d.encryption_context["delta"])}
             for d in body.datasets
         ],
         "public_datasets": shown["public_datasets"],
@@ -144,8 +144,6 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"  job:          {report['job_id']} (spec sha256 {report['spec_sha256']})")
     print(f"  epsilon:      {report['epsilon']:.6g} ({report['accountant']}, recomputed from the ledger;"
           f" budget {report['budget']['max_epsilon']:.6g})")
-    print(f"  dataset:      epsilon {report['dataset_epsilon']:.6g} spent by every job on it, this one included"
-          f" (its budget ledger, as stated by the enclave)")
     others = ", ".join(f"{name} {value:.6g}" for name, value in report["epsilons"].items()
                        if name != report["accountant"])
     if others:
@@ -161,6 +159,9 @@ def _print_summary(report: dict[str, Any]) -> None:
     for dataset in report["datasets"]:
         print(f"  dataset:      {dataset['dataset_id']} ({dataset['records']} records, "
               f"sealed sha256 {dataset['sealed_sha256']})")
+        print(f"                epsilon {dataset['epsilon']:.6g} for this job at its delta {dataset['delta']:.3g}; "
+              f"{dataset['dataset_epsilon']:.6g} of its {dataset['max_epsilon']:.6g} spent by every job on it, "
+              "this one included (its budget ledger, as stated by the enclave)")
     print(f"  model:        sha256 {report['model_sha256']}")
     print(f"  checkpoint:   sha256 {report['checkpoint_sha256']}")
     resumed = report["resumed_from"]

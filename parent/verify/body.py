@@ -1,7 +1,8 @@
 """Strict decoding of privacy certificate bodies, and their JSON form for people.
 
-Only the exact canonical bytes of a v3 body decode (v2 stated the unit of privacy and
-the neighbouring relation, v3 the resume lineage; older bodies are refused); every field is type-checked
+Only the exact canonical bytes of a v4 body decode (v2 added the unit of privacy and
+the neighbouring relation, v3 the resume lineage, v4 each dataset's own epsilon; older
+bodies are refused); every field is type-checked
 again here, so a crafted file cannot smuggle an int where a float is attested.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def body_to_json(body: CertificateBody) -> dict[str, Any]:
 
 
 _BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
-_FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta", "dataset_epsilon"})
+_FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta"})
 
 
 def _keys(raw: Any, expected: tuple[str, ...], what: str) -> Mapping[str, Any]:
@@ -72,7 +73,8 @@ def _decode_dataset(raw: Any, index: int) -> DatasetRecord:
     return DatasetRecord(
         dataset_id=m["dataset_id"], sealed_sha256=m["sealed_sha256"], key_id=m["key_id"],
         encryption_context=checked_mapping(m["encryption_context"], f"{what}.encryption_context"),
-        records=m["records"],
+        records=m["records"], epsilon=_wire_float(m["epsilon"], f"{what}.epsilon"),
+        dataset_epsilon=_wire_float(m["dataset_epsilon"], f"{what}.dataset_epsilon"),
     )
 
 
@@ -106,7 +108,7 @@ def _decode_resumed_from(raw: Any) -> ResumedFrom | None:
 
 
 def decode_body(data: bytes) -> CertificateBody:
-    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v3 body."""
+    """Parse canonical body bytes; MalformedCertificate for anything not exactly a current (v4) body."""
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedCertificate("certificate body is not a byte string")
     if len(data) > MAX_BODY_SIZE:
@@ -151,7 +153,6 @@ def decode_body(data: bytes) -> CertificateBody:
         started_at=raw["started_at"],
         finished_at=raw["finished_at"],
         budget=budget,
-        dataset_epsilon=raw["dataset_epsilon"],
         resumed_from=_decode_resumed_from(raw["resumed_from"]),
         privacy_unit=raw["privacy_unit"],
         neighbouring=raw["neighbouring"],

@@ -18,7 +18,7 @@ from datetime import datetime
 from types import MappingProxyType
 
 from enclave.attestation.document import AttestationDocument, parse_attestation
-from enclave.certificate.body import CertificateBody
+from enclave.certificate.body import CertificateBody, DatasetRecord
 from enclave.certificate.checks import (
     check_attested_pcrs,
     check_body,
@@ -131,6 +131,8 @@ def verify_certificate(
             f"recomputed epsilon {spent!r} is above the budget's max_epsilon "
             f"{body.budget['max_epsilon']!r}"
         )
+    for record in body.datasets:
+        _check_dataset_epsilon(body, record)
     log.info("privacy certificate for job %s verified (attested %s)", body.job_id,
              document.timestamp.isoformat())
     return VerifiedCertificate(
@@ -140,3 +142,16 @@ def verify_certificate(
         accountant=accountant or body.accountant,
         body_sha384=digest,
     )
+
+
+def _check_dataset_epsilon(body: CertificateBody, record: DatasetRecord) -> None:
+    """The job's epsilon on one dataset, recomputed at that dataset's delta, against its own cap."""
+    name = record.dataset_id[:64]
+    delta, cap = float(record.encryption_context["delta"]), float(record.encryption_context["max_epsilon"])
+    truth = recompute_epsilon(body.ledger, delta, body.accountant)
+    if record.epsilon < truth * (1.0 - REL_TOLERANCE):
+        raise StatedEpsilonTooLow(
+            f"dataset {name!r}: stated epsilon {record.epsilon!r} is lower than the recomputed {truth!r} at its delta"
+        )
+    if truth + metrics_epsilon(body) > cap * (1.0 + REL_TOLERANCE):
+        raise BudgetExceeded(f"dataset {name!r}: recomputed epsilon {truth!r} is above its max_epsilon {cap!r}")

@@ -51,30 +51,15 @@ from tests.enclave.test_runtime import (
 )
 from tests.support.channels import MemoryListener, drain
 from tests.support.ledgers import MEMORY_LOCATION, MemoryLedgers
+from tests.support.specs import mlp_spec
 
 DATASET = "shared-v1"
 RECORDS = 200  # q = 20 / 200 = 0.1
 
 
 def job_spec(*, steps: int = 2, noise: float = 1.0, checkpoint_every: int = 0) -> TrainingJob:
-    every = f"every_steps = {checkpoint_every}\n" if checkpoint_every else ""
-    return TrainingJob(f"""
-[job]
-name = "ledger-test"
-[model]
-name = "mlp"
-[optimizer]
-name = "sgd"
-lr = 0.1
-[privacy]
-expected_batch_size = 20
-steps = {steps}
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = {noise}
-[checkpoint]
-{every}key_id = "{KEY_ARN}"
-""")
+    return TrainingJob(mlp_spec(key_id=KEY_ARN, name="ledger-test", steps=steps, noise=noise,
+                                checkpoint_every=checkpoint_every))
 
 
 def seal(folder: Path, *, max_epsilon: float, public_key_from: bytes = DATA_KEY) -> bytes:
@@ -227,8 +212,9 @@ def test_a_forked_checkpoint_resumed_twice_pays_twice(nsm: MockNsm, ca: LocalCa,
     [issued] = [m for m in resumed if isinstance(m, CertificateIssued)]
     body = verify_certificate(issued.data, root_der=ca.root_der, policy=pinned(nsm)).body
     paid = compose_epsilon([Segment(0.1, 2.0, 4), Segment(0.1, 2.0, 2), Segment(0.1, 2.0, 2)], 1e-5, "prv")
-    assert body.dataset_epsilon == pytest.approx(paid)
-    assert body.dataset_epsilon > body.epsilon["prv"]
+    [record] = body.datasets
+    assert record.dataset_epsilon == pytest.approx(paid)
+    assert record.dataset_epsilon > record.epsilon == pytest.approx(body.epsilon["prv"])
     # The first run reserved its 4 steps; each resume from step 2 reserved the 2 it ran again.
     assert [(e.job_id, e.steps) for e in entries(ledgers)] == [("forked", 4), ("forked", 2), ("forked", 2)]
     assert len({e.nonce for e in entries(ledgers)}) == 3

@@ -99,7 +99,7 @@ def test_a_second_job_past_the_cap_is_refused_before_any_key_use(
     [issued] = [m for m in first.messages if isinstance(m, CertificateIssued)]
     body = verify_certificate(issued.data, root_der=data_path.ca.root_der,
                               policy=AttestationPolicy.from_pcrs({0: data_path.pcrs[0]})).body
-    assert body.dataset_epsilon == reserved.fields["dataset_epsilon"]
+    assert body.datasets[0].dataset_epsilon == reserved.fields["dataset_epsilon"]
 
     nsm = CountingNsm(data_path.ca, pcrs=data_path.pcrs)
     with pytest.raises(EnclaveError) as refused:

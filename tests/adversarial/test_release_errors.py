@@ -69,7 +69,7 @@ def test_failures_after_opening_are_one_constant_error_and_log_no_value(
 
     def quoting_bug(inputs: TrainingInputs, gate: EgressGate) -> Any:
         # A bug whose message quotes a record.
-        row = inputs.train.table.column("image")[0].as_py()
+        row = inputs.train[0].opened.table.column("image")[0].as_py()
         raise ValueError(f"cannot use record {bytes(row).hex()[:48]}")
 
     def schema_probe(inputs: TrainingInputs, gate: EgressGate) -> Any:

@@ -90,10 +90,12 @@ def _body(replies: list[Message], ca: LocalCa, nsm: MockNsm) -> CertificateBody:
 def test_an_honest_checkpoint_resumes_and_the_certificate_names_it(
     nsm: MockNsm, ca: LocalCa, sealed_cap3: bytes
 ) -> None:
-    replies, _ = job(sealed_cap3, MemoryLedgers(), nsm, job_id="forged", spec=SPEC, loop=Trainer)
+    # One ledger for both sessions: the certificate checks the job's epsilon against the dataset's total.
+    ledgers = MemoryLedgers()
+    replies, _ = job(sealed_cap3, ledgers, nsm, job_id="forged", spec=SPEC, loop=Trainer)
     assert _body(replies, ca, nsm).resumed_from is None
     checkpoint = _checkpoints(replies)[2]
-    resumed, _ = job(sealed_cap3, MemoryLedgers(), nsm, job_id="forged", spec=SPEC, loop=Trainer, resume=checkpoint)
+    resumed, _ = job(sealed_cap3, ledgers, nsm, job_id="forged", spec=SPEC, loop=Trainer, resume=checkpoint)
     assert error_of(resumed) is None, resumed[-1]
     body = _body(resumed, ca, nsm)
     assert body.steps == 4

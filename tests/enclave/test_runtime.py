@@ -51,6 +51,7 @@ from parent.verify.certificate import verify_certificate
 from tests.support.certificates import PINNED
 from tests.support.channels import MemoryListener, drain
 from tests.support.ledgers import MEMORY_LOCATION, MemoryLedgers
+from tests.support.specs import mlp_spec
 
 QUICK_LIMITS = RuntimeLimits(recv_timeout_s=5)
 
@@ -65,24 +66,7 @@ FIXED_NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def spec_toml(*, steps: int = 2, noise: float = 1.0, train: str | None = None) -> str:
-    data = f'[data]\ntrain = "{train}"\n' if train else ""
-    return f"""
-[job]
-name = "runtime-test"
-[model]
-name = "mlp"
-{data}[optimizer]
-name = "sgd"
-lr = 0.1
-[privacy]
-expected_batch_size = 20
-steps = {steps}
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = {noise}
-[checkpoint]
-key_id = "{KEY_ARN}"
-"""
+    return mlp_spec(key_id=KEY_ARN, steps=steps, noise=noise, train=train)
 
 
 SPEC = TrainingJob(spec_toml())
@@ -319,7 +303,7 @@ def test_unexpected_exception_in_training_releases_nothing_more(
     nsm: MockNsm, sealed: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     def failing_loop(inputs: TrainingInputs, gate: EgressGate) -> Any:
-        raise ZeroDivisionError(f"loss {float(inputs.train.table.num_rows) / 0.0001}")
+        raise ZeroDivisionError(f"loss {float(inputs.train[0].opened.table.num_rows) / 0.0001}")
 
     caplog.set_level(logging.DEBUG, logger="enclave")
     replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], training_loop=failing_loop)
@@ -359,7 +343,8 @@ def test_the_training_loop_gets_the_opened_data_and_public_sets(nsm: MockNsm, se
                                 *stream(1, TRAIN, sealed)], training_loop=loop)
     assert replies[-2:] == [JobResult("ok", "recorded"), Goodbye()]
     [inputs] = loop.inputs
-    assert inputs.train.records == 200 and inputs.train_sealed_sha256 == hashlib.sha256(sealed).hexdigest()
+    [train] = inputs.train
+    assert train.opened.records == 200 and train.sealed_sha256 == hashlib.sha256(sealed).hexdigest()
     assert inputs.public["holdout"].table.num_rows == 10 and inputs.clock() == FIXED_NOW
     assert inputs.resume is None and inputs.job_id == "job-1"
 

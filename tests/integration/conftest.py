@@ -9,7 +9,7 @@ import json
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,10 +191,11 @@ class DataPath:
         spec: str | None = None,
         s3_relay: Address | None = None,
         s3_ledgers: bool | None = None,
+        more: Sequence[tuple[str, Path]] = (),
     ) -> SessionOutcome:
         """One job; with `s3_ledgers` (default: when `s3_relay` is given) the enclave is wired as
         `python -m enclave` is (S3 ledgers only, through its S3 forwarder dialling `s3_relay`),
-        else with the local ledger directory."""
+        else with the local ledger directory. `more` streams further sealed datasets after the first."""
         wired_for_s3 = s3_relay is not None if s3_ledgers is None else s3_ledgers
         control = UnixAddress(str(self.sock_dir / f"{name}.sock"))
         relay = UnixAddress(str(self.sock_dir / f"{name}-kms.sock"))
@@ -212,7 +213,8 @@ class DataPath:
         try:
             return run_job(
                 enclave=control, relay_listen=relay, kms_target=target, allow_list=[target],
-                credentials=self.credentials(), job_id=name, datasets=[(dataset_id, str(source))],
+                credentials=self.credentials(), job_id=name,
+                datasets=[(dataset_id, str(source)), *((other, str(path)) for other, path in more)],
                 tap=tap, extra=[TrainingJob(spec_toml=spec or spec_toml(self.model_key_id))],
             )
         finally:

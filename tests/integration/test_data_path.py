@@ -43,11 +43,12 @@ def test_enclave_opens_what_the_owner_sealed_and_parent_sees_only_ciphertext(
     assert event.fields["records"] == 3000
     # The training loop gets exactly the records the owner sealed, in order.
     [inputs] = loop.inputs
-    assert inputs.train.dataset_id == sealed.result.dataset_id
-    table = inputs.train.table
+    [train] = inputs.train
+    assert train.opened.dataset_id == sealed.result.dataset_id
+    table = train.opened.table
     assert np.array(table.column("image").to_pylist(), dtype=np.uint8).tolist() == sealed.features.tolist()
     assert table.column("label").to_pylist() == sealed.labels.tolist()
-    assert inputs.train_sealed_sha256 == hashlib.sha256(sealed.path.read_bytes()).hexdigest()
+    assert train.sealed_sha256 == hashlib.sha256(sealed.path.read_bytes()).hexdigest()
 
     traffic = tap.data
     # The sealed file went through, and so did KMS traffic (the relay was tapped too).

@@ -12,7 +12,7 @@ from enclave.sealed.stream import read_header, seal_stream
 from enclave.training.check import check_job as enclave_check_job
 from enclave.training.spec import JobSpec
 from parent.cli import main
-from parent.job_check import JobCheck, check_job
+from parent.job_check import JobCheck, check_job, in_spec_order
 from parent.seal import seal_dataset
 from parent.sources import open_source
 from tests.support.checkpoints import TAG
@@ -136,7 +136,7 @@ def test_a_job_trains_on_one_sealed_dataset(tmp_path: Path) -> None:
     first, second = sealed(tmp_path, "a"), sealed(tmp_path, "b")
     result = check_job(write_spec(tmp_path), [first, second])
     assert [(p.where, p.message) for p in result.problems] == [
-        ("data.train", "names no dataset, and 2 sealed datasets were given: a job trains on exactly one")]
+        ("data.train", "names no dataset, and 2 sealed datasets were given: a job on several lists them all in data.train")]
     named = check_job(write_spec(tmp_path, name="named.toml", data='train = "b-v1"'), [first, second])
     assert [(p.where, p.message) for p in named.problems] == [
         (f"{first}: data.train", "names dataset 'b-v1', the sealed file is 'a-v1'")]
@@ -209,3 +209,26 @@ def test_cli_usage_errors_exit_2() -> None:
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
+
+
+def test_a_job_on_the_datasets_its_spec_lists_plans_once_over_their_union(tmp_path: Path) -> None:
+    first, second = sealed(tmp_path, "a", records=6000), sealed(tmp_path, "b", records=4000, max_epsilon=9.0)
+    result = check_job(write_spec(tmp_path, data='train = ["a-v1", "b-v1"]'), [second, first])
+    assert result.ok, result.problems
+    assert result.planned[str(first)] == result.planned[str(second)]
+    plan = result.planned[str(first)]
+    assert (plan.records, plan.sampling_rate, plan.max_epsilon) == (10_000, 0.01, 3.0)
+
+
+def test_a_listed_dataset_without_its_file_is_named(tmp_path: Path) -> None:
+    first = sealed(tmp_path, "a")
+    result = check_job(write_spec(tmp_path, data='train = ["a-v1", "b-v1"]'), [first])
+    assert [(p.where, p.message) for p in result.problems] == [
+        ("data.train", "names dataset 'b-v1', which no sealed file given holds")]
+
+
+def test_streams_follow_the_specs_order() -> None:
+    given = [("b-v1", "b.sealed"), ("x-v1", "x.sealed"), ("a-v1", "a.sealed")]
+    assert in_spec_order(given, ("a-v1", "b-v1")) == [("a-v1", "a.sealed"), ("b-v1", "b.sealed"),
+                                                      ("x-v1", "x.sealed")]
+    assert in_spec_order(given, ()) == given

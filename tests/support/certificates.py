@@ -65,8 +65,6 @@ def make_body(**overrides: Any) -> CertificateBody:
         "job_id": "job-0001",
         "spec_sha256": sha256_hex("spec"),
         "pcrs": {index: PCRS[index].hex() for index in (0, 1, 2, 3)},
-        "datasets": (DatasetRecord("patients-2024", sha256_hex("sealed"), "alias/hospital-a",
-                                   context(), 60000),),
         "public_datasets": (PublicDatasetRecord("fashion-mnist-test", sha256_hex("public"), 10000),),
         "sampling_rate": Q,
         "noise_multiplier": SIGMA,
@@ -81,9 +79,13 @@ def make_body(**overrides: Any) -> CertificateBody:
         "started_at": format_time(now - timedelta(minutes=10)),
         "finished_at": format_time(now - timedelta(minutes=1)),
         "budget": {"max_epsilon": MAX_EPSILON, "delta": DELTA},
-        "dataset_epsilon": 2.5,
     }
     fields.update(overrides)
+    if "datasets" not in fields:
+        # The job's epsilon at the dataset's delta, recomputed as a verifier does; 2.5 spent in all.
+        epsilon = stated_epsilons(list(fields["ledger"]), DELTA)["prv"]
+        fields["datasets"] = (DatasetRecord("patients-2024", sha256_hex("sealed"), "alias/hospital-a",
+                                            context(), 60000, epsilon, max(epsilon, 2.5)),)
     if "epsilon" not in fields:
         fields["epsilon"] = stated_epsilons(list(fields["ledger"]), fields["delta"])
     return CertificateBody(**fields)

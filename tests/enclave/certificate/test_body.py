@@ -29,39 +29,40 @@ def _kat_body() -> CertificateBody:
     # Deliberately tiny values: this pins the encoding, not the semantics.
     return CertificateBody(
         job_id="j", spec_sha256="s", pcrs={2: "22", 0: "00"},
-        datasets=(DatasetRecord("d", "h", "k", {"dataset_id": "d"}, 7),),
+        datasets=(DatasetRecord("d", "h", "k", {"dataset_id": "d"}, 7, 2.25, 2.75),),
         public_datasets=(), sampling_rate=0.5, noise_multiplier=1.0, max_grad_norm=1,
         steps=3, delta=1e-5, epsilon={"prv": 2.5}, accountant="prv",
         ledger=[{"q": 0.5, "sigma": 1.0, "steps": 3}], model_sha256="m", checkpoint_sha256="c",
         metrics=(ReleasedMetric("acc", 0.75, "public_eval", 3, 0.0),),
         started_at="2025-01-01T00:00:00.000Z", finished_at="2025-01-01T01:00:00.000Z",
-        budget={"max_epsilon": 3.0, "delta": 1e-5}, dataset_epsilon=2.75,
+        budget={"max_epsilon": 3.0, "delta": 1e-5},
         resumed_from=ResumedFrom(sealed_sha256="r", step=2),
     )
 
 
 KAT_HEX = (
-    "b8186470637273a200623030026232326564656c7461fb3ee4f8b588e368f165"
-    "73746570730366627564676574a26564656c7461fb3ee4f8b588e368f16b6d61"
-    "785f657073696c6f6efb4008000000000000666a6f625f6964616a666c656467"
-    "657281a36171fb3fe0000000000000657369676d61fb3ff00000000000006573"
-    "746570730367657073696c6f6ea163707276fb4004000000000000676d657472"
-    "69637381a5646b696e646b7075626c69635f6576616c646e616d656361636364"
-    "73746570036576616c7565fb3fe80000000000006c657073696c6f6e5f636f73"
-    "74fb00000000000000006776657273696f6e0368646174617365747381a5666b"
-    "65795f6964616b677265636f726473076a646174617365745f696461646d7365"
-    "616c65645f736861323536616872656e6372797074696f6e5f636f6e74657874"
-    "a16a646174617365745f696461646a6163636f756e74616e74637072766a7374"
-    "61727465645f61747818323032352d30312d30315430303a30303a30302e3030"
-    "305a6b66696e69736865645f61747818323032352d30312d30315430313a3030"
-    "3a30302e3030305a6b737065635f73686132353661736c6d6f64656c5f736861"
-    "323536616d6c6e65696768626f7572696e67687a65726f2d6f75746c70726976"
-    "6163795f756e6974667265636f72646c726573756d65645f66726f6da2647374"
-    "6570026d7365616c65645f73686132353661726d6d61785f677261645f6e6f72"
-    "6dfb3ff00000000000006d73616d706c696e675f72617465fb3fe00000000000"
-    "006f646174617365745f657073696c6f6efb40060000000000006f7075626c69"
-    "635f646174617365747380706e6f6973655f6d756c7469706c696572fb3ff000"
-    "000000000071636865636b706f696e745f7368613235366163"
+    "b76470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
+    "746570730366627564676574a26564656c7461fb3ee4f8b588e368f16b6d6178"
+    "5f657073696c6f6efb4008000000000000666a6f625f6964616a666c65646765"
+    "7281a36171fb3fe0000000000000657369676d61fb3ff0000000000000657374"
+    "6570730367657073696c6f6ea163707276fb4004000000000000676d65747269"
+    "637381a5646b696e646b7075626c69635f6576616c646e616d65636163636473"
+    "746570036576616c7565fb3fe80000000000006c657073696c6f6e5f636f7374"
+    "fb00000000000000006776657273696f6e0468646174617365747381a7666b65"
+    "795f6964616b67657073696c6f6efb4002000000000000677265636f72647307"
+    "6a646174617365745f696461646d7365616c65645f73686132353661686f6461"
+    "74617365745f657073696c6f6efb400600000000000072656e6372797074696f"
+    "6e5f636f6e74657874a16a646174617365745f696461646a6163636f756e7461"
+    "6e74637072766a737461727465645f61747818323032352d30312d3031543030"
+    "3a30303a30302e3030305a6b66696e69736865645f61747818323032352d3031"
+    "2d30315430313a30303a30302e3030305a6b737065635f73686132353661736c"
+    "6d6f64656c5f736861323536616d6c6e65696768626f7572696e67687a65726f"
+    "2d6f75746c707269766163795f756e6974667265636f72646c726573756d6564"
+    "5f66726f6da26473746570026d7365616c65645f73686132353661726d6d6178"
+    "5f677261645f6e6f726dfb3ff00000000000006d73616d706c696e675f726174"
+    "65fb3fe00000000000006f7075626c69635f646174617365747380706e6f6973"
+    "655f6d756c7469706c696572fb3ff000000000000071636865636b706f696e74"
+    "5f7368613235366163"
 )
 
 
@@ -69,12 +70,32 @@ def test_known_answer_bytes() -> None:
     assert encode_body(_kat_body()).hex() == KAT_HEX
 
 
+def test_known_answer_dataset_record_by_hand() -> None:
+    # Written out from RFC 8949 by hand, not by the encoder: a 23-entry body map (v4 has no
+    # body-level dataset_epsilon), version 4, and the one dataset record as a 7-entry map whose
+    # keys sort by length then bytes, with this job's epsilon 2.25 and the dataset's 2.75.
+    record = (
+        "81a7"                                   # array(1), map(7)
+        "666b65795f6964" "616b"                  # "key_id": "k"
+        "67657073696c6f6e" "fb4002000000000000"  # "epsilon": 2.25 (float64)
+        "677265636f726473" "07"                  # "records": 7
+        "6a646174617365745f6964" "6164"          # "dataset_id": "d"
+        "6d7365616c65645f736861323536" "6168"    # "sealed_sha256": "h"
+        "6f646174617365745f657073696c6f6e" "fb4006000000000000"  # "dataset_epsilon": 2.75
+        "72656e6372797074696f6e5f636f6e74657874" "a1"  # "encryption_context": map(1)
+    )
+    assert KAT_HEX.startswith("b7")
+    assert "6776657273696f6e04" + "68646174617365747" + "3" + record in KAT_HEX
+    assert "6f646174617365745f657073696c6f6e" not in KAT_HEX.replace(record, "")
+
+
 def test_known_answer_structure_by_hand() -> None:
     data = encode_body(_kat_body())
-    # 24 keys (0xb8 0x18: more than 23 takes a length byte); the shortest key first.
-    assert data[:7] == b"\xb8\x18\x64pcrs"
-    # Version 3 states the resume lineage; version 2 the unit of privacy and the neighbouring relation.
-    assert b"\x67version\x03" in data
+    # 23 keys (0xb7); the shortest key first (length-first canonical ordering).
+    assert data[:6] == b"\xb7\x64pcrs"
+    # Version 4 states each dataset's epsilons in its record (below); version 3 the resume
+    # lineage; version 2 the unit of privacy and the neighbouring relation.
+    assert b"\x67version\x04" in data
     # resumed_from by hand: a map of 2, "step" (4 characters) before "sealed_sha256" (13).
     assert b"\x6cresumed_from\xa2\x64step\x02\x6dsealed_sha256\x61r" in data
     # A run from step 0 says so with null, never by leaving the key out.
@@ -82,7 +103,8 @@ def test_known_answer_structure_by_hand() -> None:
     assert b"\x6cresumed_from\xf6" in fresh and len(fresh) == len(data) - len(b"\xa2\x64step\x02\x6dsealed_sha256\x61r") + 1
     assert b"\x6cprivacy_unit\x66record" in data
     assert b"\x6cneighbouring\x68zero-out" in data
-    assert b"\x6fdataset_epsilon\xfb" + struct.pack(">d", 2.75) in data
+    assert b"\x67epsilon\xfb" + struct.pack(">d", 2.25) + b"\x67records\x07" in data
+    assert b"\x6fdataset_epsilon\xfb" + struct.pack(">d", 2.75) + b"\x72encryption_context" in data
     # A ledger segment written by hand: keys q, sigma, steps; floats as float64 even
     # when float16 could hold them exactly (0.5, 1.0).
     segment = (b"\xa3" + b"\x61q" + b"\xfb" + struct.pack(">d", 0.5)
@@ -150,6 +172,9 @@ def _mutated(change: Any) -> bytes:
         lambda w: w.update(resumed_from={"sealed_sha256": "r", "step": -1}),
         lambda w: w.update(resumed_from={"sealed_sha256": "", "step": 1}),
         lambda w: w.update(resumed_from=[]),
+        lambda w: w.update(version=3),
+        lambda w: w.update(version=5),
+        lambda w: w.update(dataset_epsilon=2.5),
         lambda w: w.update(steps=True),
         lambda w: w.update(steps=-1),
         lambda w: w.update(steps=100.0),
@@ -165,6 +190,9 @@ def _mutated(change: Any) -> bytes:
         lambda w: w.update(budget={"max_epsilon": 8.0}),
         lambda w: w.update(datasets={}),
         lambda w: w["datasets"][0].pop("records"),
+        lambda w: w["datasets"][0].pop("dataset_epsilon"),
+        lambda w: w["datasets"][0].update(epsilon=1),
+        lambda w: w["datasets"][0].update(dataset_epsilon="2.5"),
         lambda w: w["datasets"][0].update(encryption_context={"a": 1}),
         lambda w: w["ledger"][0].update(q=1),
         lambda w: w["ledger"][0].update(extra=0.0),
@@ -203,11 +231,11 @@ def test_decode_rejects_non_canonical_encodings() -> None:
 def test_decode_rejects_duplicate_keys() -> None:
     data = encode_body(make_body())
     # Bump the map length by one and repeat the first entry ("pcrs").
-    head, first_key = data[:2], cbor2.dumps("pcrs")
-    assert head == b"\xb8\x18"  # 24 entries
+    head, first_key = data[0], cbor2.dumps("pcrs")
+    assert head == 0xB7  # 23 entries
     start = len(first_key) + 2
     value = dumps_f64(cbor2.loads(data)["pcrs"])
-    forged = b"\xb8\x19" + first_key + value + data[2:]
+    forged = b"\xb8\x18" + first_key + value + data[1:]
     assert forged[start:start + len(value)] == value
     with pytest.raises(MalformedCertificate):
         decode_body(forged)

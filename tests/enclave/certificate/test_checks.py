@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,8 @@ def test_heterogeneous_ledger_passes_with_any_top_level_parameters() -> None:
 
 def _dataset(**changes: Any) -> DatasetRecord:
     fields = {"dataset_id": "patients-2024", "sealed_sha256": sha256_hex("sealed"),
-              "key_id": "alias/hospital-a", "encryption_context": context(), "records": 60000}
+              "key_id": "alias/hospital-a", "encryption_context": context(), "records": 60000,
+              "epsilon": make_body().datasets[0].epsilon, "dataset_epsilon": 2.5}
     fields.update(changes)
     return DatasetRecord(**fields)
 
@@ -159,6 +161,24 @@ def test_attested_pcrs_must_match_every_listed_index() -> None:
 
 def test_a_dataset_epsilon_above_the_cap_is_refused() -> None:
     # Every job on the dataset together, as its ledger held them, must fit the sealed cap too.
-    check_body(make_body(dataset_epsilon=MAX_EPSILON))
-    with pytest.raises(BudgetExceeded, match="dataset epsilon"):
-        check_body(make_body(dataset_epsilon=MAX_EPSILON * 1.01))
+    check_body(make_body(datasets=(_dataset(dataset_epsilon=MAX_EPSILON),)))
+    with pytest.raises(BudgetExceeded, match="dataset 'patients-2024' epsilon"):
+        check_body(make_body(datasets=(_dataset(dataset_epsilon=MAX_EPSILON * 1.01),)))
+
+
+def test_each_dataset_epsilon_is_held_to_its_own_cap() -> None:
+    # Two owners: the tighter cap binds its own dataset, not the other's.
+    tight = _dataset(dataset_id="clinic-b", encryption_context=context("clinic-b", max_epsilon=4.0),
+                     dataset_epsilon=4.0)
+    loose = _dataset(dataset_epsilon=7.0)
+    check_body(make_body(datasets=(loose, tight), budget={"max_epsilon": 4.0, "delta": 1e-5}))
+    over = dataclasses.replace(tight, dataset_epsilon=4.5)
+    with pytest.raises(BudgetExceeded, match="dataset 'clinic-b' epsilon 4.5"):
+        check_body(make_body(datasets=(loose, over), budget={"max_epsilon": 4.0, "delta": 1e-5}))
+
+
+def test_a_job_epsilon_above_its_datasets_cumulative_is_refused() -> None:
+    with pytest.raises(InconsistentCertificate, match="above the dataset's cumulative"):
+        check_body(make_body(datasets=(_dataset(epsilon=3.0, dataset_epsilon=2.5),)))
+    with pytest.raises(InconsistentCertificate, match="negative"):
+        check_body(make_body(datasets=(_dataset(epsilon=-1.0),)))

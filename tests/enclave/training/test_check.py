@@ -352,3 +352,57 @@ def test_what_the_header_puts_into_a_message_is_bounded() -> None:
     assert wheres(problems) == ["data.features", "data.label"]
     assert all(len(p.message) < 400 for p in problems)
     assert problems[1].message.startswith("column 'label' is struct<f0: int64, f1: int64")
+
+
+# -- a job on several datasets -------------------------------------------------------
+def test_several_datasets_plan_one_run_over_their_union() -> None:
+    a = dataset_header(dataset_id="a-v1", records=6000, max_epsilon=5.0)
+    b = dataset_header(dataset_id="b-v1", records=4000, max_epsilon=8.0, delta=1e-4)
+    review = review_job(spec(data={"train": ["a-v1", "b-v1"]}, steps=50), [a, b])
+    assert review.problems == ()
+    assert review.planned is not None
+    # q over the union's 10 000 records, the tightest cap and delta reported.
+    assert review.planned.records == 10_000 and review.planned.sampling_rate == 100 / 10_000
+    assert (review.planned.max_epsilon, review.planned.budget_delta) == (5.0, 1e-5)
+
+
+def test_a_run_over_one_owners_cap_names_that_dataset() -> None:
+    a = dataset_header(dataset_id="a-v1", records=5000, max_epsilon=100.0)
+    b = dataset_header(dataset_id="b-v1", records=5000, max_epsilon=0.5)
+    problems = check_job(spec(data={"train": ["a-v1", "b-v1"]}), [a, b])
+    assert [(p.where, p.code) for p in problems] == [("privacy.noise_multiplier", BUDGET)]
+    assert "exceeds dataset 'b-v1''s budget 0.5" in problems[0].message
+
+
+def test_a_job_delta_above_one_owners_delta_names_that_dataset() -> None:
+    a = dataset_header(dataset_id="a-v1", delta=1e-4)
+    b = dataset_header(dataset_id="b-v1", delta=1e-6)
+    problems = check_job(spec(data={"train": ["a-v1", "b-v1"]}, delta=1e-5), [a, b])
+    assert [p.message for p in problems if p.where == "privacy.delta"] == [
+        "job delta 1e-05 exceeds dataset 'b-v1''s delta 1e-06"]
+
+
+@pytest.mark.parametrize(("field", "where", "shown"), [
+    (label_field(classes=5), "data.label", "uint8 with 5 classes"),
+    (label_field(kind=pa.int64()), "data.label", "int64 with 10 classes"),
+    (image_field(shape=b"784"), "data.features", "shaped 784"),
+])
+def test_datasets_whose_fields_differ_are_refused(field: pa.Field, where: str, shown: str) -> None:
+    fields = {f.name: f for f in (image_field(), LABEL)}
+    fields[field.name] = field
+    a = dataset_header(dataset_id="a-v1")
+    b = with_schema(*fields.values(), dataset_id="b-v1")
+    problems = review_job(spec(data={"train": ["a-v1", "b-v1"]}), [a, b]).problems
+    mismatch = [p for p in problems if "share a schema" in p.message]
+    assert [p.where for p in mismatch] == [f"b-v1: {where}"]
+    assert shown in mismatch[0].message and "in a-v1 it is" in mismatch[0].message
+
+
+def test_each_datasets_own_problems_carry_its_id() -> None:
+    a = dataset_header(dataset_id="a-v1")
+    b = with_schema(image_field(), label_field(classes=None), dataset_id="b-v1")
+    c = dataset_header(dataset_id="c-v1")
+    problems = check_job(spec(data={"train": ["a-v1", "b-v1"]}), [a, b, c])
+    assert "b-v1: data.label" in wheres(problems)
+    assert ("c-v1: data.train", "names datasets 'a-v1', 'b-v1', the sealed file is 'c-v1'") in [
+        (p.where, p.message) for p in problems]

@@ -161,7 +161,7 @@ def test_any_value_changes_the_hash(old: str, new: str) -> None:
 
 def test_optional_sections_and_defaults() -> None:
     spec = JobSpec.from_toml(MINIMAL)
-    assert spec.data.train is None and (spec.data.features, spec.data.label) == ("image", "label")
+    assert spec.data.train == () and (spec.data.features, spec.data.label) == ("image", "label")
     assert spec.optimizer.momentum is None and spec.optimizer.weight_decay == 0.0
     assert spec.privacy.accountant == "prv" and spec.privacy.target_epsilon is None
     assert (spec.eval.public, spec.eval.every_steps) == (None, 200)
@@ -402,3 +402,26 @@ def test_random_text_only_raises_spec_error(text: str) -> None:
         JobSpec.from_toml(text)
     except SpecError:
         pass
+
+
+@pytest.mark.parametrize(("train", "expected", "canonical"), [
+    ("a-v1", ("a-v1",), "a-v1"),
+    (["a-v1"], ("a-v1",), "a-v1"),
+    (["a-v1", "b-v1"], ("a-v1", "b-v1"), ["a-v1", "b-v1"]),
+])
+def test_data_train_names_one_dataset_or_lists_several(train: Any, expected: tuple[str, ...], canonical: Any) -> None:
+    spec = JobSpec.from_mapping({**base(), "data": {"train": train}})
+    assert spec.data.train == expected and spec.to_canonical()["data"]["train"] == canonical
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ([], "data.train must list 1..16 dataset ids, got 0"),
+    (["a"] * 17, "data.train must list 1..16 dataset ids, got 17"),
+    (["a", 3], "data.train[1] must be a string, got an integer"),
+    (["a", ""], "data.train[1] must not be empty"),
+    (["a", "b", "a"], "data.train names a dataset more than once: 'a', 'b', 'a'"),
+])
+def test_bad_data_train_lists_are_refused(train: Any, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        JobSpec.from_mapping({**base(), "data": {"train": train}})
+    assert str(err.value) == message

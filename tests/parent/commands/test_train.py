@@ -86,3 +86,35 @@ def test_an_enclave_refusal_carries_the_enclave_code(spec: Path, tmp_path: Path,
     assert main(argv) == 1
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["enclave_code"] == "budget" and "remaining 1" in verdict["error"]
+
+
+def test_repeated_datasets_stream_in_the_specs_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import parent.commands.train as train
+    from enclave.errors import ConfigError
+
+    spec = tmp_path / "job.toml"
+    spec.write_text(SPEC.replace("[optimizer]", '[data]\ntrain = ["a-v1", "b-v1"]\n[optimizer]'))
+    files = {name: tmp_path / f"{name}.sealed" for name in ("a-v1", "b-v1")}
+    for path in files.values():
+        path.write_bytes(b"x")
+    seen: list[list[tuple[str, str]]] = []
+
+    def check(args: object, datasets: list[tuple[str, str]]) -> None:
+        seen.append(datasets)
+        raise ConfigError("stopped before the enclave")
+
+    monkeypatch.setattr(train, "local_state", lambda *a, **k: None)
+    monkeypatch.setattr(train, "_check_job", check)
+    argv = ["train", str(spec), "--local", str(tmp_path), "--out", str(tmp_path / "o"),
+            "--dataset", f"b-v1={files['b-v1']}", "--dataset", f"a-v1={files['a-v1']}"]
+    assert main(argv) == 1
+    assert seen == [[("a-v1", str(files["a-v1"])), ("b-v1", str(files["b-v1"]))]]
+
+
+def test_parent_run_orders_streams_by_the_spec_and_leaves_a_bad_spec_to_the_enclave() -> None:
+    from parent.commands.parent_serve import _spec_order
+
+    given = [("b-v1", "s3://x/b"), ("a-v1", "s3://x/a")]
+    listed = SPEC.replace("[optimizer]", '[data]\ntrain = ["a-v1", "b-v1"]\n[optimizer]')
+    assert _spec_order(given, listed) == [("a-v1", "s3://x/a"), ("b-v1", "s3://x/b")]
+    assert _spec_order(given, "[job]\nname = 'x'\n") == given

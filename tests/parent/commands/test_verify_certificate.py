@@ -73,6 +73,8 @@ def test_valid_certificate_summary(cert: Path, root_pem: Path,
     assert f"enclave PCR0: {PCRS[0].hex()}" in out
     assert body.model_sha256 in out
     assert "patients-2024" in out
+    assert (f"epsilon {body.datasets[0].epsilon:.6g} for this job at its delta 1e-05; 2.5 of its 8 spent by every "
+            "job on it") in out
     assert "test_accuracy" in out
     assert "prv" in out and "rdp" in out
 
@@ -90,7 +92,8 @@ def test_json_output(cert: Path, root_pem: Path, capsys: pytest.CaptureFixture[s
     assert report["pcrs"]["0"] == PCRS[0].hex()
     assert report["datasets"] == [{
         "dataset_id": "patients-2024", "sealed_sha256": body.datasets[0].sealed_sha256,
-        "key_id": "alias/hospital-a", "records": 60000,
+        "key_id": "alias/hospital-a", "records": 60000, "epsilon": body.datasets[0].epsilon,
+        "dataset_epsilon": 2.5, "max_epsilon": 8.0, "delta": 1e-5,
     }]
     assert report["steps"] == 100 and report["sampling_rate"] == 0.01
     assert report["noise_multiplier"] == 1.1 and report["max_grad_norm"] == 1.0
@@ -284,7 +287,7 @@ def job(ca: LocalCa, tmp_path: Path) -> dict[str, Path]:
         header = read_header(handle)
     context = dict(header.encryption_context)
     record = DatasetRecord(context["dataset_id"], hashlib.sha256(sealed.read_bytes()).hexdigest(), header.key_id,
-                           context, int(context["record_count"]))
+                           context, int(context["record_count"]), 0.6, 2.5)
     body = make_body(datasets=(record,), spec_sha256=JobSpec.from_toml(SPEC).sha256)
     cert, root = tmp_path / "job.cert", tmp_path / "root.pem"
     cert.write_bytes(issue_certificate(body, new_nsm(ca)))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -157,7 +158,7 @@ def test_every_body_field_is_bound(ca: LocalCa, nsm: MockNsm) -> None:
             verify_certificate(encode_envelope(tampered, attestation), root_der=ca.root_der, policy=PINNED)
         touched.add(name.split("/")[0].split(" ")[0])
         count += 1
-    assert touched == top_level and len(top_level) == 24
+    assert touched == top_level and len(top_level) == 23
     assert count > 40
 
 
@@ -361,3 +362,13 @@ def test_mutated_files_raise_only_hermetic_errors(valid_file: tuple[bytes, bytes
 def test_random_bytes_raise_only_hermetic_errors(blob: bytes) -> None:
     with pytest.raises(HermeticError):
         verify_certificate(blob, policy=PINNED)
+
+
+def test_a_datasets_stated_epsilon_below_the_recomputed_at_its_delta_is_refused(ca: LocalCa, nsm: MockNsm) -> None:
+    body = make_body()
+    record = body.datasets[0]
+    truth = recompute_epsilon(body.ledger, 1e-5, "prv")
+    assert record.epsilon == pytest.approx(truth)
+    low = replace(body, datasets=(dataclasses.replace(record, epsilon=truth * 0.9),))
+    with pytest.raises(StatedEpsilonTooLow, match="dataset 'patients-2024'"):
+        verify_certificate(assemble(low, nsm), root_der=ca.root_der, policy=PINNED)

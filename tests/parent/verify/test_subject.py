@@ -17,7 +17,7 @@ def sealed_file(**changes: object) -> SealedFile:
 
 
 def test_a_matching_file_passes_and_unlisted_datasets_are_not_required() -> None:
-    second = DatasetRecord("clinic-b", sha256_hex("b"), "alias/clinic-b", context("clinic-b"), 60000)
+    second = DatasetRecord("clinic-b", sha256_hex("b"), "alias/clinic-b", context("clinic-b"), 60000, 0.5, 1.5)
     body = make_body()
     body_two = make_body(datasets=(*body.datasets, second))
     check_sealed(body, [sealed_file()])

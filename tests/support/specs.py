@@ -1,0 +1,33 @@
+"""One small MLP job spec for the runtime and adversarial tests, with the knobs they vary."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def mlp_spec(*, key_id: str, name: str = "runtime-test", steps: int = 2, noise: float = 1.0,
+             batch: int = 20, train: str | Sequence[str] | None = None, checkpoint_every: int = 0) -> str:
+    """TOML for an "mlp" job with SGD; `train` a dataset id (a string) or a list of ids."""
+    if train is None:
+        data = ""
+    elif isinstance(train, str):
+        data = f'[data]\ntrain = "{train}"\n'
+    else:
+        data = "[data]\ntrain = [" + ", ".join(f'"{t}"' for t in train) + "]\n"
+    every = f"every_steps = {checkpoint_every}\n" if checkpoint_every else ""
+    return f"""
+[job]
+name = "{name}"
+[model]
+name = "mlp"
+{data}[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = {batch}
+steps = {steps}
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = {noise}
+[checkpoint]
+{every}key_id = "{key_id}"
+"""
