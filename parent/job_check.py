@@ -29,7 +29,7 @@ from typing import Any
 
 from enclave.errors import HermeticError
 from enclave.ledger.location import LOCAL_SCHEME
-from enclave.ledger.reserve import check_header_budget
+from enclave.ledger.reserve import BudgetCheck, check_header_budget
 from enclave.ledger.store import LedgerError, LedgerUnavailable
 from enclave.privacy.ledger import Segment
 from enclave.sealed.format import PAYLOAD, SealedHeader
@@ -52,9 +52,12 @@ class JobCheck:
     problems: tuple[Problem, ...]
     planned: Mapping[str, PlannedRun] = field(default_factory=dict)
     spec: JobSpec | None = None
+    # The ledger of each sealed file the host could read, with this job added, when it fits.
+    ledgers: Mapping[str, BudgetCheck] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "planned", MappingProxyType(dict(self.planned)))
+        object.__setattr__(self, "ledgers", MappingProxyType(dict(self.ledgers)))
 
     @property
     def ok(self) -> bool:
@@ -65,7 +68,13 @@ class JobCheck:
             "ok": self.ok,
             "problems": [p.to_json() for p in self.problems],
             "planned": {name: _plan_json(plan) for name, plan in self.planned.items()},
+            "ledger": {name: _ledger_json(check) for name, check in self.ledgers.items()},
         }
+
+
+def _ledger_json(check: BudgetCheck) -> dict[str, float]:
+    return {"spent_epsilon": check.spent, "remaining_epsilon": check.remaining, "job_epsilon": check.job,
+            "dataset_epsilon_with_job": check.total, "max_epsilon": check.max_epsilon}
 
 
 def _plan_json(plan: PlannedRun) -> dict[str, Any]:
@@ -113,6 +122,7 @@ def check_job(
     # any other file alone, to report what is wrong with it.
     union = [path for path in datasets if not train or headers[path].dataset_id in train]
     planned: dict[str, PlannedRun] = {}
+    ledgers: dict[str, BudgetCheck] = {}
     groups = [union] if union and (train or len(union) == 1) else [[p] for p in union]
     groups += [[path] for path in headers if path not in union]
     for group in groups:
@@ -121,29 +131,35 @@ def check_job(
         if review.planned is not None:
             planned.update({path: review.planned for path in group})
             if not review.problems:
-                problems += [p for path in group if headers[path].payload == PAYLOAD
-                             for p in _ledger_problems(path, headers[path], review.planned, s3_client)]
+                for path in group:
+                    if headers[path].payload == PAYLOAD:
+                        found, check = _read_ledger(path, headers[path], review.planned, s3_client)
+                        problems += found
+                        if check is not None:
+                            ledgers[path] = check
     log.info("checked job %s against %d sealed files: %d problems", spec.name, len(headers), len(problems))
-    return JobCheck(tuple(problems), planned, spec)
+    return JobCheck(tuple(problems), planned, spec, ledgers)
 
 
-def _ledger_problems(path: str, header: SealedHeader, plan: PlannedRun, s3_client: Any | None) -> list[Problem]:
+def _read_ledger(path: str, header: SealedHeader, plan: PlannedRun, s3_client: Any | None
+                 ) -> tuple[list[Problem], BudgetCheck | None]:
+    """The job's problem with the dataset's ledger, or what the ledger holds with the job added."""
     from parent.budget import open_ledger_store  # imported on use: boto3 only when a ledger is read
 
     if not header.ledger_location.startswith(LOCAL_SCHEME) and s3_client is None:
         # No S3 client given: never reach out to AWS from an offline check by surprise.
         log.info("ledger of %s (%s) not checked here", header.dataset_id, header.ledger_location)
-        return []
+        return [], None
     try:
         store = open_ledger_store(header.ledger_location, header.dataset_id, s3_client)
-        check_header_budget(store, header, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
-                            plan.accountant, accept_unprotected=header.ledger_location.startswith(LOCAL_SCHEME))
+        check = check_header_budget(store, header, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
+                                    plan.accountant, accept_unprotected=header.ledger_location.startswith(LOCAL_SCHEME))
     except LedgerUnavailable as err:
         log.info("ledger of %s not checked here: %s", header.dataset_id, err)
-        return []
+        return [], None
     except LedgerError as err:
-        return [Problem(f"{path}: ledger", str(err))]
-    return []
+        return [Problem(f"{path}: ledger", str(err))], None
+    return [], check
 
 
 def in_spec_order(datasets: Sequence[tuple[str, str]], train: Sequence[str]) -> list[tuple[str, str]]:

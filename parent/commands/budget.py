@@ -98,6 +98,10 @@ def _show(args: argparse.Namespace) -> int:
     assert spent is not None and remaining is not None
     print(f"  spent      epsilon {spent:.4f} ({report.accountant}, {len(report.entries)} entries)")
     print(f"  remaining  epsilon {remaining:.4f}{'  (exhausted)' if report.exhausted else ''}")
+    if report.entries and not report.exhausted:
+        # Users read "remaining" as a balance; the admission rule is composition, which is sub-additive.
+        print("             (a next job fits while every entry and it compose to at most the cap, so its own "
+              "epsilon may exceed this; `hermetic job check` computes it)")
     for entry in report.entries:
         print(_entry_line(entry))
     if report.note:

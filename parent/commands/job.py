@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--sealed", action="append", default=[], metavar="FILE",
                        help="a sealed dataset (path or s3://bucket/key) to check the job against; repeatable")
     check.add_argument("--json", action="store_true",
-                       help='print {"ok", "problems": [{"where", "message"}], "planned": {FILE: plan}}')
+                       help='print {"ok", "problems": [{"where", "message"}], "planned": {FILE: plan}, '
+                            '"ledger": {FILE: {"spent_epsilon", "remaining_epsilon", "job_epsilon", '
+                            '"dataset_epsilon_with_job", "max_epsilon"}}}')
     check.set_defaults(func=_check)
 
 
@@ -48,6 +50,12 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{name}: {plan.steps} steps at q={plan.sampling_rate:.4g}, sigma={plan.noise_multiplier:.4g}: "
               f"epsilon {plan.planned_epsilon:.4g} of {plan.max_epsilon:g} ({plan.accountant}, "
               f"delta {plan.delta:g} of {plan.budget_delta:g})")
+        check = result.ledgers.get(name)
+        if check is not None:
+            # The cap bounds every job on the dataset composed, not the sum of their epsilons.
+            print(f"{name}: ledger: spent epsilon {check.spent:.4g} of {check.max_epsilon:g} "
+                  f"(remaining {check.remaining:.4g}); with this job every entry composes to "
+                  f"{check.total:.4g} of {check.max_epsilon:g}")
     for problem in result.problems:
         print(f"problem: {problem.where}: {problem.message}")
     count = len(result.problems)

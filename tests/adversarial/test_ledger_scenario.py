@@ -182,8 +182,16 @@ def test_job_check_reads_the_local_ledger_as_the_enclave_will(
     job = tmp_path / "job.toml"
     job.write_text(spec(data_path.model_key_id, 2.8))
     assert main(["job", "check", str(job), "--sealed", str(sealed), "--json"]) == 0
-    capsys.readouterr()
+    ledger = json.loads(capsys.readouterr().out)["ledger"][str(sealed)]
+    assert ledger["spent_epsilon"] == 0.0 and ledger["remaining_epsilon"] == 3.0
+    assert ledger["dataset_epsilon_with_job"] == pytest.approx(ledger["job_epsilon"]) == pytest.approx(2.8, rel=1e-3)
     assert data_path.run("check-v1", sealed, name="check-first", spec=spec(data_path.model_key_id, 2.0)).status == "ok"
+    # A second job at 2 fits: the two compose to under the cap of 3, which the check shows.
+    second = tmp_path / "second.toml"
+    second.write_text(spec(data_path.model_key_id, 2.0))
+    assert main(["job", "check", str(second), "--sealed", str(sealed)]) == 0
+    out = capsys.readouterr().out
+    assert "ledger: spent epsilon 2 of 3 (remaining 1); with this job every entry composes to 2." in out, out
     assert main(["job", "check", str(job), "--sealed", str(sealed), "--json"]) == 1
     verdict = json.loads(capsys.readouterr().out)
     [problem] = verdict["problems"]

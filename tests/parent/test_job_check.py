@@ -172,7 +172,7 @@ def test_cli_json_shape_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
     data = sealed(tmp_path)
     assert main(["job", "check", str(write_spec(tmp_path)), "--sealed", str(data), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert set(record) == {"ok", "problems", "planned"}
+    assert set(record) == {"ok", "problems", "planned", "ledger"}
     assert record["ok"] is True and record["problems"] == []
     assert set(record["planned"][str(data)]) == {
         "records", "sampling_rate", "noise_multiplier", "steps", "delta", "accountant", "planned_epsilon",
