@@ -82,7 +82,8 @@ policies: install
 	$(VENV)/bin/hermetic policy render --template model-owner --measurements "$(POLICY_MEASUREMENTS)" \
 		--model-owner-arn "$(MODEL_OWNER_ARN)" --parent-role-arn "$(PARENT_ROLE_ARN)" --out "$(POLICY_OUT)/model-owner.json"
 	$(VENV)/bin/hermetic policy render --template ledger-bucket --measurements "$(POLICY_MEASUREMENTS)" \
-		--ledger-bucket "$(LEDGER_BUCKET)" --parent-role-arn "$(PARENT_ROLE_ARN)" --out "$(POLICY_OUT)/ledger-bucket.json"
+		--ledger-bucket "$(LEDGER_BUCKET)" --parent-role-arn "$(PARENT_ROLE_ARN)" --owner-arn "$(OWNER_ARN)" \
+		--out "$(POLICY_OUT)/ledger-bucket.json"
 
 # checkov pins boto3/botocore below the runtime pins, so it lives in its own venv;
 # tests/terraform runs it from there.

@@ -145,8 +145,12 @@ def test_renders_the_ledger_bucket_policy(tmp_path: Path) -> None:
     # Plain HTTP: refused even for what is otherwise allowed.
     insecure = RequestContext(PARENT_SESSION, "s3:GetObject", SLOT, {"aws:SecureTransport": "false"})
     assert evaluate(policy, insecure) is Decision.EXPLICIT_DENY
+    # The data owner reads and lists the slots to audit them, and may write none.
+    assert _s3(policy, OWNER, "s3:GetObject") is Decision.ALLOW
+    assert _s3(policy, OWNER, "s3:ListBucket", f"arn:aws:s3:::{LEDGER_BUCKET}") is Decision.ALLOW
+    assert _s3(policy, OWNER, "s3:PutObject", **create) is Decision.IMPLICIT_DENY
     # Others get nothing from this policy (the bucket's account decides through IAM).
-    assert _s3(policy, OWNER, "s3:GetObject") is Decision.IMPLICIT_DENY
+    assert _s3(policy, MODEL_OWNER, "s3:GetObject") is Decision.IMPLICIT_DENY
 
 
 def test_bad_ledger_bucket_fails_without_output(tmp_path: Path) -> None:

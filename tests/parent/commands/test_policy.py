@@ -172,19 +172,25 @@ def test_model_owner_policy_semantics() -> None:
 
 
 def test_render_ledger_bucket_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--template", "ledger-bucket", "--measurements", str(_measurements(tmp_path)), "--parent-role-arn", PARENT]
+    args = ["--template", "ledger-bucket", "--measurements", str(_measurements(tmp_path)), "--parent-role-arn", PARENT,
+            "--owner-arn", OWNER]
     policy = _render(tmp_path, capsys, *args, "--ledger-bucket", "hermetic-ledger-111122223333-us-east-1")
     text = json.dumps(policy)
     assert "${" not in text and "arn:aws:s3:::hermetic-ledger-111122223333-us-east-1/*" in text
     assert {s["Sid"] for s in policy["Statement"] if s["Principal"] == {"AWS": PARENT}} == {
         "ParentCreatesSlots", "ParentReadsSlots", "ParentListsSlots"}
+    # The data owner audits the ledger and writes nothing to it.
+    [owner] = [s for s in policy["Statement"] if s["Principal"] == {"AWS": OWNER}]
+    assert owner["Sid"] == "DataOwnerReadsSlots" and owner["Effect"] == "Allow"
+    assert not [a for a in owner["Action"] if not a.startswith(("s3:Get", "s3:List"))]
     # Without the bucket name, or with one S3 would not create, nothing is rendered.
     with pytest.raises(PolicyError, match=r"a value for \$\{LEDGER_BUCKET\} is required"):
-        render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT})
+        render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0},
+                      {"PARENT_ROLE_ARN": PARENT, "OWNER_ARN": OWNER})
     for bad in ("Hermetic-Ledger", "ab", "a..b", "10.0.0.1"):
         with pytest.raises(PolicyError, match="bucket"):
-            render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT},
+            render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT, "OWNER_ARN": OWNER},
                           {"LEDGER_BUCKET": bad})
     with pytest.raises(PolicyError, match="unknown resource placeholder"):
-        render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT},
+        render_policy(TEMPLATES / "ledger-bucket.template.json", {"PCR0": PCR0}, {"PARENT_ROLE_ARN": PARENT, "OWNER_ARN": OWNER},
                       {"BUCKET": "hermetic-ledger"})
