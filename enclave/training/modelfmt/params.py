@@ -78,7 +78,8 @@ class Param:
 
     def read(self, table: Mapping[str, object], at: str) -> Value:
         """The value of this parameter in `table`, or its default; ModelFormatError naming `at`."""
-        if self.name not in table:
+        # null, which TOML cannot write, reads as omitted: the canonical form parses back.
+        if table.get(self.name) is None:
             if self.required:
                 raise ModelFormatError(f"{at}: {self.name} is required")
             return self.default
