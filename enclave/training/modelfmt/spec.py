@@ -149,7 +149,8 @@ def _check_keys(table: Mapping[Any, Any], where: str, allowed: tuple[str, ...]) 
         if not isinstance(key, str):
             raise ModelFormatError(f"{where}: keys must be strings, got {describe(key)}")
         if key not in allowed:
-            raise ModelFormatError(f"{where}: unknown key {key!r} (allowed: {', '.join(allowed)})")
+            shown = key if len(key) <= MAX_NAME_LENGTH else key[:MAX_NAME_LENGTH] + "..."
+            raise ModelFormatError(f"{where}: unknown key {shown!r} (allowed: {', '.join(allowed)})")
 
 
 def _op_of(entry: object, where: str) -> tuple[Mapping[str, object], OpDef]:

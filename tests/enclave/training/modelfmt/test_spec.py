@@ -272,6 +272,7 @@ def test_unknown_types_are_refused_with_the_supported_list() -> None:
         ({"type": "add"}, "model.layers[0] (add): takes 2 or more inputs, which needs the graph form"),
         ({"type": "relu", "inputs": ["input"]}, "unknown key 'inputs' (allowed: type)"),
         ({"type": "relu", 3: 4}, "model.layers[0] (relu): keys must be strings, got an integer"),
+        ({"type": "relu", "k" * 10_000: 4}, "unknown key '" + "k" * 32 + "...' (allowed: type)"),
         ({"type": 3}, "model.layers[0]: type must be a string, got an integer"),
         ({"out": 3}, "model.layers[0]: type is required"),
     ],
