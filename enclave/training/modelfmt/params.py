@@ -32,6 +32,7 @@ __all__ = [
     "arg_int",
     "arg_optional_int",
     "describe",
+    "shown_int",
 ]
 
 #: A parameter's value once read: tuples for lists, None for an omitted optional one.
@@ -110,7 +111,9 @@ class Param:
             raise ModelFormatError(f"{where} must be an integer, got {describe(value)}")
         assert isinstance(value, int)
         if not self.low <= value <= self.high:
-            raise ModelFormatError(f"{where} must be in [{self.low:g}, {self.high:g}], got {value}")
+            raise ModelFormatError(
+                f"{where} must be in [{_bound(self.low)}, {_bound(self.high)}], got {shown_int(value)}"
+            )
         return value
 
     def _float(self, value: object, where: str) -> float:
@@ -123,8 +126,19 @@ class Param:
         too_high = number >= self.high if self.high_open else number > self.high
         if not math.isfinite(number) or number < self.low or too_high:
             right = ")" if self.high_open else "]"
-            raise ModelFormatError(f"{where} must be in [{self.low:g}, {self.high:g}{right}, got {number:g}")
+            low, high = _bound(self.low), _bound(self.high)
+            raise ModelFormatError(f"{where} must be in [{low}, {high}{right}, got {number:g}")
         return number
+
+
+def shown_int(value: int) -> str:
+    """An integer for a message; beyond 64 bits (no TOML integer is) not in full."""
+    return str(value) if abs(value) < 2**63 else "an integer beyond 64 bits"
+
+
+def _bound(value: float) -> str:
+    # Integers in full: "1048575", never "1.04858e+06".
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _shown(value: object) -> str:

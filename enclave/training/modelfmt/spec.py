@@ -38,7 +38,7 @@ from enclave.hazmat.cbor import dumps as canonical_dumps
 from enclave.training.modelfmt.errors import ModelFormatError, RefusedOp, UnknownOp
 from enclave.training.modelfmt.limits import MAX_LAYERS, MAX_NAME_LENGTH
 from enclave.training.modelfmt.ops import OPS, REFUSED, OpDef
-from enclave.training.modelfmt.params import Value, describe
+from enclave.training.modelfmt.params import Value, describe, shown_int
 
 __all__ = ["FORMAT_VERSION", "MODEL_INPUT", "ModelFormat", "Node", "parse_model"]
 
@@ -122,7 +122,7 @@ def parse_model(raw: object) -> ModelFormat:
         raise ModelFormatError("model.format is required (format = 1)")
     version = raw["format"]
     if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
-        shown = version if isinstance(version, int) and not isinstance(version, bool) else describe(version)
+        shown = shown_int(version) if isinstance(version, int) and not isinstance(version, bool) else describe(version)
         raise ModelFormatError(f"model.format must be {FORMAT_VERSION}, got {shown}")
     if ("layers" in raw) == ("graph" in raw):
         raise ModelFormatError("model needs exactly one of layers (a chain) and graph (named nodes)")
