@@ -42,7 +42,6 @@ from enclave.training.modelfmt.params import (
     arg_int,
     arg_optional_int,
 )
-from enclave.training.scattering import output_channels, padded_size
 
 __all__ = [
     "OPS",
@@ -339,6 +338,10 @@ def _padding_mask(args: Args, inputs: Sequence[TensorInfo], ctx: Context) -> Inf
 
 
 def _scatter(args: Args, inputs: Sequence[TensorInfo], ctx: Context) -> Inferred:
+    # Deferred: the scattering module loads torch, which parsing and planning otherwise never need
+    # (the host reads job specs without it).
+    from enclave.training.scattering import output_channels, padded_size
+
     layout = "one-channel images [1, height, width] or [height, width]"
     shape = _features(inputs[0], ctx, layout)
     if len(shape) == 3 and shape[0] == 1:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,8 @@ from enclave.training.modelfmt.limits import MAX_LAYERS
 from enclave.training.modelfmt.presets import PRESETS
 from enclave.training.modelfmt.spec import ModelFormat, Node, parse_model
 from tests.enclave.training.modelfmt.cases import CASES
+
+ROOT = Path(__file__).resolve().parents[4]
 
 #: SHA-256 of the canonical CBOR of the "mlp" preset. Changing it changes every spec hash
 #: of a model in this format: only with a new format version.
@@ -355,3 +360,19 @@ def test_bad_graphs_are_refused(nodes: list[dict[str, Any]], output: Any, match:
 def test_every_case_round_trips_through_its_canonical_form(case: Any) -> None:
     spec = parse_model(case.model)
     assert parse_model(spec.to_canonical()) == spec
+
+
+def test_parsing_planning_and_hashing_do_not_load_torch() -> None:
+    # The host checks job specs without torch; only building (and planning a scatter layer) needs it.
+    script = (
+        "import sys\n"
+        "from enclave.training.modelfmt.plan import plan_model\n"
+        "from enclave.training.modelfmt.presets import PRESETS\n"
+        "from enclave.training.modelfmt.spec import parse_model\n"
+        "spec = parse_model(PRESETS['tanh_cnn'])\n"
+        "plan_model(spec, input_shape=(1, 28, 28), num_outputs=10)\n"
+        "print(spec.sha256, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [parse_model(PRESETS["tanh_cnn"]).sha256, "False"]
