@@ -6,6 +6,7 @@ import torch
 
 from enclave.hazmat.csprng import Csprng
 from enclave.training.clipping.ghost import GhostClipping
+from enclave.training.clipping.ghost_layers import PATH_FALLBACK
 from enclave.training.clipping.reference import ReferenceClipping
 from enclave.training.modelfmt.build import build_model
 from enclave.training.modelfmt.ops import OPS
@@ -43,6 +44,11 @@ def test_both_engines_give_the_per_example_clipped_sum(case: Case) -> None:
     assert fast.sums.keys() == reference.sums.keys() == dict(model.named_parameters()).keys()
     for key, value in reference.sums.items():
         assert torch.allclose(fast.sums[key], value, rtol=1e-4, atol=1e-5), key
+    # Only RMSNorm lacks a ghost rule: it takes the fast engine's torch.func fallback.
+    modules = dict(model.named_modules())
+    for key, path in fast.paths.items():
+        owner = modules[key.rpartition(".")[0]]
+        assert (path == PATH_FALLBACK) == isinstance(owner, torch.nn.RMSNorm), (key, path)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
