@@ -267,7 +267,8 @@ def seal_dataset(
     if len(public_schema) > MAX_SCHEMA_SIZE:
         raise ConfigError(
             f"the dataset's schema is {len(public_schema)} bytes, a sealed header holds at most "
-            f"{MAX_SCHEMA_SIZE}: seal only the columns training needs"
+            f"{MAX_SCHEMA_SIZE}: seal only the columns training needs (--drop), or hash large vocabularies "
+            "(--categorical COL#N)"
         )
     schema_hash = schema_sha256(schema_out)
     # The context must hold the ledger key's public half, which the data key determines, so the

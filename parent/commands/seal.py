@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
     model_owner_keys = _model_owner_keys(args, state)
     declaration = declaration_from_flags(
         numeric=args.numeric, categorical=args.categorical, tensor=args.tensor, sequence=args.sequence,
-        drop=args.drop, target=args.target, task=args.task, classes=args.classes, schema_file=args.schema_file,
+        drop=args.drop, label=args.label_column, target=args.target, task=args.task, classes=args.classes,
+        num_classes=args.num_classes, schema_file=args.schema_file,
     )
     reader = open_dataset(args.input)
     count = reader.count()
@@ -144,8 +145,6 @@ def run(args: argparse.Namespace) -> int:
             dataset_id=args.dataset_id,
             chunk_size=args.chunk_size,
             progress=bar.update if bar is not None else None,
-            num_classes=args.num_classes,
-            label_column=args.label_column,
             schema=declaration,
         )
     finally:

@@ -135,12 +135,12 @@ class SchemaDeclaration:
         """Both declarations; a column or label setting declared in both is a ConfigError."""
         both = sorted(set(self.columns) & set(other.columns))
         if both:
-            raise ConfigError(f"column {both[0]!r} is declared twice (flags and schema file)")
+            raise ConfigError(f"column {both[0]!r} is declared twice")
         label = self.label
         for name in ("column", "task", "classes", "num_classes", "lo", "hi"):
             mine, theirs = getattr(label, name), getattr(other.label, name)
             if mine is not None and theirs is not None and mine != theirs:
-                raise ConfigError(f"the label's {name} is declared twice, differently (flags and schema file)")
+                raise ConfigError(f"the label's {name} is declared twice, differently")
             if mine is None:
                 label = replace(label, **{name: theirs})
         return SchemaDeclaration({**self.columns, **other.columns}, label, tuple(dict.fromkeys(self.drop + other.drop)))
