@@ -41,7 +41,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import pyarrow as pa
 
@@ -92,6 +92,10 @@ class MalformedSchema(MalformedHeader):
 
 class UnknownColumn(ConfigError):
     """A name that is not a column of the dataset's public schema."""
+
+
+class WrongColumnKind(ConfigError):
+    """A column of the public schema is not of the kind asked for."""
 
 
 Bound: TypeAlias = int | float
@@ -283,6 +287,7 @@ class RegressionTarget:
 
 Column: TypeAlias = NumericColumn | CategoricalColumn | TensorColumn | SequenceColumn | ClassLabel | RegressionTarget
 Label: TypeAlias = ClassLabel | RegressionTarget
+C = TypeVar("C", NumericColumn, CategoricalColumn, TensorColumn, SequenceColumn, ClassLabel, RegressionTarget)
 
 
 @dataclass(frozen=True)
@@ -318,6 +323,14 @@ class PublicSchema:
         if found is None:
             shown = ", ".join(repr(n) for n in self.names[:8]) + (" ..." if len(self) > 8 else "")
             raise UnknownColumn(f"column {name[:_SHOWN]!r} is not in the dataset (columns: {shown or 'none'})")
+        return found
+
+    def column_of(self, name: str, kind: type[C]) -> C:
+        """The column called `name` if it is a `kind`; UnknownColumn or WrongColumnKind otherwise."""
+        found = self.column(name)
+        if not isinstance(found, kind):
+            wanted = kind.__dataclass_fields__["kind"].default
+            raise WrongColumnKind(f"column {name[:_SHOWN]!r} is {found.describe()}, not {wanted}")
         return found
 
     @property

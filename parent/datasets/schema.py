@@ -4,7 +4,7 @@ What the owner declares (flags of `hermetic seal`, or a TOML schema file) and wh
 the dataset's Arrow schema shows are planned into one `enclave.sealed.public_schema`
 column per input column. A column the owner did not declare is inferred only where
 the inference reads nothing but the input's type: integers and floats are numeric
-without bounds; fixed-size lists of numbers are tensors of the shape NPZ and IDX
+without bounds, booleans numeric uint8 in [0, 1]; fixed-size lists of numbers are tensors of the shape NPZ and IDX
 record (else one dimension). A string or variable-length list column must be
 declared: a vocabulary or a class list read from the data would make private
 values public. Integer labels without a declared class count keep the old rule
@@ -464,6 +464,8 @@ class _Plan:
             return pa.list_(_value_type(self.input_type).value_type, col.size)
         if isinstance(col, ClassLabel) and not pa.types.is_integer(_value_type(self.input_type)):
             return pa.int32()
+        if pa.types.is_boolean(self.input_type):
+            return pa.uint8()
         return _value_type(self.input_type)
 
     def convert(self, array: pa.Array, first_row: int) -> pa.Array:
@@ -472,6 +474,8 @@ class _Plan:
         array = _decoded(array)
         _no_nulls(array, first_row, name)
         if isinstance(col, (NumericColumn, RegressionTarget)):
+            if pa.types.is_boolean(array.type):
+                return pc.cast(array, pa.uint8())  # 0 or 1: its bounds hold by construction
             _check_numbers(array.to_numpy(zero_copy_only=False), col.lo, col.hi, first_row, name)
             return array
         if isinstance(col, CategoricalColumn):
@@ -629,6 +633,8 @@ def _undeclared(name: str, kind: pa.DataType, field: pa.Field) -> Column:
     value = _value_type(kind)
     if _is_number(value):
         return NumericColumn(name, str(value))
+    if pa.types.is_boolean(value):
+        return NumericColumn(name, "uint8", 0, 1)  # the type alone says so: nothing read from the rows
     if pa.types.is_fixed_size_list(value) and _is_number(value.value_type):
         try:
             shape = field_shape(field) or (value.list_size,)

@@ -21,6 +21,7 @@ from enclave.sealed.public_schema import (
     SequenceColumn,
     TensorColumn,
     UnknownColumn,
+    WrongColumnKind,
     bucket_of,
     parse_schema,
     public_schema,
@@ -82,6 +83,9 @@ def test_a_header_with_a_public_schema_parses_back_to_it() -> None:
         parsed.column("nope")
     assert isinstance(info.value, ConfigError)
     assert parsed.to_json()[0] == {"name": "age", "kind": "numeric", "dtype": "int64", "lo": 0, "hi": 120}
+    assert parsed.column_of("photo", TensorColumn).shape == (2, 2, 3)
+    with pytest.raises(WrongColumnKind, match=r"^column 'city' is categorical, 2 values: paris\|rome, not tensor$"):
+        parsed.column_of("city", TensorColumn)
 
 
 def test_a_regression_target_has_no_class_count() -> None:

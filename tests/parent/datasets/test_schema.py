@@ -201,6 +201,13 @@ def test_tensors_of_any_shape_declared_or_inferred(tmp_path: Path) -> None:
     pq.write_table(pa.table({"v": pa.array([[1, 2, 3, 4], [5, 6, 7, 8]], pa.list_(pa.uint8()))}), tmp_path / "v.parquet")
     declared = seal(tmp_path, tmp_path / "v.parquet", FakeKms(), schema=declaration_from_flags(tensor=["v=2x2"]))
     assert declared.schema is not None and declared.schema.column("v") == TensorColumn("v", "uint8", (2, 2))
+    # A fixed-size list read back from Parquet (child "element") is a tensor of one dimension as it is.
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(range(8), pa.uint8()), 4)
+    pq.write_table(pa.table({"f": fixed}), tmp_path / "f.parquet")
+    inferred = seal(tmp_path, tmp_path / "f.parquet", kms)
+    assert inferred.schema is not None and inferred.schema.column("f") == TensorColumn("f", "uint8", (4,))
+    _, table, _ = open_sealed(inferred.out_path, kms)
+    assert table.column("f").to_pylist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
     pq.write_table(pa.table({"v": pa.array([[1, 2, 3, 4], [5, 6]], pa.list_(pa.uint8()))}), tmp_path / "w.parquet")
     _refused(tmp_path, tmp_path / "w.parquet", r"^row 1: column 'v' does not hold 4 values", tensor=["v=2x2"])
     _refused(tmp_path, tmp_path / "v.parquet", r"column 'v' is list<element: uint8>: declare it")
@@ -229,6 +236,15 @@ def test_sequences_are_padded_to_max_len_and_checked(tmp_path: Path) -> None:
     _refused(tmp_path, src, r"^row 0: column 'ids' holds the pad id 1 before its last id$", sequence=["ids:5:4:1"])
     bad = _csv(tmp_path, "ids,label\n1 2,0\n3 x,1\n", "bad.csv")
     _refused(tmp_path, bad, r"^row 1: column 'ids' is not whitespace-separated integer ids$", sequence=["ids:5:3"])
+
+
+def test_booleans_are_numeric_zero_or_one(tmp_path: Path) -> None:
+    kms = FakeKms()
+    pq.write_table(pa.table({"smoker": [True, False], "label": [0, 1]}), tmp_path / "b.parquet")
+    result = seal(tmp_path, tmp_path / "b.parquet", kms)
+    assert result.schema is not None and result.schema.column("smoker") == NumericColumn("smoker", "uint8", 0, 1)
+    _, table, _ = open_sealed(result.out_path, kms)
+    assert table.column("smoker").to_pylist() == [1, 0] and _sealed_schema(result) == result.schema
 
 
 def test_undeclared_columns_of_other_types_are_refused_by_name(tmp_path: Path) -> None:
