@@ -202,3 +202,49 @@ def test_random_header_schema_bytes_raise_only_malformed_header(raw: bytes) -> N
 def test_a_declared_schema_round_trips_through_its_metadata() -> None:
     for column, kind in zip(KAT_COLUMNS, KAT_TYPES, strict=True):
         assert parse_schema(_schema((column,), (kind,))).columns == (column,)
+
+
+_NAMES = st.text(min_size=1, max_size=8)
+_INT_BOUNDS = st.integers(-(1 << 31), (1 << 31) - 1)
+_FLOAT_BOUNDS = st.floats(allow_nan=False, allow_infinity=False)
+_STRINGS = st.lists(st.text(max_size=6), min_size=1, max_size=6, unique=True).map(tuple)
+
+
+@st.composite
+def _declared_column(draw: st.DrawFn) -> tuple[object, pa.DataType]:
+    name = draw(_NAMES)
+    kind = draw(st.sampled_from(["numeric-int", "numeric-float", "vocab", "buckets", "tensor", "sequence", "label",
+                                 "target"]))
+    if kind in ("numeric-int", "numeric-float", "target"):
+        bound = _INT_BOUNDS if kind == "numeric-int" else _FLOAT_BOUNDS
+        lo, hi = draw(st.none() | bound), draw(st.none() | bound)
+        if lo is not None and hi is not None and lo > hi:
+            lo, hi = hi, lo
+        arrow = pa.int32() if kind == "numeric-int" else pa.float64()
+        cls = RegressionTarget if kind == "target" else NumericColumn
+        return cls(name, str(arrow), lo, hi), arrow
+    if kind == "vocab":
+        return CategoricalColumn(name, vocabulary=draw(_STRINGS)), pa.int32()
+    if kind == "buckets":
+        return CategoricalColumn(name, buckets=draw(st.integers(1, 1 << 24))), pa.int32()
+    if kind == "tensor":
+        shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=4)))
+        return TensorColumn(name, "float", shape), pa.list_(pa.float32(), math.prod(shape))
+    if kind == "sequence":
+        vocab = draw(st.integers(1, 1 << 20))
+        max_len = draw(st.integers(1, 64))
+        return SequenceColumn(name, vocab, max_len, draw(st.integers(0, vocab - 1))), pa.list_(pa.int32(), max_len)
+    classes = draw(st.none() | _STRINGS)
+    count = len(classes) if classes is not None else draw(st.integers(1, 1000))
+    return ClassLabel(name, count, classes), pa.int32()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_declared_column(), min_size=1, max_size=5, unique_by=lambda c: c[0].name))  # type: ignore[attr-defined]
+def test_any_declared_schema_round_trips_through_its_encoding(drawn: list[tuple[object, pa.DataType]]) -> None:
+    labels = [c for c, _ in drawn if isinstance(c, (ClassLabel, RegressionTarget))]
+    drawn = [d for d in drawn if d[0] not in labels[1:]]  # one label at most
+    columns = tuple(c for c, _ in drawn)
+    schema = _schema(columns, tuple(t for _, t in drawn))
+    raw = schema_bytes(schema)
+    assert public_schema(make_header(schema=raw)) == PublicSchema(columns)  # type: ignore[arg-type]
