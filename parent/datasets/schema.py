@@ -675,11 +675,11 @@ def _declared(name: str, decl: Decl, kind: pa.DataType, field: pa.Field) -> Colu
     return SequenceColumn(name, decl.vocab_size, decl.max_len, decl.pad_id)
 
 
-def _label(schema: pa.Schema, decl: LabelDecl) -> tuple[Column, bool] | None:
+def _label(schema: pa.Schema, decl: LabelDecl, drop: tuple[str, ...]) -> tuple[Column, bool] | None:
     """The label column, and whether its class count is still to be derived; None without one."""
     name = DEFAULT_LABEL_COLUMN if decl.column is None else decl.column
     declared = decl.column is not None or decl.num_classes is not None or decl.classes is not None
-    if not declared and decl.task is None and name not in schema.names:
+    if not declared and decl.task is None and (name not in schema.names or name in drop):
         return None
     if len(schema.get_all_field_indices(name)) != 1:
         raise DatasetError(f"the dataset has no single column {name!r} to take labels from")
@@ -725,7 +725,7 @@ def plan_schema(schema: pa.Schema, declaration: SchemaDeclaration) -> SealPlan:
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise DatasetError(f"the dataset has {names.count(duplicated[0])} columns named {duplicated[0]!r}")
-    label_plan = _label(schema, declaration.label)
+    label_plan = _label(schema, declaration.label, declaration.drop)
     label_name = label_plan[0].name if label_plan else None
     if label_name is not None and label_name in declaration.drop:
         raise ConfigError(f"column {label_name!r} is the label: it cannot also be dropped")

@@ -161,6 +161,8 @@ def test_a_vocabulary_is_never_derived_from_the_data(tmp_path: Path) -> None:
     # Dropped, it is not sealed at all.
     dropped = seal(tmp_path, src, FakeKms(), schema=declaration_from_flags(drop=["city"]))
     assert dropped.schema is not None and dropped.schema.names == ("label",)
+    unlabelled = seal(tmp_path, src, FakeKms(), schema=declaration_from_flags(drop=["label"], categorical=["city#8"]))
+    assert unlabelled.labels is None and unlabelled.schema is not None and unlabelled.schema.names == ("city",)
 
 
 def test_string_labels_need_declared_classes(tmp_path: Path) -> None:
