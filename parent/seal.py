@@ -21,10 +21,14 @@ sealed file's own SHA-256 (of ciphertext) identifies it, and AES-GCM proves the
 enclave opened the owner's bytes. The record count is public metadata: it is in
 the encryption context, in the clear.
 
-The label column (default "label") is checked row by row before KMS is asked for a
-key: integers in [0, K), K the class count the owner declares (`num_classes`, or
-max(label) + 1, reported as chosen). K goes into the label field's metadata, so into
-the public schema in the header (`parent.datasets.labels`).
+Every column gets a public schema (`enclave.sealed.public_schema`), declared by the
+owner or inferred from its type where that reveals nothing private
+(`parent.datasets.schema`), written into the header's field metadata. Every row is
+checked against it before KMS is asked for a key, and again as it is written, so an
+authentic sealed file never fails a schema check in the enclave. The label column
+(default "label") holds class indices in [0, K), K declared (`num_classes`, or the
+class names) or max(label) + 1 for integer labels, reported as chosen; or it is a
+regression target.
 """
 from __future__ import annotations
 
@@ -54,10 +58,12 @@ from enclave.sealed.format import (
     SealedHeader,
     build_encryption_context,
 )
-from enclave.sealed.records import declare_num_classes, schema_bytes, schema_sha256
+from enclave.sealed.public_schema import ClassLabel, PublicSchema
+from enclave.sealed.records import schema_bytes, schema_sha256
 from enclave.sealed.stream import SealWriter
 from parent.datasets import DEFAULT_BATCH_ROWS, DatasetReader, open_dataset
-from parent.datasets.labels import DEFAULT_LABEL_COLUMN, LabelCheck, check_batch, label_type_problem, scan_labels
+from parent.datasets.labels import LabelCheck
+from parent.datasets.schema import LabelDecl, SchemaDeclaration, SealPlan, plan_schema
 from parent.storage import open_atomic
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,8 @@ class SealResult:
     sealed_sha256: str  # SHA-256 of the whole sealed file (ciphertext: public)
     encryption_context: Mapping[str, str] = field(default_factory=dict)
     dataset_id_source: str = "given"  # or "derived": from the owner and the input's path (see above)
-    labels: LabelCheck | None = None  # None: the dataset has no label column
+    labels: LabelCheck | None = None  # None: the dataset has no class label column
+    schema: PublicSchema | None = None  # what every column is, as the header declares it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "encryption_context", MappingProxyType(dict(self.encryption_context)))
@@ -99,6 +106,7 @@ class SealResult:
             "label_column": self.labels.column if self.labels else None,
             "num_classes": self.labels.num_classes if self.labels else None,
             "num_classes_source": ("given" if self.labels.declared else "derived") if self.labels else None,
+            "schema": self.schema.to_json() if self.schema is not None else None,
         }
 
 
@@ -223,6 +231,7 @@ def seal_dataset(
     progress: Callable[[int], None] | None = None,
     num_classes: int | None = None,
     label_column: str | None = None,
+    schema: SchemaDeclaration | None = None,
 ) -> SealResult:
     """Seal a dataset into `out_path`, its budget ledger at `ledger` (a location URI).
 
@@ -234,6 +243,7 @@ def seal_dataset(
     called with the number of records sealed in each batch (an increment,
     the shape tqdm's update() takes). Without `label_column` the labels are the
     column "label" if there is one; naming a column or a class count requires it.
+    `schema` is the rest of what the owner declares (`parent.datasets.schema`).
     """
     reader = input_path if isinstance(input_path, DatasetReader) else open_dataset(input_path)
     source = "given"
@@ -244,18 +254,23 @@ def seal_dataset(
     if out.is_dir():
         raise ConfigError(f"output {out} is a directory")
 
-    schema = reader.schema()
     record_count = reader.count()
-    labels = _check_labels(reader, schema, label_column, num_classes, batch_rows)
-    if labels is not None:
-        schema = declare_num_classes(schema, labels.column, labels.num_classes)
-    public_schema = schema_bytes(schema)
+    declaration = SchemaDeclaration(label=LabelDecl(column=label_column, num_classes=num_classes))
+    if schema is not None:
+        declaration = declaration.merged(schema)
+    # One pass over every row before any key exists; the writer checks again what it writes.
+    plan, scanned = plan_schema(reader.schema(), declaration).scan(reader.iter_batches(batch_rows))
+    _check_count(scanned, record_count)
+    labels = _label_check(plan)
+    schema_out = plan.schema
+    public_schema = schema_bytes(schema_out)
     if len(public_schema) > MAX_SCHEMA_SIZE:
         raise ConfigError(
             f"the dataset's schema is {len(public_schema)} bytes, a sealed header holds at most "
-            f"{MAX_SCHEMA_SIZE}: seal only the columns training needs"
+            f"{MAX_SCHEMA_SIZE}: seal only the columns training needs (--drop), or hash large vocabularies "
+            "(--categorical COL#N)"
         )
-    schema_hash = schema_sha256(schema)
+    schema_hash = schema_sha256(schema_out)
     # The context must hold the ledger key's public half, which the data key determines, so the
     # key is drawn here and wrapped with one KMS Encrypt (GenerateDataKey wants the context first).
     data_key = secrets.token_bytes(DATA_KEY_BYTES)
@@ -291,12 +306,8 @@ def seal_dataset(
         writer = SealWriter(sealed_sink, header, data_key)
         del data_key  # the writer's cipher holds the only reference now
         with writer:
-            written = _write_ipc(reader, schema, _Sink(writer), batch_rows, progress, labels)
-        if written != record_count:
-            raise DatasetError(
-                f"dataset yielded {written} records but was counted as {record_count}; "
-                "did the input change while sealing?"
-            )
+            written = _write_ipc(reader, plan, _Sink(writer), batch_rows, progress)
+        _check_count(written, record_count)
     log.info("sealed %s records of %s into %s", record_count, dataset_id, out)
     return SealResult(
         out_path=out,
@@ -307,40 +318,40 @@ def seal_dataset(
         encryption_context=ctx,
         dataset_id_source=source,
         labels=labels,
+        schema=plan.public,
     )
 
 
-def _check_labels(
-    reader: DatasetReader, schema: pa.Schema, column: str | None, num_classes: int | None, batch_rows: int
-) -> LabelCheck | None:
-    """One pass over the labels before any key exists; None when there is no label column to check."""
-    name = DEFAULT_LABEL_COLUMN if column is None else column
-    if column is None and num_classes is None and name not in schema.names:
-        log.info("no %r column: the sealed dataset declares no class count", name)
+def _check_count(rows: int, record_count: int) -> None:
+    if rows != record_count:
+        raise DatasetError(
+            f"dataset yielded {rows} records but was counted as {record_count}; did the input change while sealing?"
+        )
+
+
+def _label_check(plan: SealPlan) -> LabelCheck | None:
+    label = plan.public.label
+    if not isinstance(label, ClassLabel):
         return None
-    problem = label_type_problem(schema, name)
-    if problem is not None:
-        raise DatasetError(problem)
-    return scan_labels(reader.iter_batches(batch_rows), name, num_classes)
+    return LabelCheck(label.name, label.num_classes, declared=not plan.label_derived)
 
 
 def _write_ipc(
     reader: DatasetReader,
-    schema: pa.Schema,
+    plan: SealPlan,
     sink: BinaryIO | _Sink,
     batch_rows: int,
     progress: Callable[[int], None] | None,
-    labels: LabelCheck | None = None,
 ) -> int:
     written = 0
+    source = reader.schema()
     try:
-        with pa.ipc.new_stream(sink, schema) as ipc:
+        with pa.ipc.new_stream(sink, plan.schema) as ipc:
             for batch in reader.iter_batches(batch_rows):
-                if not batch.schema.equals(schema):
+                if not batch.schema.equals(source):
                     raise DatasetError("a record batch does not match the dataset schema")
-                if labels is not None:  # again as written: the input may have changed since the scan
-                    check_batch(batch, labels.column, labels.num_classes, written)
-                ipc.write_batch(batch)
+                # Checked again as written: the input may have changed since the scan.
+                ipc.write_batch(plan.convert(batch, written))
                 written += batch.num_rows
                 if progress is not None:
                     progress(batch.num_rows)

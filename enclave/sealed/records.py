@@ -13,7 +13,9 @@ whose model has another class count is refused before any key is used.
 The schema's IPC serialisation without schema-level metadata (`schema_bytes`) is
 public: the sealed header carries it and the encryption context binds its SHA-256
 (`schema_sha256`), so `header_schema` gives the shape of the records before any key
-is used, and `verify_records` holds the decrypted payload to it.
+is used, and `verify_records` holds the decrypted payload to it. What every column
+is (numeric, categorical, tensor, sequence, label or target, with its public bounds,
+vocabulary, shape or classes) is read from that schema by `enclave.sealed.public_schema`.
 """
 from __future__ import annotations
 

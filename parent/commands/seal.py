@@ -12,6 +12,7 @@ from parent.appliance import DATA_OWNER, ApplianceState
 from parent.commands.kms_args import add_kms_arguments, kms_client
 from parent.commands.local_args import add_local_argument, local_kms
 from parent.datasets import open_dataset
+from parent.datasets.schema import declaration_from_flags
 from parent.seal import SealResult, seal_dataset
 from parent.storage import write_atomic
 
@@ -42,8 +43,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--num-classes", type=int, default=None, metavar="K",
                    help="labels are integers in [0, K); K is public, in the sealed file's schema "
                         "(default: the largest label + 1, printed)")
-    p.add_argument("--label-column", default=None, metavar="NAME",
+    p.add_argument("--label", "--label-column", default=None, metavar="COL", dest="label_column",
                    help="the column holding the labels (default: 'label', when the dataset has one)")
+    schema = p.add_argument_group(
+        "public schema",
+        "What each column holds becomes public (in the sealed file's header) and every row is checked "
+        "against it. Integer and float columns, and NPZ/IDX arrays, are inferred from their type; "
+        "string columns must be declared. See also --num-classes and --label.")
+    schema.add_argument("--classes", default=None, metavar="A,B,C",
+                        help="the label's class names in index order (required for string labels; "
+                             "never read from the data)")
+    schema.add_argument("--task", choices=("classification", "regression"), default=None,
+                        help="what the label is (default: classification)")
+    schema.add_argument("--target", default=None, metavar="COL[:LO:HI]",
+                        help="a numeric regression target, optionally bounded (--label COL --task regression)")
+    schema.add_argument("--numeric", action="append", default=[], metavar="COL[:LO:HI]",
+                        help="a number column with public bounds (either may be empty); repeatable")
+    schema.add_argument("--categorical", action="append", default=[], metavar="COL=A|B|C or COL#BUCKETS",
+                        help="a category column: a declared vocabulary, or SHA-256 hashing into BUCKETS; repeatable")
+    schema.add_argument("--tensor", action="append", default=[], metavar="COL=SHAPE",
+                        help="a fixed-shape array column, e.g. image=32x32x3; repeatable")
+    schema.add_argument("--sequence", action="append", default=[], metavar="COL:VOCAB:MAXLEN[:PAD]",
+                        help="token ids in [0, VOCAB), at most MAXLEN, padded with PAD (default 0); repeatable")
+    schema.add_argument("--drop", action="append", default=[], metavar="COL",
+                        help="leave a column out of the sealed file; repeatable")
+    schema.add_argument("--schema", default=None, metavar="FILE.toml", dest="schema_file",
+                        help="declarations in a TOML file (label, columns.NAME tables, drop)")
     p.add_argument("--ledger", default=None, metavar="URI",
                    help="where the dataset's budget ledger lives, bound into the encryption context: "
                         "s3://BUCKET/PREFIX?owner=ACCOUNT (Object Lock) on AWS (required, except under --local: "
@@ -94,6 +119,11 @@ def _kms(args: argparse.Namespace) -> tuple[Any, str, str, str, ApplianceState |
 def run(args: argparse.Namespace) -> int:
     client, key_id, owner, ledger, state = _kms(args)
     model_owner_keys = _model_owner_keys(args, state)
+    declaration = declaration_from_flags(
+        numeric=args.numeric, categorical=args.categorical, tensor=args.tensor, sequence=args.sequence,
+        drop=args.drop, label=args.label_column, target=args.target, task=args.task, classes=args.classes,
+        num_classes=args.num_classes, schema_file=args.schema_file,
+    )
     reader = open_dataset(args.input)
     count = reader.count()
     bar = None
@@ -115,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
             dataset_id=args.dataset_id,
             chunk_size=args.chunk_size,
             progress=bar.update if bar is not None else None,
-            num_classes=args.num_classes,
-            label_column=args.label_column,
+            schema=declaration,
         )
     finally:
         if bar is not None:
@@ -144,9 +173,17 @@ def _print(result: SealResult, *, as_json: bool) -> None:
     print(f"  schema_sha256    {result.schema_sha256}")
     print(f"  sealed_sha256    {result.sealed_sha256}")
     labels = result.labels
-    if labels is None:
-        print("  labels           none declared (no 'label' column): jobs will be refused; see --label-column")
-    else:
+    target = result.schema.label if result.schema is not None else None
+    if labels is not None:
         how = "as given" if labels.declared else "the largest label + 1; --num-classes declares another"
         print(f"  labels           column {labels.column!r}, {labels.num_classes} classes ({how}), every label checked")
-    print(f"  public metadata  the record count ({result.record_count}), the schema and the class count")
+    elif target is not None:
+        print(f"  labels           column {target.name!r}, a regression target, every value checked")
+    else:
+        print("  labels           none declared (no 'label' column): jobs will be refused; see --label")
+    if result.schema is not None:
+        print("  schema           public, every row checked against it:")
+        width = min(max((len(c.name) for c in result.schema), default=0), 24)
+        for column in result.schema:
+            print(f"    {column.name:<{width}}  {column.describe()}")
+    print(f"  public metadata  the record count ({result.record_count}) and the schema above")

@@ -19,7 +19,6 @@ from enclave.errors import DatasetError
 from enclave.runtime import OPENED_FAILURE, OPENED_FAILURE_CODE
 from enclave.training.trainer import TrainingInputs
 from enclave.transport.messages import AuditEvent, Error, encode_payload
-from parent.datasets.labels import LabelCheck
 from parent.local.mock_nsm import MockNsm
 from parent.seal import seal_dataset
 from tests.enclave.test_runtime import DATA_KEY, KEY_ARN, SETUP, TRAIN, StubKms, run_session, stream
@@ -34,8 +33,7 @@ def _seal(tmp_path: Path, name: str, labels: np.ndarray, monkeypatch: pytest.Mon
     src = tmp_path / f"{name}.npz"
     np.savez(src, image=rng.integers(0, 256, (ROWS, 784), dtype=np.uint8), label=labels)
     with monkeypatch.context() as m:
-        m.setattr("parent.seal.scan_labels", lambda _batches, column, k: LabelCheck(column, k, declared=True))
-        m.setattr("parent.seal.check_batch", lambda *_: None)
+        m.setattr("parent.datasets.schema.check_batch", lambda *_: None)
         m.setattr("parent.seal.secrets.token_bytes", lambda _n: DATA_KEY)
         seal_dataset(src, tmp_path / f"{name}.sealed", key_id=KEY_ARN, kms_client=StubKms(), max_epsilon=3.0,
                      delta=1e-5, owner="owner", dataset_id=TRAIN, num_classes=10, ledger=MEMORY_LOCATION, model_owner_keys=[KEY_ARN])

@@ -116,7 +116,7 @@ def test_seal_and_open_round_trip(tmp_path: Path) -> None:
     assert header.schema == schema_bytes(table.schema)
     public = header_schema(header)
     assert public.equals(table.schema.remove_metadata(), check_metadata=True)
-    assert public.field("x").metadata == {b"shape": b"4x4"}
+    assert public.field("x").metadata == {b"hermetic.kind": b"tensor", b"shape": b"4x4"}
     assert np.array_equal(table.column("x").combine_chunks().flatten().to_numpy().reshape(-1, 4, 4), x)
     assert table.column("y").to_pylist() == y.tolist()
     # No digest of the plaintext is returned: nothing invites publishing or comparing one.
@@ -279,7 +279,7 @@ def test_seal_fashion_mnist_t10k(tmp_path: Path) -> None:
     result = seal(tmp_path, FMNIST / "t10k-images-idx3-ubyte.gz", kms)
     header, table, _ = open_sealed(result.out_path, kms)
     assert header.record_count == 10000 == table.num_rows
-    assert table.schema.field("image").metadata == {b"shape": b"28x28"}
+    assert table.schema.field("image").metadata == {b"hermetic.kind": b"tensor", b"shape": b"28x28"}
 
 
 # -- the CLI, against a real HTTP KMS stand-in (moto) --------------------------------

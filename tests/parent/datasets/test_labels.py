@@ -55,4 +55,4 @@ def test_a_dataset_without_labels_seals_without_a_declaration(tmp_path: Path) ->
     declared = seal(tmp_path, src, FakeKms(), label_column="y", num_classes=6)
     with declared.out_path.open("rb") as fh:
         field = header_schema(read_header(fh)).field("y")
-    assert field.metadata == {NUM_CLASSES_METADATA_KEY: b"6"}
+    assert field.metadata == {b"hermetic.kind": b"label", NUM_CLASSES_METADATA_KEY: b"6"}
