@@ -51,9 +51,11 @@ __all__ = [
     "FixedFront",
     "JobModel",
     "ModelInput",
+    "SchemaUnusable",
     "fixed_front",
     "inline_input",
     "job_model",
+    "job_model_for_schema",
 ]
 
 

@@ -105,14 +105,6 @@ class ModelSpec:
         assert self.name is not None
         return preset_format(self.name)
 
-    @property
-    def label(self) -> str:
-        """How messages name the model: `'tanh_cnn'` or `inline <first 12 hex of its hash>`."""
-        if self.name is not None:
-            return repr(self.name)
-        assert self.inline is not None
-        return f"inline {self.inline.sha256[:12]}"
-
 
 @dataclass(frozen=True)
 class DataSpec:
