@@ -188,8 +188,7 @@ class Trainer:
         self._gate = gate
         self._metrics: list[ReleasedMetric] = []
         self._transform: FixedFront | None = None
-        # The job check passed on every dataset and they share one schema: the first gives the layout.
-        self._job: JobModel = job_model(inputs.spec, inputs.train[0].opened.header)
+        self._job_model: JobModel | None = None
 
     def run(self) -> str:
         inp, spec, plan = self._in, self._in.spec, self._in.plan
@@ -197,7 +196,8 @@ class Trainer:
         # Each step frees and reallocates the same temporaries; keep them mapped.
         retain_freed_memory()
         rng = seed_from(inp.nsm.get_random)
-        job = self._job
+        # The job check passed on every dataset and they share one schema: the first gives the layout.
+        job = self._job_model = job_model(spec, inp.train[0].opened.header)
         model = job.build(model_generator(rng.fork(b"model-init")))
         # A model with a fixed front end (no parameters, one record at a time,
         # data-independent) has it applied once to each table instead of every step;
@@ -300,6 +300,11 @@ class Trainer:
         return summary
 
     # ------------------------------------------------------------------ pieces
+
+    @property
+    def _job(self) -> JobModel:
+        assert self._job_model is not None  # set first thing in run()
+        return self._job_model
 
     def _trainable_inputs(
         self, model: nn.Module, rows: np.ndarray
