@@ -257,3 +257,35 @@ def test_a_scattering_front_is_computed_once_and_the_head_holds_every_parameter(
 def test_models_without_a_scattering_front_train_whole(name: str) -> None:
     job = job_model(spec({"name": name}), header())
     assert fixed_front(job.format, job.build(torch.Generator().manual_seed(0)), job.plan()) is None
+
+
+def test_an_inline_graph_is_checked_like_a_chain() -> None:
+    text = """
+[job]
+name = "graph"
+[model]
+format = 1
+graph = [
+  { name = "flat", type = "flatten", inputs = ["input"] },
+  { name = "a", type = "linear", out = 784, inputs = ["flat"] },
+  { name = "sum", type = "add", inputs = ["a", "flat"] },
+  { name = "logits", type = "linear", inputs = ["sum"] },
+]
+output = "logits"
+[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 100
+steps = 20
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.1
+[checkpoint]
+key_id = "alias/model"
+"""
+    job = JobSpec.from_toml(text)
+    assert job.model_format.form == "graph" and job.to_canonical()["model"]["output"] == "logits"
+    assert check_job(job, header()) == []
+    (problem,) = check_job(job, header(size=768, shape=b"16x16x3"))
+    assert problem.where == "model" and problem.message.startswith("model.graph[2] 'sum' (add): ")
