@@ -289,3 +289,13 @@ key_id = "alias/model"
     assert check_job(job, header()) == []
     (problem,) = check_job(job, header(size=768, shape=b"16x16x3"))
     assert problem.where == "model" and problem.message.startswith("model.graph[2] 'sum' (add): ")
+
+
+def test_a_model_reading_ids_gets_the_uint8_values_as_int64() -> None:
+    model = parse_model({"format": 1, "layers": [{"type": "embedding", "vocab": 256, "dim": 4},
+                                                 {"type": "mean_pool"}, {"type": "linear"}]})
+    model_input = inline_input(16, None, model)
+    assert model_input == ModelInput((16,), (16,), ids=True)
+    rows = np.arange(32, dtype=np.uint8).reshape(2, 16) * 8
+    x = model_input.tensor(rows)
+    assert x.dtype == torch.int64 and torch.equal(x, torch.from_numpy(rows.astype(np.int64)))
