@@ -28,6 +28,12 @@ continued from and that checkpoint's step. The enclave resumes only a checkpoint
 authenticate (`enclave.training.checkpoint`), so the ledger and metrics carried over are
 an enclave's. Version 3 added it; version 4 moved `dataset_epsilon` from the body into
 each dataset record, next to its `epsilon`, as a job may train on several datasets.
+
+`model_spec_sha256` names the architecture trained: the SHA-256 (hex) of the canonical
+CBOR of the job's declarative model (`enclave.training.modelfmt`, `ModelFormat.sha256`),
+the inline model of the spec or the preset it names. A verifier holding the spec
+recomputes it (`JobSpec.model_sha256`); `model_sha256` remains the hash of the trained
+weights. Version 5 added it.
 """
 from __future__ import annotations
 
@@ -54,7 +60,7 @@ __all__ = [
     "wire_map",
 ]
 
-BODY_VERSION = 4
+BODY_VERSION = 5
 #: The unit of privacy and the neighbouring relation every epsilon here is stated for
 #: (module docstring); the accountants cover no other.
 PRIVACY_UNIT = "record"
@@ -240,6 +246,8 @@ class CertificateBody:
     version: int = BODY_VERSION
     job_id: str
     spec_sha256: str
+    # The job's declarative model's canonical hash (module docstring); not the weights' hash.
+    model_spec_sha256: str
     pcrs: Mapping[int, str] = field(hash=False)
     datasets: tuple[DatasetRecord, ...]
     public_datasets: tuple[PublicDatasetRecord, ...]
@@ -273,6 +281,7 @@ class CertificateBody:
             )
         _text(self.job_id, "job_id")
         _text(self.spec_sha256, "spec_sha256")
+        _text(self.model_spec_sha256, "model_spec_sha256")
         self._set("pcrs", _pcrs(self.pcrs))
         self._set("datasets", _records(self.datasets, "datasets", MAX_DATASETS, DatasetRecord))
         self._set("public_datasets", _records(
@@ -344,6 +353,7 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
         "version": body.version,
         "job_id": body.job_id,
         "spec_sha256": body.spec_sha256,
+        "model_spec_sha256": body.model_spec_sha256,
         "pcrs": dict(body.pcrs),
         "datasets": [
             {"dataset_id": d.dataset_id, "sealed_sha256": d.sealed_sha256, "key_id": d.key_id,

@@ -222,6 +222,7 @@ def _check_metrics(body: CertificateBody) -> None:
 def check_body(body: CertificateBody) -> None:
     """Raise the first inconsistency of `body` (InconsistentCertificate, BudgetExceeded, PCRs)."""
     _sha256(body.spec_sha256, "spec_sha256")
+    _sha256(body.model_spec_sha256, "model_spec_sha256")
     _sha256(body.model_sha256, "model_sha256")
     _sha256(body.checkpoint_sha256, "checkpoint_sha256")
     if body.resumed_from is not None:

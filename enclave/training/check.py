@@ -1,6 +1,6 @@
 """Check a job against a sealed dataset's header, before any key is used.
 
-Everything checked here is public: the job spec, the model registry, and the
+Everything checked here is public: the job spec, the model presets, and the
 header's encryption context and Arrow schema (bound to the data key through the
 context's schema_sha256). The same pure function serves the enclave, which runs
 it before asking KMS for the data key (`enclave.training.plan.plan_run`), and the
@@ -10,16 +10,22 @@ costs a key use.
 What the trainer really requires of the data (`enclave.training.trainer.table_arrays`,
 `enclave.training.models.preprocess`):
 
-- the feature column is fixed_size_list<uint8> with exactly as many values per
-  record as the model takes (784 for every registered model: the mlp reads them
-  flat, the image models as 1x28x28). A per-record shape in the field metadata
-  must hold that many values, and for an image model be the image (28x28 or
-  1x28x28: size-1 dimensions aside) or flat (784), never another arrangement of
-  the same count;
+- the feature column is fixed_size_list<uint8>, and a per-record shape in the field
+  metadata holds as many values as the list. A preset takes exactly its registered
+  input (784 values for every preset: the mlp reads them flat, the image models as
+  1x28x28), and a declared shape must be that image (28x28 or 1x28x28: size-1
+  dimensions aside) or flat (784), never another arrangement of the same count;
+- an inline model must take the input the column gives it (`jobmodel.inline_input`:
+  the record flat, an H x W image as [1, H, W], H x W x C as [C, H, W]) and give one
+  logit per declared class, within the model format's size limits: `plan_model` infers
+  every layer's shape from these alone, and each way the model does not fit is one
+  problem under `model`. A model reading token ids directly needs an embedding of at
+  least 256 rows, as uint8 values reach 255;
 - the label column is a scalar integer column whose type can hold every class
   index of the model (0..num_classes-1), and it declares (field metadata
   `hermetic.num_classes`, written by the sealer, which refused any label outside
-  [0, K)) exactly the model's class count. The label values stay private; their
+  [0, K)) a class count: a preset's (10), or for an inline model the count it is
+  built for. The label values stay private; their
   range is public by the owner's declaration;
 - the dataset is one the spec's data.train names, if it names any;
 - the spec's checkpoint key is one the data owner allowed to receive the model (the
@@ -45,7 +51,12 @@ from enclave.errors import SealedDataError
 from enclave.sealed.format import PAYLOAD, SealedHeader
 from enclave.sealed.records import NUM_CLASSES_METADATA_KEY, field_num_classes, field_shape, header_schema
 from enclave.training.budget import PlannedRun, plan_budget
-from enclave.training.models import MODELS, ModelSpec, UnknownModel, get_spec
+from enclave.training.jobmodel import inline_input
+from enclave.training.modelfmt.errors import ModelFormatError
+from enclave.training.modelfmt.plan import plan_model
+from enclave.training.modelfmt.presets import UnknownPreset
+from enclave.training.modelfmt.spec import MODEL_INPUT, ModelFormat
+from enclave.training.models import MODELS, ModelSpec
 from enclave.training.spec import JobSpec
 
 #: The wire code a problem is reported under when the enclave refuses the job.
@@ -94,10 +105,10 @@ def review_job(spec: JobSpec, headers: SealedHeader | Sequence[SealedHeader]) ->
 
 
 def check_spec(spec: JobSpec) -> list[Problem]:
-    """The problems of the spec alone, whatever the data: the model must be registered."""
+    """The problems of the spec alone, whatever the data: a named model must be a preset."""
     try:
-        get_spec(spec.model.name)
-    except UnknownModel as err:
+        _ = spec.model_format
+    except UnknownPreset as err:
         return [Problem("model.name", str(err))]
     return []
 
@@ -145,14 +156,41 @@ def _dataset_problems(spec: JobSpec, header: SealedHeader) -> list[Problem]:
         shown = ", ".join(_short(repr(k)) for k in allowed[:_MAX_NAMES_SHOWN])
         problems.append(Problem("checkpoint.key_id", f"names KMS key {_short(repr(spec.checkpoint.key_id))}, which "
                                 f"the data owner did not allow to receive the model (allowed: {shown})"))
-    model = MODELS.get(spec.model.name)
+    name = spec.model.name
+    model = None if name is None else MODELS.get(name)
+    who = "the inline model" if name is None else f"model {name!r}"
     try:
         schema = header_schema(header)
     except SealedDataError as err:
         problems.append(Problem("schema", str(err)))
     else:
-        problems += _feature_problems(schema, spec.data.features, spec.model.name, model)
-        problems += _label_problems(schema, spec.data.label, spec.model.name, model)
+        features = _feature_problems(schema, spec.data.features, who, model)
+        label = _label_problems(schema, spec.data.label, who, model)
+        problems += features + label
+        if spec.model.inline is not None and not features and not label:
+            problems += _inline_problems(schema, spec, spec.model.inline)
+    return problems
+
+
+def _inline_problems(schema: pa.Schema, spec: JobSpec, model: ModelFormat) -> list[Problem]:
+    """Whether the inline model takes the feature column and gives the label's classes (columns checked)."""
+    field, label = schema.field(spec.data.features), schema.field(spec.data.label)
+    size, declared, classes = int(field.type.list_size), field_shape(field), field_num_classes(label)
+    assert classes is not None  # _label_problems reported a missing count
+    model_input = inline_input(size, declared, model)
+    records = f"{_shape_text(declared)} records" if declared is not None else f"records of {size} values"
+    given = (f"column {spec.data.features!r} gives {records} as input {list(model_input.shape)}, "
+             f"column {spec.data.label!r} {classes} classes")
+    try:
+        plan_model(model, input_shape=model_input.shape, num_outputs=classes)
+    except ModelFormatError as err:
+        return [Problem("model", _short(f"{err} ({given})", 6 * _MAX_SHOWN))]
+    problems = []
+    for node in model.nodes:
+        vocab = node.arguments.get("vocab")
+        if node.op == "embedding" and node.inputs[0] == MODEL_INPUT and isinstance(vocab, int) and vocab < 256:
+            problems.append(Problem("model", f"{node.label}: vocab is {vocab} but reads the uint8 values of "
+                                             f"column {spec.data.features!r} directly, up to 255"))
     return problems
 
 
@@ -215,7 +253,7 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def _feature_problems(schema: pa.Schema, name: str, model_name: str, model: ModelSpec | None) -> list[Problem]:
+def _feature_problems(schema: pa.Schema, name: str, who: str, model: ModelSpec | None) -> list[Problem]:
     where = "data.features"
     field, problems = _column(schema, name, where)
     if field is None:
@@ -223,14 +261,14 @@ def _feature_problems(schema: pa.Schema, name: str, model_name: str, model: Mode
     wanted = "fixed_size_list<uint8>" if model is None else f"fixed_size_list<uint8>[{model.input_features}]"
     kind = field.type
     if not pa.types.is_fixed_size_list(kind):
-        return [Problem(where, f"column {name!r} is {_short(kind)}, model {model_name!r} needs {wanted} pixels")]
+        return [Problem(where, f"column {name!r} is {_short(kind)}, {who} needs {wanted} pixels")]
     if kind.value_type != pa.uint8():
         problems.append(Problem(where, f"column {name!r} holds {_short(kind.value_type)} values, "
-                                       f"model {model_name!r} needs {wanted} pixels"))
+                                       f"{who} needs {wanted} pixels"))
     size = int(kind.list_size)
     if model is not None and size != model.input_features:
         image = f" ({_shape_text(model.input_shape)})" if len(model.input_shape) > 1 else ""
-        problems.append(Problem(where, f"column {name!r} holds {size} values per record, model {model_name!r} "
+        problems.append(Problem(where, f"column {name!r} holds {size} values per record, {who} "
                                        f"takes {model.input_features}{image}"))
     try:
         shape = field_shape(field)
@@ -248,12 +286,12 @@ def _feature_problems(schema: pa.Schema, name: str, model_name: str, model: Mode
         and len(_squeezed(shape)) > 1
         and _squeezed(shape) != _squeezed(model.input_shape)
     ):
-        problems.append(Problem(where, f"column {name!r} holds records shaped {_shape_text(shape)}, model "
-                                       f"{model_name!r} takes images shaped {_shape_text(model.input_shape)}"))
+        problems.append(Problem(where, f"column {name!r} holds records shaped {_shape_text(shape)}, "
+                                       f"{who} takes images shaped {_shape_text(model.input_shape)}"))
     return problems
 
 
-def _label_problems(schema: pa.Schema, name: str, model_name: str, model: ModelSpec | None) -> list[Problem]:
+def _label_problems(schema: pa.Schema, name: str, who: str, model: ModelSpec | None) -> list[Problem]:
     where = "data.label"
     field, problems = _column(schema, name, where)
     if field is None:
@@ -273,6 +311,6 @@ def _label_problems(schema: pa.Schema, name: str, model_name: str, model: ModelS
     if declared is None:
         return [Problem(where, f"column {name!r} declares no class count ({key}): seal the data with --num-classes")]
     if model is not None and declared != model.num_classes:
-        return [Problem(where, f"column {name!r} declares {declared} classes, model {model_name!r} has "
+        return [Problem(where, f"column {name!r} declares {declared} classes, {who} has "
                                f"{model.num_classes}")]
     return []

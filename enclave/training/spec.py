@@ -1,10 +1,14 @@
-"""The job spec: a TOML file that selects a registered model and its hyper-parameters.
+"""The job spec: a TOML file that selects a model and its hyper-parameters.
 
-No code comes with a job: a spec names a model from the image's registry and sets
+No code comes with a job: a spec names a preset model of the image or describes one
+as data in the closed declarative format (`enclave.training.modelfmt`), and sets
 numbers. Schema (unknown sections and keys are refused; every message names the key)::
 
     [job]        name = "fashion-mnist-dp"          # 1..128 of [A-Za-z0-9._-]
-    [model]      name = "tanh_cnn"                  # checked against the registry by the trainer
+    [model]      name = "tanh_cnn"                  # a preset (modelfmt.presets), checked by the job check
+      or         format = 1                         # an inline model, parsed strictly here:
+                 layers = [{ type = "linear", out = 128 }, ...]   # a chain, or
+                 graph = [{ name = "a", type = ..., inputs = [...] }, ...] and output = "a"
     [data]       train = "<dataset id>" | ["<id>", ...]  # optional: default the job's only sealed dataset;
                                                     # a list trains on the union, streamed in its order
                  features = "image"                 # optional, default "image"
@@ -30,7 +34,9 @@ of `to_canonical()`: every section and key always present, defaults filled in,
 absent optional values as null, integers as integers and real-valued settings as
 floats (``lr = 4`` and ``lr = 4.0`` are the same spec). TOML formatting, comments,
 key order and number spelling (``1e-5`` vs ``0.00001``) therefore do not change
-the hash; any value does.
+the hash; any value does. The `[model]` section is `{"name": ...}` for a preset (as
+before inline models existed, so those specs keep their hash) and the inline model's
+own canonical form (`ModelFormat.to_canonical`) otherwise.
 """
 from __future__ import annotations
 
@@ -48,6 +54,9 @@ import cbor2
 from enclave.errors import ConfigError
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.accountants import PRIMARY as DEFAULT_ACCOUNTANT
+from enclave.training.modelfmt.errors import ModelFormatError
+from enclave.training.modelfmt.presets import preset_format
+from enclave.training.modelfmt.spec import ModelFormat, parse_model
 
 SPEC_FORMAT = "hermetic-job-spec-v1"
 OPTIMIZERS = ("sgd", "adam")
@@ -69,6 +78,7 @@ MAX_TRAIN_DATASETS = 16
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SECTIONS = ("job", "model", "data", "optimizer", "privacy", "eval", "checkpoint")
 _REQUIRED_SECTIONS = ("job", "model", "optimizer", "privacy", "checkpoint")
+_MODEL_KEYS = ("name", "format", "layers", "graph", "output")
 
 
 class SpecError(ConfigError):
@@ -78,7 +88,22 @@ class SpecError(ConfigError):
 # -- sections -------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
+    """The job's model: a preset's name or an inline declarative model, exactly one of them."""
+
+    name: str | None = None
+    inline: ModelFormat | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) == (self.inline is None):
+            raise SpecError("model needs exactly one of name (a preset) and an inline format")
+
+    @property
+    def format(self) -> ModelFormat:
+        """The declarative model: the inline one, or the preset's; UnknownPreset for an unknown name."""
+        if self.inline is not None:
+            return self.inline
+        assert self.name is not None
+        return preset_format(self.name)
 
 
 @dataclass(frozen=True)
@@ -164,6 +189,16 @@ class JobSpec:
             checkpoint=_parse_checkpoint(sections["checkpoint"]),
         )
 
+    @property
+    def model_format(self) -> ModelFormat:
+        """The model to build: the inline one, or the named preset's (UnknownPreset if none)."""
+        return self.model.format
+
+    @property
+    def model_sha256(self) -> str:
+        """Hex SHA-256 of the model format's canonical CBOR: the certificate's model_spec_sha256."""
+        return self.model_format.sha256
+
     # -- canonical form and hash ----------------------------------------------
     def to_canonical(self) -> dict[str, Any]:
         """The spec as plain containers: every key present, defaults filled in."""
@@ -171,7 +206,7 @@ class JobSpec:
         return {
             "format": SPEC_FORMAT,
             "job": {"name": self.name},
-            "model": {"name": self.model.name},
+            "model": _model_canonical(self.model),
             "data": {
                 # One id stays a string (and none null) so specs of one dataset keep their hash.
                 "train": _train_canonical(self.data.train),
@@ -336,10 +371,29 @@ def _parse_job(table: Mapping[str, Any]) -> str:
 
 
 def _parse_model(table: Mapping[str, Any]) -> ModelSpec:
-    _check_keys(table, "model", ("name",))
+    _check_keys(table, "model", _MODEL_KEYS)
+    if "name" not in table:
+        if not table:
+            raise SpecError("model.name is required (or an inline model: format = 1 with layers or graph)")
+        try:
+            return ModelSpec(inline=parse_model(table))
+        except ModelFormatError as err:
+            # The message already names the key (model.layers[3] ...): one line, as every spec error.
+            raise SpecError(str(err)) from None
+    others = sorted(key for key in table if key != "name")
+    if others:
+        raise SpecError(f"model.name (a preset) and model.{others[0]} (an inline model) exclude each other")
     value = _text(table, "model", "name", required=True, max_len=MAX_NAME)
     assert value is not None
     return ModelSpec(name=value)
+
+
+def _model_canonical(model: ModelSpec) -> dict[str, Any]:
+    if model.inline is not None:
+        return model.inline.to_canonical()
+    # A preset stays {"name": ...}, its form before inline models: such specs keep their hash,
+    # and the image fixes what a preset name builds (the certificate states its model hash).
+    return {"name": model.name}
 
 
 def _parse_data(table: Mapping[str, Any]) -> DataSpec:

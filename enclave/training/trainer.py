@@ -43,7 +43,8 @@ from enclave.training.checkpoint import (
     seal_checkpoint,
 )
 from enclave.training.dpsgd import DpSgd
-from enclave.training.models import FeatureTransform, build_model, feature_transform, get_spec, preprocess
+from enclave.training.jobmodel import FixedFront, JobModel, ModelInput, fixed_front, job_model
+from enclave.training.models import model_generator
 from enclave.training.plan import BudgetExceeded, PlannedRun
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
@@ -150,19 +151,19 @@ def union_arrays(
     return np.concatenate([rows for rows, _ in parts]), torch.cat([labels for _, labels in parts])
 
 
-def accuracy(model: nn.Module, model_name: str, rows: np.ndarray, labels: torch.Tensor) -> float:
+def accuracy(model: nn.Module, model_input: ModelInput, rows: np.ndarray, labels: torch.Tensor) -> float:
     model.eval()
     correct = 0
     with torch.no_grad():
         for start in range(0, len(rows), EVAL_BATCH):
-            x = preprocess(model_name, rows[start : start + EVAL_BATCH])
+            x = model_input.tensor(rows[start : start + EVAL_BATCH])
             correct += int((model(x).argmax(dim=1) == labels[start : start + EVAL_BATCH]).sum())
     model.train()
     return correct / max(1, len(rows))
 
 
 def features_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
-    """`accuracy` for a model whose fixed front end was already applied (FeatureTransform)."""
+    """`accuracy` for a model whose fixed front end was already applied (FixedFront)."""
     head.eval()
     correct = 0
     with torch.no_grad():
@@ -186,8 +187,8 @@ class Trainer:
         self._in = inputs
         self._gate = gate
         self._metrics: list[ReleasedMetric] = []
-        self._transform: FeatureTransform | None = None
-        self._model: nn.Module | None = None
+        self._transform: FixedFront | None = None
+        self._job_model: JobModel | None = None
 
     def run(self) -> str:
         inp, spec, plan = self._in, self._in.spec, self._in.plan
@@ -195,12 +196,13 @@ class Trainer:
         # Each step frees and reallocates the same temporaries; keep them mapped.
         retain_freed_memory()
         rng = seed_from(inp.nsm.get_random)
-        model = build_model(spec.model.name, rng=rng.fork(b"model-init"))
+        # The job check passed on every dataset and they share one schema: the first gives the layout.
+        job = self._job_model = job_model(spec, inp.train[0].opened.header)
+        model = job.build(model_generator(rng.fork(b"model-init")))
         # A model with a fixed front end (no parameters, one record at a time,
         # data-independent) has it applied once to each table instead of every step;
         # DP-SGD then runs on the head, which holds all of the model's parameters.
-        self._transform = feature_transform(spec.model.name)
-        self._model = model
+        self._transform = fixed_front(job.format, model, job.plan())
         optimizer = build_optimizer(spec, model)
         ledger = PrivacyLedger(plan.delta, plan.accountant)
         start = 0
@@ -208,9 +210,8 @@ class Trainer:
             start = self._restore(model, optimizer, inp.resume)
             ledger = PrivacyLedger.from_dict(inp.resume.ledger)
             self._check_resumed_ledger(ledger, start)
-        classes = get_spec(spec.model.name).num_classes
         rows, labels = union_arrays([d.opened.table for d in inp.train], spec.data.features, spec.data.label,
-                                    classes)
+                                    job.num_classes)
         sampler = PoissonSampler(len(rows), plan.sampling_rate, rng.fork(b"poisson-sampler"))
         net, inputs = self._trainable_inputs(model, rows)
         engine = DpSgd(
@@ -254,6 +255,7 @@ class Trainer:
         body = CertificateBody(
             job_id=inp.job_id,
             spec_sha256=spec.sha256,
+            model_spec_sha256=job.format.sha256,
             pcrs={i: inp.nsm.describe_pcr(i).value.hex() for i in PCR_INDICES},
             datasets=tuple(
                 DatasetRecord(
@@ -299,17 +301,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces
 
+    @property
+    def _job(self) -> JobModel:
+        assert self._job_model is not None  # set first thing in run()
+        return self._job_model
+
     def _trainable_inputs(
         self, model: nn.Module, rows: np.ndarray
     ) -> tuple[nn.Module, Callable[[np.ndarray], torch.Tensor]]:
         """The module DP-SGD trains and a batch -> its inputs function."""
-        name = self._in.spec.model.name
+        model_input = self._job.input
         if self._transform is None:
-            return model, lambda batch: preprocess(name, rows[batch])
+            return model, lambda batch: model_input.tensor(rows[batch])
         began = time.monotonic()
-        features = self._transform.features(model, rows)
-        log.info("computed %s features of %d records in %.1fs", name, len(rows), time.monotonic() - began)
-        return self._transform.head(model), lambda batch: features[torch.from_numpy(batch)]
+        features = self._transform.features(model_input, rows)
+        log.info("computed fixed front-end features of %d records in %.1fs", len(rows), time.monotonic() - began)
+        return self._transform.head, lambda batch: features[torch.from_numpy(batch)]
 
     def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: CheckpointState) -> int:
         try:
@@ -345,11 +352,9 @@ class Trainer:
         if table is None:
             raise DatasetError(f"the job spec evaluates on public dataset {name!r}, which was not sent")
         spec = self._in.spec
-        classes = get_spec(spec.model.name).num_classes
-        rows, labels = table_arrays(table.table, spec.data.features, spec.data.label, classes)
+        rows, labels = table_arrays(table.table, spec.data.features, spec.data.label, self._job.num_classes)
         if self._transform is not None:
-            assert self._model is not None
-            return table, self._transform.features(self._model, rows), labels
+            return table, self._transform.features(self._job.input, rows), labels
         return table, rows, labels
 
     def _release_accuracy(
@@ -358,9 +363,9 @@ class Trainer:
         table, rows, labels = public
         if isinstance(rows, torch.Tensor):
             assert self._transform is not None
-            value = features_accuracy(self._transform.head(model), rows, labels)
+            value = features_accuracy(self._transform.head, rows, labels)
         else:
-            value = accuracy(model, self._in.spec.model.name, rows, labels)
+            value = accuracy(model, self._job.input, rows, labels)
         metric = ReleasedMetric(
             name=f"accuracy/{table.name}", value=value, kind="public_eval", step=step, epsilon_cost=0.0
         )

@@ -24,7 +24,7 @@ from parent.inputs import load_certificate_der, parse_pcr, pinned_pcrs, read_bou
 from parent.verify.body import body_to_json
 from parent.verify.certificate import VerifiedCertificate, verify_certificate
 from parent.verify.policy import AttestationPolicy
-from parent.verify.subject import SealedFile, check_sealed, check_spec, read_sealed_file, spec_sha256
+from parent.verify.subject import SealedFile, check_sealed, check_spec, read_sealed_file, read_spec
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "certificate records them; may repeat")
     parser.add_argument("--spec", metavar="FILE", type=Path,
                         help="the job spec (TOML) the certificate must be about: its canonical SHA-256 "
-                             "equals the certificate's spec_sha256")
+                             "equals the certificate's spec_sha256, its model's the model_spec_sha256")
     parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=None,
                         help="accountant whose recomputed epsilon is reported (default: the"
                              " certificate's primary); all are always checked")
@@ -69,13 +69,13 @@ def run(args: argparse.Namespace) -> int:
     pcrs = pinned_pcrs(args._parser, args.pcr, args.measurements)
     policy = AttestationPolicy.from_pcrs(pcrs)
     sealed = [read_sealed_file(path) for path in args.sealed or ()]
-    spec = spec_sha256(args.spec) if args.spec is not None else None
+    spec = read_spec(args.spec) if args.spec is not None else None
     data = _read_certificate(args.certificate)
     root_der = load_certificate_der(args.root) if args.root is not None else None
     verified = verify_certificate(data, root_der=root_der, policy=policy, accountant=args.accountant)
     check_sealed(verified.body, sealed)
     if spec is not None:
-        check_spec(verified.body, spec, str(args.spec))
+        check_spec(verified.body, spec.sha256, str(args.spec), model_spec_sha256=spec.model_sha256)
     report = _report(verified, sorted(pcrs), sealed, spec is not None)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -102,6 +102,7 @@ def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[Seale
         "valid": True,
         "job_id": body.job_id,
         "spec_sha256": body.spec_sha256,
+        "model_spec_sha256": body.model_spec_sha256,
         "epsilon": verified.epsilon,
         "epsilons": dict(verified.epsilons),
         "stated_epsilons": dict(body.epsilon),
@@ -162,7 +163,8 @@ def _print_summary(report: dict[str, Any]) -> None:
         print(f"                epsilon {dataset['epsilon']:.6g} for this job at its delta {dataset['delta']:.3g}; "
               f"{dataset['dataset_epsilon']:.6g} of its {dataset['max_epsilon']:.6g} spent by every job on it, "
               "this one included (its budget ledger, as stated by the enclave)")
-    print(f"  model:        sha256 {report['model_sha256']}")
+    print(f"  model:        architecture sha256 {report['model_spec_sha256']} (the job's model format)")
+    print(f"                weights sha256 {report['model_sha256']}")
     print(f"  checkpoint:   sha256 {report['checkpoint_sha256']}")
     resumed = report["resumed_from"]
     if resumed is None:
@@ -174,7 +176,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     for checked in report["sealed_checked"]:
         print(f"  sealed file:  {checked['file']} is dataset {checked['dataset_id']}, as certified")
     if report["spec_checked"]:
-        print("  job spec:     matches the certificate's spec sha256")
+        print("  job spec:     matches the certificate's spec sha256 and model architecture sha256")
     print(f"  attested at:  {report['attested_at']}")
     for metric in report["metrics"]:
         print(f"  metric:       {metric['name']} = {metric['value']:.6g} ({metric['kind']}, "

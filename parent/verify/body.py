@@ -1,8 +1,9 @@
 """Strict decoding of privacy certificate bodies, and their JSON form for people.
 
-Only the exact canonical bytes of a v4 body decode (v2 added the unit of privacy and
-the neighbouring relation, v3 the resume lineage, v4 each dataset's own epsilon; older
-bodies are refused); every field is type-checked
+Only the exact canonical bytes of a v5 body decode (v2 added the unit of privacy and
+the neighbouring relation, v3 the resume lineage, v4 each dataset's own epsilon, v5 the
+hash of the job's declarative model, model_spec_sha256; older bodies are refused);
+every field is type-checked
 again here, so a crafted file cannot smuggle an int where a float is attested.
 """
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _decode_resumed_from(raw: Any) -> ResumedFrom | None:
 
 
 def decode_body(data: bytes) -> CertificateBody:
-    """Parse canonical body bytes; MalformedCertificate for anything not exactly a current (v4) body."""
+    """Parse canonical body bytes; MalformedCertificate for anything not exactly a current (v5) body."""
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedCertificate("certificate body is not a byte string")
     if len(data) > MAX_BODY_SIZE:
@@ -132,6 +133,7 @@ def decode_body(data: bytes) -> CertificateBody:
         version=raw["version"],
         job_id=raw["job_id"],
         spec_sha256=raw["spec_sha256"],
+        model_spec_sha256=raw["model_spec_sha256"],
         pcrs=checked_mapping(raw["pcrs"], "pcrs"),
         datasets=tuple(_decode_dataset(d, i)
                        for i, d in enumerate(_wire_list(raw["datasets"], "datasets"))),

@@ -4,7 +4,9 @@ A valid certificate says what one job did; a data owner also wants to know that 
 job read *their* sealed file (and so spent *their* budget), a model owner that it ran
 *their* spec. Both are facts the enclave recorded in the body: the dataset's id, the
 SHA-256 of the sealed file as streamed, its KMS key and encryption context (the
-budget, record count and schema hash), and `JobSpec.sha256`. Compare them only with
+budget, record count and schema hash), `JobSpec.sha256`, and the hash of the job's
+declarative model (`JobSpec.model_sha256`: the inline model, or the named preset's
+as this release defines it). Compare them only with
 a certificate `verify_certificate` accepted: before that the body is anyone's claim.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "check_sealed",
     "check_spec",
     "read_sealed_file",
+    "read_spec",
     "spec_sha256",
 ]
 
@@ -83,6 +86,11 @@ def read_sealed_file(path: str | os.PathLike[str]) -> SealedFile:
 
 def spec_sha256(path: str | os.PathLike[str]) -> str:
     """`JobSpec.sha256` of the spec file: what the certificate's spec_sha256 records."""
+    return read_spec(path).sha256
+
+
+def read_spec(path: str | os.PathLike[str]) -> JobSpec:
+    """The job spec file, parsed; ConfigError (naming the file) if it is no spec or names no known model."""
     name = os.fspath(path)
     try:
         with open(name, "rb") as handle:
@@ -96,7 +104,10 @@ def spec_sha256(path: str | os.PathLike[str]) -> str:
     except UnicodeDecodeError:
         raise ConfigError(f"job spec {name} is not UTF-8 text") from None
     try:
-        return JobSpec.from_toml(text).sha256
+        spec = JobSpec.from_toml(text)
+        # A preset this release does not define has no model hash to compare: refused here.
+        _ = spec.model_sha256
+        return spec
     except HermeticError as err:
         raise ConfigError(f"job spec {name}: {err}") from None
 
@@ -134,11 +145,15 @@ def _check_record(record: DatasetRecord, given: SealedFile) -> None:
                   given.name)
 
 
-def check_spec(body: CertificateBody, sha256: str, name: str) -> None:
-    """The certificate's spec_sha256 is `sha256` (of the spec file `name`); SubjectMismatch otherwise."""
+def check_spec(body: CertificateBody, sha256: str, name: str, model_spec_sha256: str | None = None) -> None:
+    """The certificate's spec_sha256 is `sha256` (of the spec file `name`), and its model_spec_sha256
+    `model_spec_sha256` when given (the spec's model format hash); SubjectMismatch otherwise."""
     if body.spec_sha256 != sha256:
         _mismatch("spec_sha256", body.spec_sha256, sha256, name)
-    log.info("certificate spec_sha256 matches job spec %s", name)
+    if model_spec_sha256 is not None and body.model_spec_sha256 != model_spec_sha256:
+        _mismatch("model_spec_sha256", body.model_spec_sha256, model_spec_sha256, name)
+    log.info("certificate spec_sha256%s matches job spec %s",
+             "" if model_spec_sha256 is None else " and model_spec_sha256", name)
 
 
 def _mismatch(what: str, certified: str | None, found: str | None, name: str) -> None:

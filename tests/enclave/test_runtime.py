@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from enclave.attestation.document import parse_attestation
 from enclave.egress import EgressGate
 from enclave.runtime import INTERNAL_FAILURE, OPENED_FAILURE, OPENED_FAILURE_CODE, EnclaveRuntime, RuntimeLimits
+from enclave.training.modelfmt.presets import preset_format
 from enclave.training.trainer import Trainer, TrainingInputs
 from enclave.transport.messages import (
     PROTOCOL_VERSION,
@@ -258,6 +259,8 @@ def test_a_job_runs_to_a_certificate_in_memory(nsm: MockNsm, ca: LocalCa, sealed
     body = verify_certificate(issued.data, root_der=ca.root_der, policy=PINNED).body
     # The clock the runtime was given is the one the certificate reads.
     assert body.started_at == body.finished_at == "2024-05-01T12:00:00.000Z"
+    # The preset's model format hash: what a verifier recomputes from the spec.
+    assert body.model_spec_sha256 == preset_format("mlp").sha256
     assert kms.calls == ["Decrypt", "GenerateDataKey"]  # the data key, then the checkpoint's
 
 
@@ -275,6 +278,47 @@ def test_sealed_file_of_another_dataset_is_refused_before_kms(nsm: MockNsm, seal
                                 *stream(0, "other-v1", sealed)], kms=kms)
     assert_refused(replies, "sealed-data", "the job asked for 'other-v1'")
     assert kms.calls == []
+
+
+INLINE = 'format = 1\nlayers = [{ type = "flatten" }, { type = "linear", out = 32 }, { type = "tanh" }, { type = "linear" }]'
+
+
+@pytest.mark.parametrize(
+    ("layers", "reason"),
+    [
+        # Built for 32x32 images; the column holds 784 values.
+        ('[{ type = "reshape", shape = [1, 32, 32] }, { type = "flatten" }, { type = "linear" }]',
+         "model: model.layers[0] (reshape): "),
+        # Five logits; the label column declares 10 classes.
+        ('[{ type = "flatten" }, { type = "linear", out = 5 }]',
+         "model: model.layers[1] (linear): out is 5 but the model must give one logit per class, 10"),
+        # Beyond the format's parameter limit.
+        ('[{ type = "linear", out = 65536 }, { type = "linear" }]', "more than the limit of 50,000,000"),
+    ],
+)
+def test_an_inline_model_that_does_not_fit_the_data_is_refused_before_kms(
+    nsm: MockNsm, sealed: bytes, layers: str, reason: str
+) -> None:
+    kms = StubKms()
+    spec = mlp_spec(key_id=KEY_ARN, model=f"format = 1\nlayers = {layers}")
+    replies = run_session(nsm, [HELLO, CREDS, JOB, TrainingJob(spec), *stream(0, TRAIN, sealed)], kms=kms)
+    assert_refused(replies, "config", reason)
+    assert kms.calls == []
+
+
+def test_an_inline_model_trains_to_a_certificate_naming_its_hash(nsm: MockNsm, ca: LocalCa, sealed: bytes) -> None:
+    from enclave.training.spec import JobSpec
+
+    kms = StubKms()
+    spec = mlp_spec(key_id=KEY_ARN, model=INLINE)
+    replies = run_session(nsm, [HELLO, CREDS, JOB, TrainingJob(spec), *stream(0, TRAIN, sealed)], kms=kms)
+    [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
+    body = verify_certificate(issued.data, root_der=ca.root_der, policy=PINNED).body
+    job = JobSpec.from_toml(spec)
+    assert body.spec_sha256 == job.sha256
+    assert body.model_spec_sha256 == job.model_sha256 == job.model_format.sha256
+    assert body.model_spec_sha256 != JobSpec.from_toml(spec_toml()).model_sha256
+    assert kms.calls == ["Decrypt", "GenerateDataKey"]
 
 
 def test_kms_refusal_is_reported_as_kms(nsm: MockNsm, sealed: bytes) -> None:

@@ -232,3 +232,36 @@ def test_streams_follow_the_specs_order() -> None:
     assert in_spec_order(given, ("a-v1", "b-v1")) == [("a-v1", "a.sealed"), ("b-v1", "b.sealed"),
                                                       ("x-v1", "x.sealed")]
     assert in_spec_order(given, ()) == given
+
+
+def inline_spec(tmp_path: Path, layers: str, name: str = "inline.toml") -> Path:
+    text = spec_text().replace('[model]\nname = "tanh_cnn"', f"[model]\nformat = 1\nlayers = {layers}")
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_an_inline_model_is_checked_against_the_sealed_schema(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """16x16x3 images (768 uint8 values each, shaped in the field metadata): a conv2d model
+    takes them as [3, 16, 16]; one built for 28x28 is refused under `model`, offline."""
+    data = sealed(tmp_path, "rgb", shape=(16, 16, 3))
+    fits = inline_spec(tmp_path, '[{ type = "conv2d", out_channels = 8, kernel = 3 }, { type = "relu" }, '
+                                 '{ type = "flatten" }, { type = "linear" }]')
+    assert check_job(fits, [data]).ok
+    wrong = inline_spec(tmp_path, '[{ type = "reshape", shape = [1, 28, 28] }, { type = "flatten" }, '
+                                  '{ type = "linear" }]', name="wrong.toml")
+    result = check_job(wrong, [data])
+    assert [p.where for p in result.problems] == [f"{data}: model"]
+    assert result.problems[0].message.startswith("model.layers[0] (reshape): ")
+    assert "column 'image' gives 16x16x3 records as input [3, 16, 16], column 'label' 10 classes" in \
+        result.problems[0].message
+    assert main(["job", "check", str(wrong), "--sealed", str(data)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith(f"problem: {data}: model: model.layers[0] (reshape): ") and out[-1] == \
+        "job check: 1 problem"
+    # The enclave's own check says the same.
+    header = read_header(open_source(str(data)))
+    assert [(p.where, p.message) for p in enclave_check_job(JobSpec.from_toml(wrong.read_text()), header)] == [
+        ("model", result.problems[0].message)]

@@ -64,6 +64,7 @@ def make_body(**overrides: Any) -> CertificateBody:
     fields: dict[str, Any] = {
         "job_id": "job-0001",
         "spec_sha256": sha256_hex("spec"),
+        "model_spec_sha256": sha256_hex("model-spec"),
         "pcrs": {index: PCRS[index].hex() for index in (0, 1, 2, 3)},
         "public_datasets": (PublicDatasetRecord("fashion-mnist-test", sha256_hex("public"), 10000),),
         "sampling_rate": Q,

@@ -5,8 +5,10 @@ from collections.abc import Sequence
 
 
 def mlp_spec(*, key_id: str, name: str = "runtime-test", steps: int = 2, noise: float = 1.0,
-             batch: int = 20, train: str | Sequence[str] | None = None, checkpoint_every: int = 0) -> str:
-    """TOML for an "mlp" job with SGD; `train` a dataset id (a string) or a list of ids."""
+             batch: int = 20, train: str | Sequence[str] | None = None, checkpoint_every: int = 0,
+             model: str = 'name = "mlp"') -> str:
+    """TOML for an "mlp" job with SGD; `train` a dataset id (a string) or a list of ids; `model`
+    the body of the [model] section (another preset, or an inline model's format and layers)."""
     if train is None:
         data = ""
     elif isinstance(train, str):
@@ -18,7 +20,7 @@ def mlp_spec(*, key_id: str, name: str = "runtime-test", steps: int = 2, noise: 
 [job]
 name = "{name}"
 [model]
-name = "mlp"
+{model}
 {data}[optimizer]
 name = "sgd"
 lr = 0.1

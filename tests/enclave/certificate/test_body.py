@@ -28,7 +28,7 @@ from tests.support.certificates import make_body
 def _kat_body() -> CertificateBody:
     # Deliberately tiny values: this pins the encoding, not the semantics.
     return CertificateBody(
-        job_id="j", spec_sha256="s", pcrs={2: "22", 0: "00"},
+        job_id="j", spec_sha256="s", model_spec_sha256="a", pcrs={2: "22", 0: "00"},
         datasets=(DatasetRecord("d", "h", "k", {"dataset_id": "d"}, 7, 2.25, 2.75),),
         public_datasets=(), sampling_rate=0.5, noise_multiplier=1.0, max_grad_norm=1,
         steps=3, delta=1e-5, epsilon={"prv": 2.5}, accountant="prv",
@@ -41,28 +41,28 @@ def _kat_body() -> CertificateBody:
 
 
 KAT_HEX = (
-    "b76470637273a200623030026232326564656c7461fb3ee4f8b588e368f16573"
-    "746570730366627564676574a26564656c7461fb3ee4f8b588e368f16b6d6178"
-    "5f657073696c6f6efb4008000000000000666a6f625f6964616a666c65646765"
-    "7281a36171fb3fe0000000000000657369676d61fb3ff0000000000000657374"
-    "6570730367657073696c6f6ea163707276fb4004000000000000676d65747269"
-    "637381a5646b696e646b7075626c69635f6576616c646e616d65636163636473"
-    "746570036576616c7565fb3fe80000000000006c657073696c6f6e5f636f7374"
-    "fb00000000000000006776657273696f6e0468646174617365747381a7666b65"
-    "795f6964616b67657073696c6f6efb4002000000000000677265636f72647307"
-    "6a646174617365745f696461646d7365616c65645f73686132353661686f6461"
-    "74617365745f657073696c6f6efb400600000000000072656e6372797074696f"
-    "6e5f636f6e74657874a16a646174617365745f696461646a6163636f756e7461"
-    "6e74637072766a737461727465645f61747818323032352d30312d3031543030"
-    "3a30303a30302e3030305a6b66696e69736865645f61747818323032352d3031"
-    "2d30315430313a30303a30302e3030305a6b737065635f73686132353661736c"
-    "6d6f64656c5f736861323536616d6c6e65696768626f7572696e67687a65726f"
-    "2d6f75746c707269766163795f756e6974667265636f72646c726573756d6564"
-    "5f66726f6da26473746570026d7365616c65645f73686132353661726d6d6178"
-    "5f677261645f6e6f726dfb3ff00000000000006d73616d706c696e675f726174"
-    "65fb3fe00000000000006f7075626c69635f646174617365747380706e6f6973"
-    "655f6d756c7469706c696572fb3ff000000000000071636865636b706f696e74"
-    "5f7368613235366163"
+    "b8186470637273a200623030026232326564656c7461fb3ee4f8b588e368f165"
+    "73746570730366627564676574a26564656c7461fb3ee4f8b588e368f16b6d61"
+    "785f657073696c6f6efb4008000000000000666a6f625f6964616a666c656467"
+    "657281a36171fb3fe0000000000000657369676d61fb3ff00000000000006573"
+    "746570730367657073696c6f6ea163707276fb4004000000000000676d657472"
+    "69637381a5646b696e646b7075626c69635f6576616c646e616d656361636364"
+    "73746570036576616c7565fb3fe80000000000006c657073696c6f6e5f636f73"
+    "74fb00000000000000006776657273696f6e0568646174617365747381a7666b"
+    "65795f6964616b67657073696c6f6efb4002000000000000677265636f726473"
+    "076a646174617365745f696461646d7365616c65645f73686132353661686f64"
+    "6174617365745f657073696c6f6efb400600000000000072656e637279707469"
+    "6f6e5f636f6e74657874a16a646174617365745f696461646a6163636f756e74"
+    "616e74637072766a737461727465645f61747818323032352d30312d30315430"
+    "303a30303a30302e3030305a6b66696e69736865645f61747818323032352d30"
+    "312d30315430313a30303a30302e3030305a6b737065635f7368613235366173"
+    "6c6d6f64656c5f736861323536616d6c6e65696768626f7572696e67687a6572"
+    "6f2d6f75746c707269766163795f756e6974667265636f72646c726573756d65"
+    "645f66726f6da26473746570026d7365616c65645f73686132353661726d6d61"
+    "785f677261645f6e6f726dfb3ff00000000000006d73616d706c696e675f7261"
+    "7465fb3fe00000000000006f7075626c69635f646174617365747380706e6f69"
+    "73655f6d756c7469706c696572fb3ff000000000000071636865636b706f696e"
+    "745f7368613235366163716d6f64656c5f737065635f7368613235366161"
 )
 
 
@@ -71,8 +71,8 @@ def test_known_answer_bytes() -> None:
 
 
 def test_known_answer_dataset_record_by_hand() -> None:
-    # Written out from RFC 8949 by hand, not by the encoder: a 23-entry body map (v4 has no
-    # body-level dataset_epsilon), version 4, and the one dataset record as a 7-entry map whose
+    # Written out from RFC 8949 by hand, not by the encoder: a 24-entry body map (v4 dropped the
+    # body-level dataset_epsilon, v5 added model_spec_sha256), version 5, and the one dataset record as a 7-entry map whose
     # keys sort by length then bytes, with this job's epsilon 2.25 and the dataset's 2.75.
     record = (
         "81a7"                                   # array(1), map(7)
@@ -84,18 +84,23 @@ def test_known_answer_dataset_record_by_hand() -> None:
         "6f646174617365745f657073696c6f6e" "fb4006000000000000"  # "dataset_epsilon": 2.75
         "72656e6372797074696f6e5f636f6e74657874" "a1"  # "encryption_context": map(1)
     )
-    assert KAT_HEX.startswith("b7")
-    assert "6776657273696f6e04" + "68646174617365747" + "3" + record in KAT_HEX
+    assert KAT_HEX.startswith("b818")
+    assert "6776657273696f6e05" + "68646174617365747" + "3" + record in KAT_HEX
     assert "6f646174617365745f657073696c6f6e" not in KAT_HEX.replace(record, "")
 
 
 def test_known_answer_structure_by_hand() -> None:
     data = encode_body(_kat_body())
-    # 23 keys (0xb7); the shortest key first (length-first canonical ordering).
-    assert data[:6] == b"\xb7\x64pcrs"
-    # Version 4 states each dataset's epsilons in its record (below); version 3 the resume
-    # lineage; version 2 the unit of privacy and the neighbouring relation.
-    assert b"\x67version\x04" in data
+    # 24 keys: past 23 the count takes a byte of its own (0xb8 0x18); the shortest key first
+    # (length-first canonical ordering).
+    assert data[:7] == b"\xb8\x18\x64pcrs"
+    # Version 5 names the model format's hash; version 4 states each dataset's epsilons in its
+    # record (below); version 3 the resume lineage; version 2 the unit of privacy and the
+    # neighbouring relation.
+    assert b"\x67version\x05" in data
+    # model_spec_sha256 (17 characters, 0x71) sorts after checkpoint_sha256, the other 17-character
+    # key ("c" < "m"), so it is the last entry: text(17) then the one-character text "a".
+    assert data.endswith(b"\x71checkpoint_sha256\x61c" + b"\x71model_spec_sha256\x61a")
     # resumed_from by hand: a map of 2, "step" (4 characters) before "sealed_sha256" (13).
     assert b"\x6cresumed_from\xa2\x64step\x02\x6dsealed_sha256\x61r" in data
     # A run from step 0 says so with null, never by leaving the key out.
@@ -173,7 +178,11 @@ def _mutated(change: Any) -> bytes:
         lambda w: w.update(resumed_from={"sealed_sha256": "", "step": 1}),
         lambda w: w.update(resumed_from=[]),
         lambda w: w.update(version=3),
-        lambda w: w.update(version=5),
+        lambda w: w.update(version=4),
+        lambda w: w.update(version=6),
+        lambda w: w.pop("model_spec_sha256"),
+        lambda w: w.update(model_spec_sha256=""),
+        lambda w: w.update(model_spec_sha256=b"\x00" * 32),
         lambda w: w.update(dataset_epsilon=2.5),
         lambda w: w.update(steps=True),
         lambda w: w.update(steps=-1),
@@ -231,11 +240,11 @@ def test_decode_rejects_non_canonical_encodings() -> None:
 def test_decode_rejects_duplicate_keys() -> None:
     data = encode_body(make_body())
     # Bump the map length by one and repeat the first entry ("pcrs").
-    head, first_key = data[0], cbor2.dumps("pcrs")
-    assert head == 0xB7  # 23 entries
+    head, first_key = data[:2], cbor2.dumps("pcrs")
+    assert head == b"\xb8\x18"  # 24 entries
     start = len(first_key) + 2
     value = dumps_f64(cbor2.loads(data)["pcrs"])
-    forged = b"\xb8\x18" + first_key + value + data[1:]
+    forged = b"\xb8\x19" + first_key + value + data[2:]
     assert forged[start:start + len(value)] == value
     with pytest.raises(MalformedCertificate):
         decode_body(forged)

@@ -74,6 +74,7 @@ INCONSISTENT: list[tuple[str, Change]] = [
     ("time not UTC", lambda b: replace(b, started_at="2025-01-01T00:00:00+01:00")),
     ("time not a date", lambda b: replace(b, started_at="2025-13-01T00:00:00Z")),
     ("spec hash not hex", lambda b: replace(b, spec_sha256="Z" * 64)),
+    ("model spec hash short", lambda b: replace(b, model_spec_sha256="ab")),
     ("model hash uppercase", lambda b: replace(b, model_sha256=b.model_sha256.upper())),
     ("checkpoint hash short", lambda b: replace(b, checkpoint_sha256="ab")),
     ("sealed hash not hex", lambda b: replace(b, datasets=(_dataset(sealed_sha256="xyz"),))),

@@ -237,7 +237,8 @@ INVALID = [
     ("model.name", _DELETE, "model.name is required"),
     ("model.name", ["mlp"], "model.name must be a string, got an array"),
     ("model.name", " mlp", "model.name must be printable without surrounding spaces"),
-    ("model.layers", 3, "unknown key 'model.layers'"),
+    ("model.layers", 3, "model.name (a preset) and model.layers (an inline model) exclude each other"),
+    ("model.weights", 3, "unknown key 'model.weights'"),
     # data
     ("data.train", "", "data.train must not be empty"),
     ("data.train", 7, "data.train must be a string"),

@@ -288,7 +288,8 @@ def job(ca: LocalCa, tmp_path: Path) -> dict[str, Path]:
     context = dict(header.encryption_context)
     record = DatasetRecord(context["dataset_id"], hashlib.sha256(sealed.read_bytes()).hexdigest(), header.key_id,
                            context, int(context["record_count"]), 0.6, 2.5)
-    body = make_body(datasets=(record,), spec_sha256=JobSpec.from_toml(SPEC).sha256)
+    spec_hashes = {"spec_sha256": JobSpec.from_toml(SPEC).sha256, "model_spec_sha256": JobSpec.from_toml(SPEC).model_sha256}
+    body = make_body(datasets=(record,), **spec_hashes)
     cert, root = tmp_path / "job.cert", tmp_path / "root.pem"
     cert.write_bytes(issue_certificate(body, new_nsm(ca)))
     root.write_bytes(ca.root_pem)
@@ -306,6 +307,7 @@ def test_the_certificate_is_about_the_sealed_file_and_spec(job: dict[str, Path],
     assert report["valid"] is True and report["pinned_pcrs"] == [0]
     assert report["sealed_checked"] == [{"file": str(job["sealed"]), "dataset_id": "train-v1"}]
     assert report["spec_checked"] is True
+    assert report["model_spec_sha256"] == JobSpec.from_toml(SPEC).model_sha256
     assert verify_job(job, "--sealed", str(job["sealed"]), "--spec", str(job["spec"])) == 0
     out = capsys.readouterr().out
     assert f"sealed file:  {job['sealed']} is dataset train-v1" in out and "job spec:     matches" in out
@@ -352,6 +354,22 @@ def test_another_spec_is_named_with_both_hashes(job: dict[str, Path], tmp_path: 
     assert verify_job(job, "--spec", str(other)) == 1
     assert one_line_error(capsys) == (f"hermetic: error: spec_sha256: certificate {certified[:8]}...{certified[-8:]}, "
                                       f"{other} {found[:8]}...{found[-8:]}\n")
+
+
+def test_a_certificate_about_another_model_is_named_with_both_hashes(
+    ca: LocalCa, job: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The spec hash matches but the certified model format is not the spec's (the preset it names)."""
+    certified = hashlib.sha256(b"another architecture").hexdigest()
+    found = JobSpec.from_toml(SPEC).model_sha256
+    body = make_body(spec_sha256=JobSpec.from_toml(SPEC).sha256, model_spec_sha256=certified)
+    job["cert"].write_bytes(issue_certificate(body, new_nsm(ca)))
+    assert verify_job(job) == 0
+    capsys.readouterr()
+    assert verify_job(job, "--spec", str(job["spec"])) == 1
+    assert one_line_error(capsys) == (
+        f"hermetic: error: model_spec_sha256: certificate {certified[:8]}...{certified[-8:]}, "
+        f"{job['spec']} {found[:8]}...{found[-8:]}\n")
 
 
 def test_unreadable_sealed_and_spec_files_are_one_line_errors(job: dict[str, Path], tmp_path: Path,

@@ -158,7 +158,7 @@ def test_every_body_field_is_bound(ca: LocalCa, nsm: MockNsm) -> None:
             verify_certificate(encode_envelope(tampered, attestation), root_der=ca.root_der, policy=PINNED)
         touched.add(name.split("/")[0].split(" ")[0])
         count += 1
-    assert touched == top_level and len(top_level) == 23
+    assert touched == top_level and len(top_level) == 24
     assert count > 40
 
 

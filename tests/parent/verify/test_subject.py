@@ -1,11 +1,15 @@
 """parent.verify.subject: a certificate against the sealed files and spec the verifier holds."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from enclave.certificate.body import DatasetRecord
+from enclave.errors import ConfigError
+from enclave.training.spec import JobSpec
 from parent.verify.errors import SubjectMismatch
-from parent.verify.subject import SealedFile, check_sealed, check_spec
+from parent.verify.subject import SealedFile, check_sealed, check_spec, read_spec
 from tests.support.certificates import context, make_body, sha256_hex
 
 
@@ -47,3 +51,41 @@ def test_hashes_with_the_same_ends_are_shown_where_they_differ() -> None:
         check_spec(body, other, "job.toml")
     assert str(err.value) == ("spec_sha256: certificate ...abababababab..., job.toml ...ababffababab...")
     check_spec(body, certified, "job.toml")
+
+
+def test_the_model_format_hash_is_checked_when_given() -> None:
+    body = make_body(spec_sha256=sha256_hex("spec"), model_spec_sha256=sha256_hex("model-a"))
+    check_spec(body, sha256_hex("spec"), "job.toml")  # the spec hash alone, as before
+    check_spec(body, sha256_hex("spec"), "job.toml", model_spec_sha256=sha256_hex("model-a"))
+    with pytest.raises(SubjectMismatch, match=r"^model_spec_sha256: certificate .*, job.toml .*$"):
+        check_spec(body, sha256_hex("spec"), "job.toml", model_spec_sha256=sha256_hex("model-b"))
+
+
+SPEC = """
+[job]
+name = "x"
+[model]
+{model}
+[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 10
+steps = 1
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.0
+[checkpoint]
+key_id = "k"
+"""
+
+
+def test_a_spec_file_gives_both_hashes_and_an_unknown_preset_is_refused(tmp_path: Path) -> None:
+    inline = tmp_path / "inline.toml"
+    inline.write_text(SPEC.format(model='format = 1\nlayers = [{ type = "linear" }]'), encoding="utf-8")
+    spec = read_spec(inline)
+    assert spec == JobSpec.from_toml(inline.read_text()) and spec.model_sha256 == spec.model_format.sha256
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text(SPEC.format(model='name = "resnet"'), encoding="utf-8")
+    with pytest.raises(ConfigError, match=rf"^job spec {unknown}: unknown model 'resnet'; registered models: "):
+        read_spec(unknown)
