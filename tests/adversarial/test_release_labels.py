@@ -24,24 +24,9 @@ from enclave.training.trainer import UnusableRecords, table_arrays
 from parent.cli import main
 from tests.parent.test_seal import LEDGER, FakeKms, seal
 from tests.parent.test_seal import kms_url as kms_url
+from tests.support.specs import mlp_spec
 
-SPEC = """
-[job]
-name = "labels"
-[model]
-name = "mlp"
-[optimizer]
-name = "sgd"
-lr = 0.1
-[privacy]
-expected_batch_size = 10
-steps = 1
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = 1.0
-[checkpoint]
-key_id = "arn:aws:kms:us-east-1:111122223333:key/m"
-"""
+SPEC = mlp_spec(key_id="arn:aws:kms:us-east-1:111122223333:key/m", name="labels", steps=1, batch=10)
 
 
 def _npz(path: Path, labels: np.ndarray) -> Path:

@@ -7,24 +7,9 @@ from pathlib import Path
 import pytest
 
 from parent.cli import main
+from tests.support.specs import mlp_spec
 
-SPEC = """
-[job]
-name = "t"
-[model]
-name = "mlp"
-[optimizer]
-name = "sgd"
-lr = 0.1
-[privacy]
-expected_batch_size = 10
-steps = 1
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = 1.0
-[checkpoint]
-key_id = "alias/hermetic-model-owner"
-"""
+SPEC = mlp_spec(key_id="alias/hermetic-model-owner", name="t", steps=1, batch=10)
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ from enclave.training.spec import JobSpec
 from parent.verify.errors import SubjectMismatch
 from parent.verify.subject import SealedFile, check_sealed, check_spec, read_spec
 from tests.support.certificates import context, make_body, sha256_hex
+from tests.support.specs import mlp_spec
 
 
 def sealed_file(**changes: object) -> SealedFile:
@@ -61,31 +62,16 @@ def test_the_model_format_hash_is_checked_when_given() -> None:
         check_spec(body, sha256_hex("spec"), "job.toml", model_spec_sha256=sha256_hex("model-b"))
 
 
-SPEC = """
-[job]
-name = "x"
-[model]
-{model}
-[optimizer]
-name = "sgd"
-lr = 0.1
-[privacy]
-expected_batch_size = 10
-steps = 1
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = 1.0
-[checkpoint]
-key_id = "k"
-"""
+def _spec(*, model: str) -> str:
+    return mlp_spec(key_id="k", name="x", steps=1, batch=10, model=model)
 
 
 def test_a_spec_file_gives_both_hashes_and_an_unknown_preset_is_refused(tmp_path: Path) -> None:
     inline = tmp_path / "inline.toml"
-    inline.write_text(SPEC.format(model='format = 1\nlayers = [{ type = "linear" }]'), encoding="utf-8")
+    inline.write_text(_spec(model='format = 1\nlayers = [{ type = "linear" }]'), encoding="utf-8")
     spec = read_spec(inline)
     assert spec == JobSpec.from_toml(inline.read_text()) and spec.model_sha256 == spec.model_format.sha256
     unknown = tmp_path / "unknown.toml"
-    unknown.write_text(SPEC.format(model='name = "resnet"'), encoding="utf-8")
+    unknown.write_text(_spec(model='name = "resnet"'), encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"^job spec {unknown}: unknown model 'resnet'; registered models: "):
         read_spec(unknown)
