@@ -86,9 +86,13 @@ def _batch(model: str, batch: int):  # type: ignore[no-untyped-def]
 
 def _fresh_model(model: str):  # type: ignore[no-untyped-def]
     from enclave.hazmat.csprng import Csprng
-    from enclave.training.models import build_model
+    from enclave.training.models import build_model, reseed_dropout
 
-    return build_model(model, rng=Csprng(bytes(range(32))))
+    net = build_model(model, rng=Csprng(bytes(range(32))))
+    # Contenders other than DpSgd (which reseeds before every step) need a generator
+    # for the model's CsprngDropout layers once; it refuses to run without one.
+    reseed_dropout(net, Csprng(bytes(range(1, 33))))
+    return net
 
 
 def _contender(name: str, model: str, batch: int) -> Callable[[], None]:
