@@ -555,16 +555,18 @@ def sealed_table(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return (folder / "train.sealed").read_bytes()
 
 
-def tabular_spec(features: str, *, out: int = 2) -> str:
+def tabular_spec(features: str, *, out: int = 2, layers: str | None = None, data: str = "") -> str:
+    layers = layers or f'[{{ type = "linear", out = 8 }}, {{ type = "tanh" }}, {{ type = "linear", out = {out} }}]'
     return f"""
 [job]
 name = "tabular"
 [model]
 format = 1
-layers = [{{ type = "linear", out = 8 }}, {{ type = "tanh" }}, {{ type = "linear", out = {out} }}]
+layers = {layers}
 [data]
 features = {features}
 label = "diagnosis"
+{data}
 [optimizer]
 name = "sgd"
 lr = 0.1
@@ -595,9 +597,14 @@ def test_a_tabular_job_that_does_not_fit_the_schema_is_refused_before_kms(
     assert kms.calls == []
 
 
-def test_a_tabular_job_trains_to_a_certificate(nsm: MockNsm, ca: LocalCa, sealed_table: bytes) -> None:
+@pytest.mark.parametrize("spec", [
+    tabular_spec('["age", "city"]'),
+    # One id per column for an embedding: the city's three values.
+    tabular_spec('["city"]', data='categorical = "ids"',
+                 layers='[{ type = "embedding", vocab = 3, dim = 4 }, { type = "flatten" }, { type = "linear", out = 2 }]'),
+])
+def test_a_tabular_job_trains_to_a_certificate(nsm: MockNsm, ca: LocalCa, sealed_table: bytes, spec: str) -> None:
     kms = StubKms()
-    spec = tabular_spec('["age", "city"]')
     replies = run_session(nsm, [HELLO, CREDS, JobStart("job-1", [TABULAR]), TrainingJob(spec),
                                 *stream(0, TABULAR, sealed_table)], kms=kms)
     [issued] = [m for m in replies if isinstance(m, CertificateIssued)]

@@ -207,6 +207,25 @@ def test_every_problem_is_reported_once() -> None:
     assert len(found) == 3, found
 
 
+def test_a_regression_on_an_image_column_plans_one_output() -> None:
+    image = pa.field("image", pa.list_(pa.uint8(), 784), nullable=False,
+                     metadata={b"hermetic.kind": b"tensor", b"shape": b"28x28"})
+    images = pa.schema([image, field(PRICE)])
+    layers = [{"type": "flatten"}, {"type": "linear", "out": 1}]
+    spec = job({"features": "image", "label": "price"}, layers=layers, task={"kind": "regression"})
+    assert check_job(spec, dataset_header(schema=images)) == []
+    model = job_model_for_schema(spec, images)
+    assert model.num_classes == 1 and model.tabular is None and model.input.shape == (1, 28, 28)
+
+
+def test_datasets_of_one_job_share_every_listed_column() -> None:
+    first = dataset_header(schema=schema(*TABLE), dataset_id="a-v1")
+    other = dataset_header(schema=schema(AGE, CategoricalColumn("city", vocabulary=("north", "south")), ZIP,
+                                         DIAGNOSIS), dataset_id="b-v1")
+    found = messages(check_job(job({**FEATURES, "train": ["a-v1", "b-v1"]}), [first, other]))
+    assert len(found) == 1 and found[0].startswith("b-v1: data.features: column 'city' is int32")
+
+
 # -- assembly -----------------------------------------------------------------------------
 def _table() -> pa.Table:
     return pa.table({
