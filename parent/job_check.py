@@ -33,6 +33,7 @@ from enclave.ledger.reserve import BudgetCheck, check_header_budget
 from enclave.ledger.store import LedgerError, LedgerUnavailable
 from enclave.privacy.ledger import Segment
 from enclave.sealed.format import PAYLOAD, SealedHeader
+from enclave.sealed.public_schema import PublicSchema, public_schema
 from enclave.sealed.stream import read_header
 from enclave.training.budget import PlannedRun
 from enclave.training.check import Problem, check_spec, review_datasets
@@ -167,6 +168,11 @@ def in_spec_order(datasets: Sequence[tuple[str, str]], train: Sequence[str]) -> 
     requires of the streams; ids it does not list keep their place after (the enclave names them)."""
     rank = {dataset_id: index for index, dataset_id in enumerate(train)}
     return sorted(datasets, key=lambda pair: rank.get(pair[0], len(rank)))
+
+
+def sealed_public_schema(path: str, s3_client: Any | None = None) -> PublicSchema:
+    """The public schema of the sealed file at `path` (a path or s3:// URI): what public files are encoded by."""
+    return public_schema(_header(path, s3_client))
 
 
 def _header(path: str, s3_client: Any | None) -> SealedHeader:

@@ -35,7 +35,15 @@ What the trainer really requires of the data (`enclave.training.trainer.table_ar
   feature and label fields in each (type, shape and declared class count): the
   trainer stacks their records into one table;
 - the run the spec plans fits the dataset's budget, every dataset's when there are
-  several (`enclave.training.budget`).
+  several (`enclave.training.budget`);
+- a tabular job (data.features a list) or a regression job is read through the public
+  schema (`enclave.sealed.public_schema`, `enclave.training.tabular`): every listed
+  column exists and is numeric or categorical (categorical only with ids), every
+  numeric value read (features, a regression target) has public bounds, from the
+  schema or `[data.scale]`; the label is a class label for classification and a
+  regression target for regression; the model is inline and plans for the assembled
+  input ([width] floats, or [columns] ids under an embedding of enough rows) and gives
+  one output per class, or one for regression.
 
 Every problem is collected, each naming what is wrong; none stops the others.
 """
@@ -49,15 +57,25 @@ import pyarrow as pa
 
 from enclave.errors import SealedDataError
 from enclave.sealed.format import PAYLOAD, SealedHeader
+from enclave.sealed.public_schema import (
+    CategoricalColumn,
+    ClassLabel,
+    NumericColumn,
+    PublicSchema,
+    RegressionTarget,
+    parse_schema,
+)
 from enclave.sealed.records import NUM_CLASSES_METADATA_KEY, field_num_classes, field_shape, header_schema
 from enclave.training.budget import PlannedRun, plan_budget
 from enclave.training.jobmodel import inline_input
 from enclave.training.modelfmt.errors import ModelFormatError
+from enclave.training.modelfmt.ops import OPS
 from enclave.training.modelfmt.plan import plan_model
 from enclave.training.modelfmt.presets import UnknownPreset
 from enclave.training.modelfmt.spec import MODEL_INPUT, ModelFormat
 from enclave.training.models import MODELS, ModelSpec
 from enclave.training.spec import JobSpec
+from enclave.training.tabular import Categorical, Numeric, TabularLayout, bounds_of, job_target, tabular_layout
 
 #: The wire code a problem is reported under when the enclave refuses the job.
 CONFIG = "config"
@@ -164,16 +182,174 @@ def _dataset_problems(spec: JobSpec, header: SealedHeader) -> list[Problem]:
     except SealedDataError as err:
         problems.append(Problem("schema", str(err)))
     else:
-        features = _feature_problems(schema, spec.data.features, who, model)
-        label = _label_problems(schema, spec.data.label, who, model)
+        if spec.data.tabular or spec.task.regression:
+            problems += _public_problems(schema, spec)
+            return problems
+        features = _feature_problems(schema, spec.data.columns[0], who, model)
+        label = _task_problems(schema, spec) or _label_problems(schema, spec.data.label, who, model)
         problems += features + label
         if spec.model.inline is not None and not features and not label:
             problems += _inline_problems(schema, spec, spec.model.inline)
     return problems
 
 
+def _public(schema: pa.Schema) -> tuple[PublicSchema | None, list[Problem]]:
+    try:
+        return parse_schema(schema), []
+    except SealedDataError as err:
+        return None, [Problem("schema", _short(err, 3 * _MAX_SHOWN))]
+
+
+def _task_problems(schema: pa.Schema, spec: JobSpec) -> list[Problem]:
+    """A classification job on a regression target: the task, not the type, is what is wrong."""
+    public, _ = _public(schema)
+    column = None if public is None else public.get(spec.data.label)
+    if isinstance(column, RegressionTarget):
+        return [Problem("data.label", f"column {_short(repr(column.name))} is {column.describe()}; the task is "
+                                      'classification (the default): set [task] kind = "regression"')]
+    return []
+
+
+def _public_problems(schema: pa.Schema, spec: JobSpec) -> list[Problem]:
+    """A tabular or regression job, read through the public schema (the columns, the label, the model)."""
+    public, problems = _public(schema)
+    if public is None:
+        return problems
+    features = (_tabular_problems(public, spec) if spec.data.tabular
+                else _feature_problems(schema, spec.data.columns[0], "the inline model", None))
+    label = _target_problems(public, spec)
+    problems = features + label
+    if spec.model.inline is None:
+        what = "a tabular" if spec.data.tabular else "a regression"
+        problems.append(Problem("model.name", f"preset {_short(repr(spec.model.name))} takes 28x28 images and "
+                                              f"gives 10 classes; {what} job describes its model inline"))
+    elif not problems:
+        problems += _tabular_model_problems(schema, public, spec, spec.model.inline)
+    return problems
+
+
+def _tabular_problems(public: PublicSchema, spec: JobSpec) -> list[Problem]:
+    """One problem per listed column that cannot be a feature as the spec encodes it."""
+    where, data = "data.features", spec.data
+    ids = data.encoding == "ids"
+    problems: list[Problem] = []
+    for name in data.columns:
+        column = public.get(name)
+        shown = _short(repr(name))
+        if column is None:
+            names = ", ".join(_short(repr(n)) for n in public.names[:_MAX_NAMES_SHOWN])
+            more = f" and {len(public) - _MAX_NAMES_SHOWN} more" if len(public) > _MAX_NAMES_SHOWN else ""
+            problems.append(Problem(where, f"column {shown} is not in the dataset (columns: {names or 'none'}{more})"))
+        elif isinstance(column, NumericColumn):
+            if ids:
+                problems.append(Problem(where, f"column {shown} is {column.describe()}; data.categorical = \"ids\" "
+                                               "takes categorical columns only (the model has one input)"))
+                continue
+            bounds = bounds_of(data, column)
+            if bounds is None:
+                problems.append(Problem(where, f"column {shown} is {column.describe()}: it is scaled by public "
+                                               f"bounds, declare them at sealing (--numeric {_short(name)}:LO:HI) "
+                                               f"or in the spec ([data.scale] {_short(name)} = "
+                                               "{ lo = ..., hi = ... }); no statistic of the private data is used"))
+            elif not bounds[0] < bounds[1]:
+                problems.append(Problem(where, f"column {shown} is {column.describe()}: scaling needs lo below hi, "
+                                               f"set [data.scale] {_short(name)} = {{ lo = ..., hi = ... }}"))
+        elif not isinstance(column, CategoricalColumn):
+            hint = ""
+            if column.kind in ("tensor", "sequence"):
+                hint = f" (one {column.kind} column is named alone: data.features = {shown})"
+            problems.append(Problem(where, f"column {shown} is {_short(column.describe())}; a list of features "
+                                           f"takes numeric and categorical columns{hint}"))
+    for name, _ in data.scale:
+        column = public.get(name)
+        if column is not None and not isinstance(column, (NumericColumn, RegressionTarget)):
+            problems.append(Problem(f"data.scale.{_short(name)}", f"column {_short(repr(name))} is "
+                                    f"{_short(column.describe())}; scale constants apply to numeric columns"))
+    return problems
+
+
+def _target_problems(public: PublicSchema, spec: JobSpec) -> list[Problem]:
+    """The label's kind against the task, and a regression target's bounds."""
+    where, name = "data.label", spec.data.label
+    column = public.get(name)
+    shown = _short(repr(name))
+    if column is None:
+        names = ", ".join(_short(repr(n)) for n in public.names[:_MAX_NAMES_SHOWN])
+        return [Problem(where, f"column {shown} is not in the dataset (columns: {names or 'none'})")]
+    described = _short(column.describe())
+    if spec.task.regression:
+        if not isinstance(column, RegressionTarget):
+            return [Problem(where, f"column {shown} is {described}; [task] kind = \"regression\" needs a regression "
+                                   f"target (seal it with --target {_short(name)}:LO:HI)")]
+        bounds = bounds_of(spec.data, column)
+        if bounds is None:
+            return [Problem(where, f"column {shown} is {described}: the loss clips the target to public bounds, "
+                                   f"declare them at sealing (--target {_short(name)}:LO:HI) or in the spec "
+                                   f"([data.scale] {_short(name)} = {{ lo = ..., hi = ... }})")]
+        if not bounds[0] < bounds[1]:
+            return [Problem(where, f"column {shown} is {described}: scaling needs lo below hi, "
+                                   f"set [data.scale] {_short(name)} = {{ lo = ..., hi = ... }}")]
+        return []
+    if isinstance(column, RegressionTarget):
+        return [Problem(where, f"column {shown} is {described}; the task is classification (the default): "
+                               'set [task] kind = "regression"')]
+    if not isinstance(column, ClassLabel):
+        return [Problem(where, f"column {shown} is {described}; a classification job needs a class label "
+                               "(seal it with --label COL and --classes A,B or --num-classes K)")]
+    return []
+
+
+def _layout_text(layout: TabularLayout) -> str:
+    numeric = sum(isinstance(p, Numeric) for p in layout.parts)
+    blocks = [f"{_short(repr(p.name))} {'ids' if p.ids else 'one-hot'} {p.size}"
+              for p in layout.parts if isinstance(p, Categorical)]
+    shown = ", ".join([f"{numeric} numeric"] * bool(numeric) + blocks[:_MAX_NAMES_SHOWN])
+    more = f" and {len(blocks) - _MAX_NAMES_SHOWN} more" if len(blocks) > _MAX_NAMES_SHOWN else ""
+    return f"{shown}{more}"
+
+
+def _tabular_model_problems(schema: pa.Schema, public: PublicSchema, spec: JobSpec,
+                            model: ModelFormat) -> list[Problem]:
+    """Whether the inline model takes the assembled input and gives the task's outputs (columns checked)."""
+    target = job_target(spec, public)
+    outputs = "1 output (regression)" if target.regression else f"{target.outputs} classes"
+    layout: TabularLayout | None = None
+    if spec.data.tabular:
+        layout = tabular_layout(spec, public)
+        shape = layout.input_shape
+        given = f"the features give input {list(shape)} ({_layout_text(layout)}), column " \
+                f"{_short(repr(spec.data.label))} {outputs}"
+    else:
+        field = schema.field(spec.data.features)
+        model_input = inline_input(int(field.type.list_size), field_shape(field), model)
+        shape = model_input.shape
+        given = f"column {_short(repr(spec.data.features))} gives input {list(shape)}, " \
+                f"column {_short(repr(spec.data.label))} {outputs}"
+    try:
+        plan_model(model, input_shape=shape, num_outputs=target.outputs)
+    except ModelFormatError as err:
+        return [Problem("model", _short(f"{err} ({given})", 6 * _MAX_SHOWN))]
+    if layout is None:
+        return []
+    reads_ids = [node for node in model.nodes if OPS[node.op].takes_ids and node.inputs[0] == MODEL_INPUT]
+    if layout.ids and not reads_ids:
+        return [Problem("model", 'data.categorical = "ids" gives category ids: the model must read them with an '
+                                 f"embedding of at least {layout.vocab} rows ({_layout_text(layout)})")]
+    if not layout.ids and reads_ids:
+        return [Problem("model", f"{reads_ids[0].label} reads ids but the features are one-hot floats: set "
+                                 'data.categorical = "ids" and list categorical columns only')]
+    problems = []
+    for node in reads_ids:
+        vocab = node.arguments.get("vocab")
+        if node.op == "embedding" and isinstance(vocab, int) and vocab < layout.vocab:
+            problems.append(Problem("model", f"{node.label}: vocab is {vocab} but the ids of the listed "
+                                             f"columns reach {layout.vocab - 1} ({_layout_text(layout)})"))
+    return problems
+
+
 def _inline_problems(schema: pa.Schema, spec: JobSpec, model: ModelFormat) -> list[Problem]:
     """Whether the inline model takes the feature column and gives the label's classes (columns checked)."""
+    assert isinstance(spec.data.features, str)  # a list of features is planned by _tabular_model_problems
     field, label = schema.field(spec.data.features), schema.field(spec.data.label)
     size, declared, classes = int(field.type.list_size), field_shape(field), field_num_classes(label)
     assert classes is not None  # _label_problems reported a missing count
@@ -204,7 +380,8 @@ def _schema_mismatches(spec: JobSpec, headers: Sequence[SealedHeader], names: Se
         return []  # already reported for that dataset
     problems: list[Problem] = []
     first = names[0] or headers[0].dataset_id
-    for where, column in (("data.features", spec.data.features), ("data.label", spec.data.label)):
+    pairs = [*(("data.features", c) for c in spec.data.columns), ("data.label", spec.data.label)]
+    for where, column in pairs:
         if any(s.names.count(column) != 1 for s in schemas):
             continue  # a missing column is already reported
         reference = schemas[0].field(column)

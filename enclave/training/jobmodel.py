@@ -12,7 +12,10 @@ schema, never from the records:
   sealer writes an (N, H, W, C) array) as [C, H, W], channels first as conv2d takes
   them; a 4-D record as it is;
 - the class count: a preset's 10, an inline model's the label column's declared
-  `hermetic.num_classes` (the sealer refused every label outside [0, K)).
+  `hermetic.num_classes` (the sealer refused every label outside [0, K)); one output
+  for a regression job;
+- a tabular job (data.features a list of numeric and categorical columns) takes the
+  vector, or the ids, `enclave.training.tabular` assembles from the public schema.
 
 Pixels become float32 as `models.preprocess` makes them (scaled to [0, 1], then
 standardised with fixed public constants, never statistics of the private data), or
@@ -35,8 +38,9 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from enclave.errors import DatasetError
+from enclave.errors import DatasetError, SealedDataError
 from enclave.sealed.format import SealedHeader
+from enclave.sealed.public_schema import parse_schema
 from enclave.sealed.records import field_num_classes, field_shape, header_schema
 from enclave.training.modelfmt.build import build_model
 from enclave.training.modelfmt.layers import GraphModel
@@ -46,6 +50,7 @@ from enclave.training.modelfmt.presets import PRESET_CLASSES, PRESET_INPUT_SHAPE
 from enclave.training.modelfmt.spec import MODEL_INPUT, ModelFormat
 from enclave.training.models import FASHION_MNIST_MEAN, FASHION_MNIST_STD, CsprngDropout, InputFormatError
 from enclave.training.spec import JobSpec
+from enclave.training.tabular import TabularLayout, Target, job_target, tabular_layout
 
 __all__ = [
     "FixedFront",
@@ -129,7 +134,12 @@ class JobModel:
 
     format: ModelFormat
     input: ModelInput
+    #: The model's outputs: the classes, or 1 for a regression target.
     num_classes: int
+    #: A tabular job: how the listed columns become the input (None: one tensor column).
+    tabular: TabularLayout | None = None
+    #: How the label becomes what the loss compares with (None: class indices, as before).
+    target: Target | None = None
 
     def plan(self) -> ModelPlan:
         return plan_model(self.format, input_shape=self.input.shape, num_outputs=self.num_classes)
@@ -148,8 +158,19 @@ def job_model(spec: JobSpec, header: SealedHeader) -> JobModel:
 
 def job_model_for_schema(spec: JobSpec, schema: pa.Schema) -> JobModel:
     model = spec.model_format
+    target = None
+    if spec.data.tabular or spec.task.regression:
+        try:
+            public = parse_schema(schema)
+            target = job_target(spec, public)
+            if spec.data.tabular:
+                layout = tabular_layout(spec, public)
+                shape = layout.input_shape
+                return JobModel(model, ModelInput(shape, shape, ids=layout.ids), target.outputs, layout, target)
+        except (DatasetError, SealedDataError) as err:
+            raise SchemaUnusable(str(err)) from None
     try:
-        features = schema.field(spec.data.features)
+        features = schema.field(spec.data.columns[0])
         label = schema.field(spec.data.label)
     except KeyError:
         raise SchemaUnusable("the dataset lacks the spec's feature or label column") from None
@@ -159,10 +180,10 @@ def job_model_for_schema(spec: JobSpec, schema: pa.Schema) -> JobModel:
     if spec.model.name is not None:
         shape = PRESET_INPUT_SHAPES[spec.model.name]
         return JobModel(model, ModelInput((size,), shape), PRESET_CLASSES)
-    classes = field_num_classes(label)
+    classes = target.outputs if target is not None else field_num_classes(label)
     if classes is None:
         raise SchemaUnusable(f"column {spec.data.label!r} declares no class count")
-    return JobModel(model, inline_input(size, field_shape(features), model), classes)
+    return JobModel(model, inline_input(size, field_shape(features), model), classes, None, target)
 
 
 @dataclass(frozen=True)

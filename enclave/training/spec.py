@@ -11,8 +11,14 @@ numbers. Schema (unknown sections and keys are refused; every message names the 
                  graph = [{ name = "a", type = ..., inputs = [...] }, ...] and output = "a"
     [data]       train = "<dataset id>" | ["<id>", ...]  # optional: default the job's only sealed dataset;
                                                     # a list trains on the union, streamed in its order
-                 features = "image"                 # optional, default "image"
-                 label = "label"                    # optional, default "label"
+                 features = "image"                 # optional, default "image": one tensor or sequence column,
+                   or ["age", "city", ...]          # or numeric and categorical columns, assembled in order
+                 label = "label"                    # optional, default "label": a class label or a target
+                 categorical = "one_hot" | "ids"    # optional, default "one_hot" (listed features only)
+    [data.scale] age = { lo = 0, hi = 120 }         # optional: public min-max constants for a numeric
+                                                    # feature or the target (default: the schema's bounds)
+    [task]       kind = "classification" | "regression"   # optional section, default classification
+                 loss = "cross_entropy" | "mse" | "huber" # optional: cross_entropy, or mse for regression
     [optimizer]  name = "sgd" | "adam"
                  lr = 4.0                           # finite, > 0
                  momentum = 0.9                     # sgd only, [0, 1), default 0.0
@@ -36,7 +42,15 @@ floats (``lr = 4`` and ``lr = 4.0`` are the same spec). TOML formatting, comment
 key order and number spelling (``1e-5`` vs ``0.00001``) therefore do not change
 the hash; any value does. The `[model]` section is `{"name": ...}` for a preset (as
 before inline models existed, so those specs keep their hash) and the inline model's
-own canonical form (`ModelFormat.to_canonical`) otherwise.
+own canonical form (`ModelFormat.to_canonical`) otherwise. Likewise the keys that came
+with tabular jobs (data.categorical, data.scale, the [task] section) are in the
+canonical form only when the spec gives them, so the specs written before keep their
+hash; a list of features is a list, one feature column a string.
+
+Tabular features (`enclave.training.tabular`): a numeric column is clipped to public
+bounds and min-max scaled to [0, 1]; a categorical column becomes a one-hot block of
+its vocabulary or bucket count, or with categorical = "ids" its category index offset
+by the sizes of the listed columns before it, for one embedding over all of them.
 """
 from __future__ import annotations
 
@@ -63,6 +77,13 @@ OPTIMIZERS = ("sgd", "adam")
 DEFAULT_FEATURES = "image"
 DEFAULT_LABEL = "label"
 DEFAULT_EVAL_EVERY = 200
+ENCODINGS = ("one_hot", "ids")
+DEFAULT_ENCODING = "one_hot"
+TASKS = ("classification", "regression")
+LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "huber")}
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+# A table has at most this many columns worth listing; the header bounds the real count.
+MAX_FEATURES = 4096
 
 # Bounds that keep a spec sane without restricting any real job.
 MAX_BATCH_SIZE = 10_000_000
@@ -76,7 +97,7 @@ MAX_TEXT = 256
 MAX_TRAIN_DATASETS = 16
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_SECTIONS = ("job", "model", "data", "optimizer", "privacy", "eval", "checkpoint")
+_SECTIONS = ("job", "model", "data", "task", "optimizer", "privacy", "eval", "checkpoint")
 _REQUIRED_SECTIONS = ("job", "model", "optimizer", "privacy", "checkpoint")
 _MODEL_KEYS = ("name", "format", "layers", "graph", "output")
 
@@ -107,11 +128,50 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Scale:
+    """Public min-max constants of a numeric column: values are clipped to [lo, hi], then mapped to [0, 1]."""
+
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
 class DataSpec:
     # The sealed datasets the job trains on, in stream order; empty: the job's only one.
     train: tuple[str, ...] = ()
-    features: str = DEFAULT_FEATURES
+    # One tensor or sequence column (a string), or numeric and categorical columns (a tuple).
+    features: str | tuple[str, ...] = DEFAULT_FEATURES
     label: str = DEFAULT_LABEL
+    categorical: str | None = None  # None: not given (one_hot)
+    scale: tuple[tuple[str, Scale], ...] = ()
+
+    @property
+    def tabular(self) -> bool:
+        """The features are a list of columns, assembled into one vector (or ids) per record."""
+        return isinstance(self.features, tuple)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The feature columns, one for a tensor or sequence."""
+        return self.features if isinstance(self.features, tuple) else (self.features,)
+
+    @property
+    def encoding(self) -> str:
+        return DEFAULT_ENCODING if self.categorical is None else self.categorical
+
+    def scale_of(self, column: str) -> Scale | None:
+        return dict(self.scale).get(column)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    kind: str = "classification"
+    loss: str = "cross_entropy"
+    given: bool = False  # the spec has a [task] section (it enters the canonical form only then)
+
+    @property
+    def regression(self) -> bool:
+        return self.kind == "regression"
 
 
 @dataclass(frozen=True)
@@ -157,6 +217,7 @@ class JobSpec:
     privacy: PrivacySpec
     eval: EvalSpec
     checkpoint: CheckpointSpec
+    task: TaskSpec = TaskSpec()
 
     # -- parsing ---------------------------------------------------------------
     @classmethod
@@ -187,6 +248,7 @@ class JobSpec:
             privacy=_parse_privacy(sections["privacy"]),
             eval=_parse_eval(sections["eval"]),
             checkpoint=_parse_checkpoint(sections["checkpoint"]),
+            task=_parse_task(sections["task"], "task" in raw),
         )
 
     @property
@@ -203,16 +265,22 @@ class JobSpec:
     def to_canonical(self) -> dict[str, Any]:
         """The spec as plain containers: every key present, defaults filled in."""
         opt, priv = self.optimizer, self.privacy
-        return {
+        data: dict[str, Any] = {
+            # One id stays a string (and none null) so specs of one dataset keep their hash.
+            "train": _train_canonical(self.data.train),
+            "features": list(self.data.features) if self.data.tabular else self.data.features,
+            "label": self.data.label,
+        }
+        # Given only: specs written before tabular jobs keep their hash.
+        if self.data.categorical is not None:
+            data["categorical"] = self.data.categorical
+        if self.data.scale:
+            data["scale"] = {name: {"lo": s.lo, "hi": s.hi} for name, s in self.data.scale}
+        canonical: dict[str, Any] = {
             "format": SPEC_FORMAT,
             "job": {"name": self.name},
             "model": _model_canonical(self.model),
-            "data": {
-                # One id stays a string (and none null) so specs of one dataset keep their hash.
-                "train": _train_canonical(self.data.train),
-                "features": self.data.features,
-                "label": self.data.label,
-            },
+            "data": data,
             "optimizer": {
                 "name": opt.name,
                 "lr": float(opt.lr),
@@ -232,6 +300,9 @@ class JobSpec:
             "eval": {"public": self.eval.public, "every_steps": int(self.eval.every_steps)},
             "checkpoint": {"every_steps": self.checkpoint.every_steps, "key_id": self.checkpoint.key_id},
         }
+        if self.task.given:
+            canonical["task"] = {"kind": self.task.kind, "loss": self.task.loss}
+        return canonical
 
     def canonical_cbor(self) -> bytes:
         return cbor2.dumps(self.to_canonical(), canonical=True)
@@ -397,14 +468,66 @@ def _model_canonical(model: ModelSpec) -> dict[str, Any]:
 
 
 def _parse_data(table: Mapping[str, Any]) -> DataSpec:
-    _check_keys(table, "data", ("train", "features", "label"))
+    _check_keys(table, "data", ("train", "features", "label", "categorical", "scale"))
     train = _parse_train(table)
-    features = _text(table, "data", "features", required=False, default=DEFAULT_FEATURES)
+    features = _parse_features(table)
     label = _text(table, "data", "label", required=False, default=DEFAULT_LABEL)
-    assert features is not None and label is not None
-    if features == label:
-        raise SpecError(f"data.features and data.label must name different columns, both are {label!r}")
-    return DataSpec(train=train, features=features, label=label)
+    assert label is not None
+    if label in (features if isinstance(features, tuple) else (features,)):
+        raise SpecError(f"data.features and data.label must name different columns, both name {label!r}")
+    categorical = None
+    if "categorical" in table:
+        categorical = _choice(table, "data", "categorical", ENCODINGS)
+        if not isinstance(features, tuple):
+            raise SpecError("data.categorical applies to a list of feature columns, data.features names one column")
+    scale = _parse_scale(table.get("scale"), (*(features if isinstance(features, tuple) else ()), label))
+    return DataSpec(train=train, features=features, label=label, categorical=categorical, scale=scale)
+
+
+def _parse_features(table: Mapping[str, Any]) -> str | tuple[str, ...]:
+    raw = table.get("features")
+    if not isinstance(raw, list):
+        value = _text(table, "data", "features", required=False, default=DEFAULT_FEATURES)
+        assert value is not None
+        return value
+    if not 1 <= len(raw) <= MAX_FEATURES:
+        raise SpecError(f"data.features must list 1..{MAX_FEATURES} columns, got {len(raw)}")
+    names = tuple(str(_text({f"features[{i}]": v}, "data", f"features[{i}]", required=True))
+                  for i, v in enumerate(raw))
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise SpecError(f"data.features names column {twice!r} more than once")
+    return names
+
+
+def _parse_scale(raw: Any, listed: tuple[str, ...]) -> tuple[tuple[str, Scale], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"data.scale must be a table of {{ lo = ..., hi = ... }} by column, got {_kind(raw)}")
+    scales = []
+    for name, bounds in raw.items():
+        where = f"data.scale.{name}"
+        if name not in listed:
+            raise SpecError(f"{where}: column {name!r} is not in data.features or data.label")
+        if not isinstance(bounds, Mapping):
+            raise SpecError(f"{where} must be {{ lo = ..., hi = ... }}, got {_kind(bounds)}")
+        _check_keys(bounds, where, ("lo", "hi"))
+        lo = _required(_float(bounds, where, "lo", low=-math.inf), f"{where}.lo")
+        hi = _required(_float(bounds, where, "hi", low=-math.inf), f"{where}.hi")
+        if not lo < hi:
+            raise SpecError(f"{where} must have lo below hi, got [{lo:g}, {hi:g}]")
+        scales.append((str(name), Scale(lo, hi)))
+    return tuple(sorted(scales))
+
+
+def _parse_task(table: Mapping[str, Any], given: bool) -> TaskSpec:
+    _check_keys(table, "task", ("kind", "loss"))
+    if not given:
+        return TaskSpec()
+    kind = _choice(table, "task", "kind", TASKS, default="classification")
+    loss = _choice(table, "task", "loss", LOSSES[kind], default=DEFAULT_LOSS[kind])
+    return TaskSpec(kind=kind, loss=loss, given=True)
 
 
 def _parse_train(table: Mapping[str, Any]) -> tuple[str, ...]:

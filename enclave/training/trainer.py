@@ -1,9 +1,11 @@
 """The DP-SGD training loop inside the enclave, from opened data to certificate.
 
 What leaves, all through the egress gate: progress (step counts and the epsilon
-spent, which depend only on q, sigma, steps and delta), accuracy on PUBLIC data,
-checkpoints sealed under the model owner's KMS key, and the privacy certificate.
-Training loss and accuracy on private data never leave.
+spent, which depend only on q, sigma, steps and delta), metrics on PUBLIC data
+(accuracy, and AUC for two classes; RMSE and MAE for regression, in the target's
+units against the target clipped to its public bounds), checkpoints sealed under
+the model owner's KMS key, and the privacy certificate. Training loss and any
+metric on private data never leave.
 """
 from __future__ import annotations
 
@@ -43,11 +45,12 @@ from enclave.training.checkpoint import (
     seal_checkpoint,
 )
 from enclave.training.dpsgd import DpSgd
-from enclave.training.jobmodel import FixedFront, JobModel, ModelInput, fixed_front, job_model
+from enclave.training.jobmodel import FixedFront, JobModel, fixed_front, job_model
 from enclave.training.models import model_generator
 from enclave.training.plan import BudgetExceeded, PlannedRun
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
+from enclave.training.tabular import Target
 from enclave.transport.messages import (
     CertificateIssued,
     CheckpointBegin,
@@ -113,17 +116,19 @@ class UnusableRecords(DatasetError):
 
 
 def table_arrays(
-    table: pa.Table, features: str, label: str, num_classes: int | None = None
+    table: pa.Table, features: str, label: str, num_classes: int | None = None, *, read_labels: bool = True
 ) -> tuple[np.ndarray, torch.Tensor]:
     """uint8 feature rows [N, F] and int64 labels from an Arrow table.
 
-    With `num_classes`, every label must lie in [0, num_classes). The sealer checked
+    With `num_classes`, every label must lie in [0, num_classes). Without `read_labels`, the
+    label column is not read and the labels returned are empty (a regression target's
+    values come from `tabular.Target`). The sealer checked
     that and AES-GCM proves the file is the sealer's, so only a defect gets here; the
     check still keeps a label from reaching torch's indexing, whose error would quote it.
     """
     try:
         column = table.column(features).combine_chunks()
-        labels = table.column(label).combine_chunks()
+        labels = table.column(label).combine_chunks() if read_labels else pa.array([], pa.int64())
     except KeyError as err:
         raise DatasetError(f"dataset lacks column {err}") from None
     if not pa.types.is_fixed_size_list(column.type) or column.type.value_type != pa.uint8():
@@ -142,36 +147,59 @@ def table_arrays(
 
 
 def union_arrays(
-    tables: Sequence[pa.Table], features: str, label: str, num_classes: int | None = None
+    tables: Sequence[pa.Table], features: str, label: str, num_classes: int | None = None, *, read_labels: bool = True
 ) -> tuple[np.ndarray, torch.Tensor]:
     """`table_arrays` over the records of every table, in order (the job check made their fields equal)."""
-    parts = [table_arrays(t, features, label, num_classes) for t in tables]
+    parts = [table_arrays(t, features, label, num_classes, read_labels=read_labels) for t in tables]
     if len(parts) == 1:
         return parts[0]
     return np.concatenate([rows for rows, _ in parts]), torch.cat([labels for _, labels in parts])
 
 
-def accuracy(model: nn.Module, model_input: ModelInput, rows: np.ndarray, labels: torch.Tensor) -> float:
+def outputs_of(model: nn.Module, inputs: Callable[[slice], torch.Tensor], count: int) -> torch.Tensor:
+    """The model's outputs [count, K] on inputs(slice) taken EVAL_BATCH records at a time, no autograd."""
     model.eval()
-    correct = 0
+    parts = []
     with torch.no_grad():
-        for start in range(0, len(rows), EVAL_BATCH):
-            x = model_input.tensor(rows[start : start + EVAL_BATCH])
-            correct += int((model(x).argmax(dim=1) == labels[start : start + EVAL_BATCH]).sum())
+        for start in range(0, count, EVAL_BATCH):
+            parts.append(model(inputs(slice(start, start + EVAL_BATCH))).detach().to(torch.float64))
     model.train()
-    return correct / max(1, len(rows))
+    return torch.cat(parts) if parts else torch.zeros((0, 1), dtype=torch.float64)
 
 
-def features_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
-    """`accuracy` for a model whose fixed front end was already applied (FixedFront)."""
-    head.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(features), EVAL_BATCH):
-            logits = head(features[start : start + EVAL_BATCH])
-            correct += int((logits.argmax(dim=1) == labels[start : start + EVAL_BATCH]).sum())
-    head.train()
-    return correct / max(1, len(features))
+def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The ROC AUC of scores for class 1 (ties count half): the Mann-Whitney U over both classes' counts."""
+    y = labels.to(torch.int64).numpy()
+    s = scores.to(torch.float64).numpy()
+    positives, negatives = int((y == 1).sum()), int((y == 0).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")  # undefined with one class only; the caller releases no AUC
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_scores = s[order]
+    # Average ranks over ties, 1-based.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    u = ranks[y == 1].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def public_metrics(outputs: torch.Tensor, labels: torch.Tensor, target: Target | None) -> list[tuple[str, float]]:
+    """(metric, value) for outputs on public records: accuracy (+ AUC for 2 classes), or RMSE and MAE."""
+    count = max(1, len(labels))
+    if target is not None and target.regression:
+        predicted = target.unscale(outputs[:, 0]) if len(outputs) else torch.zeros(0, dtype=torch.float64)
+        error = predicted - target.unscale(labels)
+        return [("rmse", float(torch.sqrt((error**2).sum() / count))), ("mae", float(error.abs().sum() / count))]
+    correct = int((outputs.argmax(dim=1) == labels).sum()) if len(outputs) else 0
+    metrics = [("accuracy", correct / count)]
+    if outputs.shape[1] == 2:
+        auc = binary_auc(outputs[:, 1] - outputs[:, 0], labels)
+        if np.isfinite(auc):
+            metrics.append(("auc", auc))
+    return metrics
 
 
 def build_optimizer(spec: JobSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -202,7 +230,8 @@ class Trainer:
         # A model with a fixed front end (no parameters, one record at a time,
         # data-independent) has it applied once to each table instead of every step;
         # DP-SGD then runs on the head, which holds all of the model's parameters.
-        self._transform = fixed_front(job.format, model, job.plan())
+        # Assembled tabular inputs are small vectors: no front end worth computing once.
+        self._transform = None if job.tabular is not None else fixed_front(job.format, model, job.plan())
         optimizer = build_optimizer(spec, model)
         ledger = PrivacyLedger(plan.delta, plan.accountant)
         start = 0
@@ -210,8 +239,7 @@ class Trainer:
             start = self._restore(model, optimizer, inp.resume)
             ledger = PrivacyLedger.from_dict(inp.resume.ledger)
             self._check_resumed_ledger(ledger, start)
-        rows, labels = union_arrays([d.opened.table for d in inp.train], spec.data.features, spec.data.label,
-                                    job.num_classes)
+        rows, labels = self._arrays([d.opened.table for d in inp.train])
         sampler = PoissonSampler(len(rows), plan.sampling_rate, rng.fork(b"poisson-sampler"))
         net, inputs = self._trainable_inputs(model, rows)
         engine = DpSgd(
@@ -221,6 +249,7 @@ class Trainer:
             noise_multiplier=plan.noise_multiplier,
             expected_batch_size=spec.privacy.expected_batch_size,
             rng=rng.fork(b"gaussian-noise"),
+            loss=spec.task.loss,
         )
         # Never take a step that would exceed the data owner's budget.
         last = min(plan.steps, plan.max_steps_within_budget)
@@ -241,7 +270,7 @@ class Trainer:
                     spent = float(ledger.epsilon())
                     self._gate.send(TrainingProgress(step=step, total_steps=plan.steps, epsilon=spent))
                 if public is not None and eval_every and step % eval_every == 0 and step < last:
-                    self._release_accuracy(model, public, step)
+                    self._release_metrics(model, public, step)
                 if ckpt_every and step % ckpt_every == 0 and step < last:
                     self._emit_checkpoint(model, optimizer, ledger, step, final=False)
         finally:
@@ -250,7 +279,7 @@ class Trainer:
         eps = {name: float(ledger.epsilon(name)) for name in ACCOUNTANT_NAMES}
         self._gate.send(TrainingProgress(step=last, total_steps=plan.steps, epsilon=eps[plan.accountant]))
         if public is not None:
-            self._release_accuracy(model, public, last)
+            self._release_metrics(model, public, last)
         checkpoint = self._emit_checkpoint(model, optimizer, ledger, last, final=True)
         body = CertificateBody(
             job_id=inp.job_id,
@@ -295,8 +324,9 @@ class Trainer:
         )
         self._gate.send(CertificateIssued(data=issue_certificate(body, inp.nsm)))
         summary = f"{ledger.steps} steps, epsilon {eps[plan.accountant]:.4f} ({plan.accountant})"
-        if self._metrics:
-            summary += f", public accuracy {self._metrics[-1].value:.4f}"
+        final = [m for m in self._metrics if m.step == last]
+        if final:
+            summary += ", public " + ", ".join(f"{m.name} {m.value:.4f}" for m in final)
         return summary
 
     # ------------------------------------------------------------------ pieces
@@ -306,11 +336,27 @@ class Trainer:
         assert self._job_model is not None  # set first thing in run()
         return self._job_model
 
+    def _arrays(self, tables: Sequence[pa.Table]) -> tuple[np.ndarray | torch.Tensor, torch.Tensor]:
+        """The records' inputs (uint8 rows, or an assembled tabular tensor) and what the loss compares with."""
+        job, spec = self._job, self._in.spec
+        target = job.target
+        if job.tabular is not None:
+            assert target is not None  # set with every tabular layout
+            return job.tabular.assemble(tables), torch.cat([target.values(t) for t in tables])
+        rows, labels = union_arrays(tables, spec.data.columns[0], spec.data.label,
+                                    None if target is not None else job.num_classes, read_labels=target is None)
+        if target is not None:
+            labels = torch.cat([target.values(t) for t in tables])
+        return rows, labels
+
     def _trainable_inputs(
-        self, model: nn.Module, rows: np.ndarray
+        self, model: nn.Module, rows: np.ndarray | torch.Tensor
     ) -> tuple[nn.Module, Callable[[np.ndarray], torch.Tensor]]:
         """The module DP-SGD trains and a batch -> its inputs function."""
         model_input = self._job.input
+        if isinstance(rows, torch.Tensor):
+            assembled = rows
+            return model, lambda batch: assembled[torch.from_numpy(batch)]
         if self._transform is None:
             return model, lambda batch: model_input.tensor(rows[batch])
         began = time.monotonic()
@@ -351,26 +397,31 @@ class Trainer:
         table = self._in.public.get(name)
         if table is None:
             raise DatasetError(f"the job spec evaluates on public dataset {name!r}, which was not sent")
-        spec = self._in.spec
-        rows, labels = table_arrays(table.table, spec.data.features, spec.data.label, self._job.num_classes)
+        rows, labels = self._arrays([table.table])
         if self._transform is not None:
+            assert isinstance(rows, np.ndarray)
             return table, self._transform.features(self._job.input, rows), labels
         return table, rows, labels
 
-    def _release_accuracy(
+    def _release_metrics(
         self, model: nn.Module, public: tuple[PublicTable, np.ndarray | torch.Tensor, torch.Tensor], step: int
     ) -> None:
         table, rows, labels = public
+        net: nn.Module = model
         if isinstance(rows, torch.Tensor):
-            assert self._transform is not None
-            value = features_accuracy(self._transform.head, rows, labels)
+            # Front-end features (the head takes them) or an assembled tabular input (the model does).
+            ready = rows
+            net = self._transform.head if self._transform is not None else model
+            outputs = outputs_of(net, lambda part: ready[part], len(ready))
         else:
-            value = accuracy(model, self._job.input, rows, labels)
-        metric = ReleasedMetric(
-            name=f"accuracy/{table.name}", value=value, kind="public_eval", step=step, epsilon_cost=0.0
-        )
-        self._metrics.append(metric)
-        self._gate.send(MetricRelease(name=metric.name, value=value, kind=metric.kind, step=step))
+            pixels, model_input = rows, self._job.input
+            outputs = outputs_of(net, lambda part: model_input.tensor(pixels[part]), len(pixels))
+        for metric_name, value in public_metrics(outputs, labels, self._job.target):
+            metric = ReleasedMetric(
+                name=f"{metric_name}/{table.name}", value=value, kind="public_eval", step=step, epsilon_cost=0.0
+            )
+            self._metrics.append(metric)
+            self._gate.send(MetricRelease(name=metric.name, value=value, kind=metric.kind, step=step))
 
     def _emit_checkpoint(
         self,

@@ -127,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         TrainingJob,
         TrainingProgress,
     )
+    from parent.job_check import sealed_public_schema
     from parent.proxy.artifacts import ArtifactSink
     from parent.proxy.job import RelayTarget, credentials_from_environment, environment_refresher, run_job
     from parent.proxy.session import DatasetInput
@@ -155,11 +156,13 @@ def _run(args: argparse.Namespace) -> int:
         s3 = boto3.client("s3", region_name=args.region, endpoint_url=args.s3_endpoint_url)
     extra: list[Message] = [TrainingJob(spec_toml=spec_toml)]
     streams: list[tuple[str, DatasetInput]] = list(datasets)
+    # A CSV or Parquet public file is encoded by the sealed data's public schema.
+    schema = sealed_public_schema(datasets[0][1], s3) if args.public and datasets else None
     for spec in args.public:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise ConfigError(f"--public expects NAME=PATH, got {spec!r}")
-        public = load_public_dataset(name, Path(path))
+        public = load_public_dataset(name, Path(path), schema=schema)
         streams.append((PUBLIC_PREFIX + name, BytesSource(public.ipc, f"public:{path}")))
     if args.resume is not None:
         streams.append((RESUME_STREAM, str(args.resume)))

@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read job spec {args.spec}: {err}") from None
     spec = JobSpec.from_toml(spec_text)  # a malformed spec fails here, before anything is sent
-    from parent.job_check import in_spec_order
+    from parent.job_check import in_spec_order, sealed_public_schema
 
     # Streamed in the spec's order, as the enclave requires, whatever the order of --dataset.
     datasets = in_spec_order(_pairs(args.dataset, "--dataset"), spec.data.train)
@@ -131,8 +131,12 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     job_id = args.job_id or _resumed_job_id(args.resume) or f"job-{uuid.uuid4().hex[:12]}"
 
     streams: list[tuple[str, DatasetInput]] = list(datasets)
-    for name, path in _pairs(args.public, "--public"):
-        public = load_public_dataset(name, Path(path))
+    public_files = _pairs(args.public, "--public")
+    # A CSV or Parquet public file is encoded by the sealed data's public schema (the job check
+    # made every dataset of the job share it).
+    schema = sealed_public_schema(datasets[0][1]) if public_files and datasets else None
+    for name, path in public_files:
+        public = load_public_dataset(name, Path(path), schema=schema)
         streams.append((PUBLIC_PREFIX + name, BytesSource(public.ipc, f"public:{path}")))
     if args.resume is not None:
         streams.append((RESUME_STREAM, str(args.resume)))

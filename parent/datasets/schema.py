@@ -748,6 +748,23 @@ def plan_schema(schema: pa.Schema, declaration: SchemaDeclaration) -> SealPlan:
     return SealPlan(tuple(plans), label_derived=bool(label_plan and label_plan[1]))
 
 
+def public_plan(schema: pa.Schema, public: PublicSchema) -> SealPlan:
+    """How a public file of `schema` becomes records of a sealed dataset's `public` schema.
+
+    Public evaluation data is encoded as the sealed data was (vocabulary indices,
+    bucket hashes, class indices of string labels) under the same row checks, so the
+    enclave reads both alike; columns the sealed schema lacks are left out.
+    """
+    missing = next((c.name for c in public if c.name not in schema.names), None)
+    if missing is not None:
+        raise ConfigError(f"the public file lacks column {missing!r} of the sealed dataset's public schema "
+                          f"(columns: {', '.join(repr(n) for n in schema.names[:8])})")
+    duplicated = next((c.name for c in public if schema.names.count(c.name) > 1), None)
+    if duplicated is not None:
+        raise DatasetError(f"the public file has {schema.names.count(duplicated)} columns named {duplicated!r}")
+    return SealPlan(tuple(_Plan(c.name, c, schema.field(c.name).type) for c in public))
+
+
 def declaration_from_flags(
     *,
     numeric: Iterable[str] = (),

@@ -305,7 +305,8 @@ def _train(
     if code != 0 or result is None or result.get("status") != "ok":
         reason = (result or {}).get("error") or f"see {job.log_path}"
         raise DemoFailed(f"the training job failed: {reason}")
-    accuracies = [m for m in result.get("metrics", []) if m["kind"] == "public_eval"]
+    accuracies = [m for m in result.get("metrics", []) if m["kind"] == "public_eval"
+                  and str(m["name"]).startswith("accuracy/")]
     if accuracies:
         report.test_accuracy = float(accuracies[-1]["value"])
     report.certificate = str(result["certificate"])

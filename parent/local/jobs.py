@@ -154,7 +154,8 @@ class LocalStack:
         certificate = Path(str(result["certificate"]))
         verified = self.verify(certificate)
         evals = tuple(
-            (int(m["step"]), float(m["value"])) for m in result.get("metrics", []) if m["kind"] == "public_eval"
+            (int(m["step"]), float(m["value"])) for m in result.get("metrics", [])
+            if m["kind"] == "public_eval" and str(m["name"]).startswith("accuracy/")
         )
         return JobOutcome(
             job_id=job_id,

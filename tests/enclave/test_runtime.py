@@ -528,3 +528,86 @@ def test_a_refresh_never_logs_its_secrets(
     for secret in ("next-secret", "next-token", "secret"):
         assert secret not in text
     assert "next-secret" not in repr(REFRESHED) and "next-token" not in repr(REFRESHED)
+
+
+# -- tabular jobs -------------------------------------------------------------------------
+TABULAR = "tabular-v1"
+
+
+@pytest.fixture(scope="module")
+def sealed_table(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A CSV of 200 patients sealed with a public schema: bounded age, unbounded income, a city, a string label."""
+    from parent.datasets.schema import declaration_from_flags
+
+    folder = tmp_path_factory.mktemp("tabular")
+    rng = np.random.default_rng(6)
+    rows = ["age,income,city,diagnosis"]
+    for _ in range(200):
+        rows.append(f"{rng.integers(0, 121)},{rng.uniform(0, 1e5):.2f},{rng.choice(['north', 'south', 'east'])},"
+                    f"{rng.choice(['low', 'high'])}")
+    (folder / "train.csv").write_text("\n".join(rows) + "\n")
+    declaration = declaration_from_flags(numeric=["age:0:120"], categorical=["city=north|south|east"],
+                                         label="diagnosis", classes="low,high")
+    with mock.patch("parent.seal.secrets.token_bytes", return_value=DATA_KEY):
+        seal_dataset(folder / "train.csv", folder / "train.sealed", key_id=KEY_ARN, kms_client=StubKms(),
+                     max_epsilon=3.0, delta=1e-5, owner="owner", dataset_id=TABULAR, ledger=MEMORY_LOCATION,
+                     model_owner_keys=[KEY_ARN], schema=declaration)
+    return (folder / "train.sealed").read_bytes()
+
+
+def tabular_spec(features: str, *, out: int = 2, layers: str | None = None, data: str = "") -> str:
+    layers = layers or f'[{{ type = "linear", out = 8 }}, {{ type = "tanh" }}, {{ type = "linear", out = {out} }}]'
+    return f"""
+[job]
+name = "tabular"
+[model]
+format = 1
+layers = {layers}
+[data]
+features = {features}
+label = "diagnosis"
+{data}
+[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 20
+steps = 2
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.0
+[checkpoint]
+key_id = "{KEY_ARN}"
+"""
+
+
+@pytest.mark.parametrize(("features", "out", "reason"), [
+    ('["age", "income", "city"]', 2, "data.features: column 'income' is numeric double, unbounded"),
+    ('["age", "zip"]', 2, "data.features: column 'zip' is not in the dataset"),
+    ('["age", "city"]', 3, "model: model.layers[2] (linear): out is 3"),
+])
+def test_a_tabular_job_that_does_not_fit_the_schema_is_refused_before_kms(
+    nsm: MockNsm, sealed_table: bytes, features: str, out: int, reason: str
+) -> None:
+    kms = StubKms()
+    replies = run_session(nsm, [HELLO, CREDS, JobStart("job-1", [TABULAR]),
+                                TrainingJob(tabular_spec(features, out=out)), *stream(0, TABULAR, sealed_table)],
+                          kms=kms)
+    assert_refused(replies, "config", reason)
+    assert kms.calls == []
+
+
+@pytest.mark.parametrize("spec", [
+    tabular_spec('["age", "city"]'),
+    # One id per column for an embedding: the city's three values.
+    tabular_spec('["city"]', data='categorical = "ids"',
+                 layers='[{ type = "embedding", vocab = 3, dim = 4 }, { type = "flatten" }, { type = "linear", out = 2 }]'),
+])
+def test_a_tabular_job_trains_to_a_certificate(nsm: MockNsm, ca: LocalCa, sealed_table: bytes, spec: str) -> None:
+    kms = StubKms()
+    replies = run_session(nsm, [HELLO, CREDS, JobStart("job-1", [TABULAR]), TrainingJob(spec),
+                                *stream(0, TABULAR, sealed_table)], kms=kms)
+    [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
+    body = verify_certificate(issued.data, root_der=ca.root_der, policy=PINNED).body
+    assert body.steps == 2 and body.datasets[0].records == 200
+    assert kms.calls == ["Decrypt", "GenerateDataKey"]

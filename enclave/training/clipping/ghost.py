@@ -55,7 +55,9 @@ from enclave.training.clipping.rules import (
     check_batch,
     check_privatizable,
     clip_factors,
+    huber_sum,
     loss_function,
+    mse_sum,
     positive,
     positive_int,
     trainable_parameters,
@@ -81,6 +83,8 @@ def _summed_loss(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tens
     fn = loss_function(loss)
     if fn is F.cross_entropy:
         return lambda logits, targets: F.cross_entropy(logits, targets, reduction="sum")
+    if fn is mse_sum or fn is huber_sum:
+        return fn  # already the sum of per-sample losses
     per_sample = vmap(lambda lg, t: fn(lg.unsqueeze(0), t.unsqueeze(0)))
     return lambda logits, targets: per_sample(logits, targets).sum()
 

@@ -22,6 +22,7 @@ from enclave.errors import ConfigError, DatasetError
 
 __all__ = [
     "CLIP_EPSILON",
+    "HUBER_DELTA",
     "LOSSES",
     "BatchMismatch",
     "DpSgdConfigError",
@@ -31,7 +32,9 @@ __all__ = [
     "check_batch",
     "check_privatizable",
     "clip_factors",
+    "huber_sum",
     "loss_function",
+    "mse_sum",
     "positive",
     "positive_int",
     "trainable_parameters",
@@ -40,9 +43,25 @@ __all__ = [
 #: Added to each per-sample norm before dividing, so a zero gradient needs no special case.
 CLIP_EPSILON = 1e-6
 
-#: Per-sample losses by name; each maps (logits [1, K], target [1]) to a scalar.
+#: The Huber loss's switch from quadratic to linear, in the target's scaled units ([0, 1]).
+HUBER_DELTA = 1.0
+
+
+def mse_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sum_i (output_i - target_i)^2 over a batch of one-output predictions [N, 1] and float targets [N]."""
+    return F.mse_loss(outputs.reshape(-1), targets.reshape(-1).to(outputs.dtype), reduction="sum")
+
+
+def huber_sum(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """`mse_sum` with the Huber loss (delta HUBER_DELTA): a wrong target's pull on the gradient is bounded."""
+    return F.huber_loss(outputs.reshape(-1), targets.reshape(-1).to(outputs.dtype), reduction="sum",
+                        delta=HUBER_DELTA)
+
+
+#: Per-sample losses by name; each maps (logits [1, K], target [1]) to a scalar. The
+#: regression losses sum over the batch, so on a batch of one they are the sample's loss.
 LOSSES: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = MappingProxyType(
-    {"cross_entropy": F.cross_entropy}
+    {"cross_entropy": F.cross_entropy, "mse": mse_sum, "huber": huber_sum}
 )
 
 

@@ -58,8 +58,8 @@ def test_per_sample_layers_are_accepted(layer: nn.Module) -> None:
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_unknown_loss_lists_the_registered_ones(engine: str) -> None:
-    with pytest.raises(UnknownLoss, match="cross_entropy"):
-        make_engine(engine, nn.Linear(3, 2), max_grad_norm=1.0, loss="mse")
+    with pytest.raises(UnknownLoss, match="cross_entropy, huber, mse"):
+        make_engine(engine, nn.Linear(3, 2), max_grad_norm=1.0, loss="hinge")
 
 
 @pytest.mark.parametrize("engine", sorted(ENGINES))

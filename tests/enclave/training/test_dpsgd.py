@@ -260,7 +260,7 @@ def test_impossible_configurations_are_refused(overrides: dict) -> None:
 
 def test_unknown_loss_lists_the_registered_ones() -> None:
     with pytest.raises(UnknownLoss, match="cross_entropy"):
-        _dp(loss="mse")
+        _dp(loss="hinge")
 
 
 @pytest.mark.parametrize(
