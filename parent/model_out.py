@@ -244,8 +244,8 @@ def write_model_dir(
     except (RuntimeError, KeyError) as err:
         raise ModelDirError(f"the checkpoint does not fit the spec's model: {str(err).splitlines()[0]}") from None
     tensors = {name: t.detach().contiguous() for name, t in module.state_dict().items()}
-    weights = save(tensors, metadata={"job_id": state.job_id, "step": str(state.step),
-                                      "spec_sha256": spec.sha256})
+    # No safetensors metadata: its header order varies between runs, and model.json says it all.
+    weights = save(tensors)
     card = ModelCard(
         job_id=state.job_id, step=state.step, spec_sha256=spec.sha256, spec_toml=spec_toml,
         model=spec.model_format.to_canonical(), model_spec_sha256=spec.model_sha256,

@@ -207,3 +207,12 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(ModelDirError, match="weights_sha256"):
         load_model_dir(tmp_path / "model")
+
+
+def test_a_model_dir_is_the_same_bytes_every_time(tmp_path: Path) -> None:
+    schema = _schema()
+    state = _state(CLASSIFY, schema)
+    for name in ("a", "b"):
+        write_model_dir(state, CLASSIFY, schema, tmp_path / name)
+    for file in (CARD_FILE, WEIGHTS_FILE):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
