@@ -23,6 +23,8 @@ import io
 import json
 import logging
 import os
+import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,3 +390,46 @@ def write_predictions(model: LoadedModel, prediction: Prediction, out: str | os.
     write_atomic(path, predictions_csv(model, prediction), FILE_MODE)
     return path
 
+
+
+ONNX_OPSET = 17
+
+
+def export_onnx(model: LoadedModel, out: str | os.PathLike[str]) -> Path:
+    """The module as ONNX (TorchScript exporter, batch axis dynamic): input `input`, output `output`.
+
+    The input is what `model.json`'s `input` describes, already encoded: the exported graph
+    holds the module only, not the schema's encoding of raw columns.
+    """
+    try:
+        import onnx  # noqa: F401  (torch's exporter needs it; a clear error beats torch's)
+    except ImportError:
+        raise ConfigError("ONNX export needs the onnx package (pip install onnx, see requirements-dev.txt)") from None
+    path = Path(out)
+    if path.is_dir():
+        raise ConfigError(f"output {path} is a directory")
+    job = model.job
+    dtype = torch.int64 if job.input.ids else torch.float32
+    example = torch.zeros((1, *job.input.shape), dtype=dtype)
+    # torch's exporter writes to a path: a private scratch one, so the output still appears atomically.
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / "model.onnx"
+        model.module.eval()  # outputs_of leaves a module in training mode: dropout must not be exported
+        _export(model.module, example, staged)
+        data = staged.read_bytes()
+    write_atomic(path, data, FILE_MODE)
+    log.info("exported the model of job %s step %d to %s", model.card.job_id, model.card.step, path)
+    return path
+
+
+def _export(module: nn.Module, example: torch.Tensor, staged: Path) -> None:
+    try:
+        with warnings.catch_warnings():
+            # dynamo=False is deliberate (the dynamo exporter needs onnxscript): its deprecation notice is noise.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(module, (example,), staged, dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    except (RuntimeError, TypeError, ValueError) as err:  # what the exporter raises for an unexportable op
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelDirError(f"ONNX export failed: {reason}") from None

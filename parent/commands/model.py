@@ -29,12 +29,28 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pred.add_argument("--json", action="store_true", help="print the result as one JSON object")
     pred.set_defaults(func=run)
 
+    onnx = sub.add_parser("export-onnx", help="export the module as ONNX (needs the onnx package)")
+    onnx.add_argument("model_dir", metavar="DIR", help="model directory (model.json, model.safetensors)")
+    onnx.add_argument("--out", required=True, metavar="FILE.onnx", help="ONNX file to write (mode 0600)")
+    onnx.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    onnx.set_defaults(func=run)
+
 
 def run(args: argparse.Namespace) -> int:
     # torch and safetensors are imported per action: `hermetic --help` stays fast.
-    from parent.model_out import load_model_dir, predict, write_predictions
+    from parent.model_out import export_onnx, load_model_dir, predict, write_predictions
 
     model = load_model_dir(args.model_dir)
+    if args.model_command == "export-onnx":
+        path = export_onnx(model, Path(args.out))
+        if args.json:
+            print(json.dumps({"out_path": str(path), "job_id": model.card.job_id, "step": model.card.step,
+                              "input_shape": ["batch", *model.job.input.shape]}, sort_keys=True))
+            return 0
+        print(f"exported model of job {model.card.job_id} step {model.card.step} -> {path}")
+        print(f"  input   input [batch, {', '.join(str(d) for d in model.job.input.shape)}]")
+        print("  output  output [batch, outputs]")
+        return 0
     prediction = predict(model, args.input)
     out = write_predictions(model, prediction, Path(args.out))
     task = "regression" if prediction.regression else "classification"

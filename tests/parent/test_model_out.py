@@ -216,3 +216,28 @@ def test_a_model_dir_is_the_same_bytes_every_time(tmp_path: Path) -> None:
         write_model_dir(state, CLASSIFY, schema, tmp_path / name)
     for file in (CARD_FILE, WEIGHTS_FILE):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+def test_export_onnx_computes_the_modules_outputs(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    from parent.model_out import export_onnx
+
+    schema = _schema()
+    write_model_dir(_state(CLASSIFY, schema), CLASSIFY, schema, tmp_path / "model")
+    model = load_model_dir(tmp_path / "model")
+    path = export_onnx(model, tmp_path / "model.onnx")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    x = torch.rand((5, 4), generator=torch.Generator().manual_seed(1))
+    (got,) = ReferenceEvaluator(graph).run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        expected = model.module(x).numpy()
+    assert np.allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+    from parent.cli import main
+
+    assert main(["model", "export-onnx", str(tmp_path / "model"), "--out", str(tmp_path / "cli.onnx")]) == 0
+    assert (tmp_path / "cli.onnx").read_bytes() == path.read_bytes()
