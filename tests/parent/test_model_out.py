@@ -241,3 +241,47 @@ def test_export_onnx_computes_the_modules_outputs(tmp_path: Path) -> None:
 
     assert main(["model", "export-onnx", str(tmp_path / "model"), "--out", str(tmp_path / "cli.onnx")]) == 0
     assert (tmp_path / "cli.onnx").read_bytes() == path.read_bytes()
+
+
+IMAGE_SPEC = """
+[job]
+name = "images"
+[model]
+format = 1
+layers = [{ type = "conv2d", out_channels = 2, kernel = 3 }, { type = "flatten" }, { type = "linear", out = 3 }]
+[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 10
+steps = 1
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.0
+[checkpoint]
+key_id = "alias/model"
+"""
+
+
+def test_an_image_model_predicts_an_npz(tmp_path: Path) -> None:
+    from enclave.sealed.public_schema import TensorColumn
+
+    columns = [(TensorColumn("image", "uint8", (5, 5)), pa.list_(pa.uint8(), 25)),
+               (ClassLabel("label", 3), pa.int64())]
+    schema = pa.schema([pa.field(c.name, t, nullable=False, metadata=c.metadata()) for c, t in columns])
+    state = _state(IMAGE_SPEC, schema)
+    write_model_dir(state, IMAGE_SPEC, schema, tmp_path / "model")
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, size=(9, 5, 5), dtype=np.uint8)
+    labels = rng.integers(0, 3, size=9).astype(np.int64)
+    np.savez(tmp_path / "x.npz", image=images, label=labels)
+    model = load_model_dir(tmp_path / "model")
+    prediction = predict(model, tmp_path / "x.npz")
+    assert json.loads((tmp_path / "model" / CARD_FILE).read_text())["input"]["shape"] == [1, 5, 5]
+    expected_input = model.job.input.tensor(images.reshape(9, 25))
+    reference = job_model_for_schema(JobSpec.from_toml(IMAGE_SPEC), schema).build(torch.Generator().manual_seed(0))
+    reference.load_state_dict(dict(state.model_state))
+    with torch.no_grad():
+        assert torch.equal(prediction.outputs, reference.eval()(expected_input).to(torch.float64))
+    assert dict(prediction.metrics) == dict(public_metrics(prediction.outputs, torch.from_numpy(labels), None))
+    assert prediction.classes == ("0", "1", "2")
