@@ -37,7 +37,13 @@ import torch
 from torch import nn
 
 from enclave.errors import ConfigError
-from enclave.sealed.public_schema import CategoricalColumn, ClassLabel, PublicSchema, parse_schema
+from enclave.sealed.public_schema import (
+    CategoricalColumn,
+    ClassLabel,
+    MalformedSchema,
+    PublicSchema,
+    parse_schema,
+)
 from enclave.sealed.records import header_schema
 from enclave.sealed.stream import read_header
 from enclave.training.checkpoint import CheckpointState
@@ -101,7 +107,12 @@ class ModelCard:
 
     @property
     def public_schema(self) -> PublicSchema:
-        return parse_schema(self.schema)
+        try:
+            return parse_schema(self.schema)
+        except MalformedSchema:
+            # Sealed before the public schema with columns its legacy rules cannot describe (a preset
+            # job's image without a declared shape): the trainer never reads one, nor is input re-encoded.
+            return PublicSchema((), legacy=True)
 
     def job_model(self) -> JobModel:
         return job_model_for_schema(self.spec, self.schema)

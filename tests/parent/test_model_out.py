@@ -285,3 +285,17 @@ def test_an_image_model_predicts_an_npz(tmp_path: Path) -> None:
         assert torch.equal(prediction.outputs, reference.eval()(expected_input).to(torch.float64))
     assert dict(prediction.metrics) == dict(public_metrics(prediction.outputs, torch.from_numpy(labels), None))
     assert prediction.classes == ("0", "1", "2")
+
+
+def test_a_preset_job_on_a_dataset_sealed_before_the_public_schema(tmp_path: Path) -> None:
+    from tests.integration.conftest import spec_toml
+
+    # An image column without a declared shape: no public schema describes it, the trainer never asks.
+    schema = pa.schema([pa.field("image", pa.list_(pa.uint8(), 784)), pa.field("label", pa.int64())])
+    spec = spec_toml("alias/model")
+    write_model_dir(_state(spec, schema), spec, schema, tmp_path / "model")
+    card = json.loads((tmp_path / "model" / CARD_FILE).read_text())
+    assert card["public_schema"] == [] and card["task"]["classes"] == [str(k) for k in range(10)]
+    np.savez(tmp_path / "x.npz", image=np.zeros((3, 784), np.uint8), label=np.array([1, 2, 3]))
+    prediction = predict(load_model_dir(tmp_path / "model"), tmp_path / "x.npz")
+    assert prediction.rows == 3 and [name for name, _ in prediction.metrics] == ["accuracy"]
