@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Sealed checkpoints are encrypted by the enclave under the model owner's KMS key. "
             "`inspect` reads the header only; `decrypt` asks KMS (as the model owner) for the "
-            "data key and writes the model and optimizer state as a torch file."
+            "data key and writes the model and optimizer state as a torch file (--out), or a model "
+            "directory of safetensors weights and model.json (--model-dir, see `hermetic model`)."
         ),
     )
     p.set_defaults(func=run)
