@@ -45,6 +45,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "privacy",
     "checkpoint",
+    "model",
     "measure_eif",
     "job",
     "local",

@@ -172,6 +172,7 @@ def _failing_argv(path: tuple[str, ...], unusable: Path) -> list[str] | None:
                     "--owner", "o", "--out", str(unusable / "x.sealed"), "--max-epsilon", "1",
                     "--delta", "1e-5", "--ledger", "s3://ledgers/x?owner=123456789012", str(unusable / "in.npz")],
         ("job", "check"): [str(unusable / "job.toml")],
+        ("checkpoint", "decrypt"): [str(unusable / "x.ckpt"), "--out", str(unusable / "x.pt")],
         ("local", "up"): ["--state", str(unusable / "state")],
         ("local", "status"): ["--state", str(unusable / "state")],
         ("local", "down"): ["--state", str(unusable)],

@@ -326,7 +326,10 @@ def test_usage_errors_exit_2() -> None:
         main(["checkpoint"])
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:
-        main(["checkpoint", "decrypt", "x.ckpt"])  # --out is required
+        main(["checkpoint", "decrypt", "x.ckpt"])  # --out or --model-dir is required
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["checkpoint", "decrypt", "x.ckpt", "--model-dir", "m"])  # with --spec and --sealed
     assert info.value.code == 2
 
 
