@@ -13,14 +13,12 @@ import numpy as np
 
 from enclave.training.spec import JobSpec
 from enclave.transport.messages import PUBLIC_PREFIX
-from parent.local.mock_nsm import MockNsm
 from parent.public_data import load_public_dataset
 from parent.seal import seal_dataset
 from parent.sources import BytesSource
-from parent.verify.certificate import verify_certificate
-from parent.verify.policy import AttestationPolicy
 from tests.integration.conftest import OWNER, DataPath, kms_client
-from tests.integration.test_training import _in_process_enclave, _run_parent
+from tests.integration.test_training import _train_in_process
+from tests.support.specs import mlp_spec
 
 STEPS = 30
 CLASSES = 4
@@ -55,28 +53,12 @@ def _seal(data_path: DataPath, tmp_path: Path, name: str, images: np.ndarray, la
     return out
 
 
+EVAL = '[eval]\npublic = "holdout"\nevery_steps = 10'
+
+
 def _spec(model_key: str, layers: str) -> str:
-    return f"""
-[job]
-name = "inline"
-[model]
-format = 1
-layers = {layers}
-[optimizer]
-name = "sgd"
-lr = 0.5
-[privacy]
-expected_batch_size = 100
-steps = {STEPS}
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = 1.5
-[eval]
-public = "holdout"
-every_steps = 10
-[checkpoint]
-key_id = "{model_key}"
-"""
+    return mlp_spec(key_id=model_key, name="inline", model=f"format = 1\nlayers = {layers}", lr=0.5, batch=100,
+                    steps=STEPS, noise=1.5, extra=EVAL)
 
 
 def _train(data_path: DataPath, tmp_path: Path, name: str, make: Any, layers: str) -> tuple[Any, str]:
@@ -88,16 +70,8 @@ def _train(data_path: DataPath, tmp_path: Path, name: str, make: Any, layers: st
     public = load_public_dataset("holdout", holdout)
     streams = [(f"{name}-v1", str(sealed)), (PUBLIC_PREFIX + "holdout", BytesSource(public.ipc))]
     spec = _spec(data_path.model_key_id, layers)
-    runtime, thread = _in_process_enclave(data_path, name, MockNsm(data_path.ca, pcrs=data_path.pcrs))
-    try:
-        outcome = _run_parent(data_path, name, f"job-{name}", streams, spec, tmp_path / "out")
-    finally:
-        runtime.stop()
-        thread.join(timeout=30)
-    assert outcome.status == "ok", outcome
-    verified = verify_certificate((tmp_path / "out" / "certificate.cbor").read_bytes(),
-                                  root_der=data_path.ca.root_der, policy=AttestationPolicy.from_pcrs(data_path.pcrs))
-    return verified.body, spec
+    body = _train_in_process(data_path, name, streams, spec, tmp_path / "out")
+    return body, spec
 
 
 def test_an_inline_chain_trains_on_28x28_images_and_the_certificate_names_it(

@@ -15,14 +15,12 @@ from enclave.training.spec import JobSpec
 from enclave.transport.messages import PUBLIC_PREFIX
 from parent.datasets.schema import SchemaDeclaration, declaration_from_flags
 from parent.job_check import sealed_public_schema
-from parent.local.mock_nsm import MockNsm
 from parent.public_data import load_public_dataset
 from parent.seal import seal_dataset
 from parent.sources import BytesSource
-from parent.verify.certificate import verify_certificate
-from parent.verify.policy import AttestationPolicy
 from tests.integration.conftest import OWNER, DataPath, kms_client
-from tests.integration.test_training import _in_process_enclave, _run_parent
+from tests.integration.test_training import _train_in_process
+from tests.support.specs import mlp_spec
 
 STEPS = 30
 CITIES = ("north", "south", "east")
@@ -46,31 +44,13 @@ def _seal(data_path: DataPath, tmp_path: Path, name: str, declaration: SchemaDec
     return out
 
 
+EVAL = '[eval]\npublic = "holdout"\nevery_steps = 10'
+
+
 def _spec(model_key: str, out: int, data: str, task: str = "") -> str:
-    return f"""
-[job]
-name = "tabular"
-[model]
-format = 1
-layers = [{{ type = "linear", out = 16 }}, {{ type = "tanh" }}, {{ type = "linear", out = {out} }}]
-[data]
-{data}
-{task}
-[optimizer]
-name = "sgd"
-lr = 0.5
-[privacy]
-expected_batch_size = 100
-steps = {STEPS}
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = 1.5
-[eval]
-public = "holdout"
-every_steps = 10
-[checkpoint]
-key_id = "{model_key}"
-"""
+    layers = f'[{{ type = "linear", out = 16 }}, {{ type = "tanh" }}, {{ type = "linear", out = {out} }}]'
+    return mlp_spec(key_id=model_key, name="tabular", model=f"format = 1\nlayers = {layers}", data=data, lr=0.5,
+                    batch=100, steps=STEPS, noise=1.5, extra=f"{task}\n{EVAL}")
 
 
 def _train(data_path: DataPath, tmp_path: Path, name: str, declaration: SchemaDeclaration, spec: str) -> Any:
@@ -81,16 +61,7 @@ def _train(data_path: DataPath, tmp_path: Path, name: str, declaration: SchemaDe
     # Re-encoded on the host by the sealed file's public schema: city and diagnosis become indices.
     public = load_public_dataset("holdout", holdout, schema=sealed_public_schema(str(sealed)))
     streams = [(f"{name}-v1", str(sealed)), (PUBLIC_PREFIX + "holdout", BytesSource(public.ipc))]
-    runtime, thread = _in_process_enclave(data_path, name, MockNsm(data_path.ca, pcrs=data_path.pcrs))
-    try:
-        outcome = _run_parent(data_path, name, f"job-{name}", streams, spec, tmp_path / "out")
-    finally:
-        runtime.stop()
-        thread.join(timeout=30)
-    assert outcome.status == "ok", outcome
-    verified = verify_certificate((tmp_path / "out" / "certificate.cbor").read_bytes(),
-                                  root_der=data_path.ca.root_der, policy=AttestationPolicy.from_pcrs(data_path.pcrs))
-    body = verified.body
+    body = _train_in_process(data_path, name, streams, spec, tmp_path / "out")
     assert body.spec_sha256 == JobSpec.from_toml(spec).sha256 and body.steps == STEPS
     assert body.public_datasets[0].sha256 == public.sha256 and body.public_datasets[0].records == 400
     return body

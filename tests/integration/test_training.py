@@ -119,6 +119,20 @@ def _in_process_enclave(data_path: DataPath, name: str, nsm: MockNsm) -> tuple[S
     return runtime, thread
 
 
+def _train_in_process(data_path: DataPath, name: str, streams: list[Any], spec: str, out: Path) -> Any:
+    """One job through an in-process enclave; the certificate's body, verified against the data path's PCRs."""
+    runtime, thread = _in_process_enclave(data_path, name, MockNsm(data_path.ca, pcrs=data_path.pcrs))
+    try:
+        outcome = _run_parent(data_path, name, f"job-{name}", streams, spec, out)
+    finally:
+        runtime.stop()
+        thread.join(timeout=30)
+    assert outcome.status == "ok", outcome
+    verified = verify_certificate((out / "certificate.cbor").read_bytes(), root_der=data_path.ca.root_der,
+                                  policy=AttestationPolicy.from_pcrs(data_path.pcrs))
+    return verified.body
+
+
 def _enclave_process(data_path: DataPath, name: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "parent.cli", "mock-enclave", "run", "--state", str(data_path.state_dir),
@@ -135,21 +149,12 @@ def test_training_job_releases_checkpoints_and_a_verifiable_certificate(
     data_path: DataPath, tmp_path: Path
 ) -> None:
     sealed = data_path.seal(tmp_path, records=2000, width=784)
-    runtime, thread = _in_process_enclave(data_path, "train", MockNsm(data_path.ca, pcrs=data_path.pcrs))
-    try:
-        outcome = _run_parent(data_path, "train", "job-train", _streams(data_path, sealed, tmp_path),
-                              spec_toml(data_path.model_key_id), tmp_path / "out")
-    finally:
-        runtime.stop()
-        thread.join(timeout=30)
-    assert outcome.status == "ok"
     out = tmp_path / "out"
+    body = _train_in_process(data_path, "train", _streams(data_path, sealed, tmp_path),
+                             spec_toml(data_path.model_key_id), out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "step-00000010.sealed", "step-00000020.sealed", "step-00000030.sealed"
     ]
-    verified = verify_certificate((out / "certificate.cbor").read_bytes(), root_der=data_path.ca.root_der,
-                                  policy=AttestationPolicy.from_pcrs(data_path.pcrs))
-    body = verified.body
     assert body.steps == STEPS and body.datasets[0].dataset_id == sealed.result.dataset_id
     assert body.epsilon["prv"] == pytest.approx(epsilon(100 / 2000, 1.5, STEPS, 1e-5))
     assert [m.step for m in body.metrics] == [10, 20, 30]

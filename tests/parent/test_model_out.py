@@ -29,33 +29,16 @@ from parent.model_out import (
     write_model_dir,
     write_predictions,
 )
+from tests.support.specs import mlp_spec
 
 CITIES = ("north", "south", "east")
 
 
 def _spec(out: int, label: str, task: str = "") -> str:
-    return f"""
-[job]
-name = "tabular"
-[model]
-format = 1
-layers = [{{ type = "linear", out = 8 }}, {{ type = "tanh" }}, {{ type = "linear", out = {out} }}]
-[data]
-features = ["age", "city"]
-label = "{label}"
-{task}
-[optimizer]
-name = "sgd"
-lr = 0.5
-[privacy]
-expected_batch_size = 100
-steps = 10
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = 1.5
-[checkpoint]
-key_id = "alias/model"
-"""
+    layers = f'[{{ type = "linear", out = 8 }}, {{ type = "tanh" }}, {{ type = "linear", out = {out} }}]'
+    return mlp_spec(key_id="alias/model", name="tabular", model=f"format = 1\nlayers = {layers}",
+                    data=f'features = ["age", "city"]\nlabel = "{label}"', lr=0.5, batch=100, steps=10, noise=1.5,
+                    extra=task)
 
 
 CLASSIFY = _spec(2, "diagnosis")
