@@ -70,6 +70,18 @@ def local_state(data_path: DataPath) -> Path:
     return state_dir
 
 
+def seal_cli(state: Path, tmp_path: Path, stem: str, dataset_id: str, seed: int,
+             capsys: pytest.CaptureFixture[str]) -> tuple[Path, dict]:
+    """3000 random images sealed through `hermetic seal --local` at cap 3; the file and its context."""
+    rng = np.random.default_rng(seed)
+    np.savez(tmp_path / f"{stem}.npz", image=rng.integers(0, 256, (3000, 784), dtype=np.uint8),
+             label=rng.integers(0, 10, 3000, dtype=np.uint8))
+    sealed = tmp_path / f"{stem}.sealed"
+    assert main(["seal", str(tmp_path / f"{stem}.npz"), "--local", str(state), "--out", str(sealed), "--max-epsilon",
+                 "3", "--delta", "1e-5", "--dataset-id", dataset_id, "--json"]) == 0
+    return sealed, json.loads(capsys.readouterr().out)["encryption_context"]
+
+
 def show(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
     code = main(["budget", "show", *argv, "--json"])
     report = json.loads(capsys.readouterr().out)
@@ -81,13 +93,7 @@ def test_a_second_job_past_the_cap_is_refused_before_any_key_use(
     data_path: DataPath, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     state = local_state(data_path)
-    rng = np.random.default_rng(2)
-    np.savez(tmp_path / "d.npz", image=rng.integers(0, 256, (3000, 784), dtype=np.uint8),
-             label=rng.integers(0, 10, 3000, dtype=np.uint8))
-    sealed = tmp_path / "d.sealed"
-    assert main(["seal", str(tmp_path / "d.npz"), "--local", str(state), "--out", str(sealed), "--max-epsilon", "3",
-                 "--delta", "1e-5", "--dataset-id", DATASET, "--json"]) == 0
-    context = json.loads(capsys.readouterr().out)["encryption_context"]
+    sealed, context = seal_cli(state, tmp_path, "d", DATASET, 2, capsys)
     assert context["ledger"] == f"local:{(state / 'ledger').resolve()}"
 
     first = data_path.run(DATASET, sealed, name="first", spec=spec(data_path.model_key_id, 2.0),
@@ -138,13 +144,7 @@ def test_jobs_compose_exactly_and_budget_show_agrees_with_privacy_epsilon(
     the second trains and the third is refused before any key use; what `budget show` reports
     spent is what `hermetic privacy epsilon --and` composes from the same runs."""
     state = local_state(data_path)
-    rng = np.random.default_rng(3)
-    np.savez(tmp_path / "c.npz", image=rng.integers(0, 256, (3000, 784), dtype=np.uint8),
-             label=rng.integers(0, 10, 3000, dtype=np.uint8))
-    sealed = tmp_path / "c.sealed"
-    assert main(["seal", str(tmp_path / "c.npz"), "--local", str(state), "--out", str(sealed), "--max-epsilon", "3",
-                 "--delta", "1e-5", "--dataset-id", "compose-v1", "--json"]) == 0
-    capsys.readouterr()
+    sealed, _ = seal_cli(state, tmp_path, "c", "compose-v1", 3, capsys)
     for name in ("one", "two"):
         outcome = data_path.run("compose-v1", sealed, name=f"compose-{name}", spec=spec(data_path.model_key_id, 2.0))
         assert outcome.status == "ok"
@@ -172,13 +172,7 @@ def test_job_check_reads_the_local_ledger_as_the_enclave_will(
 ) -> None:
     """Offline, before any key: `hermetic job check --sealed` refuses a job the ledger cannot afford."""
     state = local_state(data_path)
-    rng = np.random.default_rng(4)
-    np.savez(tmp_path / "k.npz", image=rng.integers(0, 256, (3000, 784), dtype=np.uint8),
-             label=rng.integers(0, 10, 3000, dtype=np.uint8))
-    sealed = tmp_path / "k.sealed"
-    assert main(["seal", str(tmp_path / "k.npz"), "--local", str(state), "--out", str(sealed), "--max-epsilon", "3",
-                 "--delta", "1e-5", "--dataset-id", "check-v1", "--json"]) == 0
-    capsys.readouterr()
+    sealed, _ = seal_cli(state, tmp_path, "k", "check-v1", 4, capsys)
     job = tmp_path / "job.toml"
     job.write_text(spec(data_path.model_key_id, 2.8))
     assert main(["job", "check", str(job), "--sealed", str(sealed), "--json"]) == 0
