@@ -33,7 +33,9 @@ from enclave.transport.messages import RESUME_STREAM, CertificateIssued, JobStar
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 from parent.verify.certificate import verify_certificate
-from tests.adversarial.test_ledger_runtime import _checkpoints, error_of, job, job_spec, pinned, seal
+from tests.adversarial.test_ledger_runtime import _checkpoints, error_of, job, job_spec, pinned
+from tests.adversarial.test_ledger_runtime import sealed_cap2 as sealed_cap2  # module fixtures, shared here
+from tests.adversarial.test_ledger_runtime import sealed_cap3 as sealed_cap3
 from tests.enclave.test_runtime import CREDS, DATA_KEY, HELLO, KEY_ARN, StubKms, run_session, stream
 from tests.support.ledgers import MemoryLedgers
 
@@ -56,16 +58,6 @@ def _rewound(state: CheckpointState) -> CheckpointState:
     fresh = PrivacyLedger(1e-5, PrivacyLedger.from_dict(state.ledger).accountant)
     return replace(state, step=0, ledger=fresh.to_dict(), sampler=SamplerState(steps=0, q=state.sampler.q),
                    metrics=(*state.metrics, invented))
-
-
-@pytest.fixture(scope="module")
-def sealed_cap3(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return seal(tmp_path_factory.mktemp("cap3"), max_epsilon=3.0)
-
-
-@pytest.fixture(scope="module")
-def sealed_cap2(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return seal(tmp_path_factory.mktemp("cap2"), max_epsilon=2.0)
 
 
 @pytest.fixture
