@@ -48,13 +48,12 @@ FASHION_MNIST_TEST_LABELS = FASHION_MNIST_TEST.with_name("t10k-labels-idx1-ubyte
 
 
 #: Epochs per target epsilon, tuned out of the enclave; everything else is the demo's recipe
-#: (Tramer & Boneh's ScatterNet + linear: batch 8192, lr 16, momentum 0.9, C 0.1). The
-#: tuning runs and the variants that were no better: bench/RESULTS.md.
+#: (Tramer & Boneh's ScatterNet + linear: batch 8192, lr 16, momentum 0.9, C 0.1); the tuning
+#: runs: bench/RESULTS.md.
 EPOCHS = {1.0: 20.0, 3.0: 40.0, 8.0: 80.0}
 
 #: The model every epsilon trains, the demo's: ScatterNet + linear with the J=1 scattering
-#: scale joined to the J=2 one (`scatter2_linear`, 5733 features). No other model or variant
-#: tried did clearly better under DP (bench/RESULTS.md).
+#: scale joined to the J=2 one (`scatter2_linear`, 5733 features); why this one: bench/RESULTS.md.
 MODEL = Recipe().model
 
 

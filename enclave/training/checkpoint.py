@@ -133,6 +133,8 @@ class CheckpointAuthenticator:
     binding: CheckpointBinding
 
     def auth_message(self, *, job_id: str, spec_sha256: str, step: int, plaintext: bytes) -> bytes:
+        # The plaintext is DP-SGD's output (weights, optimizer and ledger state: post-processing of
+        # noised sums); its digest only feeds the keyed MAC and never leaves the enclave itself.
         return dumps({
             "domain": AUTH_DOMAIN,
             "job_id": job_id,
