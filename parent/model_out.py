@@ -50,7 +50,7 @@ from enclave.training.checkpoint import CheckpointState
 from enclave.training.jobmodel import JobModel, job_model_for_schema
 from enclave.training.models import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from enclave.training.spec import JobSpec
-from enclave.training.tabular import Categorical, Numeric
+from enclave.training.tabular import Numeric, Tokens
 from enclave.training.trainer import outputs_of, public_metrics, table_arrays
 from parent.datasets import CsvReader, ParquetReader, open_dataset
 from parent.datasets.schema import public_plan
@@ -170,8 +170,10 @@ def describe_input(spec: JobSpec, job: JobModel, public: PublicSchema) -> dict[s
             if isinstance(part, Numeric):
                 columns.append({"name": part.name, "kind": "numeric", "lo": part.lo, "hi": part.hi,
                                 "encoding": "clip to [lo, hi], then (x - lo) / (hi - lo)"})
+            elif isinstance(part, Tokens):
+                columns.append({"name": part.name, "kind": "sequence", "vocab_size": part.size,
+                                "max_len": part.length, "pad_id": part.pad})
             else:
-                assert isinstance(part, Categorical)
                 column = public.get(part.name)
                 entry: dict[str, Any] = {"name": part.name, "kind": "categorical", "size": part.size,
                                          "encoding": "ids" if part.ids else "one_hot"}
@@ -180,7 +182,8 @@ def describe_input(spec: JobSpec, job: JobModel, public: PublicSchema) -> dict[s
                 if isinstance(column, CategoricalColumn):
                     entry["schema"] = column.to_json()
                 columns.append(entry)
-        return {"kind": "tabular", "encoding": "ids" if job.tabular.ids else "one_hot",
+        sequence = any(isinstance(part, Tokens) for part in job.tabular.parts)
+        return {"kind": "sequence" if sequence else "tabular", "encoding": "ids" if job.tabular.ids else "one_hot",
                 "shape": list(job.input.shape), "columns": columns}
     model_input = job.input
     return {

@@ -43,7 +43,11 @@ What the trainer really requires of the data (`enclave.training.trainer.table_ar
   schema or `[data.scale]`; the label is a class label for classification and a
   regression target for regression; the model is inline and plans for the assembled
   input ([width] floats, or [columns] ids under an embedding of enough rows) and gives
-  one output per class, or one for regression.
+  one output per class, or one for regression;
+- a sequence job (data.features names one sequence column) is read the same way: its
+  input is [max_len] token ids, which the model reads with an embedding of at least
+  the column's vocab_size rows, and a padding_mask that reads them pads with the
+  column's pad id.
 
 Every problem is collected, each naming what is wrong; none stops the others.
 """
@@ -75,7 +79,16 @@ from enclave.training.modelfmt.presets import UnknownPreset
 from enclave.training.modelfmt.spec import MODEL_INPUT, ModelFormat
 from enclave.training.models import MODELS, ModelSpec
 from enclave.training.spec import JobSpec
-from enclave.training.tabular import Categorical, Numeric, TabularLayout, bounds_of, job_target, tabular_layout
+from enclave.training.tabular import (
+    Categorical,
+    Numeric,
+    TabularLayout,
+    Tokens,
+    bounds_of,
+    input_layout,
+    job_target,
+    sequence_feature,
+)
 
 #: The wire code a problem is reported under when the enclave refuses the job.
 CONFIG = "config"
@@ -182,7 +195,7 @@ def _dataset_problems(spec: JobSpec, header: SealedHeader) -> list[Problem]:
     except SealedDataError as err:
         problems.append(Problem("schema", str(err)))
     else:
-        if spec.data.tabular or spec.task.regression:
+        if spec.data.tabular or spec.task.regression or sequence_feature(spec, schema):
             problems += _public_problems(schema, spec)
             return problems
         features = _feature_problems(schema, spec.data.columns[0], who, model)
@@ -215,12 +228,16 @@ def _public_problems(schema: pa.Schema, spec: JobSpec) -> list[Problem]:
     public, problems = _public(schema)
     if public is None:
         return problems
-    features = (_tabular_problems(public, spec) if spec.data.tabular
-                else _feature_problems(schema, spec.data.columns[0], "the inline model", None))
+    sequence = sequence_feature(spec, schema)
+    features: list[Problem] = []
+    if spec.data.tabular:
+        features = _tabular_problems(public, spec)
+    elif not sequence:
+        features = _feature_problems(schema, spec.data.columns[0], "the inline model", None)
     label = _target_problems(public, spec)
     problems = features + label
     if spec.model.inline is None:
-        what = "a tabular" if spec.data.tabular else "a regression"
+        what = "a tabular" if spec.data.tabular else "a sequence" if sequence else "a regression"
         problems.append(Problem("model.name", f"preset {_short(repr(spec.model.name))} takes 28x28 images and "
                                               f"gives 10 classes; {what} job describes its model inline"))
     elif not problems:
@@ -302,7 +319,8 @@ def _target_problems(public: PublicSchema, spec: JobSpec) -> list[Problem]:
 def _layout_text(layout: TabularLayout) -> str:
     numeric = sum(isinstance(p, Numeric) for p in layout.parts)
     blocks = [f"{_short(repr(p.name))} {'ids' if p.ids else 'one-hot'} {p.size}"
-              for p in layout.parts if isinstance(p, Categorical)]
+              if isinstance(p, Categorical) else f"{_short(repr(p.name))} {p.length} token ids below {p.size}"
+              for p in layout.parts if not isinstance(p, Numeric)]
     shown = ", ".join([f"{numeric} numeric"] * bool(numeric) + blocks[:_MAX_NAMES_SHOWN])
     more = f" and {len(blocks) - _MAX_NAMES_SHOWN} more" if len(blocks) > _MAX_NAMES_SHOWN else ""
     return f"{shown}{more}"
@@ -313,9 +331,8 @@ def _tabular_model_problems(schema: pa.Schema, public: PublicSchema, spec: JobSp
     """Whether the inline model takes the assembled input and gives the task's outputs (columns checked)."""
     target = job_target(spec, public)
     outputs = "1 output (regression)" if target.regression else f"{target.outputs} classes"
-    layout: TabularLayout | None = None
-    if spec.data.tabular:
-        layout = tabular_layout(spec, public)
+    layout = input_layout(spec, public)
+    if layout is not None:
         shape = layout.input_shape
         given = f"the features give input {list(shape)} ({_layout_text(layout)}), column " \
                 f"{_short(repr(spec.data.label))} {outputs}"
@@ -332,18 +349,25 @@ def _tabular_model_problems(schema: pa.Schema, public: PublicSchema, spec: JobSp
     if layout is None:
         return []
     reads_ids = [node for node in model.nodes if OPS[node.op].takes_ids and node.inputs[0] == MODEL_INPUT]
+    tokens = next((p for p in layout.parts if isinstance(p, Tokens)), None)
     if layout.ids and not reads_ids:
-        return [Problem("model", 'data.categorical = "ids" gives category ids: the model must read them with an '
+        given = 'data.categorical = "ids" gives category ids' if tokens is None else \
+            f"column {_short(repr(tokens.name))} gives token ids"
+        return [Problem("model", f"{given}: the model must read them with an "
                                  f"embedding of at least {layout.vocab} rows ({_layout_text(layout)})")]
     if not layout.ids and reads_ids:
         return [Problem("model", f"{reads_ids[0].label} reads ids but the features are one-hot floats: set "
                                  'data.categorical = "ids" and list categorical columns only')]
     problems = []
+    whose = f"the listed columns reach {layout.vocab - 1} ({_layout_text(layout)})" if tokens is None else \
+        f"column {_short(repr(tokens.name))} reach {layout.vocab - 1}"
     for node in reads_ids:
-        vocab = node.arguments.get("vocab")
+        vocab, pad = node.arguments.get("vocab"), node.arguments.get("pad", 0)
         if node.op == "embedding" and isinstance(vocab, int) and vocab < layout.vocab:
-            problems.append(Problem("model", f"{node.label}: vocab is {vocab} but the ids of the listed "
-                                             f"columns reach {layout.vocab - 1} ({_layout_text(layout)})"))
+            problems.append(Problem("model", f"{node.label}: vocab is {vocab} but the ids of {whose}"))
+        if node.op == "padding_mask" and tokens is not None and pad != tokens.pad:
+            problems.append(Problem("model", f"{node.label}: pad is {pad} but column {_short(repr(tokens.name))} "
+                                             f"is padded with {tokens.pad}"))
     return problems
 
 

@@ -15,7 +15,8 @@ schema, never from the records:
   `hermetic.num_classes` (the sealer refused every label outside [0, K)); one output
   for a regression job;
 - a tabular job (data.features a list of numeric and categorical columns) takes the
-  vector, or the ids, `enclave.training.tabular` assembles from the public schema.
+  vector, or the ids, `enclave.training.tabular` assembles from the public schema; a
+  sequence job (one sequence column) its int64 token ids [max_len], assembled there too.
 
 Pixels become float32 as `models.preprocess` makes them (scaled to [0, 1], then
 standardised with fixed public constants, never statistics of the private data), or
@@ -50,7 +51,7 @@ from enclave.training.modelfmt.presets import PRESET_CLASSES, PRESET_INPUT_SHAPE
 from enclave.training.modelfmt.spec import MODEL_INPUT, ModelFormat
 from enclave.training.models import FASHION_MNIST_MEAN, FASHION_MNIST_STD, CsprngDropout, InputFormatError
 from enclave.training.spec import JobSpec
-from enclave.training.tabular import TabularLayout, Target, job_target, tabular_layout
+from enclave.training.tabular import TabularLayout, Target, input_layout, job_target, sequence_feature
 
 __all__ = [
     "FixedFront",
@@ -136,7 +137,7 @@ class JobModel:
     input: ModelInput
     #: The model's outputs: the classes, or 1 for a regression target.
     num_classes: int
-    #: A tabular job: how the listed columns become the input (None: one tensor column).
+    #: A tabular or sequence job: how the columns become the input (None: one tensor column).
     tabular: TabularLayout | None = None
     #: How the label becomes what the loss compares with (None: class indices, as before).
     target: Target | None = None
@@ -159,12 +160,12 @@ def job_model(spec: JobSpec, header: SealedHeader) -> JobModel:
 def job_model_for_schema(spec: JobSpec, schema: pa.Schema) -> JobModel:
     model = spec.model_format
     target = None
-    if spec.data.tabular or spec.task.regression:
+    if spec.data.tabular or spec.task.regression or sequence_feature(spec, schema):
         try:
             public = parse_schema(schema)
             target = job_target(spec, public)
-            if spec.data.tabular:
-                layout = tabular_layout(spec, public)
+            layout = input_layout(spec, public)
+            if layout is not None:
                 shape = layout.input_shape
                 return JobModel(model, ModelInput(shape, shape, ids=layout.ids), target.outputs, layout, target)
         except (DatasetError, SealedDataError) as err:

@@ -1,4 +1,4 @@
-"""Tabular jobs: numeric and categorical columns assembled into one input per record, and targets.
+"""Tabular and sequence jobs: columns assembled into one input per record by the public schema, and targets.
 
 Everything here is fixed by public things alone, the sealed header's public schema
 (`enclave.sealed.public_schema`) and the job spec, never by the records:
@@ -17,6 +17,8 @@ Everything here is fixed by public things alone, the sealed header's public sche
   mixed with numeric features (the model has one input): the check refuses it;
 - the input is the blocks in the order of `data.features`: float32 [N, width] with
   width = numeric count + the one-hot widths, or int64 [N, columns] ids;
+- a sequence column named alone (`data.features = "tokens"`) is its token ids as the
+  sealer padded them, int64 [N, max_len], every id below the column's vocab_size;
 - a class label stays the int64 class index; a regression target is clipped to its
   public bounds and scaled to [0, 1] like a numeric feature, so the model predicts
   in those units and `unscale` maps a prediction back for the released metrics.
@@ -32,11 +34,13 @@ import torch
 
 from enclave.errors import DatasetError
 from enclave.sealed.public_schema import (
+    KIND_KEY,
     CategoricalColumn,
     ClassLabel,
     NumericColumn,
     PublicSchema,
     RegressionTarget,
+    SequenceColumn,
 )
 from enclave.training.spec import DataSpec, JobSpec
 
@@ -46,8 +50,11 @@ __all__ = [
     "TabularLayout",
     "TabularRecordsUnusable",
     "Target",
+    "Tokens",
     "bounds_of",
+    "input_layout",
     "job_target",
+    "sequence_feature",
     "tabular_layout",
 ]
 
@@ -77,6 +84,23 @@ class Categorical:
     @property
     def width(self) -> int:
         return 1 if self.ids else self.size
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A sequence column's token ids, right-padded with `pad` to `length`."""
+
+    name: str
+    size: int  # the column's vocab_size: every id is below it
+    length: int
+    pad: int
+
+    @property
+    def width(self) -> int:
+        return self.length
+
+
+Part = Numeric | Categorical | Tokens
 
 
 @dataclass(frozen=True)
@@ -118,7 +142,7 @@ class Target:
 class TabularLayout:
     """How the listed columns of a record become the model's input."""
 
-    parts: tuple[Numeric | Categorical, ...]
+    parts: tuple[Part, ...]
     ids: bool = False
 
     @property
@@ -128,7 +152,7 @@ class TabularLayout:
     @property
     def vocab(self) -> int:
         """ids: how many distinct ids the input holds (the embedding's least vocab)."""
-        return sum(p.size for p in self.parts if isinstance(p, Categorical))
+        return sum(p.size for p in self.parts if not isinstance(p, Numeric))
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -142,10 +166,15 @@ class TabularLayout:
     def _table(self, table: pa.Table) -> torch.Tensor:
         rows = table.num_rows
         if self.ids:
-            out = np.empty((rows, len(self.parts)), dtype=np.int64)
-            for j, part in enumerate(self.parts):
-                assert isinstance(part, Categorical)
-                out[:, j] = _categories(table, part) + part.offset
+            out = np.empty((rows, self.width), dtype=np.int64)
+            at = 0
+            for part in self.parts:
+                if isinstance(part, Tokens):
+                    out[:, at:at + part.width] = _tokens(table, part)
+                else:
+                    assert isinstance(part, Categorical)
+                    out[:, at] = _categories(table, part) + part.offset
+                at += part.width
             return torch.from_numpy(out)
         x = np.zeros((rows, self.width), dtype=np.float32)
         at = 0
@@ -153,6 +182,7 @@ class TabularLayout:
             if isinstance(part, Numeric):
                 x[:, at] = _scaled(_numbers(_column(table, part.name), part.name), part.lo, part.hi)
             else:
+                assert isinstance(part, Categorical)
                 x[np.arange(rows), at + _categories(table, part)] = 1.0
             at += part.width
         return torch.from_numpy(x)
@@ -194,6 +224,19 @@ def _categories(table: pa.Table, part: Categorical) -> np.ndarray:
     return index
 
 
+def _tokens(table: pa.Table, part: Tokens) -> np.ndarray:
+    column = _column(table, part.name)
+    kind = column.type
+    if not (pa.types.is_fixed_size_list(kind) and pa.types.is_integer(kind.value_type)
+            and kind.list_size == part.length):
+        raise DatasetError(f"column {part.name!r} must hold fixed_size_list<int32>[{part.length}] ids, got {kind}")
+    ids = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, part.length)
+    # Checked by the sealer; a defect here must not reach the embedding's indexing, which quotes values.
+    if ids.size and (ids.min() < 0 or ids.max() >= part.size):
+        raise TabularRecordsUnusable("a token id lies outside the declared vocabulary")
+    return ids
+
+
 def bounds_of(data: DataSpec, column: NumericColumn | RegressionTarget) -> tuple[float, float] | None:
     """The public [lo, hi] a numeric column is scaled by: the spec's, else the schema's; None without both."""
     given = data.scale_of(column.name)
@@ -204,11 +247,30 @@ def bounds_of(data: DataSpec, column: NumericColumn | RegressionTarget) -> tuple
     return float(column.lo), float(column.hi)
 
 
+def sequence_feature(spec: JobSpec, schema: pa.Schema) -> bool:
+    """The spec names one feature column and the schema declares it a token sequence."""
+    if spec.data.tabular:
+        return False
+    index = schema.get_field_index(spec.data.columns[0])
+    metadata = (schema.field(index).metadata if index >= 0 else None) or {}
+    return bool(metadata.get(KIND_KEY) == b"sequence")
+
+
+def input_layout(spec: JobSpec, schema: PublicSchema) -> TabularLayout | None:
+    """How records become the input by the public schema, or None for a tensor column's records."""
+    if spec.data.tabular:
+        return tabular_layout(spec, schema)
+    column = schema.get(spec.data.columns[0])
+    if isinstance(column, SequenceColumn):
+        return TabularLayout((Tokens(column.name, column.vocab_size, column.max_len, column.pad_id),), ids=True)
+    return None
+
+
 def tabular_layout(spec: JobSpec, schema: PublicSchema) -> TabularLayout:
     """The layout of the spec's listed features; DatasetError for what the job check refuses."""
     data = spec.data
     ids = data.encoding == "ids"
-    parts: list[Numeric | Categorical] = []
+    parts: list[Part] = []
     offset = 0
     for name in data.columns:
         column = schema.get(name)
