@@ -24,7 +24,7 @@ from enclave.transport.messages import PUBLIC_PREFIX
 from parent.checkpoints import decrypt_checkpoint
 from parent.datasets.schema import declaration_from_flags
 from parent.job_check import sealed_public_schema
-from parent.model_out import load_model_dir, predict, sealed_arrow_schema, write_model_dir
+from parent.model_out import export_onnx, load_model_dir, predict, sealed_arrow_schema, write_model_dir
 from parent.public_data import load_public_dataset
 from parent.sources import BytesSource, open_source
 from tests.integration.conftest import MODEL_OWNER, DataPath, kms_client
@@ -107,6 +107,25 @@ def test_a_transformer_trains_on_a_token_sequence_dataset_and_releases_accuracy(
     assert prediction.rows == 500
     for metric, value in prediction.metrics:
         assert abs(value - final[f"{metric}/holdout"]) <= 1e-9, (metric, value, final)
+
+
+def test_the_transformer_exports_to_onnx(data_path: DataPath, tmp_path: Path, sealed_reviews: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    spec = _spec(data_path.model_key_id, _model()).replace('[eval]\npublic = "holdout"\nevery_steps = 20', "")
+    body = _train_in_process(data_path, "reviews", [("reviews-v1", str(sealed_reviews))], spec, tmp_path / "out")
+    checkpoint = tmp_path / "out" / "checkpoints" / f"step-{body.steps:08d}.sealed"
+    _, state = decrypt_checkpoint(checkpoint, kms_client=kms_client(data_path.emulator.url, MODEL_OWNER))
+    write_model_dir(state, spec, sealed_arrow_schema(str(sealed_reviews)), tmp_path / "m")
+    model = load_model_dir(tmp_path / "m")
+    graph = onnx.load(str(export_onnx(model, tmp_path / "model.onnx")))
+    # Padded positions included: the mask must carry through the exported graph.
+    tokens = torch.tensor([[3, 7, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]])
+    (got,) = ReferenceEvaluator(graph).run(None, {"input": tokens.numpy()})
+    with torch.no_grad():
+        expected = model.module(tokens).numpy()
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("model", "message"), [

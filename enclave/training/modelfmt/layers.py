@@ -117,6 +117,9 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
+        # Python numbers fixed at build: an exported (traced) graph then holds constants, not shape arithmetic.
+        self.head_dim = dim // heads
+        self.root_head_dim = math.sqrt(self.head_dim)
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -124,13 +127,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         n, length, dim = x.shape
-        head_dim = dim // self.heads
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(n, length, self.heads, head_dim).transpose(1, 2)
+            return t.reshape(n, length, self.heads, self.head_dim).transpose(1, 2)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim)
+        scores = q @ k.transpose(-2, -1) / self.root_head_dim
         if mask is not None:
             # A finite floor, not -inf: an all-padding row then softmaxes to uniform, not NaN.
             scores = scores.masked_fill(~mask.view(n, 1, 1, length), torch.finfo(scores.dtype).min)
