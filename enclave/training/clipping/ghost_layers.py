@@ -21,7 +21,7 @@ The rules, with a the layer input and g the output gradient of sample i:
 * Embedding: grad_i(E) = sum_t onehot(idx_it) g_it^T, so ||grad_i||^2 =
   sum_{t,t'} [idx_it = idx_it'] <g_it, g_it'> ("ghost-gram" over positions); the
   clipped sum is one index_add.
-* LayerNorm / GroupNorm: per-sample gradients of the affine parameters are small
+* LayerNorm / RMSNorm / GroupNorm: per-sample gradients of the affine parameters are small
   ([n, normalized_shape] or [n, C]) and are materialised from the re-normalised input.
 * Anything else with parameters ("fallback"): per-sample gradients of the module's own
   parameters by torch.func (vmap over samples of the vector-Jacobian product of the
@@ -421,9 +421,21 @@ class LayerNormRule(_AffineNormRule):
         return F.layer_norm(x, m.normalized_shape, None, None, m.eps)
 
     def _per_sample(self, y: torch.Tensor, n: int) -> torch.Tensor:
-        m = cast(nn.LayerNorm, self.module)
-        shape = tuple(m.normalized_shape)
-        return y.reshape(n, -1, *shape).sum(dim=1)
+        return _over_positions(y, n, cast(nn.LayerNorm, self.module).normalized_shape)
+
+
+class RMSNormRule(_AffineNormRule):
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        m = cast(nn.RMSNorm, self.module)
+        return F.rms_norm(x, m.normalized_shape, None, m.eps)
+
+    def _per_sample(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        return _over_positions(y, n, cast(nn.RMSNorm, self.module).normalized_shape)
+
+
+def _over_positions(y: torch.Tensor, n: int, shape: Sequence[int]) -> torch.Tensor:
+    """[n, ..., *shape] summed over the positions between the sample axis and the normalised axes."""
+    return y.reshape(n, -1, *tuple(shape)).sum(dim=1)
 
 
 class GroupNormRule(_AffineNormRule):
@@ -493,6 +505,8 @@ def rule_for(module: nn.Module, names: Mapping[str, str]) -> Rule:
         return EmbeddingRule(module, names)
     if kind is nn.LayerNorm:
         return LayerNormRule(module, names)
+    if kind is nn.RMSNorm:
+        return RMSNormRule(module, names)
     if kind is nn.GroupNorm:
         return GroupNormRule(module, names)
     return FallbackRule(module, names)

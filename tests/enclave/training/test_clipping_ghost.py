@@ -180,6 +180,15 @@ def test_layer_norm_on_vectors_and_sequences() -> None:
     assert paths["1.weight"] == paths["3.bias"] == PATH_MATERIALISED
 
 
+def test_rms_norm_on_vectors_and_sequences() -> None:
+    model = _seeded(
+        nn.Sequential(nn.Linear(4, 6), nn.RMSNorm(6), nn.Tanh(), nn.RMSNorm((5, 6), eps=1e-3), nn.Flatten(),
+                      nn.Linear(30, 3))
+    )
+    paths = _assert_equivalent(model, *_data((5, 4)))
+    assert paths["1.weight"] == paths["3.weight"] == PATH_MATERIALISED
+
+
 def test_group_norm() -> None:
     model = _seeded(
         nn.Sequential(nn.Conv2d(2, 6, 3), nn.GroupNorm(3, 6), nn.Tanh(), nn.Flatten(), nn.Linear(6 * 4 * 4, 3))
