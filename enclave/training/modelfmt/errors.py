@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from enclave.errors import ConfigError
 
-__all__ = ["LimitExceeded", "ModelFormatError", "RefusedOp", "ShapeMismatch", "UnknownOp"]
+__all__ = [
+    "LimitExceeded",
+    "MalformedWeights",
+    "ModelFormatError",
+    "RefusedOp",
+    "ShapeMismatch",
+    "UnknownOp",
+    "WeightsError",
+    "WeightsMismatch",
+]
 
 
 class ModelFormatError(ConfigError):
@@ -30,3 +39,15 @@ class ShapeMismatch(ModelFormatError):
 
 class LimitExceeded(ModelFormatError):
     """The model would exceed a size limit of the format (parameters, activations, layers...)."""
+
+
+class WeightsError(ConfigError):
+    """Initial weights for a model (a safetensors file the model owner chose) cannot be used."""
+
+
+class MalformedWeights(WeightsError):
+    """The weights file breaks the safetensors format or one of its bounds."""
+
+
+class WeightsMismatch(WeightsError):
+    """The weights file is not the one the spec names, or does not hold the model's tensors exactly."""
