@@ -3,7 +3,8 @@
 A model arrives in a job spec, so everything wrong with it is a configuration error
 (wire code `config`); the subclasses only let callers and tests tell the reasons apart.
 Every message is one line that names the layer (`model.layers[3] (linear)` or
-`model.graph[2] 'proj' (linear)`) and the key or shapes at fault.
+`model.graph[2] 'proj' (linear)`) and the key or shapes at fault; a WeightsError names
+the tensor of the initial weights file instead (the file is public: its names may be quoted).
 """
 from __future__ import annotations
 
