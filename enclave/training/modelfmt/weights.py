@@ -11,7 +11,7 @@ mapping each tensor name to {"dtype", "shape", "data_offsets": [begin, end]} (an
 optional "__metadata__" object of strings), then the data buffer, which the tensors'
 offsets (relative to its start) cover exactly, without holes or overlaps; values are
 row-major, little-endian. Only floating dtypes are accepted (F32, F64, F16, BF16), and
-all become float32, the trainer's type.
+all become float32, the trainer's type; a value that is not finite there is refused.
 
 Nothing here runs code from the file: the JSON is plain data (duplicate keys refused),
 values are read with `np.frombuffer` at explicit little-endian dtypes. Every failure
@@ -66,14 +66,19 @@ class Weights:
 
 def open_weights(data: bytes, expected_sha256: str) -> Weights:
     """The weights the spec names by `expected_sha256`, read from `data`; refused unless the hash matches."""
-    if hashlib.sha256(data).hexdigest() != expected_sha256:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected_sha256:
         # Fixed: the file is the model owner's choice, the spec binds it, nothing else to say.
         raise WeightsMismatch("the weights file does not hash to the spec's model.weights_sha256")
-    return read_weights(data)
+    return _read(data, digest)
 
 
-def read_weights(data: bytes, *, max_parameters: int = MAX_PARAMETERS) -> Weights:
+def read_weights(data: bytes) -> Weights:
     """Parse a safetensors file strictly; MalformedWeights (one line) for anything off the format or its bounds."""
+    return _read(data, hashlib.sha256(data).hexdigest())
+
+
+def _read(data: bytes, digest: str) -> Weights:
     if len(data) > MAX_WEIGHTS_BYTES:
         raise MalformedWeights(f"the weights file exceeds {MAX_WEIGHTS_BYTES} bytes")
     if len(data) < 8:
@@ -87,10 +92,10 @@ def read_weights(data: bytes, *, max_parameters: int = MAX_PARAMETERS) -> Weight
     buffer = memoryview(data)[8 + length :]
     metadata = _metadata(header.pop(_METADATA, {}))
     entries = {name: _entry(name, raw) for name, raw in header.items()}
-    _check_parameters(entries, max_parameters)
+    _check_parameters(entries)
     _check_coverage(entries, len(buffer))
     tensors = {name: _tensor(name, entry, buffer) for name, entry in sorted(entries.items())}
-    return Weights(MappingProxyType(tensors), MappingProxyType(metadata), hashlib.sha256(data).hexdigest())
+    return Weights(MappingProxyType(tensors), MappingProxyType(metadata), digest)
 
 
 def shapes_of(model: nn.Module) -> dict[str, Shape]:
@@ -198,12 +203,12 @@ def _integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_parameters(entries: Mapping[str, _Entry], limit: int) -> None:
+def _check_parameters(entries: Mapping[str, _Entry]) -> None:
     total = 0
     for entry in entries.values():
         total += entry.count
-        if total > limit:
-            raise MalformedWeights(f"the weights file holds more than the limit of {limit:,} values")
+        if total > MAX_PARAMETERS:
+            raise MalformedWeights(f"the weights file holds more than the limit of {MAX_PARAMETERS:,} values")
 
 
 def _check_coverage(entries: Mapping[str, _Entry], size: int) -> None:
