@@ -27,6 +27,7 @@ __all__ = [
     "MAX_WEIGHTS_HEADER_BYTES",
     "MAX_WEIGHTS_NAME",
     "MAX_WEIGHTS_RANK",
+    "MAX_WEIGHTS_TENSORS",
     "MAX_WIDTH",
 ]
 
@@ -85,3 +86,6 @@ MAX_WEIGHTS_NAME = 256
 
 #: Dimensions of one tensor in it.
 MAX_WEIGHTS_RANK = 8
+
+#: Tensors in it: far above what MAX_LAYERS layers hold, far below what would take long to read.
+MAX_WEIGHTS_TENSORS = 16_384

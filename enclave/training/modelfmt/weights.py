@@ -39,6 +39,7 @@ from enclave.training.modelfmt.limits import (
     MAX_WEIGHTS_HEADER_BYTES,
     MAX_WEIGHTS_NAME,
     MAX_WEIGHTS_RANK,
+    MAX_WEIGHTS_TENSORS,
 )
 
 __all__ = ["DTYPES", "Weights", "check_weights", "load_weights", "open_weights", "read_weights", "shapes_of"]
@@ -91,6 +92,8 @@ def _read(data: bytes, digest: str) -> Weights:
     header = _header(data[8 : 8 + length])
     buffer = memoryview(data)[8 + length :]
     metadata = _metadata(header.pop(_METADATA, {}))
+    if len(header) > MAX_WEIGHTS_TENSORS:
+        raise MalformedWeights(f"the weights file holds {len(header)} tensors, more than {MAX_WEIGHTS_TENSORS}")
     entries = {name: _entry(name, raw) for name, raw in header.items()}
     _check_parameters(entries)
     _check_coverage(entries, len(buffer))

@@ -179,6 +179,7 @@ F32 = struct.pack("<f", 1.0)
         (_file({"a": _entry("F32", [1], 0, 4)}, F32 * 2), "data holds 8 bytes, its tensors cover 4"),
         (_file({"a": _entry("F32", [1], 0, 4)}, b""), "data holds 0 bytes, its tensors cover 4"),
         (_file({}, b"x"), "data holds 1 bytes, its tensors cover 0"),
+        (_file({f"t{i}": _entry("F32", [0], 0, 0) for i in range(16_385)}), "16385 tensors, more than 16384"),
         (_file({"a": _entry("F32", [1], 0, 4)}, struct.pack("<f", float("nan"))), "not finite"),
         (_file({"a": _entry("F64", [1], 0, 8)}, struct.pack("<d", 1e300)), "not finite as float32"),
         (_file({"a": _entry("BF16", [1], 0, 2)}, struct.pack("<H", 0x7F80)), "not finite"),
