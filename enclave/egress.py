@@ -43,6 +43,7 @@ AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "attested": frozenset({"module_id", "pcr0"}),
         "public_dataset": frozenset({"name", "records", "sha256"}),
+        "initial_weights": frozenset({"sha256", "tensors", "parameters"}),
         "training_planned": frozenset(
             {"sampling_rate", "noise_multiplier", "steps", "delta", "planned_epsilon", "max_epsilon", "resumed_at"}
         ),

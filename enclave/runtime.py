@@ -15,6 +15,12 @@ and this job's whole plan composed with every valid entry must fit the cap
 must match the context; after the last stream and before any training step, this
 session's steps are reserved in the ledger (`_reserve_budget`). See enclave.ledger.
 
+Initial weights: a spec whose inline model names `weights_sha256` starts from that
+public safetensors file, streamed as WEIGHTS_STREAM before every sealed dataset (JobStart
+must list it then, and only then). Its hash must match, it is read by the enclave's own
+reader (enclave.training.modelfmt.weights), and it must hold exactly the model's
+tensors, checked with the job against the headers: all before any KMS request.
+
 Checkpoints: once every dataset's data key is in, a checkpoint authenticator is derived
 from them, in the spec's order (enclave.training.checkpoint); the trainer tags every
 checkpoint with it, and a checkpoint to resume from, which must follow the datasets'
@@ -80,6 +86,9 @@ from enclave.training.checkpoint import (
     open_checkpoint,
     read_checkpoint_header,
 )
+from enclave.training.jobmodel import job_model
+from enclave.training.modelfmt.limits import MAX_WEIGHTS_BYTES
+from enclave.training.modelfmt.weights import Weights, check_weights, open_weights
 from enclave.training.plan import PlannedRun, plan_run
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import PublicTable, Trainer, TrainingDataset, TrainingInputs
@@ -96,6 +105,7 @@ from enclave.transport.messages import (
     PROTOCOL_VERSION,
     PUBLIC_PREFIX,
     RESUME_STREAM,
+    WEIGHTS_STREAM,
     Credentials,
     DatasetBegin,
     Error,
@@ -144,6 +154,7 @@ class RuntimeLimits:
     # A public evaluation set or a checkpoint is held in memory whole; bound it.
     max_public_bytes: int = 1 << 30
     max_checkpoint_bytes: int = 1 << 30
+    max_weights_bytes: int = MAX_WEIGHTS_BYTES
     # Every sealed stream of a job on several datasets but the last is held until all headers are in;
     # this bounds them together.
     max_sealed_bytes: int = 1 << 32
@@ -200,6 +211,7 @@ class _Job:
     public: dict[str, PublicTable] = field(default_factory=dict)
     resume: CheckpointState | None = None
     resume_sealed_sha256: str = ""
+    weights: Weights | None = None
     # Tags this job's checkpoints and checks the one resumed from; set once the data key is in.
     checkpoint_auth: CheckpointAuthenticator | None = None
     exposure: _Exposure = field(default_factory=_Exposure)
@@ -284,6 +296,7 @@ class EnclaveRuntime:
         start = self._expect(channel, JobStart)
         spec = JobSpec.from_toml(self._expect(channel, TrainingJob).spec_toml)
         job = _Job(start.job_id, spec, kms, train_ids=_train_ids(spec, start.datasets), exposure=exposure)
+        _check_weights_stream(spec, start.datasets)
         for index, stream_id in enumerate(start.datasets):
             begin = self._expect(channel, DatasetBegin)
             reader = DatasetStreamReader(
@@ -293,6 +306,8 @@ class EnclaveRuntime:
                 self._receive_public(reader, stream_id[len(PUBLIC_PREFIX):], job, gate)
             elif stream_id == RESUME_STREAM:
                 self._receive_resume(reader, job)
+            elif stream_id == WEIGHTS_STREAM:
+                self._receive_weights(reader, job, gate)
             else:
                 self._receive_sealed(reader, job, gate)
         self._reserve_budget(job, gate)
@@ -395,6 +410,12 @@ class EnclaveRuntime:
         """Before any key: the job against every header, and every ledger with this job's whole plan."""
         headers = [job.sealed[dataset_id].header for dataset_id in job.train_ids]
         job.plan = plan_run(job.spec, headers)
+        if job.spec.model.weights_sha256 is not None:
+            if job.weights is None:
+                # _check_weights_stream put the stream first; this guards the key, whatever the order.
+                raise ProtocolError("the initial weights must be streamed before the sealed datasets")
+            # The job check passed on every header and they share one schema: the first gives the layout.
+            check_weights(job_model(job.spec, headers[0]).parameter_shapes(), job.weights)
         for dataset_id in job.train_ids:
             self._check_ledger(job, job.sealed[dataset_id])
 
@@ -440,6 +461,13 @@ class EnclaveRuntime:
         job.public[name] = public
         gate.audit("public_dataset", name=name, records=table.num_rows, sha256=public.sha256)
 
+    def _receive_weights(self, reader: DatasetStreamReader, job: _Job, gate: EgressGate) -> None:
+        expected = job.spec.model.weights_sha256
+        assert expected is not None  # _check_weights_stream: the stream is sent only then
+        job.weights = open_weights(_read_bounded(reader, self._limits.max_weights_bytes, "initial weights"), expected)
+        gate.audit("initial_weights", sha256=job.weights.sha256, tensors=len(job.weights.tensors),
+                   parameters=sum(int(t.numel()) for t in job.weights.tensors.values()))
+
     def _receive_resume(self, reader: DatasetStreamReader, job: _Job) -> None:
         data = _read_bounded(reader, self._limits.max_checkpoint_bytes, "checkpoint")
         if job.checkpoint_auth is None:
@@ -474,6 +502,7 @@ class EnclaveRuntime:
             generate_data_key=job.kms.generate_data_key,
             clock=self._clock,
             resume_sealed_sha256=job.resume_sealed_sha256,
+            weights=job.weights,
         )
         return self._training_loop(inputs, gate).run()
 
@@ -486,9 +515,13 @@ class EnclaveRuntime:
         return msg
 
 
+def _is_sealed(stream_id: str) -> bool:
+    return not stream_id.startswith(PUBLIC_PREFIX) and stream_id not in (RESUME_STREAM, WEIGHTS_STREAM)
+
+
 def _train_ids(spec: JobSpec, streams: Sequence[str]) -> tuple[str, ...]:
     """The sealed datasets a training job streams: the ones its spec lists, or the only one sent."""
-    sealed = [s for s in streams if not s.startswith(PUBLIC_PREFIX) and s != RESUME_STREAM]
+    sealed = [s for s in streams if _is_sealed(s)]
     sent = ", ".join(repr(s) for s in sealed) or "none"
     if spec.data.train:
         if sealed != list(spec.data.train):
@@ -501,6 +534,22 @@ def _train_ids(spec: JobSpec, streams: Sequence[str]) -> tuple[str, ...]:
         raise ProtocolError(f"a training job whose spec lists none streams exactly one sealed dataset; "
                             f"JobStart sends {sent}")
     return tuple(sealed)
+
+
+def _check_weights_stream(spec: JobSpec, streams: Sequence[str]) -> None:
+    """The weights stream is sent when the spec names initial weights, and only then: once, before any sealed one."""
+    sent = [index for index, stream_id in enumerate(streams) if stream_id == WEIGHTS_STREAM]
+    if spec.model.weights_sha256 is None:
+        if sent:
+            raise ProtocolError("JobStart sends initial weights; the spec names none (model.weights_sha256)")
+        return
+    if len(sent) != 1:
+        count = "none" if not sent else f"{len(sent)} weights streams"
+        raise ProtocolError(f"the spec names initial weights (model.weights_sha256); JobStart sends {count}")
+    # Before any sealed stream: the last sealed header triggers the KMS request, and the
+    # weights must be checked against the model before it.
+    if any(_is_sealed(stream_id) for stream_id in streams[: sent[0]]):
+        raise ProtocolError("the initial weights must be streamed before the sealed datasets")
 
 
 class _Control:

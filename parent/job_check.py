@@ -12,6 +12,11 @@ checked together (same feature and label fields, one plan over their records tha
 fits every owner's budget), and each is mapped to that one plan. Several datasets
 without a `data.train` naming them is a problem, as it is in the enclave.
 
+A job that fine-tunes (model.weights_sha256) is checked against its weights file when
+one is given: the hash the spec names, then the tensors against the model built for
+each reviewed dataset, with the enclave's own reader and check
+(`enclave.training.modelfmt.weights`), so the same file passes or fails the same way.
+
 When the host can read a dataset's budget ledger (a local appliance's directory, or S3
 when the caller passes a client), the plan is also checked against it exactly as the
 enclave will before any key: every valid entry plus this job, composed; a ledger the
@@ -27,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from enclave.errors import HermeticError
+from enclave.errors import ConfigError, HermeticError
 from enclave.ledger.location import LOCAL_SCHEME
 from enclave.ledger.reserve import BudgetCheck, check_header_budget
 from enclave.ledger.store import LedgerError, LedgerUnavailable
@@ -37,7 +42,11 @@ from enclave.sealed.public_schema import PublicSchema, public_schema
 from enclave.sealed.stream import read_header
 from enclave.training.budget import PlannedRun
 from enclave.training.check import Problem, check_spec, review_datasets
+from enclave.training.jobmodel import job_model
+from enclave.training.modelfmt.limits import MAX_WEIGHTS_BYTES
+from enclave.training.modelfmt.weights import Weights, check_weights, open_weights
 from enclave.training.spec import JobSpec
+from enclave.transport.messages import WEIGHTS_STREAM
 from parent.inputs import read_bounded
 from parent.sources import open_source
 
@@ -88,8 +97,10 @@ def check_job(
     sealed_paths: Sequence[str | os.PathLike[str]] = (),
     *,
     s3_client: Any | None = None,
+    weights_path: str | os.PathLike[str] | None = None,
 ) -> JobCheck:
-    """Check the spec at `spec_path` against the headers of `sealed_paths` (paths or s3:// URIs)."""
+    """Check the spec at `spec_path` against the headers of `sealed_paths` (paths or s3:// URIs),
+    and its model against the initial weights at `weights_path`, when given."""
     spec_name = os.fspath(spec_path)
     problems: list[Problem] = []
     spec: JobSpec | None = None
@@ -110,6 +121,11 @@ def check_job(
     if spec is None:
         return JobCheck(tuple(problems))
     problems += check_spec(spec)
+    weights: Weights | None = None
+    weights_name = "" if weights_path is None else os.fspath(weights_path)
+    if weights_path is not None:
+        weights, found = _read_weights(weights_name, spec)
+        problems += found
     datasets = [path for path, header in headers.items() if header.payload == PAYLOAD]
     train = spec.data.train
     if not train and len(datasets) > 1:
@@ -129,6 +145,8 @@ def check_job(
     for group in groups:
         review = review_datasets(spec, [headers[p] for p in group], names=group)
         problems += review.problems
+        if weights is not None and not review.problems and headers[group[0]].payload == PAYLOAD:
+            problems += _weights_problems(weights_name, spec, headers[group[0]], weights)
         if review.planned is not None:
             planned.update({path: review.planned for path in group})
             if not review.problems:
@@ -161,6 +179,35 @@ def _read_ledger(path: str, header: SealedHeader, plan: PlannedRun, s3_client: A
     except LedgerError as err:
         return [Problem(f"{path}: ledger", str(err))], None
     return [], check
+
+
+def _read_weights(path: str, spec: JobSpec) -> tuple[Weights | None, list[Problem]]:
+    expected = spec.model.weights_sha256
+    if expected is None:
+        return None, [Problem(path, "a weights file was given, but the spec names no initial weights "
+                                    "(model.weights_sha256)")]
+    try:
+        return open_weights(read_bounded(path, MAX_WEIGHTS_BYTES, "weights file"), expected), []
+    except HermeticError as err:
+        return None, [Problem(path, str(err))]
+
+
+def _weights_problems(path: str, spec: JobSpec, header: SealedHeader, weights: Weights) -> list[Problem]:
+    try:
+        check_weights(job_model(spec, header).parameter_shapes(), weights)
+    except HermeticError as err:
+        return [Problem(path, str(err))]
+    return []
+
+
+def weights_streams(spec: JobSpec | None, weights_path: str | os.PathLike[str] | None) -> list[tuple[str, str]]:
+    """The initial weights' stream, which goes before every sealed dataset: one when the spec names
+    weights, none otherwise; ConfigError when the file and the spec disagree (`spec` None: unchecked)."""
+    if spec is not None and (spec.model.weights_sha256 is None) != (weights_path is None):
+        if weights_path is None:
+            raise ConfigError("the spec names initial weights (model.weights_sha256): give their file with --weights")
+        raise ConfigError("--weights was given, but the spec names no initial weights (model.weights_sha256)")
+    return [] if weights_path is None else [(WEIGHTS_STREAM, os.fspath(weights_path))]
 
 
 def in_spec_order(datasets: Sequence[tuple[str, str]], train: Sequence[str]) -> list[tuple[str, str]]:

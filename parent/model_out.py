@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -217,6 +218,31 @@ def sealed_arrow_schema(path: str, s3_client: Any | None = None) -> pa.Schema:
     """The Arrow schema (with its public metadata) of the sealed file at `path`."""
     with open_source(path, s3_client) as source:
         return header_schema(read_header(source))
+
+
+@dataclass(frozen=True)
+class ParameterList:
+    """The state_dict names and shapes of the model a job spec builds on a dataset's schema."""
+
+    model_spec_sha256: str
+    shapes: Mapping[str, tuple[int, ...]]
+
+    @property
+    def parameters(self) -> int:
+        return sum(math.prod(shape) for shape in self.shapes.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model_spec_sha256": self.model_spec_sha256, "parameters": self.parameters,
+                "tensors": [{"name": name, "shape": list(shape)} for name, shape in self.shapes.items()]}
+
+
+def parameter_list(spec_path: str | os.PathLike[str], sealed: str, s3_client: Any | None = None) -> ParameterList:
+    """What initial weights for the job at `spec_path` must hold, on the sealed dataset `sealed`."""
+    from parent.verify.subject import read_spec
+
+    spec = read_spec(spec_path)
+    job = job_model_for_schema(spec, sealed_arrow_schema(sealed, s3_client))
+    return ParameterList(spec.model_sha256, MappingProxyType(job.parameter_shapes()))
 
 
 def build_module(job: JobModel) -> nn.Module:

@@ -43,7 +43,7 @@ from enclave.errors import DatasetError, SealedDataError
 from enclave.sealed.format import SealedHeader
 from enclave.sealed.public_schema import parse_schema
 from enclave.sealed.records import field_num_classes, field_shape, header_schema
-from enclave.training.modelfmt.build import build_model
+from enclave.training.modelfmt.build import build_model, parameter_shapes
 from enclave.training.modelfmt.layers import GraphModel
 from enclave.training.modelfmt.ops import OPS
 from enclave.training.modelfmt.plan import ModelPlan, plan_model
@@ -149,6 +149,10 @@ class JobModel:
         """The model, every parameter drawn from `generator` (a preset: its registered model's weights)."""
         return build_model(self.format, input_shape=self.input.shape, num_outputs=self.num_classes,
                            generator=generator)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """What `build` would name and shape in its state_dict (what initial weights must hold), allocating none."""
+        return parameter_shapes(self.format, input_shape=self.input.shape, num_outputs=self.num_classes)
 
 
 def job_model(spec: JobSpec, header: SealedHeader) -> JobModel:

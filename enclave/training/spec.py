@@ -9,6 +9,7 @@ numbers. Schema (unknown sections and keys are refused; every message names the 
       or         format = 1                         # an inline model, parsed strictly here:
                  layers = [{ type = "linear", out = 128 }, ...]   # a chain, or
                  graph = [{ name = "a", type = ..., inputs = [...] }, ...] and output = "a"
+                 weights_sha256 = "<64 hex>"        # optional: start from this public safetensors file
     [data]       train = "<dataset id>" | ["<id>", ...]  # optional: default the job's only sealed dataset;
                                                     # a list trains on the union, streamed in its order
                  features = "image"                 # optional, default "image": one tensor or sequence column,
@@ -99,7 +100,7 @@ MAX_TRAIN_DATASETS = 16
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SECTIONS = ("job", "model", "data", "task", "optimizer", "privacy", "eval", "checkpoint")
 _REQUIRED_SECTIONS = ("job", "model", "optimizer", "privacy", "checkpoint")
-_MODEL_KEYS = ("name", "format", "layers", "graph", "output")
+_MODEL_KEYS = ("name", "format", "layers", "graph", "output", "weights_sha256")
 
 
 class SpecError(ConfigError):
@@ -125,6 +126,11 @@ class ModelSpec:
             return self.inline
         assert self.name is not None
         return preset_format(self.name)
+
+    @property
+    def weights_sha256(self) -> str | None:
+        """The initial weights file's hash an inline model names (a preset never names one)."""
+        return None if self.inline is None else self.inline.weights_sha256
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from enclave.training.checkpoint import (
 )
 from enclave.training.dpsgd import DpSgd
 from enclave.training.jobmodel import FixedFront, JobModel, fixed_front, job_model
+from enclave.training.modelfmt.weights import Weights, load_weights
 from enclave.training.models import model_generator
 from enclave.training.plan import BudgetExceeded, PlannedRun
 from enclave.training.sampler import PoissonSampler
@@ -105,6 +106,8 @@ class TrainingInputs:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # SHA-256 (hex) of the sealed checkpoint file `resume` came from; the certificate names it.
     resume_sealed_sha256: str = ""
+    # The public initial weights the spec names (its model.weights_sha256), checked against the model.
+    weights: Weights | None = None
 
 
 def _rfc3339(moment: datetime) -> str:
@@ -227,6 +230,10 @@ class Trainer:
         # The job check passed on every dataset and they share one schema: the first gives the layout.
         job = self._job_model = job_model(spec, inp.train[0].opened.header)
         model = job.build(model_generator(rng.fork(b"model-init")))
+        if inp.weights is not None and inp.resume is None:
+            # Drawn first all the same: the generator's later draws stay those of a job without weights.
+            # A resumed job takes the checkpoint's state instead (`_restore`).
+            load_weights(model, inp.weights)
         # A model with a fixed front end (no parameters, one record at a time,
         # data-independent) has it applied once to each table instead of every step;
         # DP-SGD then runs on the head, which holds all of the model's parameters.

@@ -394,9 +394,11 @@ class JobResult(Message):
 # ---------------------------------------------------------------- training (0x4_)
 # Stream ids in JobStart.datasets: a plain id is a sealed dataset; "public:NAME" is a
 # public evaluation set (plain Arrow IPC, hashed into the certificate);
-# "checkpoint:resume" is a sealed checkpoint to resume from.
+# "checkpoint:resume" is a sealed checkpoint to resume from; "weights:initial" is the public
+# safetensors file the spec's model.weights_sha256 names, sent before any sealed dataset.
 PUBLIC_PREFIX = "public:"
 RESUME_STREAM = "checkpoint:resume"
+WEIGHTS_STREAM = "weights:initial"
 
 
 @register(0x12)

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("spec", metavar="JOB.toml", help="the training job spec")
     check.add_argument("--sealed", action="append", default=[], metavar="FILE",
                        help="a sealed dataset (path or s3://bucket/key) to check the job against; repeatable")
+    check.add_argument("--weights", metavar="FILE",
+                       help="the initial weights (safetensors) the spec's model.weights_sha256 names: their hash, "
+                            "and their tensors against the model built for each sealed file")
     check.add_argument("--json", action="store_true",
                        help='print {"ok", "problems": [{"where", "message"}], "planned": {FILE: plan}, '
                             '"ledger": {FILE: {"spent_epsilon", "remaining_epsilon", "job_epsilon", '
@@ -42,7 +45,7 @@ def _check(args: argparse.Namespace) -> int:
     except OSError as err:
         # An unreadable spec is an input error, not a problem of the job.
         raise ConfigError(f"cannot read job spec {args.spec}: {err.strerror}") from None
-    result = check_job(args.spec, args.sealed)
+    result = check_job(args.spec, args.sealed, weights_path=args.weights)
     if args.json:
         print(json.dumps(result.to_json(), sort_keys=True))
         return 0 if result.ok else 1

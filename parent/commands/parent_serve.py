@@ -13,11 +13,14 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enclave.errors import ConfigError, HermeticError
 from enclave.transport.address import parse_address
 from parent.commands.output import add_json_flag
+
+if TYPE_CHECKING:
+    from enclave.training.spec import JobSpec
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--public", action="append", default=[], metavar="NAME=PATH",
                      help="public evaluation dataset to send in the clear (hashed into the certificate)")
     run.add_argument("--resume", type=Path, help="sealed checkpoint to resume from (same job id and spec)")
+    run.add_argument("--weights", type=Path, metavar="FILE",
+                     help="initial weights (safetensors) the spec's model.weights_sha256 names, streamed first")
     run.add_argument("--out", type=Path, default=Path("out/job"), help="where released artefacts are written")
     run.add_argument("--job-id", default=None, help="job id (default: random; must match when resuming)")
     run.add_argument("--region", default="us-east-1")
@@ -94,17 +99,22 @@ def _datasets(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _spec_order(datasets: list[tuple[str, str]], spec_toml: str) -> list[tuple[str, str]]:
-    """The streams in the order the spec's data.train lists them; as given if the spec does not parse
-    (the enclave refuses it with the reason)."""
+def _parsed_spec(spec_toml: str) -> JobSpec | None:
+    """The spec, or None if it does not parse: the enclave refuses it with the reason."""
     from enclave.training.spec import JobSpec
-    from parent.job_check import in_spec_order
 
     try:
-        train = JobSpec.from_toml(spec_toml).data.train
+        return JobSpec.from_toml(spec_toml)
     except HermeticError:
-        return datasets
-    return in_spec_order(datasets, train)
+        return None
+
+
+def _spec_order(datasets: list[tuple[str, str]], spec_toml: str) -> list[tuple[str, str]]:
+    """The streams in the order the spec's data.train lists them; as given if the spec does not parse."""
+    from parent.job_check import in_spec_order
+
+    spec = _parsed_spec(spec_toml)
+    return datasets if spec is None else in_spec_order(datasets, spec.data.train)
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -127,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         TrainingJob,
         TrainingProgress,
     )
-    from parent.job_check import sealed_public_schema
+    from parent.job_check import sealed_public_schema, weights_streams
     from parent.proxy.artifacts import ArtifactSink
     from parent.proxy.job import RelayTarget, credentials_from_environment, environment_refresher, run_job
     from parent.proxy.session import DatasetInput
@@ -137,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     # Inputs first: a wrong path is reported before any AWS credential lookup.
     spec_toml = _read_text(args.spec, "job spec")
     datasets = _spec_order(_datasets(args.dataset), spec_toml)
+    weights = weights_streams(_parsed_spec(spec_toml), args.weights)
     if args.resume is not None and args.job_id is None:
         raise ConfigError("--resume needs the --job-id of the run that wrote the checkpoint")
     target = RelayTarget.parse(args.kms_target)
@@ -155,7 +166,8 @@ def _run(args: argparse.Namespace) -> int:
 
         s3 = boto3.client("s3", region_name=args.region, endpoint_url=args.s3_endpoint_url)
     extra: list[Message] = [TrainingJob(spec_toml=spec_toml)]
-    streams: list[tuple[str, DatasetInput]] = list(datasets)
+    # The weights first: the enclave checks them against the model before any sealed header asks KMS.
+    streams: list[tuple[str, DatasetInput]] = [*weights, *datasets]
     # A CSV or Parquet public file is encoded by the sealed data's public schema.
     schema = sealed_public_schema(datasets[0][1], s3) if args.public and datasets else None
     for spec in args.public:

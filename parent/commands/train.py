@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="public evaluation dataset, sent in the clear (hashed into the certificate)")
     p.add_argument("--resume", type=Path, metavar="CKPT",
                    help="sealed checkpoint to resume from (its job id is reused)")
+    p.add_argument("--weights", type=Path, metavar="FILE",
+                   help="initial weights (safetensors) the spec's model.weights_sha256 names, streamed first")
     p.add_argument("--job-id", default=None, help="job id (default: random, or the resumed checkpoint's)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where released artefacts are written")
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
@@ -119,18 +121,20 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read job spec {args.spec}: {err}") from None
     spec = JobSpec.from_toml(spec_text)  # a malformed spec fails here, before anything is sent
-    from parent.job_check import in_spec_order, sealed_public_schema
+    from parent.job_check import in_spec_order, sealed_public_schema, weights_streams
 
     # Streamed in the spec's order, as the enclave requires, whatever the order of --dataset.
     datasets = in_spec_order(_pairs(args.dataset, "--dataset"), spec.data.train)
     for _, path in datasets:
         if not Path(path).is_file():
             raise ConfigError(f"no sealed dataset at {path}")
+    weights = weights_streams(spec, args.weights)
     state = local_state(args, running=(KMS_SERVICE, ENCLAVE_SERVICE))
     _check_job(args, datasets)
     job_id = args.job_id or _resumed_job_id(args.resume) or f"job-{uuid.uuid4().hex[:12]}"
 
-    streams: list[tuple[str, DatasetInput]] = list(datasets)
+    # The weights first: the enclave checks them against the model before any sealed header asks KMS.
+    streams: list[tuple[str, DatasetInput]] = [*weights, *datasets]
     public_files = _pairs(args.public, "--public")
     # A CSV or Parquet public file is encoded by the sealed data's public schema (the job check
     # made every dataset of the job share it).
@@ -213,7 +217,7 @@ def _check_job(args: argparse.Namespace, datasets: list[tuple[str, str]]) -> Non
     from enclave.training.plan import JobDoesNotFit, describe
     from parent.job_check import check_job
 
-    checked = check_job(args.spec, [path for _, path in datasets])
+    checked = check_job(args.spec, [path for _, path in datasets], weights_path=args.weights)
     if not checked.ok:
         raise JobDoesNotFit(f"the job does not fit its data: {describe(checked.problems)}", checked.problems)
 

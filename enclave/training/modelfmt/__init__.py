@@ -10,5 +10,6 @@ Nothing a job sends is unpickled, scripted, exported, or looked up by name in to
 Modules: `errors` (the ModelFormatError family), `limits`, `params` (parameter kinds),
 `ops` (the op registry and shape rules), `spec` (dataclasses, parsing, canonical hash),
 `plan` (whole-model inference and limits), `layers` (the non-torch modules), `build`,
-`presets` (the registered models in this format).
+`presets` (the registered models in this format), `weights` (the strict reader of a
+model's public initial weights, a safetensors file the spec names by hash).
 """

@@ -43,7 +43,7 @@ from enclave.training.modelfmt.spec import MODEL_INPUT, ModelFormat
 from enclave.training.models import CsprngDropout
 from enclave.training.scattering import Scattering2d
 
-__all__ = ["FACTORIES", "build_model", "initialise"]
+__all__ = ["FACTORIES", "build_model", "initialise", "parameter_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -239,3 +239,11 @@ def build_model(
         spec.form, spec.sha256[:16], len(spec.nodes), plan.parameters, plan.activation_elements,
     )
     return model.train()
+
+
+def parameter_shapes(spec: ModelFormat, *, input_shape: Sequence[int], num_outputs: int) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the built model's state_dict, from a meta-device build: no weights allocated."""
+    plan = plan_model(spec, input_shape=input_shape, num_outputs=num_outputs)
+    with torch.device("meta"):
+        model = _assemble(spec, plan)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}

@@ -23,6 +23,11 @@ __all__ = [
     "MAX_SEQUENCE_LENGTH",
     "MAX_STRIDE",
     "MAX_VOCAB",
+    "MAX_WEIGHTS_BYTES",
+    "MAX_WEIGHTS_HEADER_BYTES",
+    "MAX_WEIGHTS_NAME",
+    "MAX_WEIGHTS_RANK",
+    "MAX_WEIGHTS_TENSORS",
     "MAX_WIDTH",
 ]
 
@@ -68,3 +73,19 @@ MAX_NAME_LENGTH = 32
 #: Scales and orientations of the scattering front end (J=2, L=8 in the registered models).
 MAX_SCATTER_J = 4
 MAX_SCATTER_L = 16
+
+#: A file of initial weights (safetensors): the largest model's float32 weights with room
+#: for float64 files of smaller ones; it is held in memory whole.
+MAX_WEIGHTS_BYTES = 256 * 1024 * 1024
+
+#: Its JSON header: ample for thousands of tensors, small enough to parse without worry.
+MAX_WEIGHTS_HEADER_BYTES = 16 * 1024 * 1024
+
+#: Characters of one tensor name in it (a state_dict name such as `graph.nodes.3.weight`).
+MAX_WEIGHTS_NAME = 256
+
+#: Dimensions of one tensor in it.
+MAX_WEIGHTS_RANK = 8
+
+#: Tensors in it: far above what MAX_LAYERS layers hold, far below what would take long to read.
+MAX_WEIGHTS_TENSORS = 16_384

@@ -17,7 +17,9 @@ or a graph, for residual and multi-branch models:
     output = "logits"
 
 with nodes in topological order: each input names an earlier node or the model input
-`input`, names are unique, and every node contributes to `output`. A layer's `type` is
+`input`, names are unique, and every node contributes to `output`. Either form may add
+`weights_sha256 = "<64 lowercase hex>"`: the model then starts from the public
+safetensors file of that hash (`weights`), streamed with the job, instead of drawn weights. A layer's `type` is
 one of `ops.OPS`; its other keys are that op's parameters. The input shape and the
 number of classes come from the dataset, not from here: the linear layer producing
 the output may omit `out`, which then means "one per class".
@@ -25,6 +27,8 @@ the output may omit `out`, which then means "one per class".
 The canonical form (`to_canonical`) fills in every default and spells every value one
 way (kernel = 3 is [3, 3] in 2-D, p = 0 is 0.0, an omitted optional value is null), so
 two TOML spellings of one model share `sha256`, and any change of value changes it.
+`weights_sha256` is in it only when given, so it binds the initial weights without
+changing the hash of any model that has none.
 """
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ MODEL_INPUT = "input"
 Form = Literal["layers", "graph"]
 
 _NAME = re.compile(rf"[a-z][a-z0-9_]{{0,{MAX_NAME_LENGTH - 1}}}")
-_TOP_KEYS = ("format", "layers", "graph", "output")
+_TOP_KEYS = ("format", "layers", "graph", "output", "weights_sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _NODE_KEYS = {"layers": ("type",), "graph": ("name", "type", "inputs")}
 
 
@@ -83,6 +88,8 @@ class ModelFormat:
     form: Form
     nodes: tuple[Node, ...]
     output: str
+    #: Hex SHA-256 of the public safetensors file the model starts from; None: CSPRNG-drawn weights.
+    weights_sha256: str | None = None
 
     def to_canonical(self) -> dict[str, Any]:
         """The model as plain containers in its one spelling (see the module docstring)."""
@@ -94,9 +101,13 @@ class ModelFormat:
                 entry["inputs"] = list(node.inputs)
             entry.update({key: _canonical_value(value) for key, value in node.args})
             nodes.append(entry)
-        if self.form == "layers":
-            return {"format": FORMAT_VERSION, "layers": nodes}
-        return {"format": FORMAT_VERSION, "graph": nodes, "output": self.output}
+        canonical: dict[str, Any] = {"format": FORMAT_VERSION, self.form: nodes}
+        if self.form == "graph":
+            canonical["output"] = self.output
+        # Only when given: a model without initial weights keeps the hash it had before they existed.
+        if self.weights_sha256 is not None:
+            canonical["weights_sha256"] = self.weights_sha256
+        return canonical
 
     def canonical_cbor(self) -> bytes:
         return canonical_dumps(self.to_canonical())
@@ -141,7 +152,18 @@ def parse_model(raw: object) -> ModelFormat:
         nodes = _parse_graph(entries)
         output = _parse_output(raw, nodes)
     _check_open_out(nodes, output)
-    return ModelFormat(form=form, nodes=nodes, output=output)
+    return ModelFormat(form=form, nodes=nodes, output=output, weights_sha256=_parse_weights(raw))
+
+
+def _parse_weights(raw: Mapping[str, object]) -> str | None:
+    value = raw.get("weights_sha256")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        shown = describe(value) if not isinstance(value, str) else repr(value[:72]) + ("..." * (len(value) > 72))
+        raise ModelFormatError(f"model.weights_sha256 must be 64 lowercase hex digits (the SHA-256 of the "
+                               f"initial weights file), got {shown}")
+    return value
 
 
 def _check_keys(table: Mapping[Any, Any], where: str, allowed: tuple[str, ...]) -> None:

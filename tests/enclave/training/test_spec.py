@@ -239,6 +239,8 @@ INVALID = [
     ("model.name", " mlp", "model.name must be printable without surrounding spaces"),
     ("model.layers", 3, "model.name (a preset) and model.layers (an inline model) exclude each other"),
     ("model.weights", 3, "unknown key 'model.weights'"),
+    ("model.weights_sha256", "0" * 64,
+     "model.name (a preset) and model.weights_sha256 (an inline model) exclude each other"),
     # data
     ("data.train", "", "data.train must not be empty"),
     ("data.train", 7, "data.train must be a string"),
@@ -426,3 +428,14 @@ def test_bad_data_train_lists_are_refused(train: Any, message: str) -> None:
     with pytest.raises(SpecError) as err:
         JobSpec.from_mapping({**base(), "data": {"train": train}})
     assert str(err.value) == message
+
+
+def test_an_inline_model_binds_its_initial_weights_into_both_hashes() -> None:
+    inline = 'format = 1\nlayers = [{ type = "flatten" }, { type = "linear" }]'
+    text = EXAMPLE.read_text().replace('name = "tanh_cnn"', inline)
+    plain = JobSpec.from_toml(text)
+    named = JobSpec.from_toml(text.replace(inline, f'{inline}\nweights_sha256 = "{"0f" * 32}"'))
+    assert plain.model.weights_sha256 is None and named.model.weights_sha256 == "0f" * 32
+    assert named.to_canonical()["model"] == {**plain.to_canonical()["model"], "weights_sha256": "0f" * 32}
+    assert named.model_sha256 != plain.model_sha256 and named.sha256 != plain.sha256
+    assert JobSpec.from_toml(EXAMPLE.read_text()).model.weights_sha256 is None

@@ -103,3 +103,29 @@ def test_parent_run_orders_streams_by_the_spec_and_leaves_a_bad_spec_to_the_encl
     listed = SPEC.replace("[optimizer]", '[data]\ntrain = ["a-v1", "b-v1"]\n[optimizer]')
     assert _spec_order(given, listed) == [("a-v1", "s3://x/a"), ("b-v1", "s3://x/b")]
     assert _spec_order(given, "[job]\nname = 'x'\n") == given
+
+
+WEIGHTS_SPEC = mlp_spec(key_id="alias/hermetic-model-owner", name="t", steps=1, batch=10,
+                        model=f'format = 1\nlayers = [{{ type = "linear" }}]\nweights_sha256 = "{"0" * 64}"')
+
+
+@pytest.mark.parametrize("spec_text, weights, message", [
+    (WEIGHTS_SPEC, False, "the spec names initial weights (model.weights_sha256): give their file with --weights"),
+    (SPEC, True, "--weights was given, but the spec names no initial weights"),
+])
+def test_initial_weights_and_the_spec_must_agree_before_anything_runs(
+    tmp_path: Path, spec_text: str, weights: bool, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "job.toml"
+    spec.write_text(spec_text)
+    sealed = tmp_path / "d.sealed"
+    sealed.write_bytes(b"x")
+    extra = ["--weights", str(tmp_path / "w.safetensors")] if weights else []
+    train = ["train", str(spec), "--local", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+             "--dataset", f"d={sealed}", *extra]
+    run = ["parent", "run", "--enclave", "unix:///nowhere", "--kms-relay", "unix:///nowhere-kms",
+           "--kms-target", "127.0.0.1:1", "--dataset", f"d={sealed}", "--spec", str(spec), *extra]
+    for argv in (train, run):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and "hermetic local up" not in err and err.count("\n") == 1

@@ -9,7 +9,7 @@ from torch import nn
 
 from enclave.hazmat.csprng import Csprng
 from enclave.training.clipping.rules import check_privatizable
-from enclave.training.modelfmt.build import FACTORIES, build_model
+from enclave.training.modelfmt.build import FACTORIES, build_model, parameter_shapes
 from enclave.training.modelfmt.layers import GraphModel, SelfAttention
 from enclave.training.modelfmt.ops import OPS
 from enclave.training.modelfmt.presets import PRESETS
@@ -75,6 +75,14 @@ def test_the_two_scale_scatter_model_as_a_graph() -> None:
         assert torch.equal(ours, theirs)
     x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(built.eval()(x), expected.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("c", CASES, ids=lambda c: c.name)
+def test_parameter_shapes_name_the_built_state_dict_without_building_it(c: Case) -> None:
+    built = _build(c.model, c.input_shape, seed=0)
+    shapes = parameter_shapes(parse_model(c.model), input_shape=c.input_shape, num_outputs=CLASSES)
+    assert shapes == {name: tuple(t.shape) for name, t in built.state_dict().items()}
+    assert list(shapes) == list(built.state_dict())
 
 
 @pytest.mark.parametrize("c", CASES, ids=lambda c: c.name)

@@ -299,7 +299,7 @@ def test_bad_layers_are_refused_naming_layer_and_key(layer: dict[Any, Any], matc
         ({"format": True, "layers": [{"type": "relu"}]}, "model.format must be 1, got a boolean"),
         ({"format": 10**5000, "layers": [{"type": "relu"}]}, "model.format must be 1, got an integer beyond 64 bits"),
         ({"format": "1", "layers": [{"type": "relu"}]}, "model.format must be 1, got a string"),
-        ({"format": 1, "name": "mlp", "layers": []}, "model: unknown key 'name' (allowed: format, layers, graph, output)"),
+        ({"format": 1, "name": "mlp", "layers": []}, "model: unknown key 'name' (allowed: format, layers, graph, output, weights_sha256)"),
         ({"format": 1}, "exactly one of layers (a chain) and graph"),
         ({"format": 1, "layers": [], "graph": []}, "exactly one of layers (a chain) and graph"),
         ({"format": 1, "layers": []}, f"model.layers must hold 1..{MAX_LAYERS} layers, got 0"),
@@ -377,3 +377,44 @@ def test_parsing_planning_and_hashing_do_not_load_torch() -> None:
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [parse_model(PRESETS["tanh_cnn"]).sha256, "False"]
+
+
+# -- initial weights -----------------------------------------------------------------------------
+
+WEIGHTS_SHA256 = "ab" * 32
+
+
+def test_weights_sha256_is_kept_and_changes_the_hash_only_when_given() -> None:
+    plain = parse_model(PRESETS["mlp"])
+    named = parse_model({**PRESETS["mlp"], "weights_sha256": WEIGHTS_SHA256})
+    assert plain.weights_sha256 is None and "weights_sha256" not in plain.to_canonical()
+    assert plain.sha256 == MLP_SHA256
+    assert named.weights_sha256 == WEIGHTS_SHA256
+    assert named.to_canonical() == {**plain.to_canonical(), "weights_sha256": WEIGHTS_SHA256}
+    assert named.sha256 != MLP_SHA256
+    assert parse_model({**PRESETS["mlp"], "weights_sha256": "cd" * 32}).sha256 != named.sha256
+    assert parse_model(named.to_canonical()) == named
+
+
+def test_weights_sha256_in_the_graph_form() -> None:
+    raw = {"format": 1, "output": "out", "weights_sha256": WEIGHTS_SHA256,
+           "graph": [{"name": "out", "type": "linear", "inputs": ["input"]}]}
+    spec = parse_model(raw)
+    assert spec.to_canonical()["weights_sha256"] == WEIGHTS_SHA256 and parse_model(spec.to_canonical()) == spec
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("AB" * 32, "'ABAB"),  # hex digits, but upper case: one spelling per hash
+        ("ab" * 31, "'abab"),
+        ("ab" * 40, "..."),
+        ("g" * 64, "'gggg"),
+        (" " + "ab" * 32, "' abab"),
+        (12, "an integer"),
+        (["ab" * 32], "an array"),
+    ],
+)
+def test_weights_sha256_must_be_64_lowercase_hex(value: Any, shown: str) -> None:
+    message = _refused({**PRESETS["mlp"], "weights_sha256": value}, "model.weights_sha256 must be 64 lowercase hex")
+    assert shown in message and len(message) < 200
