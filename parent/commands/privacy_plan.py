@@ -129,4 +129,5 @@ def _dataset_lines(d: DatasetBudget) -> Sequence[str]:
     return [head,
             f"  spent {d.spent:.4g}, remaining {d.remaining:.4g}; with this job the ledger composes to "
             f"{d.with_job:.4g}",
-            f"  room for {more} more such job{'' if more == '1' else 's'} (this one included)"]
+            f"  {more} job{'' if more == '1' else 's'} like this one still fit{'s' if more == '1' else ''} "
+            f"under the cap (this one included)"]
