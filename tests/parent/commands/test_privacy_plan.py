@@ -169,3 +169,34 @@ def test_a_file_the_spec_does_not_train_on_is_refused(tmp_path: Path, capsys: py
     job = write_spec(tmp_path, data='train = "someone-else"')
     assert main(["privacy", "plan", str(job), "--sealed", str(data)]) == 1
     assert "data.train names 'someone-else'; the sealed files hold 'owner-a-v1'" in capsys.readouterr().err
+
+
+def test_a_ledger_this_host_cannot_read_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import parent.privacy_plan
+
+    monkeypatch.setattr(parent.privacy_plan, "read_ledger_view", lambda header, s3_client: None)
+    data, job = sealed_with_ledger(tmp_path), batch_spec(tmp_path)
+    [dataset] = plan_json(capsys, str(job), "--sealed", str(data))["datasets"]
+    assert dataset["cap"] == CAP and dataset["ledger_read"] is False
+    assert (dataset["spent"], dataset["remaining"], dataset["with_job"], dataset["more_jobs"]) == (None,) * 4
+    assert main(["privacy", "plan", str(job), "--sealed", str(data)]) == 0
+    assert "not read from this host: spent budget and more jobs unknown" in capsys.readouterr().out
+
+
+def test_a_job_on_several_datasets_plans_one_run_over_their_union(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    a = sealed_with_ledger(tmp_path, "owner-a", entries=(Segment(0.01, 1.1, 200),))
+    b = sealed_with_ledger(tmp_path, "owner-b", records=RECORDS * 3)
+    job = batch_spec(tmp_path)
+    job.write_text(job.read_text().replace("[data]\n", '[data]\ntrain = ["owner-a-v1", "owner-b-v1"]\n'),
+                   encoding="utf-8")
+    report = plan_json(capsys, str(job), "--sealed", str(a), "--sealed", str(b))
+    assert report["plan"]["records"] == RECORDS * 4 and report["plan"]["sampling_rate"] == 50 / (RECORDS * 4)
+    assert main(["job", "check", str(job), "--sealed", str(a), "--sealed", str(b), "--json"]) == 0
+    checked = json.loads(capsys.readouterr().out)
+    assert report["plan"]["epsilon"] == checked["planned"][str(a)]["planned_epsilon"]
+    first, second = report["datasets"]
+    assert (first["dataset_id"], second["dataset_id"]) == ("owner-a-v1", "owner-b-v1")
+    assert first["spent"] > 0 and second["spent"] == 0.0
+    assert first["more_jobs"] < second["more_jobs"]  # the earlier entry leaves owner a less room
