@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from enclave.errors import ConfigError, HermeticError
+from enclave.ledger.location import S3_SCHEME
 from parent.commands import privacy_args as arg
 from parent.commands.budget import add_s3_arguments, s3_client
 from parent.commands.output import add_json_flag
@@ -92,7 +93,6 @@ def plan_job(args: argparse.Namespace, spec: JobSpec) -> tuple[RunPlan, Sealed, 
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from enclave.ledger.location import S3_SCHEME
     from parent.privacy_plan import BudgetPlanReport, dataset_budget, target_for
 
     spec = load_spec(args.spec)
@@ -125,9 +125,12 @@ def _dataset_lines(d: DatasetBudget) -> Sequence[str]:
     head = f"{d.source}: dataset {d.dataset_id} ({d.records} records): cap epsilon {d.cap:g} at delta {d.delta:g}"
     if d.spent is None or d.with_job is None or d.remaining is None:
         return [head, f"  ledger {d.ledger} not read from this host: spent budget and more jobs unknown"]
-    more = f"more than {d.more_jobs}" if d.more_jobs_capped else str(d.more_jobs)
-    return [head,
-            f"  spent {d.spent:.4g}, remaining {d.remaining:.4g}; with this job the ledger composes to "
-            f"{d.with_job:.4g}",
-            f"  {more} job{'' if more == '1' else 's'} like this one still fit{'s' if more == '1' else ''} "
-            f"under the cap (this one included)"]
+    if d.more_jobs == 0:
+        fit = "  this job does not fit under the cap"
+    elif d.more_jobs == 1 and not d.more_jobs_capped:
+        fit = "  1 job like this one still fits under the cap: this one"
+    else:
+        more = f"more than {d.more_jobs}" if d.more_jobs_capped else str(d.more_jobs)
+        fit = f"  {more} jobs like this one still fit under the cap (this one included)"
+    return [head, f"  spent {d.spent:.4g}, remaining {d.remaining:.4g}; with this job the ledger composes to "
+                  f"{d.with_job:.4g}", fit]

@@ -144,6 +144,17 @@ def test_an_over_budget_job_is_planned_and_named(tmp_path: Path, capsys: pytest.
     report = plan_json(capsys, str(batch_spec(tmp_path, "noise_multiplier = 0.4")), "--sealed", str(data))
     assert report["plan"]["epsilon"] > CAP and report["datasets"][0]["more_jobs"] == 0
     assert "exceeds the dataset's budget 3" in report["problems"][0]
+    assert main(["privacy", "plan", str(batch_spec(tmp_path, "noise_multiplier = 0.4")), "--sealed", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "  this job does not fit under the cap\n" in out and "problem: privacy.noise_multiplier: planned" in out
+
+
+def test_past_the_search_bound_it_says_more_than(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, job = sealed_with_ledger(tmp_path), batch_spec(tmp_path, "noise_multiplier = 100.0")
+    [dataset] = plan_json(capsys, str(job), "--sealed", str(data))["datasets"]
+    assert (dataset["more_jobs"], dataset["more_jobs_capped"]) == (MAX_MORE_JOBS, True)
+    assert main(["privacy", "plan", str(job), "--sealed", str(data)]) == 0
+    assert f"more than {MAX_MORE_JOBS} jobs like this one still fit" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [
