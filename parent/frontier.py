@@ -14,6 +14,7 @@ from typing import Any
 
 from enclave.errors import ConfigError
 from enclave.privacy.calibration import epsilon
+from parent.privacy_plan import json_float
 
 VARY = ("steps", "noise")
 DEFAULT_POINTS = 20
@@ -41,13 +42,10 @@ class Frontier:
         return "steps" if self.vary == "steps" else "noise multiplier"
 
     def to_json(self) -> dict[str, Any]:
-        def finite(value: float) -> float | None:
-            return value if math.isfinite(value) else None
-
         return {"vary": self.vary, "sampling_rate": self.sampling_rate, "noise_multiplier": self.noise_multiplier,
                 "steps": self.steps, "delta": self.delta, "accountant": self.accountant,
-                "epsilon": finite(self.epsilon), "cap": self.cap,
-                "points": [{"x": x, "epsilon": finite(e)} for x, e in self.points]}
+                "epsilon": json_float(self.epsilon), "cap": self.cap,
+                "points": [{"x": x, "epsilon": json_float(e)} for x, e in self.points]}
 
 
 def default_range(vary: str, sigma: float, steps: int) -> tuple[float, float]:

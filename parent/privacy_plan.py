@@ -25,13 +25,12 @@ from enclave.privacy.ledger import Segment, compose_epsilon
 from enclave.sealed.format import PAYLOAD, SealedHeader
 from enclave.training.budget import plan_budget, spec_noise_multiplier
 from enclave.training.spec import JobSpec
-from parent.job_check import read_ledger_view
 
 # Past this many, "more than MAX_MORE_JOBS" is all a user needs to know.
 MAX_MORE_JOBS = 10_000
 
 
-def _finite(value: float) -> float | None:
+def json_float(value: float) -> float | None:
     # JSON has no infinity: an unbounded epsilon is null.
     return value if math.isfinite(value) else None
 
@@ -54,7 +53,7 @@ class RunPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"sampling_rate": self.sampling_rate, "steps": self.steps, "noise_multiplier": self.noise_multiplier,
-                "accountant": self.accountant, "delta": self.delta, "epsilon": _finite(self.epsilon),
+                "accountant": self.accountant, "delta": self.delta, "epsilon": json_float(self.epsilon),
                 "records": self.records}
 
 
@@ -79,7 +78,7 @@ class DatasetBudget:
 
     def to_json(self) -> dict[str, Any]:
         def maybe(value: float | None) -> float | None:
-            return None if value is None else _finite(value)
+            return None if value is None else json_float(value)
 
         return {"dataset_id": self.dataset_id, "records": self.records, "cap": self.cap,
                 "spent": maybe(self.spent), "remaining": maybe(self.remaining), "with_job": maybe(self.with_job),
@@ -175,6 +174,8 @@ def more_jobs(ledger: Sequence[Segment], job: Segment, cap: float, delta: float,
 
 def dataset_budget(source: str, header: SealedHeader, run: RunPlan, s3_client: Any | None) -> DatasetBudget:
     """The dataset's cap and ledger, and what this run would spend of it (LedgerError: the ledger is damaged)."""
+    from parent.job_check import read_ledger_view  # imported on use: the job check loads torch
+
     unread = DatasetBudget(source=source, dataset_id=header.dataset_id, records=header.record_count,
                            cap=header.max_epsilon, delta=header.delta, ledger=header.ledger_location,
                            spent=None, with_job=None, more_jobs=None)

@@ -25,6 +25,7 @@ from enclave.privacy.ledger import Segment, compose_epsilon
 from parent.commands import privacy_args as arg
 from parent.commands import privacy_frontier, privacy_plan
 from parent.commands.output import add_json_flag
+from parent.privacy_plan import json_float
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -86,7 +87,7 @@ def run_epsilon(args: argparse.Namespace) -> int:
     else:
         value = privacy.epsilon(args.sampling_rate, args.noise_multiplier, args.steps, args.delta,
                                 accountant=args.accountant)
-    record: dict[str, Any] = {"epsilon": arg.finite(value), "sampling_rate": args.sampling_rate,
+    record: dict[str, Any] = {"epsilon": json_float(value), "sampling_rate": args.sampling_rate,
                               "noise_multiplier": args.noise_multiplier, "steps": args.steps,
                               "delta": args.delta, "accountant": args.accountant}
     more = ""
@@ -104,7 +105,7 @@ def run_noise(args: argparse.Namespace) -> int:
                                      accountant=args.accountant)
     reached = privacy.epsilon(args.sampling_rate, sigma, args.steps, args.delta,
                               accountant=args.accountant)
-    record = {"noise_multiplier": sigma, "epsilon": arg.finite(reached),
+    record = {"noise_multiplier": sigma, "epsilon": json_float(reached),
               "target_epsilon": args.target_epsilon, "sampling_rate": args.sampling_rate,
               "steps": args.steps, "delta": args.delta, "accountant": args.accountant}
     _emit(args, record, f"noise multiplier = {sigma:.6g} (epsilon = {reached:.6g} <= "

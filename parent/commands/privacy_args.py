@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,8 +49,3 @@ def run(text: str) -> Segment:
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"a run is Q,S,T (sampling rate, noise multiplier, steps): {text[:40]!r}")
     return Segment(sampling_rate(parts[0]), sigma(parts[1]), steps(parts[2]))
-
-
-def finite(value: float) -> float | None:
-    # JSON has no infinity: an unbounded epsilon is null.
-    return value if math.isfinite(value) else None

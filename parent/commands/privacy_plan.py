@@ -19,11 +19,20 @@ from enclave.ledger.location import S3_SCHEME
 from parent.commands import privacy_args as arg
 from parent.commands.budget import add_s3_arguments, s3_client
 from parent.commands.output import add_json_flag
+from parent.privacy_plan import (
+    BudgetPlanReport,
+    DatasetBudget,
+    RunPlan,
+    check_datasets,
+    dataset_budget,
+    plan_for_headers,
+    plan_for_records,
+    target_for,
+)
 
 if TYPE_CHECKING:
     from enclave.sealed.format import SealedHeader
     from enclave.training.spec import JobSpec
-    from parent.privacy_plan import DatasetBudget, RunPlan
 
 # Each sealed file as given, with its header.
 Sealed = list[tuple[str, "SealedHeader"]]
@@ -55,8 +64,8 @@ def add_size_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_spec(path: str) -> JobSpec:
-    # Imported on use, here and below: the spec and the job check load the model registry and
-    # torch, and `hermetic --help` stays fast.
+    # Imported on use, here and below: the job check loads the model registry and torch, and
+    # `hermetic --help` stays fast.
     from parent.job_check import read_spec
 
     try:
@@ -80,8 +89,6 @@ def read_sealed(args: argparse.Namespace) -> Sealed:
 
 def plan_job(args: argparse.Namespace, spec: JobSpec) -> tuple[RunPlan, Sealed, tuple[str, ...]]:
     """The job's run over its sealed datasets or --records, the datasets, and the run's breaches of their caps."""
-    from parent.privacy_plan import check_datasets, plan_for_headers, plan_for_records
-
     if args.sealed:
         sealed = read_sealed(args)
         check_datasets(spec, sealed)
@@ -93,8 +100,6 @@ def plan_job(args: argparse.Namespace, spec: JobSpec) -> tuple[RunPlan, Sealed, 
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from parent.privacy_plan import BudgetPlanReport, dataset_budget, target_for
-
     spec = load_spec(args.spec)
     run, sealed, breaches = plan_job(args, spec)
     datasets = tuple(

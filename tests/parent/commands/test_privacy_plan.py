@@ -184,9 +184,9 @@ def test_a_file_the_spec_does_not_train_on_is_refused(tmp_path: Path, capsys: py
 
 def test_a_ledger_this_host_cannot_read_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import parent.privacy_plan
+    import parent.job_check
 
-    monkeypatch.setattr(parent.privacy_plan, "read_ledger_view", lambda header, s3_client: None)
+    monkeypatch.setattr(parent.job_check, "read_ledger_view", lambda header, s3_client: None)
     data, job = sealed_with_ledger(tmp_path), batch_spec(tmp_path)
     [dataset] = plan_json(capsys, str(job), "--sealed", str(data))["datasets"]
     assert dataset["cap"] == CAP and dataset["ledger_read"] is False
