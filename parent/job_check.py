@@ -33,8 +33,9 @@ from types import MappingProxyType
 from typing import Any
 
 from enclave.errors import ConfigError, HermeticError
+from enclave.ledger.chain import LedgerView
 from enclave.ledger.location import LOCAL_SCHEME
-from enclave.ledger.reserve import BudgetCheck, check_header_budget
+from enclave.ledger.reserve import BudgetCheck, check_budget, dataset_budget, read_view
 from enclave.ledger.store import LedgerError, LedgerUnavailable
 from enclave.privacy.ledger import Segment
 from enclave.sealed.format import PAYLOAD, SealedHeader
@@ -105,17 +106,14 @@ def check_job(
     problems: list[Problem] = []
     spec: JobSpec | None = None
     try:
-        text = read_bounded(spec_name, MAX_SPEC_BYTES, "job spec").decode("utf-8")
-        spec = JobSpec.from_toml(text)
-    except UnicodeDecodeError:
-        problems.append(Problem(spec_name, "job spec is not UTF-8 text"))
+        spec = read_spec(spec_name)
     except HermeticError as err:
         problems.append(Problem(spec_name, str(err)))
     headers: dict[str, SealedHeader] = {}
     for given in sealed_paths:
         path = os.fspath(given)
         try:
-            headers[path] = _header(path, s3_client)
+            headers[path] = sealed_header(path, s3_client)
         except HermeticError as err:
             problems.append(Problem(path, str(err)))
     if spec is None:
@@ -163,19 +161,12 @@ def check_job(
 def _read_ledger(path: str, header: SealedHeader, plan: PlannedRun, s3_client: Any | None
                  ) -> tuple[list[Problem], BudgetCheck | None]:
     """The job's problem with the dataset's ledger, or what the ledger holds with the job added."""
-    from parent.budget import open_ledger_store  # imported on use: boto3 only when a ledger is read
-
-    if not header.ledger_location.startswith(LOCAL_SCHEME) and s3_client is None:
-        # No S3 client given: never reach out to AWS from an offline check by surprise.
-        log.info("ledger of %s (%s) not checked here", header.dataset_id, header.ledger_location)
-        return [], None
     try:
-        store = open_ledger_store(header.ledger_location, header.dataset_id, s3_client)
-        check = check_header_budget(store, header, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
-                                    plan.accountant, accept_unprotected=header.ledger_location.startswith(LOCAL_SCHEME))
-    except LedgerUnavailable as err:
-        log.info("ledger of %s not checked here: %s", header.dataset_id, err)
-        return [], None
+        view = read_ledger_view(header, s3_client)
+        if view is None:
+            return [], None
+        check = check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
+                             dataset_budget(header), plan.accountant)
     except LedgerError as err:
         return [Problem(f"{path}: ledger", str(err))], None
     return [], check
@@ -210,6 +201,35 @@ def weights_streams(spec: JobSpec | None, weights_path: str | os.PathLike[str] |
     return [] if weights_path is None else [(WEIGHTS_STREAM, os.fspath(weights_path))]
 
 
+def read_ledger_view(header: SealedHeader, s3_client: Any | None) -> LedgerView | None:
+    """The dataset's ledger, verified as the enclave verifies it; None when this host cannot reach it.
+
+    Raises LedgerError when the ledger is damaged: nothing can be spent from it.
+    """
+    from parent.budget import open_ledger_store  # imported on use: boto3 only when a ledger is read
+
+    local = header.ledger_location.startswith(LOCAL_SCHEME)
+    if not local and s3_client is None:
+        # No S3 client given: never reach out to AWS from an offline check by surprise.
+        log.info("ledger of %s (%s) not read here", header.dataset_id, header.ledger_location)
+        return None
+    try:
+        store = open_ledger_store(header.ledger_location, header.dataset_id, s3_client)
+        return read_view(store, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
+                         accept_unprotected=local)
+    except LedgerUnavailable as err:
+        log.info("ledger of %s not read here: %s", header.dataset_id, err)
+        return None
+
+
+def read_spec(path: str) -> JobSpec:
+    """The job spec at `path`, parsed; raises ConfigError (SpecError) naming what is wrong."""
+    try:
+        return JobSpec.from_toml(read_bounded(path, MAX_SPEC_BYTES, "job spec").decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("job spec is not UTF-8 text") from None
+
+
 def in_spec_order(datasets: Sequence[tuple[str, str]], train: Sequence[str]) -> list[tuple[str, str]]:
     """(id, file) pairs in the order the spec's data.train lists the ids, which the enclave
     requires of the streams; ids it does not list keep their place after (the enclave names them)."""
@@ -219,9 +239,10 @@ def in_spec_order(datasets: Sequence[tuple[str, str]], train: Sequence[str]) -> 
 
 def sealed_public_schema(path: str, s3_client: Any | None = None) -> PublicSchema:
     """The public schema of the sealed file at `path` (a path or s3:// URI): what public files are encoded by."""
-    return public_schema(_header(path, s3_client))
+    return public_schema(sealed_header(path, s3_client))
 
 
-def _header(path: str, s3_client: Any | None) -> SealedHeader:
+def sealed_header(path: str, s3_client: Any | None = None) -> SealedHeader:
+    """The plaintext header of the sealed file at `path` (a path or s3:// URI): its public context and schema."""
     with open_source(path, s3_client) as source:
         return read_header(source)

@@ -87,7 +87,7 @@ def plan_budget(spec: JobSpec, headers: SealedHeader | Sequence[SealedHeader]) -
                                  f"{h.max_epsilon:g}") for h in over]
             return BudgetPlan(None, tuple(breaches))
         try:
-            sigma = noise_multiplier(privacy.target_epsilon, delta, q, steps, accountant)
+            sigma = spec_noise_multiplier(spec, q, steps)
         except HermeticError as err:
             breaches.append((where, f"no noise multiplier meets target epsilon {privacy.target_epsilon:g}: {err}"))
             return BudgetPlan(None, tuple(breaches))
@@ -114,6 +114,15 @@ def plan_budget(spec: JobSpec, headers: SealedHeader | Sequence[SealedHeader]) -
         max_steps_within_budget=within,
     )
     return BudgetPlan(plan, tuple(breaches))
+
+
+def spec_noise_multiplier(spec: JobSpec, q: float, steps: int) -> float:
+    """The spec's noise multiplier, or the least that meets its target epsilon at (q, steps)."""
+    privacy = spec.privacy
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    assert privacy.target_epsilon is not None
+    return noise_multiplier(privacy.target_epsilon, privacy.delta, q, steps, privacy.accountant)
 
 
 def _the(header: SealedHeader, datasets: Sequence[SealedHeader]) -> str:

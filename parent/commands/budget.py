@@ -29,10 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.add_argument("target", metavar="DATASET|SEALED",
                       help="a sealed file (path or s3://bucket/key), or under --local a dataset id sealed there")
     add_local_argument(show, "data-owner")
-    show.add_argument("--region", default=None,
-                      help=f"AWS region for S3 (default: $AWS_REGION, $AWS_DEFAULT_REGION or {DEFAULT_REGION})")
-    show.add_argument("--s3-endpoint-url", default=None, metavar="URL",
-                      help="S3 endpoint for s3:// sealed files and ledgers (default: AWS's)")
+    add_s3_arguments(show)
     show.add_argument("--accountant", choices=ACCOUNTANTS, default=PRIMARY,
                       help=f"compose the entries under this accountant (default {PRIMARY})")
     show.add_argument("--json", action="store_true",
@@ -41,7 +38,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     show.set_defaults(func=_show)
 
 
-def _s3_client(args: argparse.Namespace) -> Any:
+def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
+    """--region and --s3-endpoint-url, for s3:// sealed files and ledgers read with `s3_client`."""
+    parser.add_argument("--region", default=None,
+                        help=f"AWS region for S3 (default: $AWS_REGION, $AWS_DEFAULT_REGION or {DEFAULT_REGION})")
+    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                        help="S3 endpoint for s3:// sealed files and ledgers (default: AWS's)")
+
+
+def s3_client(args: argparse.Namespace) -> Any:
     """An S3 client with the caller's usual credentials, built on first use (local targets need none)
     and shared by the sealed file and the ledger."""
     cached = getattr(args, "_s3_client", None)
@@ -65,7 +70,7 @@ def _context(args: argparse.Namespace) -> dict[str, str]:
         from enclave.sealed.stream import read_header
         from parent.sources import open_source
 
-        with open_source(target, s3_client=_s3_client(args) if target.startswith("s3://") else None) as source:
+        with open_source(target, s3_client=s3_client(args) if target.startswith("s3://") else None) as source:
             header = read_header(source)
         return dict(header.encryption_context)
     if args.local is None:
@@ -84,7 +89,7 @@ def _show(args: argparse.Namespace) -> int:
     from parent.budget import budget_report
 
     context = _context(args)
-    s3 = _s3_client(args) if context[LEDGER_CONTEXT_KEY].startswith(S3_SCHEME) else None
+    s3 = s3_client(args) if context[LEDGER_CONTEXT_KEY].startswith(S3_SCHEME) else None
     report = budget_report(context, accountant=args.accountant, s3_client=s3)
     if args.json:
         print(json.dumps(report.to_json(), sort_keys=True))

@@ -3,61 +3,29 @@
     hermetic privacy epsilon   --sampling-rate Q --noise-multiplier S --steps T --delta D [--and Q,S,T]...
     hermetic privacy noise     --target-epsilon E --delta D --sampling-rate Q --steps T
     hermetic privacy max-steps --sampling-rate Q --noise-multiplier S --delta D --epsilon-budget E
+    hermetic privacy plan      JOB.toml (--sealed FILE... | --records N) [--target-epsilon E]
+    hermetic privacy frontier  (--spec JOB.toml ... | --sampling-rate Q ...) --vary steps|noise [--png FILE]
 
-All take `--accountant prv|rdp` (default prv, the PLD accountant) and `--json`.
+The first three take `--accountant prv|rdp` (default prv, the PLD accountant) and `--json`.
 Malformed numbers are usage errors (exit 2); budgets no setting can meet exit 1.
 `epsilon --and Q,S,T` composes more runs on the same data with the first, exactly (not
-by adding epsilons), as a dataset's budget ledger composes its entries.
+by adding epsilons), as a dataset's budget ledger composes its entries. `plan` and
+`frontier` read a job spec (`parent.commands.privacy_plan`, `parent.commands.privacy_frontier`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
-from collections.abc import Callable
 from typing import Any
 
 from enclave.privacy import calibration as privacy
-from enclave.privacy import params
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.accountants import PRIMARY
-from enclave.privacy.errors import PrivacyParameterError
 from enclave.privacy.ledger import Segment, compose_epsilon
+from parent.commands import privacy_args as arg
+from parent.commands import privacy_frontier, privacy_plan
 from parent.commands.output import add_json_flag
-
-
-def _arg_type(check: Callable[[Any], Any], convert: Callable[[str], Any],
-              noun: str = "a number") -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {noun}: {text[:40]!r}") from None
-        try:
-            return check(value)
-        except PrivacyParameterError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
-
-
-def _int(text: str) -> int:
-    return int(text.strip(), 10)
-
-
-_q = _arg_type(params.check_q, float)
-_sigma = _arg_type(params.check_sigma, float)
-_steps = _arg_type(params.check_steps, _int, "an integer")
-_delta = _arg_type(params.check_delta, float)
-_target = _arg_type(lambda v: params.check_epsilon(v, "target epsilon"), float)
-_budget = _arg_type(lambda v: params.check_epsilon(v, "epsilon budget", allow_zero=True), float)
-
-
-def _run(text: str) -> Segment:
-    parts = text.split(",")
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"a run is Q,S,T (sampling rate, noise multiplier, steps): {text[:40]!r}")
-    return Segment(_q(parts[0]), _sigma(parts[1]), _steps(parts[2]))
+from parent.privacy_plan import json_float
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,39 +40,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     eps = sub.add_parser("epsilon", help="epsilon spent by a run")
     _common(eps, sigma=True)
-    eps.add_argument("--steps", required=True, type=_steps, metavar="T", help="number of steps")
-    eps.add_argument("--and", dest="more", action="append", default=[], type=_run, metavar="Q,S,T",
+    eps.add_argument("--steps", required=True, type=arg.steps, metavar="T", help="number of steps")
+    eps.add_argument("--and", dest="more", action="append", default=[], type=arg.run, metavar="Q,S,T",
                      help="another run on the same data (sampling rate, noise multiplier, steps), composed "
                           "exactly with the first, as the budget ledger composes its entries; repeatable")
     eps.set_defaults(func=run_epsilon)
 
     noise = sub.add_parser("noise", help="smallest noise multiplier meeting a target epsilon")
-    noise.add_argument("--target-epsilon", required=True, type=_target, metavar="E")
+    noise.add_argument("--target-epsilon", required=True, type=arg.target, metavar="E")
     _common(noise, sigma=False)
-    noise.add_argument("--steps", required=True, type=_steps, metavar="T", help="number of steps")
+    noise.add_argument("--steps", required=True, type=arg.steps, metavar="T", help="number of steps")
     noise.set_defaults(func=run_noise)
 
     most = sub.add_parser("max-steps", help="most steps an epsilon budget allows")
     _common(most, sigma=True)
-    most.add_argument("--epsilon-budget", required=True, type=_budget, metavar="E")
+    most.add_argument("--epsilon-budget", required=True, type=arg.budget, metavar="E")
     most.set_defaults(func=run_max_steps)
+
+    privacy_plan.register(sub)
+    privacy_frontier.register(sub)
 
 
 def _common(parser: argparse.ArgumentParser, sigma: bool) -> None:
-    parser.add_argument("--sampling-rate", required=True, type=_q, metavar="Q",
+    parser.add_argument("--sampling-rate", required=True, type=arg.sampling_rate, metavar="Q",
                         help="Poisson sampling rate q in (0, 1]")
     if sigma:
-        parser.add_argument("--noise-multiplier", required=True, type=_sigma, metavar="S",
+        parser.add_argument("--noise-multiplier", required=True, type=arg.sigma, metavar="S",
                             help="noise standard deviation / clipping norm")
-    parser.add_argument("--delta", required=True, type=_delta, metavar="D", help="delta in (0, 1)")
+    parser.add_argument("--delta", required=True, type=arg.delta, metavar="D", help="delta in (0, 1)")
     parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=PRIMARY,
                         help="prv: privacy loss distributions (default); rdp: Renyi DP")
     add_json_flag(parser)
-
-
-def _number(value: float) -> float | None:
-    # JSON has no infinity: an unbounded epsilon is null.
-    return value if math.isfinite(value) else None
 
 
 def _emit(args: argparse.Namespace, record: dict[str, Any], line: str) -> None:
@@ -121,7 +87,7 @@ def run_epsilon(args: argparse.Namespace) -> int:
     else:
         value = privacy.epsilon(args.sampling_rate, args.noise_multiplier, args.steps, args.delta,
                                 accountant=args.accountant)
-    record: dict[str, Any] = {"epsilon": _number(value), "sampling_rate": args.sampling_rate,
+    record: dict[str, Any] = {"epsilon": json_float(value), "sampling_rate": args.sampling_rate,
                               "noise_multiplier": args.noise_multiplier, "steps": args.steps,
                               "delta": args.delta, "accountant": args.accountant}
     more = ""
@@ -139,7 +105,7 @@ def run_noise(args: argparse.Namespace) -> int:
                                      accountant=args.accountant)
     reached = privacy.epsilon(args.sampling_rate, sigma, args.steps, args.delta,
                               accountant=args.accountant)
-    record = {"noise_multiplier": sigma, "epsilon": _number(reached),
+    record = {"noise_multiplier": sigma, "epsilon": json_float(reached),
               "target_epsilon": args.target_epsilon, "sampling_rate": args.sampling_rate,
               "steps": args.steps, "delta": args.delta, "accountant": args.accountant}
     _emit(args, record, f"noise multiplier = {sigma:.6g} (epsilon = {reached:.6g} <= "

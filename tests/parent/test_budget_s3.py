@@ -119,3 +119,21 @@ def test_budget_show_sends_the_expected_bucket_owner(
                  "--s3-endpoint-url", server.endpoint, "--json"])
     error = json.loads(capsys.readouterr().out)
     assert code == 1 and error["code"] == "budget" and "AccessDenied" in error["error"]
+
+
+def test_privacy_plan_reads_the_s3_ledger_and_counts_the_jobs_that_fit(
+    server: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    header = seal(server, tmp_path, f"s3://{bucket(server)}/hermetic?owner={server.account_id}", capsys)
+    write_entry(server, header, "job-1")
+    spec = tmp_path / "job.toml"
+    # 50 records at a batch of 1: q = 0.02, the entry's own run.
+    spec.write_text('[job]\nname = "again"\n[model]\nname = "mlp"\n[optimizer]\nname = "sgd"\nlr = 0.1\n'
+                    '[privacy]\nexpected_batch_size = 1\nsteps = 20\nmax_grad_norm = 1.0\ndelta = 1e-5\n'
+                    'noise_multiplier = 1.0\n[checkpoint]\nkey_id = "alias/model"\n', encoding="utf-8")
+    assert main(["privacy", "plan", str(spec), "--sealed", str(tmp_path / "d.sealed"), "--region", server.region,
+                 "--s3-endpoint-url", server.endpoint, "--json"]) == 0
+    [dataset] = json.loads(capsys.readouterr().out)["datasets"]
+    assert dataset["spent"] == compose_epsilon(SEGMENTS, 1e-5, "prv")
+    k = dataset["more_jobs"]
+    assert compose_epsilon(SEGMENTS * (k + 1), 1e-5, "prv") <= 3.0 < compose_epsilon(SEGMENTS * (k + 2), 1e-5, "prv")
