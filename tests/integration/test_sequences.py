@@ -32,7 +32,7 @@ from tests.integration.test_tabular import _seal
 from tests.integration.test_training import _train_in_process
 from tests.support.specs import mlp_spec
 
-VOCAB, MAX_LEN, STEPS = 40, 12, 60
+VOCAB, MAX_LEN, STEPS = 40, 12, 150
 
 
 def _reviews(rng: np.random.Generator, count: int) -> str:
@@ -58,8 +58,8 @@ graph = [
 
 def _spec(model_key: str, model: str) -> str:
     return mlp_spec(key_id=model_key, name="reviews", model=model, data='features = "tokens"\nlabel = "sentiment"',
-                    lr=0.5, batch=200, steps=STEPS, noise=1.3,
-                    extra='[eval]\npublic = "holdout"\nevery_steps = 20')
+                    lr=1.0, batch=200, steps=STEPS, noise=1.0,
+                    extra='[eval]\npublic = "holdout"\nevery_steps = 50')
 
 
 DECLARATION = declaration_from_flags(sequence=[f"tokens:{VOCAB}:{MAX_LEN}:0"], label="sentiment", classes="bad,good")
@@ -72,7 +72,7 @@ def _header(path: Path) -> SealedHeader:
 
 @pytest.fixture
 def sealed_reviews(data_path: DataPath, tmp_path: Path) -> Path:
-    return _seal(data_path, tmp_path, "reviews", DECLARATION, _reviews(np.random.default_rng(5), 3000))
+    return _seal(data_path, tmp_path, "reviews", DECLARATION, _reviews(np.random.default_rng(5), 6000))
 
 
 def test_a_transformer_trains_on_a_token_sequence_dataset_and_releases_accuracy(
@@ -92,8 +92,8 @@ def test_a_transformer_trains_on_a_token_sequence_dataset_and_releases_accuracy(
     assert body.steps == STEPS and body.model_spec_sha256 == JobSpec.from_toml(spec).model_sha256
     final = {m.name: m.value for m in body.metrics if m.step == STEPS}
     assert set(final) == {"accuracy/holdout", "auc/holdout"}
-    # The classes are near balanced; counting two token groups is learnable in 60 noisy steps.
-    assert final["accuracy/holdout"] > 0.7, body.metrics
+    # Counting two token groups: 0.88-0.93 in four runs of fresh enclave seeds; about 0.6 is the majority class.
+    assert final["accuracy/holdout"] > 0.8, body.metrics
 
     # Out of the enclave: the model predicts the holdout CSV on the host with the released figures.
     checkpoint = tmp_path / "out" / "checkpoints" / f"step-{STEPS:08d}.sealed"
@@ -113,7 +113,7 @@ def test_the_transformer_exports_to_onnx(data_path: DataPath, tmp_path: Path, se
     onnx = pytest.importorskip("onnx")
     from onnx.reference import ReferenceEvaluator
 
-    spec = _spec(data_path.model_key_id, _model()).replace('[eval]\npublic = "holdout"\nevery_steps = 20', "")
+    spec = _spec(data_path.model_key_id, _model()).replace('[eval]\npublic = "holdout"\nevery_steps = 50', "")
     body = _train_in_process(data_path, "reviews", [("reviews-v1", str(sealed_reviews))], spec, tmp_path / "out")
     checkpoint = tmp_path / "out" / "checkpoints" / f"step-{body.steps:08d}.sealed"
     _, state = decrypt_checkpoint(checkpoint, kms_client=kms_client(data_path.emulator.url, MODEL_OWNER))
