@@ -13,11 +13,17 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enclave.errors import ConfigError, HermeticError, RuntimeFailure
 from parent.appliance import ENCLAVE_SERVICE, KMS_SERVICE, PARENT
 from parent.commands.local_args import add_local_argument, local_state
+from parent.tracking.base import DEFAULT_MLFLOW_URI
+
+if TYPE_CHECKING:
+    from enclave.training.spec import JobSpec
+    from parent.tracking.base import Tracker
+    from parent.tracking.mlflow_runs import MlflowTracker
 
 
 class JobFailed(RuntimeFailure):
@@ -52,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     p.add_argument("--events", action="store_true",
                    help="print one JSON line per progress and metric event, then the outcome (for launchers)")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="write what the enclave releases (metrics, epsilon spent, steps per second) as "
+                        "TensorBoard event files in DIR, as it arrives")
+    p.add_argument("--mlflow", nargs="?", const=DEFAULT_MLFLOW_URI, metavar="URI",
+                   help="log the same values to an MLflow run named after the job id, with the spec's "
+                        f"settings as params and the certificate as an artifact (default URI: {DEFAULT_MLFLOW_URI})")
     p.set_defaults(func=run, _parser=p)
 
 
@@ -106,6 +118,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         PUBLIC_PREFIX,
         RESUME_STREAM,
         Credentials,
+        Message,
         MetricRelease,
         TrainingJob,
         TrainingProgress,
@@ -115,6 +128,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from parent.proxy.session import DatasetInput
     from parent.public_data import load_public_dataset
     from parent.sources import BytesSource
+    from parent.tracking.base import FanOut
+    from parent.tracking.feed import ReleaseFeed
 
     try:
         spec_text = args.spec.read_text("utf-8")
@@ -172,6 +187,15 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
     out_dir = args.out.resolve()
     sink = ArtifactSink(out_dir, on_progress=on_progress, on_metric=on_metric)
+    # Opened before the job: a tracker that cannot start must fail before any budget is spent.
+    trackers, mlflow_run = _open_trackers(args, spec, job_id)
+    feed = ReleaseFeed(FanOut(trackers))
+
+    def on_message(msg: Message) -> None:
+        sink(msg)
+        feed(msg)
+
+    ok = False
     try:
         outcome = run_job(
             enclave=parse_address(state.enclave),
@@ -182,11 +206,17 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             job_id=job_id,
             datasets=streams,
             extra=[TrainingJob(spec_toml=spec_text)],
-            on_message=sink,
+            on_message=on_message,
         )
+        ok = outcome.status == "ok"
     finally:
         if bar is not None:
             bar.close()
+        if mlflow_run is not None:
+            mlflow_run.status = "FINISHED" if ok else "FAILED"
+            if sink.certificate is not None:
+                mlflow_run.artifacts.append(sink.certificate)
+        feed.close()
     sink.write_summary()
     summary = sink.summary()
     report: dict[str, Any] = {
@@ -201,6 +231,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoints": summary["checkpoints"],
         "metrics": summary["metrics"],
         "released": str(out_dir / "released.json"),
+        "tensorboard": str(args.tensorboard.resolve()) if args.tensorboard is not None else None,
+        "mlflow_run": mlflow_run.run_id if mlflow_run is not None else None,
         "out": str(out_dir),
         "datasets": [{"dataset_id": s.dataset_id, "bytes": s.size, "sealed_sha256": s.sha256.hex()}
                      for s in outcome.datasets],
@@ -210,6 +242,28 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         failed.report = report
         raise failed
     return report
+
+
+def _open_trackers(args: argparse.Namespace, spec: JobSpec, job_id: str) -> tuple[list[Tracker], MlflowTracker | None]:
+    """The trackers the flags ask for, and the MLflow one apart (it also takes the certificate)."""
+    from parent.tracking.base import FanOut
+
+    trackers: list[Tracker] = []
+    mlflow_run = None
+    try:
+        if args.tensorboard is not None:
+            from parent.tracking.tensorboard_events import TensorBoardTracker
+
+            trackers.append(TensorBoardTracker(args.tensorboard.resolve()))
+        if args.mlflow is not None:
+            from parent.tracking.mlflow_runs import MlflowTracker, spec_params
+
+            mlflow_run = MlflowTracker(args.mlflow, run_name=job_id, params=spec_params(spec))
+            trackers.append(mlflow_run)
+    except HermeticError:
+        FanOut(trackers).close()
+        raise
+    return trackers, mlflow_run
 
 
 def _check_job(args: argparse.Namespace, datasets: list[tuple[str, str]]) -> None:
@@ -239,3 +293,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     print(f"  certificate    {report['certificate']}")
     print(f"  final model    {report['final_checkpoint']} (sealed for the model owner)")
     print(f"  released.json  {report['released']}")
+    if report["tensorboard"] is not None:
+        print(f"  tensorboard    {report['tensorboard']} (tensorboard --logdir {report['tensorboard']})")
+    if report["mlflow_run"] is not None:
+        print(f"  mlflow run     {report['mlflow_run']}")
