@@ -85,4 +85,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"Proved in {elapsed / 60:.1f} min (artefacts and report.json in {report.out_dir}):")
     for claim in report.proved:
         print(f"  - {claim}")
+    print(f"TensorBoard event files of the released metrics and epsilon: {report.tensorboard} "
+          f"(tensorboard --logdir {report.tensorboard})")
     return 0

@@ -64,6 +64,7 @@ class DemoReport:
     steps: int = 0
     test_accuracy: float | None = None
     certificate: str = ""
+    tensorboard: str = ""
     model_sha256: str = ""
     second_job_outcome: str = ""
     spent_epsilon: float = 0.0
@@ -292,12 +293,13 @@ def _train(
     spec_path = out_dir / "job.toml"
     write_atomic(spec_path, recipe.spec_toml(state.model_owner_key).encode())
     report.job_id = f"demo-{secrets.token_hex(4)}"
+    tensorboard = out_dir / "tensorboard"
     say(f"training job {report.job_id} (`hermetic train --local`): {recipe.model}, batch {recipe.batch_size}, "
         f"{recipe.epochs:g} epochs, target epsilon {recipe.epsilon:g} at delta {recipe.delta:g}")
     job = Service("train", hermetic_argv(
         "train", str(spec_path), "--local", state.state_dir, "--dataset", f"{report.dataset_id}={sealed}",
         "--public", f"{PUBLIC_TEST_NAME}={FASHION_MNIST_TEST}", "--out", str(out_dir / "job"),
-        "--job-id", report.job_id, "--events",
+        "--job-id", report.job_id, "--events", "--tensorboard", str(tensorboard),
     ), logs, env=CLEAN_ENV)
     services.append(job)
     result = job.follow_job(progress)
@@ -310,7 +312,9 @@ def _train(
     if accuracies:
         report.test_accuracy = float(accuracies[-1]["value"])
     report.certificate = str(result["certificate"])
-    say(f"training done: {result['detail']}")
+    report.tensorboard = str(result["tensorboard"])
+    say(f"training done: {result['detail']}; the released metrics and epsilon as TensorBoard events in "
+        f"{tensorboard}")
 
 
 def _verify_outputs(report: DemoReport, state: ApplianceState, sealed: Path, out_dir: Path, logs: Path,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from parent.local.demo import FASHION_MNIST, _plaintext_leaks
+from tests.support.trackers import read_event_scalars
 
 pytestmark = pytest.mark.skipif(
     not FASHION_MNIST.exists(), reason="Debian's dataset-fashion-mnist is not installed (make dataset)"
@@ -56,5 +57,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert report["steps"] > 0
     assert report["test_accuracy"] is not None and 0.1 < report["test_accuracy"] <= 1.0
     assert (out / "job" / "certificate.cbor").exists()
+    # What the job released, charted as it arrived: the public test accuracy and the epsilon spent.
+    charted = read_event_scalars(Path(report["tensorboard"]))
+    released = {"accuracy/fashion-mnist-test", "privacy/epsilon"}
+    assert released <= set(charted) <= released | {"throughput/steps_per_second"}
+    assert charted["accuracy/fashion-mnist-test"][-1][1] == pytest.approx(report["test_accuracy"], rel=1e-6)
+    assert charted["privacy/epsilon"][-1] == (report["steps"], pytest.approx(report["epsilon"], rel=1e-3))
     assert (out / "model.pt").exists()
     assert "Test accuracy on the public Fashion-MNIST test set" in proc.stdout
