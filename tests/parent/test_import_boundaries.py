@@ -147,6 +147,7 @@ OPTIONAL_IMPORTS_OF_DEPENDENCIES = {
     "certifi": "botocore's CA bundle lookup",
     "opt-einsum": "torch.backends.opt_einsum",
     "tqdm": "torch.hub",
+    "cloudpickle": "pyarrow's pickling (lib's compat.pxi), when mlflow's install brings it",
 }
 
 
