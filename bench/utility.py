@@ -1,20 +1,27 @@
-"""Test accuracy against epsilon on Fashion-MNIST, trained inside the mock enclave.
+"""Test accuracy against epsilon on Fashion-MNIST and on diamonds, trained inside the mock enclave.
 
-`python -m bench.utility [--epsilons 1,3,8] [--out out/bench-utility]` (long: minutes
-per epsilon; not part of CI). For each target epsilon it runs one complete job through
-the local stack (`parent.local.jobs.LocalStack`: data owner seals Fashion-MNIST under
-the KMS emulator, a mock enclave decrypts it after attestation and trains with
-DP-SGD, PRV accounting at delta 1e-5, the certificate is verified offline) and reads the
-test accuracy the enclave released on the public test set. It then trains the same
-model non-privately in this process (plain torch: same model, batches and epochs, no
-clipping or noise) for the reference line, and writes
+`python -m bench.utility [--datasets fashion-mnist,diamonds] [--epsilons 1,3,8]
+[--out out/bench-utility]` (long: minutes per epsilon; not part of CI). For each
+dataset and target epsilon it runs one complete job through the local stack
+(`parent.local.jobs.LocalStack`: the data owner seals the training data under the KMS
+emulator, a mock enclave decrypts it after attestation and trains with DP-SGD, PRV
+accounting at delta 1e-5, the certificate is verified offline) and reads the test
+accuracy the enclave released on the public test set. It then trains the same model
+non-privately in this process (plain torch: same model and inputs, no clipping or
+noise) for each dataset's reference line, and writes
 
-* `results.md`: the table (epsilon, model, accuracy, steps, sigma, minutes) and goals;
+* `results.md`: the table (dataset, epsilon, model, accuracy, steps, sigma, minutes) and goals;
 * `results.json`: every run's recipe, certificate figures and timings;
-* `accuracy_vs_epsilon.png`: accuracy against epsilon, non-private accuracy as a line.
+* `accuracy_vs_epsilon.png`: accuracy against epsilon, one panel per dataset, each with
+  its non-private accuracy as a line.
 
-matplotlib is a benchmark-only dependency (requirements-dev.txt); never imported by
-`enclave/` or `parent/`.
+Fashion-MNIST is Debian's dataset-fashion-mnist (IDX files, a preset ScatterNet model).
+Diamonds is a table shipped in the plotnine wheel, sealed with `hermetic seal`'s schema
+flags and trained with an inline model; why that table, its split, schema and public
+bounds: `bench.utility_tabular`.
+
+matplotlib (requirements-dev.txt) and plotnine (requirements-bench.txt, for its CSV
+file only) are benchmark-only dependencies; never imported by `enclave/` or `parent/`.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,25 +94,6 @@ RECIPES: dict[float, Recipe] = {eps: utility_recipe(eps) for eps in sorted(GOALS
 FASHION = "fashion-mnist"
 DATASETS = (FASHION, tabular.NAME)
 
-class _Job(Protocol):
-    """What a results row reads from a recipe, Fashion-MNIST's or diamonds'."""
-
-    @property
-    def epsilon(self) -> float: ...
-    @property
-    def model(self) -> str: ...
-    @property
-    def batch_size(self) -> int: ...
-    @property
-    def epochs(self) -> float: ...
-    @property
-    def lr(self) -> float: ...
-    @property
-    def momentum(self) -> float: ...
-    @property
-    def max_grad_norm(self) -> float: ...
-
-
 @dataclass(frozen=True)
 class RunRow:
     target_epsilon: float
@@ -126,7 +114,7 @@ class RunRow:
     dataset: str = FASHION
 
     @classmethod
-    def of(cls, recipe: _Job, outcome: JobOutcome, dataset: str = FASHION) -> RunRow:
+    def of(cls, recipe: Recipe, outcome: JobOutcome, dataset: str = FASHION) -> RunRow:
         return cls(
             target_epsilon=recipe.epsilon, epsilon=outcome.epsilon, model=recipe.model, accuracy=outcome.accuracy,
             steps=outcome.steps, sigma=outcome.noise_multiplier, sampling_rate=outcome.sampling_rate,
@@ -206,7 +194,7 @@ def nonprivate_tabular(train_csv: Path, test_csv: Path, seed: int = 0) -> dict[s
     """The diamonds model and inputs of the private runs, trained with plain SGD (no clipping, no noise)."""
     began = time.monotonic()
     spec = replace(tabular.recipe(max(tabular.EPOCHS), DELTA), batch_size=tabular.NONPRIVATE_BATCH)
-    inputs = tabular.nonprivate_inputs(train_csv, test_csv, spec.spec_toml("unused"), seed)
+    inputs = tabular.nonprivate_inputs(train_csv, test_csv, tabular.spec_toml(spec, "unused"), seed)
     steps = plain_sgd(inputs.model, inputs.x_train, inputs.y_train, lr=tabular.NONPRIVATE_LR,
                       momentum=spec.momentum, batch_size=spec.batch_size, epochs=NONPRIVATE_EPOCHS, seed=seed)
     return {"dataset": tabular.NAME, "model": spec.model,
@@ -345,7 +333,7 @@ def _report(outcome: JobOutcome) -> None:
           f"sigma {outcome.noise_multiplier:.4f}, {outcome.seconds / 60:.1f} min", flush=True)
 
 
-def _announce(sealed: SealedDataset, dataset: str, recipe: _Job) -> None:
+def _announce(sealed: SealedDataset, dataset: str, recipe: Recipe) -> None:
     print(f"sealed {dataset}: {sealed.records} records, budget epsilon {sealed.max_epsilon:g}", flush=True)
     print(f"epsilon {recipe.epsilon:g}: {recipe.model}, batch {recipe.batch_size}, {recipe.epochs:g} epochs, "
           f"lr {recipe.lr:g}, momentum {recipe.momentum:g}, C {recipe.max_grad_norm:g}", flush=True)
@@ -361,11 +349,11 @@ def run_fashion(stack: LocalStack, recipe: Recipe) -> RunRow:
     return RunRow.of(recipe, outcome)
 
 
-def run_tabular(stack: LocalStack, recipe: tabular.TabularRecipe, train_csv: Path, test_csv: Path) -> RunRow:
+def run_tabular(stack: LocalStack, recipe: Recipe, train_csv: Path, test_csv: Path) -> RunRow:
     # A fresh sealed copy per run, for the reason run_fashion gives.
     sealed = stack.seal(train_csv, max_epsilon=recipe.epsilon, delta=DELTA, schema_flags=tabular.seal_flags())
     _announce(sealed, tabular.NAME, recipe)
-    outcome = stack.train(recipe.spec_toml(stack.model_key), sealed, f"{tabular.NAME}-eps{recipe.epsilon:g}",
+    outcome = stack.train(tabular.spec_toml(recipe, stack.model_key), sealed, f"{tabular.NAME}-eps{recipe.epsilon:g}",
                           public=test_csv, public_name=tabular.PUBLIC_NAME, progress=_progress())
     _report(outcome)
     return RunRow.of(recipe, outcome, tabular.NAME)
@@ -422,7 +410,7 @@ def _fashion_recipes(args: argparse.Namespace) -> list[Recipe]:
     return recipes
 
 
-def _tabular_recipes(args: argparse.Namespace) -> list[tabular.TabularRecipe]:
+def _tabular_recipes(args: argparse.Namespace) -> list[Recipe]:
     recipes = [tabular.recipe(eps, DELTA) for eps in args.epsilons]
     return [replace(r, epochs=args.epochs) for r in recipes] if args.epochs else recipes
 

@@ -43,7 +43,8 @@ import torch
 from enclave.training.jobmodel import job_model_for_schema
 from enclave.training.spec import JobSpec
 from parent.datasets import open_dataset
-from parent.datasets.schema import SealPlan, declaration_from_flags, plan_schema, public_plan
+from parent.datasets.schema import SchemaDeclaration, SealPlan, declaration_from_flags, plan_schema, public_plan
+from parent.local.demo import Recipe
 from parent.storage import write_atomic
 
 NAME = "diamonds"
@@ -147,33 +148,22 @@ def seal_flags() -> list[str]:
     return flags
 
 
-@dataclass(frozen=True)
-class TabularRecipe:
-    """One DP-SGD job on diamonds: an inline MLP (HIDDEN, ReLU, HIDDEN, ReLU, 5 classes)."""
+def declaration() -> SchemaDeclaration:
+    """The schema `seal_flags` declare, as `hermetic seal` parses them."""
+    return declaration_from_flags(numeric=_numeric_specs(), categorical=_categorical_specs(), label=LABEL,
+                                  classes=",".join(CUTS))
 
-    epsilon: float
-    delta: float
-    epochs: float
-    batch_size: int
-    lr: float
-    momentum: float
-    max_grad_norm: float
-    model: str = f"mlp{HIDDEN}x2"
 
-    @property
-    def job_name(self) -> str:
-        return f"bench-utility-{NAME}-eps{self.epsilon:g}"
+MODEL = f"mlp{HIDDEN}x2"
 
-    def spec_toml(self, key_id: str) -> str:
-        features = ", ".join(f'"{f}"' for f in FEATURES)
-        scale = "\n".join(f"{name} = {{ lo = {lo}, hi = {hi} }}" for name, (lo, hi) in SCALE.items())
-        layers = (f'[{{ type = "linear", out = {HIDDEN} }}, {{ type = "relu" }}, '
-                  f'{{ type = "linear", out = {HIDDEN} }}, {{ type = "relu" }}, {{ type = "linear" }}]')
-        return f"""[job]
-name = "{self.job_name}"
 
-[model]
-format = 1
+def _model_and_data() -> str:
+    """The [model] section's body, an inline MLP (HIDDEN, ReLU, HIDDEN, ReLU, the classes), and [data]."""
+    features = ", ".join(f'"{f}"' for f in FEATURES)
+    scale = "\n".join(f"{name} = {{ lo = {lo}, hi = {hi} }}" for name, (lo, hi) in SCALE.items())
+    layers = (f'[{{ type = "linear", out = {HIDDEN} }}, {{ type = "relu" }}, '
+              f'{{ type = "linear", out = {HIDDEN} }}, {{ type = "relu" }}, {{ type = "linear" }}]')
+    return f"""format = 1
 layers = {layers}
 
 [data]
@@ -182,27 +172,12 @@ label = "{LABEL}"
 
 [data.scale]
 {scale}
-
-[optimizer]
-name = "sgd"
-lr = {self.lr!r}
-momentum = {self.momentum!r}
-
-[privacy]
-expected_batch_size = {self.batch_size}
-epochs = {self.epochs!r}
-max_grad_norm = {self.max_grad_norm!r}
-delta = {self.delta!r}
-target_epsilon = {self.epsilon!r}
-accountant = "prv"
-
-[eval]
-public = "{PUBLIC_NAME}"
-every_steps = 100000000
-
-[checkpoint]
-key_id = "{key_id}"
 """
+
+
+def spec_toml(recipe: Recipe, key_id: str) -> str:
+    """The diamonds job: `recipe`'s optimizer and privacy settings, the inline model, public test set."""
+    return recipe.spec_toml(key_id, model=_model_and_data(), public=PUBLIC_NAME)
 
 
 #: Epochs per target epsilon; SGD at batch 1024, lr 0.5, momentum 0.9, C 1 for every epsilon. Tuned
@@ -213,10 +188,12 @@ NONPRIVATE_BATCH = 256
 NONPRIVATE_LR = 0.2
 
 
-def recipe(epsilon: float, delta: float) -> TabularRecipe:
-    """The diamonds job at `epsilon` (30 epochs at an epsilon EPOCHS lacks)."""
-    return TabularRecipe(epsilon=epsilon, delta=delta, epochs=EPOCHS.get(epsilon, 30.0), batch_size=1024,
-                         lr=0.5, momentum=0.9, max_grad_norm=1.0)
+def recipe(epsilon: float, delta: float) -> Recipe:
+    """The diamonds job at `epsilon` (30 epochs at an epsilon EPOCHS lacks); one evaluation, at the end,
+    and only the final checkpoint."""
+    return Recipe(model=MODEL, batch_size=1024, epochs=EPOCHS.get(epsilon, 30.0), lr=0.5, momentum=0.9,
+                  max_grad_norm=1.0, epsilon=epsilon, delta=delta, eval_every=100_000_000, checkpoint_every=None,
+                  job_name=f"bench-utility-{NAME}-eps{epsilon:g}")
 
 
 # --------------------------------------------------------------------------- non-private inputs
@@ -244,9 +221,7 @@ class TabularInputs:
 
 def nonprivate_inputs(train_csv: Path, test_csv: Path, spec_toml: str, seed: int = 0) -> TabularInputs:
     """The spec's model and inputs, encoded as the sealer (train) and the public loader (test) encode them."""
-    declaration = declaration_from_flags(numeric=_numeric_specs(), categorical=_categorical_specs(),
-                                         label=LABEL, classes=",".join(CUTS))
-    plan, _ = plan_schema(open_dataset(train_csv).schema(), declaration).scan([])
+    plan, _ = plan_schema(open_dataset(train_csv).schema(), declaration()).scan([])
     train = _encoded(train_csv, plan)
     test = _encoded(test_csv, public_plan(open_dataset(test_csv).schema(), plan.public))
     job = job_model_for_schema(JobSpec.from_toml(spec_toml), plan.schema)
