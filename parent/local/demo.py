@@ -94,13 +94,16 @@ class Recipe:
     checkpoint_every: int | None = 100  # None: only the final checkpoint
     job_name: str = "fashion-mnist-demo"
 
-    def spec_toml(self, key_id: str) -> str:
+    def spec_toml(self, key_id: str, *, model: str | None = None, public: str = PUBLIC_TEST_NAME) -> str:
+        """The job spec; `model` replaces the [model] section's body (the preset `self.model`), and may go
+        on with [data] sections; `public` names the public evaluation dataset."""
         every = "" if self.checkpoint_every is None else f"every_steps = {self.checkpoint_every}\n"
+        model = f'name = "{self.model}"' if model is None else model.strip("\n")
         return f"""[job]
 name = "{self.job_name}"
 
 [model]
-name = "{self.model}"
+{model}
 
 [optimizer]
 name = "sgd"
@@ -116,7 +119,7 @@ target_epsilon = {self.epsilon!r}
 accountant = "prv"
 
 [eval]
-public = "{PUBLIC_TEST_NAME}"
+public = "{public}"
 every_steps = {self.eval_every}
 
 [checkpoint]

@@ -14,7 +14,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,7 +29,7 @@ from parent.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobFailed", "JobOutcome", "LocalStack", "SealedDataset"]
+__all__ = ["JobFailed", "JobOutcome", "LocalStack", "Progress", "SealedDataset"]
 
 #: (step, total steps, epsilon spent so far) as the enclave reports progress.
 Progress = Callable[[int, int, float], None]
@@ -118,21 +118,26 @@ class LocalStack:
     # ------------------------------------------------------------------ parties
 
     def seal(self, dataset: Path = FASHION_MNIST, *, max_epsilon: float, delta: float,
-             owner: str = "bench-hospital") -> SealedDataset:
-        """The data owner seals `dataset` under the data key with budget (max_epsilon, delta)."""
+             owner: str = "bench-hospital", schema_flags: Sequence[str] = ()) -> SealedDataset:
+        """The data owner seals `dataset` under the data key with budget (max_epsilon, delta).
+
+        `schema_flags` are `hermetic seal`'s public-schema flags (--label, --numeric, ...) for a table.
+        """
         if not dataset.exists():
-            raise JobFailed(f"{dataset} is missing: install Debian's dataset-fashion-mnist (make dataset)")
+            hint = ": install Debian's dataset-fashion-mnist (make dataset)" if dataset == FASHION_MNIST else ""
+            raise JobFailed(f"{dataset} is missing{hint}")
         sealed = self.out_dir / f"{dataset.name.split('.')[0]}.sealed"
         out = run_command("seal", hermetic_argv(
             "seal", str(dataset), "--local", str(self.state_dir), "--out", str(sealed), "--max-epsilon",
-            repr(float(max_epsilon)), "--delta", repr(float(delta)), "--owner", owner, "--json",
+            repr(float(max_epsilon)), "--delta", repr(float(delta)), "--owner", owner, "--json", *schema_flags,
         ), self.logs, env=CLEAN_ENV)
         info = json.loads(out)
         return SealedDataset(str(info["dataset_id"]), sealed, int(info["record_count"]), float(max_epsilon),
                              float(delta))
 
     def train(self, spec_toml: str, dataset: SealedDataset, name: str, *,
-              public: Path = FASHION_MNIST_TEST, progress: Progress | None = None) -> JobOutcome:
+              public: Path = FASHION_MNIST_TEST, public_name: str = PUBLIC_TEST_NAME,
+              progress: Progress | None = None) -> JobOutcome:
         """Run one job in the appliance's mock enclave (`hermetic train --local`); verify its certificate."""
         job_dir = self.out_dir / name
         job_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +147,7 @@ class LocalStack:
         began = time.monotonic()
         with Service(f"train-{name}", hermetic_argv(
             "train", str(spec_path), "--local", str(self.state_dir),
-            "--dataset", f"{dataset.dataset_id}={dataset.path}", "--public", f"{PUBLIC_TEST_NAME}={public}",
+            "--dataset", f"{dataset.dataset_id}={dataset.path}", "--public", f"{public_name}={public}",
             "--out", str(job_dir / "out"), "--job-id", job_id, "--events",
         ), self.logs, env=CLEAN_ENV) as job:
             result = job.follow_job(progress)
