@@ -34,6 +34,20 @@ numbers. Schema (unknown sections and keys are refused; every message names the 
                  every_steps = 200                  # optional, default 200
     [checkpoint] every_steps = 500                  # optional: default only the final checkpoint
                  key_id = "<model owner KMS key id, ARN or alias>"
+    [tuning]     lr = [0.5, 1.0, 2.0]               # optional section: a private hyper-parameter search,
+                 max_grad_norm = [...]              # candidate lists (1..16 values) for any of lr,
+                 expected_batch_size = [...]        # max_grad_norm, expected_batch_size and one of
+                 epochs = [...] | steps = [...]     # epochs and steps; the grid is their product
+                 trials = { distribution = "logarithmic" | "geometric" | "poisson"
+                            | "truncated_negative_binomial", mean = 10.0, shape = 0.5 }  # shape: TNB only
+                 select = { metric = "accuracy/<eval.public>" }  # maximised; rmse and mae minimised
+
+A search (`enclave.training.tuning`) runs a random number of trials, each on a candidate
+drawn uniformly from the grid, and releases only the best one; it is accounted as one
+repeat-and-select mechanism (`enclave.privacy.repeat_select`). It needs accountant =
+"rdp" because that analysis is an RDP bound; it scores on the public evaluation set
+only, since scoring on a private holdout would need its own accounting; it takes no
+intermediate checkpoints (checkpoint.every_steps), which would release unselected trials.
 
 The hash that goes into the privacy certificate, `JobSpec.sha256`, is SHA-256 over
 the canonical CBOR (RFC 8949 core deterministic encoding, cbor2 ``canonical=True``)
@@ -46,7 +60,8 @@ before inline models existed, so those specs keep their hash) and the inline mod
 own canonical form (`ModelFormat.to_canonical`) otherwise. Likewise the keys that came
 with tabular jobs (data.categorical, data.scale, the [task] section) are in the
 canonical form only when the spec gives them, so the specs written before keep their
-hash; a list of features is a list, one feature column a string.
+hash; a list of features is a list, one feature column a string. The [tuning] section
+is in the canonical form only when given, for the same reason.
 
 Tabular features (`enclave.training.tabular`): a numeric column is clipped to public
 bounds and min-max scaled to [0, 1]; a categorical column becomes a one-hot block of
@@ -60,7 +75,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -83,6 +98,14 @@ DEFAULT_ENCODING = "one_hot"
 TASKS = ("classification", "regression")
 LOSSES = {"classification": ("cross_entropy",), "regression": ("mse", "huber")}
 DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+# The keys a search may vary, in the grid's (and the canonical form's) order.
+TUNABLE = ("lr", "max_grad_norm", "expected_batch_size", "epochs", "steps")
+MAX_CANDIDATES = 16
+METRICS = ("accuracy", "auc", "rmse", "mae")
+MINIMISED = ("rmse", "mae")
+TRIAL_DISTRIBUTIONS = ("logarithmic", "geometric", "poisson", "truncated_negative_binomial")
+MAX_TRIALS_MEAN = 1000.0
+MAX_TRIALS_SHAPE = 1000.0
 # A table has at most this many columns worth listing; the header bounds the real count.
 MAX_FEATURES = 4096
 
@@ -98,7 +121,7 @@ MAX_TEXT = 256
 MAX_TRAIN_DATASETS = 16
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,128}")
-_SECTIONS = ("job", "model", "data", "task", "optimizer", "privacy", "eval", "checkpoint")
+_SECTIONS = ("job", "model", "data", "task", "optimizer", "privacy", "eval", "checkpoint", "tuning")
 _REQUIRED_SECTIONS = ("job", "model", "optimizer", "privacy", "checkpoint")
 _MODEL_KEYS = ("name", "format", "layers", "graph", "output", "weights_sha256")
 
@@ -213,6 +236,41 @@ class CheckpointSpec:
 
 
 @dataclass(frozen=True)
+class TuningSpec:
+    """A search: candidate values by key (in TUNABLE order), the trial count's law, the selection metric."""
+
+    grid: tuple[tuple[str, tuple[float, ...] | tuple[int, ...]], ...]
+    distribution: str
+    mean: float
+    shape: float | None  # given for the truncated negative binomial only
+    metric: str
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(values) for _, values in self.grid)
+
+    def candidate(self, index: int) -> dict[str, float | int]:
+        """The grid's `index`-th point (mixed radix over the lists, the first key varying slowest)."""
+        if not 0 <= index < self.size:
+            raise SpecError(f"candidate index {index} is outside the grid of {self.size}")
+        point: dict[str, float | int] = {}
+        for key, values in reversed(self.grid):
+            index, digit = divmod(index, len(values))
+            point[key] = values[digit]
+        return {key: point[key] for key, _ in self.grid}
+
+    @property
+    def minimise(self) -> bool:
+        return self.metric.split("/", 1)[0] in MINIMISED
+
+    def to_canonical(self) -> dict[str, Any]:
+        canonical: dict[str, Any] = {key: list(values) for key, values in self.grid}
+        canonical["trials"] = {"distribution": self.distribution, "mean": float(self.mean), "shape": self.shape}
+        canonical["select"] = {"metric": self.metric}
+        return canonical
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated job spec; build it with `from_toml` or `from_mapping`."""
 
@@ -224,6 +282,7 @@ class JobSpec:
     eval: EvalSpec
     checkpoint: CheckpointSpec
     task: TaskSpec = TaskSpec()
+    tuning: TuningSpec | None = None
 
     # -- parsing ---------------------------------------------------------------
     @classmethod
@@ -246,7 +305,7 @@ class JobSpec:
             if name not in raw:
                 raise SpecError(f"job spec lacks the [{name}] section")
         sections = {name: _section(raw, name) for name in _SECTIONS}
-        return cls(
+        spec = cls(
             name=_parse_job(sections["job"]),
             model=_parse_model(sections["model"]),
             data=_parse_data(sections["data"]),
@@ -256,6 +315,24 @@ class JobSpec:
             checkpoint=_parse_checkpoint(sections["checkpoint"]),
             task=_parse_task(sections["task"], "task" in raw),
         )
+        if "tuning" not in raw:
+            return spec
+        return replace(spec, tuning=_parse_tuning(sections["tuning"], spec))
+
+    def with_candidate(self, point: Mapping[str, float | int]) -> JobSpec:
+        """This spec with one search candidate's values in place of the spec's own."""
+        opt, priv = self.optimizer, self.privacy
+        if "lr" in point:
+            opt = replace(opt, lr=float(point["lr"]))
+        if "max_grad_norm" in point:
+            priv = replace(priv, max_grad_norm=float(point["max_grad_norm"]))
+        if "expected_batch_size" in point:
+            priv = replace(priv, expected_batch_size=int(point["expected_batch_size"]))
+        if "epochs" in point:
+            priv = replace(priv, epochs=float(point["epochs"]), steps=None)
+        if "steps" in point:
+            priv = replace(priv, steps=int(point["steps"]), epochs=None)
+        return replace(self, optimizer=opt, privacy=priv)
 
     @property
     def model_format(self) -> ModelFormat:
@@ -308,6 +385,8 @@ class JobSpec:
         }
         if self.task.given:
             canonical["task"] = {"kind": self.task.kind, "loss": self.task.loss}
+        if self.tuning is not None:
+            canonical["tuning"] = self.tuning.to_canonical()
         return canonical
 
     def canonical_cbor(self) -> bytes:
@@ -613,3 +692,73 @@ def _parse_checkpoint(table: Mapping[str, Any]) -> CheckpointSpec:
     assert key_id is not None
     every = _int(table, "checkpoint", "every_steps", low=1, high=MAX_EVERY_STEPS)
     return CheckpointSpec(key_id=key_id, every_steps=every)
+
+
+# -- tuning ------------------------------------------------------------------------------
+def _parse_tuning(table: Mapping[str, Any], spec: JobSpec) -> TuningSpec:
+    _check_keys(table, "tuning", (*TUNABLE, "trials", "select"))
+    grid: list[tuple[str, tuple[float, ...] | tuple[int, ...]]] = []
+    for key in TUNABLE:
+        if key in table:
+            grid.append((key, _candidates(table[key], key)))
+    if not grid:
+        raise SpecError(f"tuning needs at least one candidate list ({', '.join(TUNABLE)})")
+    if "epochs" in table and "steps" in table:
+        raise SpecError("tuning gives candidates for epochs or for steps, not both")
+    trials = table.get("trials")
+    if not isinstance(trials, Mapping):
+        raise SpecError("tuning.trials is required: { distribution = ..., mean = ... }")
+    _check_keys(trials, "tuning.trials", ("distribution", "mean", "shape"))
+    distribution = _choice(trials, "tuning.trials", "distribution", TRIAL_DISTRIBUTIONS)
+    mean = _required(_float(trials, "tuning.trials", "mean", low=1.0, high=MAX_TRIALS_MEAN), "tuning.trials.mean")
+    shape = _float(trials, "tuning.trials", "shape", low=0.0, high=MAX_TRIALS_SHAPE, low_open=True)
+    if distribution == "truncated_negative_binomial":
+        _required(shape, "tuning.trials.shape")
+    elif shape is not None:
+        raise SpecError(f"tuning.trials.shape applies to truncated_negative_binomial only, not {distribution} "
+                        "(logarithmic is shape 0, geometric shape 1, poisson shape infinity)")
+    select = table.get("select")
+    if not isinstance(select, Mapping):
+        raise SpecError('tuning.select is required: { metric = "accuracy/<eval.public>" }')
+    _check_keys(select, "tuning.select", ("metric",))
+    metric = _text(select, "tuning.select", "metric", required=True)
+    assert metric is not None
+    _check_tuning_job(spec, metric)
+    return TuningSpec(grid=tuple(grid), distribution=distribution, mean=mean, shape=shape, metric=metric)
+
+
+def _candidates(raw: Any, key: str) -> tuple[float, ...] | tuple[int, ...]:
+    where = f"tuning.{key}"
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_CANDIDATES:
+        raise SpecError(f"{where} must be an array of 1..{MAX_CANDIDATES} values")
+    table = {f"{key}[{i}]": v for i, v in enumerate(raw)}
+    values: tuple[float, ...] | tuple[int, ...]
+    if key in ("expected_batch_size", "steps"):
+        most = MAX_BATCH_SIZE if key == "expected_batch_size" else MAX_STEPS
+        values = tuple(int(_required(_int(table, "tuning", k, low=1, high=most), k)) for k in table)
+    else:
+        high = MAX_EPOCHS if key == "epochs" else math.inf
+        values = tuple(float(_required(_float(table, "tuning", k, low=0.0, high=high, low_open=True), k))
+                       for k in table)
+    if len(set(values)) != len(values):
+        # A repeated value would weigh its candidate twice in the uniform draw.
+        raise SpecError(f"{where} lists a value more than once")
+    return values
+
+
+def _check_tuning_job(spec: JobSpec, metric: str) -> None:
+    if spec.privacy.accountant != "rdp":
+        raise SpecError('tuning needs privacy.accountant = "rdp": the repeat-and-select analysis is an RDP bound, '
+                        f"not available to the {spec.privacy.accountant!r} accountant")
+    if spec.eval.public is None:
+        raise SpecError("tuning scores trials on the public evaluation set: it needs [eval] public; "
+                        "scoring on a private holdout is not supported")
+    kind, _, name = metric.partition("/")
+    if kind not in METRICS or name != spec.eval.public:
+        raise SpecError(f"tuning.select.metric must be one of {', '.join(f'{m}/{spec.eval.public}' for m in METRICS)}"
+                        f" (a metric on the public evaluation set), got {metric!r}")
+    if kind in ("accuracy", "auc") and spec.task.regression or kind in MINIMISED and not spec.task.regression:
+        raise SpecError(f"tuning.select.metric {metric!r} is not released for a {spec.task.kind} job")
+    if spec.checkpoint.every_steps is not None:
+        raise SpecError("checkpoint.every_steps does not apply to a tuning job: only the selected trial's "
+                        "final checkpoint leaves")
