@@ -64,7 +64,7 @@ from typing import Any, Protocol, TypeVar
 
 from enclave.datasets import OpenedDataset, open_sealed_dataset, read_ipc_table
 from enclave.egress import EgressGate
-from enclave.errors import INTERNAL, HermeticError, RuntimeFailure
+from enclave.errors import INTERNAL, ConfigError, HermeticError, RuntimeFailure
 from enclave.hazmat.checkpoint_key import CheckpointAuthKey
 from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.kms.attested import AttestedKms
@@ -297,6 +297,10 @@ class EnclaveRuntime:
         spec = JobSpec.from_toml(self._expect(channel, TrainingJob).spec_toml)
         job = _Job(start.job_id, spec, kms, train_ids=_train_ids(spec, start.datasets), exposure=exposure)
         _check_weights_stream(spec, start.datasets)
+        if spec.tuning is not None and RESUME_STREAM in start.datasets:
+            # A search's trials and their draws are not checkpointed: a resumed search could not be
+            # accounted as one repeat-and-select run. Refused before any key is used.
+            raise ConfigError("a tuning job cannot be resumed: run the search again as a new job")
         for index, stream_id in enumerate(start.datasets):
             begin = self._expect(channel, DatasetBegin)
             reader = DatasetStreamReader(
@@ -425,9 +429,9 @@ class EnclaveRuntime:
         header = sealed.header
         sealed.ledger = self._ledgers.open_store(header.ledger_location, header.dataset_id)
         plan = job.plan
-        segments = [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)]
+        segments, searches = plan.charge()
         check = check_header_budget(sealed.ledger, header, segments, plan.accountant,
-                                    accept_unprotected=self._ledgers.accept_unprotected)
+                                    accept_unprotected=self._ledgers.accept_unprotected, searches=searches)
         sealed.dataset_epsilon = check.spent
 
     def _reserve_budget(self, job: _Job, gate: EgressGate) -> None:
@@ -438,16 +442,17 @@ class EnclaveRuntime:
         steps = min(plan.steps, plan.max_steps_within_budget) - start
         if steps <= 0:
             return  # nothing left to run (the trainer refuses a checkpoint beyond the plan)
+        # A search is reserved whole, in place of the session's steps (one "search" entry).
+        segments = [] if plan.search is not None else [Segment(plan.sampling_rate, plan.noise_multiplier, steps)]
         for dataset_id in job.train_ids:
             sealed = job.sealed[dataset_id]
             assert sealed.ledger is not None and sealed.ledger_key is not None  # set on the way to the data key
             header = sealed.header
             reservation = reserve(
                 sealed.ledger, sealed.ledger_key, budget=dataset_budget(header), job_id=job.job_id,
-                accountant=plan.accountant, job_delta=plan.delta,
-                segments=[Segment(plan.sampling_rate, plan.noise_multiplier, steps)],
+                accountant=plan.accountant, job_delta=plan.delta, segments=segments,
                 nonce=self._nsm.get_random(NONCE_BYTES), now=lambda: int(self._clock().timestamp()),
-                accept_unprotected=self._ledgers.accept_unprotected,
+                accept_unprotected=self._ledgers.accept_unprotected, search=plan.search,
             )
             check = reservation.check
             sealed.dataset_epsilon = check.total

@@ -37,7 +37,6 @@ from enclave.ledger.chain import LedgerView
 from enclave.ledger.location import LOCAL_SCHEME
 from enclave.ledger.reserve import BudgetCheck, check_budget, dataset_budget, read_view
 from enclave.ledger.store import LedgerError, LedgerUnavailable
-from enclave.privacy.ledger import Segment
 from enclave.sealed.format import PAYLOAD, SealedHeader
 from enclave.sealed.public_schema import PublicSchema, public_schema
 from enclave.sealed.stream import read_header
@@ -90,7 +89,12 @@ def _ledger_json(check: BudgetCheck) -> dict[str, float]:
 
 def _plan_json(plan: PlannedRun) -> dict[str, Any]:
     # JSON has no infinity: an unbounded planned epsilon is null (its problem says "inf").
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(plan).items()}
+    fields = asdict(plan)
+    # A tuning job's search as stated in its ledger entry; no key at all for other jobs (their output is unchanged).
+    del fields["search"]
+    if plan.search is not None:
+        fields["search"] = plan.search.to_dict()
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in fields.items()}
 
 
 def check_job(
@@ -165,8 +169,8 @@ def _read_ledger(path: str, header: SealedHeader, plan: PlannedRun, s3_client: A
         view = read_ledger_view(header, s3_client)
         if view is None:
             return [], None
-        check = check_budget(view, [Segment(plan.sampling_rate, plan.noise_multiplier, plan.steps)],
-                             dataset_budget(header), plan.accountant)
+        segments, searches = plan.charge()
+        check = check_budget(view, segments, dataset_budget(header), plan.accountant, searches)
     except LedgerError as err:
         return [Problem(f"{path}: ledger", str(err))], None
     return [], check

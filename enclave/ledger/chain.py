@@ -11,6 +11,8 @@ The rules (the enclave's and `hermetic budget show`'s, one implementation):
   Only the ledger key's holders sign, and they chain onto what they verified, so a valid
   signature over a wrong `prev` means an earlier entry was rewritten or removed: refused
   (`LedgerDamaged`) rather than ignored, because ignoring it would under-count the spend.
+* Entries compose under the caller's accountant, unless a search entry is among them:
+  then the whole ledger composes in RDP (`enclave.privacy.searches.compose`).
 * A valid entry in a slot the store does not protect from deletion is refused unless the
   caller accepts unprotected slots (the local backend only); unprotected junk is ignored.
 """
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 
 from enclave.ledger.entry import InvalidEntry, LedgerEntry, decode_entry, stored_sha256
 from enclave.ledger.store import MAX_SLOTS, LedgerError, StoredSlot
-from enclave.privacy.ledger import Segment, compose_epsilon
+from enclave.privacy.ledger import Segment
+from enclave.privacy.searches import SearchCharge, compose
 
 
 class LedgerDamaged(LedgerError):
@@ -58,9 +61,12 @@ class LedgerView:
     def segments(self) -> list[Segment]:
         return [seg for e in self.entries for seg in e.entry.segments]
 
+    def searches(self) -> list[SearchCharge]:
+        return [e.entry.search for e in self.entries if e.entry.search is not None]
+
     def spent_epsilon(self, delta: float, accountant: str) -> float:
-        """Every valid entry's segments composed at `delta` (the dataset's) under `accountant`."""
-        return compose_epsilon(self.segments(), delta, accountant)
+        """Every valid entry composed at `delta` (the dataset's): under `accountant`, or in RDP with a search."""
+        return compose(self.segments(), self.searches(), delta, accountant)
 
 
 def verify_slots(

@@ -16,6 +16,17 @@ and `body` is the canonical CBOR map of a `LedgerEntry`::
     segments    [[q, sigma, steps], ...]   what the job may run
     created_at  uint    unix seconds (the enclave's clock; informational)
 
+A hyper-parameter search is one entry of version 2 and kind "search", with
+`segments` empty and one more key::
+
+    search      {"runs": [[q, sigma, steps], ...], "distribution": text, "mean": float,
+                 "shape": float | null}    (`enclave.privacy.searches.SearchCharge`)
+
+Version 2 because an older reader must not take the entry for a plain reservation:
+it refuses the unknown version as junk, and the prev chain of any later entry then
+shows the ledger damaged rather than under-counted. Reservations stay version 1,
+byte for byte, so existing ledgers and their known answers are unchanged.
+
 `decode_entry` checks the signature before it reads the body, and any defect raises
 `InvalidEntry`; what an invalid slot means for the ledger is `enclave.ledger.chain`'s call.
 """
@@ -32,12 +43,16 @@ from enclave.hazmat.ledger_key import SIGNATURE_BYTES, LedgerSigningKey, verify_
 from enclave.ledger.store import MAX_SLOT_BYTES, LedgerError
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from enclave.privacy.ledger import Segment
+from enclave.privacy.searches import SearchCharge
 
-__all__ = ["ENTRY_VERSION", "KIND_RESERVE", "InvalidEntry", "LedgerEntry", "decode_entry", "encode_entry",
-           "stored_sha256"]
+__all__ = ["ENTRY_VERSION", "KIND_RESERVE", "KIND_SEARCH", "SEARCH_VERSION", "InvalidEntry", "LedgerEntry",
+           "decode_entry", "encode_entry", "stored_sha256"]
 
 ENTRY_VERSION = 1
 KIND_RESERVE = "reserve"
+KIND_SEARCH = "search"
+SEARCH_VERSION = 2
+_VERSIONS = {KIND_RESERVE: ENTRY_VERSION, KIND_SEARCH: SEARCH_VERSION}
 NONCE_BYTES = 16
 MAX_SEGMENTS = 64
 _MAX_TEXT = 256
@@ -74,6 +89,7 @@ class LedgerEntry:
     created_at: int
     kind: str = KIND_RESERVE
     version: int = ENTRY_VERSION
+    search: SearchCharge | None = None  # kind "search" only
 
     def __post_init__(self) -> None:
         _text(self.dataset_id, "dataset_id")
@@ -84,15 +100,20 @@ class LedgerEntry:
         _text(self.job_id, "job_id")
         if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_BYTES:
             raise InvalidEntry(f"entry nonce must be {NONCE_BYTES} bytes")
-        if self.kind != KIND_RESERVE:
-            raise InvalidEntry(f"entry kind {self.kind!r} is not {KIND_RESERVE!r}")
-        if self.version != ENTRY_VERSION or isinstance(self.version, bool):
-            raise InvalidEntry(f"entry version {self.version!r} is not {ENTRY_VERSION}")
+        if not isinstance(self.kind, str) or self.kind not in _VERSIONS:
+            raise InvalidEntry(f"entry kind {self.kind!r} is not one of {', '.join(_VERSIONS)}")
+        if self.version != _VERSIONS[self.kind] or isinstance(self.version, bool):
+            raise InvalidEntry(f"entry version {self.version!r} is not {_VERSIONS[self.kind]} (kind {self.kind})")
         if not isinstance(self.accountant, str) or self.accountant not in ACCOUNTANT_NAMES:
             raise InvalidEntry(f"entry accountant {self.accountant!r} is not one of {sorted(ACCOUNTANT_NAMES)}")
         if not isinstance(self.delta, float) or not math.isfinite(self.delta) or not 0.0 < self.delta < 1.0:
             raise InvalidEntry("entry delta must be a float in (0, 1)")
-        if not isinstance(self.segments, tuple) or not 0 < len(self.segments) <= MAX_SEGMENTS:
+        if self.kind == KIND_SEARCH:
+            if not isinstance(self.search, SearchCharge) or self.segments != ():
+                raise InvalidEntry("a search entry has a search and no segments")
+        elif self.search is not None:
+            raise InvalidEntry("only a search entry has a search")
+        elif not isinstance(self.segments, tuple) or not 0 < len(self.segments) <= MAX_SEGMENTS:
             raise InvalidEntry(f"entry segments must be 1..{MAX_SEGMENTS} segments")
         if not all(isinstance(s, Segment) and s.steps > 0 for s in self.segments):
             raise InvalidEntry("entry segments must each run at least one step")
@@ -100,10 +121,13 @@ class LedgerEntry:
 
     @property
     def steps(self) -> int:
+        """Steps reserved; for a search, the longest trial's."""
+        if self.search is not None:
+            return max(r.steps for r in self.search.runs)
         return sum(s.steps for s in self.segments)
 
     def body(self) -> dict[str, Any]:
-        return {
+        body = {
             "version": self.version,
             "dataset_id": self.dataset_id,
             "seq": self.seq,
@@ -116,6 +140,9 @@ class LedgerEntry:
             "segments": [[s.q, s.sigma, s.steps] for s in self.segments],
             "created_at": self.created_at,
         }
+        if self.search is not None:
+            body["search"] = self.search.to_dict()
+        return body
 
     def body_bytes(self) -> bytes:
         return dumps(self.body())
@@ -147,9 +174,16 @@ def decode_entry(data: bytes, public_key: bytes) -> LedgerEntry:
     # Nothing in the body is read before the signature says the ledger key wrote it.
     if not verify_signature(public_key, sig, body):
         raise InvalidEntry("ledger entry signature does not verify with the dataset's ledger key")
-    fields = strict_loads(body, what="ledger entry body", error=InvalidEntry, canonical=dumps, max_depth=4)
-    if not isinstance(fields, dict) or set(fields) != _BODY_KEYS:
-        raise InvalidEntry(f"ledger entry body must have exactly the keys {', '.join(sorted(_BODY_KEYS))}")
+    fields = strict_loads(body, what="ledger entry body", error=InvalidEntry, canonical=dumps, max_depth=5)
+    keys = _BODY_KEYS | {"search"} if isinstance(fields, dict) and fields.get("kind") == KIND_SEARCH else _BODY_KEYS
+    if not isinstance(fields, dict) or set(fields) != keys:
+        raise InvalidEntry(f"ledger entry body must have exactly the keys {', '.join(sorted(keys))}")
+    search = None
+    if "search" in fields:
+        try:
+            search = SearchCharge.from_dict(fields["search"])
+        except HermeticError as err:
+            raise InvalidEntry(f"entry search is invalid: {err}") from None
     raw_segments = fields["segments"]
     if not isinstance(raw_segments, list) or len(raw_segments) > MAX_SEGMENTS:
         raise InvalidEntry(f"entry segments must be a list of at most {MAX_SEGMENTS}")
@@ -174,4 +208,5 @@ def decode_entry(data: bytes, public_key: bytes) -> LedgerEntry:
         created_at=fields["created_at"],
         kind=fields["kind"],
         version=fields["version"],
+        search=search,
     )

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.ledger.chain import LedgerView, verify_slots
-from enclave.ledger.entry import LedgerEntry, encode_entry
+from enclave.ledger.entry import ENTRY_VERSION, KIND_RESERVE, KIND_SEARCH, SEARCH_VERSION, LedgerEntry, encode_entry
 from enclave.ledger.store import LedgerError, LedgerStore, LedgerUnavailable
-from enclave.privacy.ledger import Segment, compose_epsilon
+from enclave.privacy.ledger import Segment
+from enclave.privacy.searches import SearchCharge, compose
 from enclave.sealed.format import SealedHeader
 
 log = logging.getLogger(__name__)
@@ -90,21 +91,27 @@ def ledger_signing_key(header: SealedHeader, data_key: bytes) -> LedgerSigningKe
     return key
 
 
-def assess(view: LedgerView, segments: Sequence[Segment], budget: Budget, accountant: str) -> BudgetCheck:
+def assess(view: LedgerView, segments: Sequence[Segment], budget: Budget, accountant: str,
+           searches: Sequence[SearchCharge] = ()) -> BudgetCheck:
     spent = view.spent_epsilon(budget.delta, accountant)
-    job = compose_epsilon(segments, budget.delta, accountant)
-    total = compose_epsilon([*view.segments(), *segments], budget.delta, accountant)
+    job = compose(segments, searches, budget.delta, accountant)
+    total = compose([*view.segments(), *segments], [*view.searches(), *searches], budget.delta, accountant)
     return BudgetCheck(spent=spent, job=job, total=total, max_epsilon=budget.max_epsilon)
 
 
-def check_budget(view: LedgerView, segments: Sequence[Segment], budget: Budget, accountant: str) -> BudgetCheck:
-    """The check; raises LedgerBudgetExceeded (spent and remaining epsilon in its message) if it does not fit."""
-    check = assess(view, segments, budget, accountant)
+def check_budget(view: LedgerView, segments: Sequence[Segment], budget: Budget, accountant: str,
+                 searches: Sequence[SearchCharge] = ()) -> BudgetCheck:
+    """The check; raises LedgerBudgetExceeded (spent and remaining epsilon in its message) if it does not fit.
+
+    With a search in the ledger or the job, every epsilon here is the RDP composition.
+    """
+    check = assess(view, segments, budget, accountant, searches)
     if not check.fits:
         raise LedgerBudgetExceeded(
             f"dataset {budget.dataset_id!r} has spent epsilon {check.spent:.4f} of its {budget.max_epsilon:g} "
             f"(remaining {check.remaining:.4f}, delta {budget.delta:g}, {len(view.entries)} entries); this job "
-            f"(epsilon {check.job:.4f} alone) would bring it to {check.total:.4f} ({accountant})"
+            f"(epsilon {check.job:.4f} alone) would bring it to {check.total:.4f} "
+            f"({'rdp, with a search' if searches or view.searches() else accountant})"
         )
     return check
 
@@ -116,12 +123,13 @@ def read_view(store: LedgerStore, *, public_key: bytes, dataset_id: str, accept_
 
 
 def check_header_budget(
-    store: LedgerStore, header: SealedHeader, segments: Sequence[Segment], accountant: str, *, accept_unprotected: bool
+    store: LedgerStore, header: SealedHeader, segments: Sequence[Segment], accountant: str, *, accept_unprotected: bool,
+    searches: Sequence[SearchCharge] = (),
 ) -> BudgetCheck:
-    """The header's ledger, read and verified with its key, plus `segments` against its cap (check_budget)."""
+    """The header's ledger, read and verified with its key, plus the job against its cap (check_budget)."""
     view = read_view(store, public_key=header.ledger_public_key, dataset_id=header.dataset_id,
                      accept_unprotected=accept_unprotected)
-    return check_budget(view, segments, dataset_budget(header), accountant)
+    return check_budget(view, segments, dataset_budget(header), accountant, searches)
 
 @dataclass(frozen=True)
 class Reservation:
@@ -141,15 +149,23 @@ def reserve(
     nonce: bytes,
     now: Callable[[], int],
     accept_unprotected: bool,
+    search: SearchCharge | None = None,
 ) -> Reservation:
-    """Write this job's reservation into the ledger (see the module docstring); raises LedgerError."""
+    """Write this job's reservation into the ledger (see the module docstring); raises LedgerError.
+
+    A search is reserved whole, in one entry of kind "search" (and no `segments`), before its
+    first trial: its cost is the repeat-and-select bound, not a count of steps run.
+    """
+    searches = () if search is None else (search,)
     for _ in range(MAX_ATTEMPTS):
         view = read_view(store, public_key=key.public_key, dataset_id=budget.dataset_id,
                          accept_unprotected=accept_unprotected)
-        check = check_budget(view, segments, budget, accountant)
+        check = check_budget(view, segments, budget, accountant, searches)
         entry = LedgerEntry(
             dataset_id=budget.dataset_id, seq=view.next_seq, prev=view.head, job_id=job_id, nonce=nonce,
             accountant=accountant, delta=job_delta, segments=tuple(segments), created_at=now(),
+            kind=KIND_RESERVE if search is None else KIND_SEARCH,
+            version=ENTRY_VERSION if search is None else SEARCH_VERSION, search=search,
         )
         data = encode_entry(entry, key)
         if not store.create(entry.seq, data):

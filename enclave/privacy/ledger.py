@@ -35,6 +35,14 @@ class Segment:
     def to_dict(self) -> dict[str, Any]:
         return {"q": self.q, "sigma": self.sigma, "steps": self.steps}
 
+    @classmethod
+    def from_triple(cls, item: Any) -> Segment:
+        """A segment stored as [q float, sigma float, steps int], strict about types; PrivacyParameterError."""
+        if (not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], float)
+                or not isinstance(item[1], float) or isinstance(item[2], bool) or not isinstance(item[2], int)):
+            raise PrivacyParameterError("a segment is [q float, sigma float, steps int]")
+        return cls(item[0], item[1], item[2])
+
 
 def compose_epsilon(segments: Iterable[Segment], delta: float, accountant: str) -> float:
     """Epsilon at `delta` of all `segments` composed, under `accountant`."""
