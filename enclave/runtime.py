@@ -91,7 +91,8 @@ from enclave.training.modelfmt.limits import MAX_WEIGHTS_BYTES
 from enclave.training.modelfmt.weights import Weights, check_weights, open_weights
 from enclave.training.plan import PlannedRun, plan_run
 from enclave.training.spec import JobSpec
-from enclave.training.trainer import PublicTable, Trainer, TrainingDataset, TrainingInputs
+from enclave.training.trainer import PublicTable, TrainingDataset, TrainingInputs
+from enclave.training.tuning import job_trainer
 from enclave.transport.address import Address
 from enclave.transport.channel import Channel, ChannelListener
 from enclave.transport.errors import (
@@ -225,7 +226,7 @@ class EnclaveRuntime:
         kms_clients: KmsClientFactory,
         *,
         clock: Clock = utc_now,
-        training_loop: TrainingLoopFactory = Trainer,
+        training_loop: TrainingLoopFactory = job_trainer,
         limits: RuntimeLimits = RuntimeLimits(),
         ledgers: LedgerBackends = NO_LEDGERS,
     ) -> None:

@@ -28,7 +28,7 @@ from enclave.ledger.s3 import S3LedgerStore
 from enclave.ledger.store import LedgerStore, LedgerUnavailable
 from enclave.nsm.interface import Nsm
 from enclave.runtime import Clock, EnclaveRuntime, TrainingLoopFactory, utc_now
-from enclave.training.trainer import Trainer
+from enclave.training.tuning import job_trainer
 from enclave.transport.address import Address
 from enclave.transport.forwarder import TcpForwarder
 from enclave.transport.framing import FramedListener
@@ -68,7 +68,7 @@ class SocketEnclave:
         nsm: Nsm,
         *,
         clock: Clock = utc_now,
-        training_loop: TrainingLoopFactory = Trainer,
+        training_loop: TrainingLoopFactory = job_trainer,
         ledgers: LedgerBackends = NO_LEDGERS,
         s3_ledgers: bool = False,
     ) -> None:

@@ -34,6 +34,18 @@ CBOR of the job's declarative model (`enclave.training.modelfmt`, `ModelFormat.s
 the inline model of the spec or the preset it names. A verifier holding the spec
 recomputes it (`JobSpec.model_sha256`); `model_sha256` remains the hash of the trained
 weights. Version 5 added it.
+
+A tuning job's body is version 6: the version 5 fields and `search`, the hyper-parameter
+search it ran (`SearchRecord`): the trial count's distribution, mean and shape (null
+unless truncated negative binomial), the candidate `grid` (key -> values), the distinct
+`runs` ({"q", "sigma", "steps"}) its candidates may run, the `metric` selected on, the
+number of `trials` run, and the `selected` candidate (key -> value) with its `score`
+(an empty map and null when no trial ran, which a Poisson count allows). The run
+fields (sampling_rate, steps, ledger, ...) are then the selected trial's, and `epsilon`
+holds one value, "rdp": the whole search's repeat-and-select epsilon, which is what
+`runs`, distribution, mean and shape let a verifier recompute. Bodies of other jobs
+stay version 5, byte for byte; a body with no trial states steps 0, an empty ledger,
+and NO_OUTPUT for the model and checkpoint hashes.
 """
 from __future__ import annotations
 
@@ -56,11 +68,18 @@ __all__ = [
     "PublicDatasetRecord",
     "ReleasedMetric",
     "ResumedFrom",
+    "SearchRecord",
     "encode_body",
     "wire_map",
 ]
 
 BODY_VERSION = 5
+SEARCH_BODY_VERSION = 6
+#: The model and checkpoint hash of a search that ran no trial: nothing was released.
+NO_OUTPUT = "0" * 64
+MAX_GRID_KEYS = 8
+MAX_GRID_VALUES = 16
+MAX_SEARCH_RUNS = 256
 #: The unit of privacy and the neighbouring relation every epsilon here is stated for
 #: (module docstring); the accountants cover no other.
 PRIVACY_UNIT = "record"
@@ -219,8 +238,8 @@ class ResumedFrom:
         _count(self.step, "resumed_from step")
 
 
-def _segment(value: Any, index: int) -> Mapping[str, Any]:
-    what = f"ledger[{index}]"
+def _segment(value: Any, index: int, where: str = "ledger") -> Mapping[str, Any]:
+    what = f"{where}[{index}]"
     if isinstance(value, Mapping):
         if set(value) != set(LEDGER_KEYS):
             raise MalformedCertificate(f"{what} must have exactly the keys q, sigma, steps")
@@ -234,6 +253,55 @@ def _segment(value: Any, index: int) -> Mapping[str, Any]:
         {"q": _real(q, f"{what}.q"), "sigma": _real(sigma, f"{what}.sigma"),
          "steps": _count(steps, f"{what}.steps")}
     )
+
+
+def _grid_value(value: Any, what: str) -> float | int:
+    return _count(value, what) if type(value) is int else _real(value, what)
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """A tuning job's hyper-parameter search (module docstring)."""
+
+    distribution: str
+    mean: float
+    shape: float | None
+    grid: Mapping[str, tuple[float | int, ...]] = field(hash=False)
+    runs: tuple[Mapping[str, Any], ...] = field(hash=False)
+    metric: str
+    trials: int
+    selected: Mapping[str, float | int] = field(hash=False)
+    score: float | None
+
+    def __post_init__(self) -> None:
+        _text(self.distribution, "search distribution", limit=64)
+        object.__setattr__(self, "mean", _real(self.mean, "search mean"))
+        if self.shape is not None:
+            object.__setattr__(self, "shape", _real(self.shape, "search shape"))
+        grid = checked_mapping(self.grid, "search grid")
+        if not 1 <= len(grid) <= MAX_GRID_KEYS:
+            raise MalformedCertificate(f"search grid has {len(grid)} keys, expected 1..{MAX_GRID_KEYS}")
+        object.__setattr__(self, "grid", _frozen({
+            _text(k, "search grid key", limit=64): tuple(
+                _grid_value(v, f"search grid {k!r}") for v in _sequence(values, f"search grid {k!r}", MAX_GRID_VALUES))
+            for k, values in grid.items()}))
+        runs = _sequence(self.runs, "search runs", MAX_SEARCH_RUNS)
+        object.__setattr__(self, "runs", tuple(_segment(r, i, "search runs") for i, r in enumerate(runs)))
+        _text(self.metric, "search metric", limit=MAX_TEXT)
+        _count(self.trials, "search trials")
+        selected = checked_mapping(self.selected, "search selected")
+        object.__setattr__(self, "selected", _frozen({
+            _text(k, "search selected key", limit=64): _grid_value(v, f"search selected {k!r}")
+            for k, v in selected.items()}))
+        if self.score is not None:
+            object.__setattr__(self, "score", _real(self.score, "search score"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "distribution": self.distribution, "mean": self.mean, "shape": self.shape,
+            "grid": {k: list(v) for k, v in self.grid.items()}, "runs": [dict(r) for r in self.runs],
+            "metric": self.metric, "trials": self.trials, "selected": dict(self.selected), "score": self.score,
+        }
 
 
 # --- the body ---------------------------------------------------------------------------
@@ -269,10 +337,17 @@ class CertificateBody:
     resumed_from: ResumedFrom | None = None
     privacy_unit: str = PRIVACY_UNIT
     neighbouring: str = NEIGHBOURING
+    # A tuning job's search (version 6 only); None for every other job (version 5).
+    search: SearchRecord | None = None
 
     def __post_init__(self) -> None:
-        if type(self.version) is not int or self.version != BODY_VERSION:
-            raise MalformedCertificate(f"certificate body version must be {BODY_VERSION}")
+        expected = BODY_VERSION if self.search is None else SEARCH_BODY_VERSION
+        if type(self.version) is not int or self.version != expected:
+            raise MalformedCertificate(
+                f"certificate body version must be {expected} for a body {'with' if self.search else 'without'} "
+                f"a search")
+        if self.search is not None and type(self.search) is not SearchRecord:
+            raise MalformedCertificate("search is not a SearchRecord or null")
         if self.privacy_unit != PRIVACY_UNIT or type(self.privacy_unit) is not str:
             raise MalformedCertificate(f"the privacy unit must be {PRIVACY_UNIT!r}, the one the accounting covers")
         if self.neighbouring != NEIGHBOURING or type(self.neighbouring) is not str:
@@ -386,7 +461,7 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
             "sealed_sha256": body.resumed_from.sealed_sha256, "step": body.resumed_from.step},
         "privacy_unit": body.privacy_unit,
         "neighbouring": body.neighbouring,
-    }
+    } | ({} if body.search is None else {"search": body.search.to_wire()})
 
 
 def encode_body(body: CertificateBody) -> bytes:

@@ -4,6 +4,11 @@ These checks need nothing but the body: the enclave runs them before it signs
 (an inconsistent certificate never leaves) and the verifier runs them after the
 attestation binding holds. Replaying the ledger is the verifier's alone
 (`parent.verify.accounting`).
+
+A tuning job's body (`search`) is checked for what a search must look like: RDP
+accounting with its one epsilon, a selected run that is one of the search's runs at
+the body's noise, the selected score being the selection metric released, and no
+run, model or checkpoint at all when no trial ran.
 """
 from __future__ import annotations
 
@@ -13,14 +18,16 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from enclave.certificate.body import CertificateBody
+from enclave.certificate.body import NO_OUTPUT, CertificateBody, SearchRecord
 from enclave.certificate.errors import (
     BudgetExceeded,
     CertificatePcrMismatch,
     InconsistentCertificate,
 )
-from enclave.errors import SealedDataError
+from enclave.errors import HermeticError, SealedDataError
 from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
+from enclave.privacy.ledger import Segment
+from enclave.privacy.searches import SearchCharge
 from enclave.sealed.format import validate_encryption_context
 
 __all__ = [
@@ -105,7 +112,46 @@ def _check_pcrs(body: CertificateBody) -> None:
         )
 
 
+def search_charge(search: SearchRecord) -> SearchCharge:
+    """The search a body states, as the accountant takes it; InconsistentCertificate if it is not one."""
+    try:
+        return SearchCharge(tuple(Segment(r["q"], r["sigma"], r["steps"]) for r in search.runs),
+                            search.distribution, search.mean, search.shape)
+    except HermeticError as err:
+        raise InconsistentCertificate(f"the certificate's search is not one the accountant takes: {err}") from None
+
+
+def _check_search(body: CertificateBody, search: SearchRecord) -> None:
+    charge = search_charge(search)
+    if body.accountant != "rdp" or set(body.epsilon) != {"rdp"}:
+        raise InconsistentCertificate("a search is accounted in RDP alone: accountant and epsilon must be rdp only")
+    if any(run.sigma != body.noise_multiplier for run in charge.runs):
+        raise InconsistentCertificate("the search's runs do not all use the body's noise_multiplier")
+    if search.trials == 0:
+        if body.ledger or body.steps or search.selected or search.score is not None or body.metrics:
+            raise InconsistentCertificate("a search that ran no trial states no run, selection, score or metric")
+        if body.model_sha256 != NO_OUTPUT or body.checkpoint_sha256 != NO_OUTPUT:
+            raise InconsistentCertificate("a search that ran no trial released no model or checkpoint")
+        return
+    if len(body.ledger) != 1:
+        raise InconsistentCertificate("a search's certificate states the selected trial's one segment")
+    only = body.ledger[0]
+    if Segment(only["q"], only["sigma"], only["steps"]) not in charge.runs:
+        raise InconsistentCertificate("the selected trial's run is not one of the search's runs")
+    if not search.selected or set(search.selected) != set(search.grid):
+        raise InconsistentCertificate("the selected candidate must set every key of the grid")
+    for key, value in search.selected.items():
+        if value not in search.grid[key]:
+            raise InconsistentCertificate(f"the selected {key} is not one of the grid's values")
+    released = [m.value for m in body.metrics if m.name == search.metric]
+    if released != [search.score]:
+        raise InconsistentCertificate("the selected score must be the one release of the selection metric")
+
+
 def _check_dp_parameters(body: CertificateBody) -> None:
+    if body.search is not None and body.search.trials == 0:
+        _check_search(body, body.search)
+        return
     if not 0.0 < body.sampling_rate <= 1.0:
         raise InconsistentCertificate(f"sampling_rate {body.sampling_rate!r} is outside (0, 1]")
     if not body.noise_multiplier > 0.0:
@@ -123,6 +169,8 @@ def _check_dp_parameters(body: CertificateBody) -> None:
             raise InconsistentCertificate(f"ledger[{i}].sigma {segment['sigma']!r} is not positive")
         if segment["steps"] < 1:
             raise InconsistentCertificate(f"ledger[{i}].steps must be at least 1")
+    if body.search is not None:
+        _check_search(body, body.search)
     total = sum(segment["steps"] for segment in body.ledger)
     if total != body.steps:
         raise InconsistentCertificate(f"steps {body.steps} differs from the ledger's {total}")

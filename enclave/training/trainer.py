@@ -223,6 +223,9 @@ class Trainer:
 
     def run(self) -> str:
         inp, spec, plan = self._in, self._in.spec, self._in.plan
+        if spec.tuning is not None or plan.search is not None:
+            # Its reservation is a search's: one plain run of it would be accounted as nothing.
+            raise RuntimeFailure("a tuning job runs as a search (enclave.training.tuning), not as one run")
         started = inp.clock()
         # Each step frees and reallocates the same temporaries; keep them mapped.
         retain_freed_memory()
@@ -293,23 +296,9 @@ class Trainer:
             spec_sha256=spec.sha256,
             model_spec_sha256=job.format.sha256,
             pcrs={i: inp.nsm.describe_pcr(i).value.hex() for i in PCR_INDICES},
-            datasets=tuple(
-                DatasetRecord(
-                    dataset_id=d.opened.dataset_id,
-                    sealed_sha256=d.sealed_sha256,
-                    key_id=d.opened.header.key_id,
-                    encryption_context=dict(d.opened.header.encryption_context),
-                    records=d.opened.records,
-                    # The job's whole ledger at this dataset's delta: each owner's cap is at its own.
-                    epsilon=compose_epsilon(ledger.segments, d.opened.header.delta, plan.accountant),
-                    dataset_epsilon=d.dataset_epsilon,
-                )
-                for d in inp.train
-            ),
-            public_datasets=tuple(
-                PublicDatasetRecord(name=p.name, sha256=p.sha256, records=p.table.num_rows)
-                for p in inp.public.values()
-            ),
+            # The job's whole ledger at each dataset's delta: each owner's cap is at its own.
+            datasets=self._dataset_records(lambda delta: compose_epsilon(ledger.segments, delta, plan.accountant)),
+            public_datasets=self._public_records(),
             sampling_rate=plan.sampling_rate,
             noise_multiplier=plan.noise_multiplier,
             max_grad_norm=spec.privacy.max_grad_norm,
@@ -337,6 +326,25 @@ class Trainer:
         return summary
 
     # ------------------------------------------------------------------ pieces
+
+    def _dataset_records(self, epsilon_at: Callable[[float], float]) -> tuple[DatasetRecord, ...]:
+        """The certificate's dataset records, with this job's epsilon at each dataset's delta."""
+        return tuple(
+            DatasetRecord(
+                dataset_id=d.opened.dataset_id,
+                sealed_sha256=d.sealed_sha256,
+                key_id=d.opened.header.key_id,
+                encryption_context=dict(d.opened.header.encryption_context),
+                records=d.opened.records,
+                epsilon=epsilon_at(d.opened.header.delta),
+                dataset_epsilon=d.dataset_epsilon,
+            )
+            for d in self._in.train
+        )
+
+    def _public_records(self) -> tuple[PublicDatasetRecord, ...]:
+        return tuple(PublicDatasetRecord(name=p.name, sha256=p.sha256, records=p.table.num_rows)
+                     for p in self._in.public.values())
 
     @property
     def _job(self) -> JobModel:
@@ -410,9 +418,10 @@ class Trainer:
             return table, self._transform.features(self._job.input, rows), labels
         return table, rows, labels
 
-    def _release_metrics(
-        self, model: nn.Module, public: tuple[PublicTable, np.ndarray | torch.Tensor, torch.Tensor], step: int
-    ) -> None:
+    def _evaluate(
+        self, model: nn.Module, public: tuple[PublicTable, np.ndarray | torch.Tensor, torch.Tensor]
+    ) -> list[tuple[str, float]]:
+        """("metric/public set", value) of `model` on the public set; nothing is released here."""
         table, rows, labels = public
         net: nn.Module = model
         if isinstance(rows, torch.Tensor):
@@ -423,10 +432,13 @@ class Trainer:
         else:
             pixels, model_input = rows, self._job.input
             outputs = outputs_of(net, lambda part: model_input.tensor(pixels[part]), len(pixels))
-        for metric_name, value in public_metrics(outputs, labels, self._job.target):
-            metric = ReleasedMetric(
-                name=f"{metric_name}/{table.name}", value=value, kind="public_eval", step=step, epsilon_cost=0.0
-            )
+        return [(f"{name}/{table.name}", value) for name, value in public_metrics(outputs, labels, self._job.target)]
+
+    def _release_metrics(
+        self, model: nn.Module, public: tuple[PublicTable, np.ndarray | torch.Tensor, torch.Tensor], step: int
+    ) -> None:
+        for name, value in self._evaluate(model, public):
+            metric = ReleasedMetric(name=name, value=value, kind="public_eval", step=step, epsilon_cost=0.0)
             self._metrics.append(metric)
             self._gate.send(MetricRelease(name=metric.name, value=value, kind=metric.kind, step=step))
 
@@ -438,8 +450,10 @@ class Trainer:
         step: int,
         *,
         final: bool,
+        sampling_rate: float | None = None,
     ) -> bytes:
         inp = self._in
+        q = inp.plan.sampling_rate if sampling_rate is None else sampling_rate
         state = CheckpointState(
             job_id=inp.job_id,
             spec_sha256=inp.spec.sha256,
@@ -447,7 +461,7 @@ class Trainer:
             model_state=model.state_dict(),
             optimizer_state=optimizer.state_dict(),
             ledger=ledger.to_dict(),
-            sampler=SamplerState(steps=step, q=inp.plan.sampling_rate),
+            sampler=SamplerState(steps=step, q=q),
             metrics=tuple(
                 {"name": m.name, "value": m.value, "kind": m.kind, "step": m.step, "epsilon_cost": m.epsilon_cost}
                 for m in self._metrics

@@ -12,12 +12,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from enclave.certificate.body import CertificateBody, SearchRecord
+from enclave.certificate.checks import search_charge
 from enclave.certificate.errors import InconsistentCertificate
 from enclave.errors import HermeticError
 from enclave.privacy.accountants import ACCOUNTANTS, NAMES
 from enclave.privacy.ledger import PrivacyLedger
+from enclave.privacy.searches import compose
 
-__all__ = ["REL_TOLERANCE", "recompute_epsilon"]
+__all__ = ["REL_TOLERANCE", "recompute_body_epsilons", "recompute_epsilon", "recompute_search_epsilon"]
 
 #: Stated values may differ from the replay only by float noise, never by a real amount.
 REL_TOLERANCE = 1e-6
@@ -40,3 +43,22 @@ def recompute_epsilon(segments: Sequence[Mapping[str, Any]], delta: float, accou
     if math.isnan(value) or value < 0:
         raise InconsistentCertificate(f"the {accountant} accountant returned {value!r}")
     return value
+
+
+def recompute_search_epsilon(search: SearchRecord, delta: float) -> float:
+    """The whole search's epsilon at `delta`: repeat-and-select over its stated runs (RDP)."""
+    charge = search_charge(search)
+    try:
+        value = float(compose([], [charge], delta, "rdp"))
+    except (HermeticError, ValueError, ArithmeticError) as err:
+        raise InconsistentCertificate(f"the search's epsilon cannot be recomputed: {err}") from None
+    if math.isnan(value) or value < 0:
+        raise InconsistentCertificate(f"the search's epsilon recomputed as {value!r}")
+    return value
+
+
+def recompute_body_epsilons(body: CertificateBody, delta: float) -> dict[str, float]:
+    """Every accountant's epsilon of the body's job at `delta`: its ledger, or for a search (rdp only) the search."""
+    if body.search is not None:
+        return {"rdp": recompute_search_epsilon(body.search, delta)}
+    return {name: recompute_epsilon(body.ledger, delta, name) for name in NAMES}

@@ -2,7 +2,8 @@
 
 Only the exact canonical bytes of a v5 body decode (v2 added the unit of privacy and
 the neighbouring relation, v3 the resume lineage, v4 each dataset's own epsilon, v5 the
-hash of the job's declarative model, model_spec_sha256; older bodies are refused);
+hash of the job's declarative model, model_spec_sha256; older bodies are refused), or of a
+v6 body, a tuning job's: the v5 fields and its `search`;
 every field is type-checked
 again here, so a crafted file cannot smuggle an int where a float is attested.
 """
@@ -22,6 +23,7 @@ from enclave.certificate.body import (
     PublicDatasetRecord,
     ReleasedMetric,
     ResumedFrom,
+    SearchRecord,
     checked_mapping,
     wire_map,
 )
@@ -41,7 +43,8 @@ def body_to_json(body: CertificateBody) -> dict[str, Any]:
     return wire
 
 
-_BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
+_SEARCH_BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
+_BODY_KEYS = tuple(k for k in _SEARCH_BODY_KEYS if k != "search")
 _FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta"})
 
 
@@ -108,6 +111,22 @@ def _decode_resumed_from(raw: Any) -> ResumedFrom | None:
     return ResumedFrom(sealed_sha256=m["sealed_sha256"], step=m["step"])
 
 
+def _decode_search(raw: Any) -> SearchRecord:
+    m = _keys(raw, tuple(f.name for f in fields(SearchRecord)), "search")
+    _wire_float(m["mean"], "search mean")
+    for key in ("shape", "score"):
+        if m[key] is not None:
+            _wire_float(m[key], f"search {key}")
+    grid = checked_mapping(m["grid"], "search grid")
+    return SearchRecord(
+        distribution=m["distribution"], mean=m["mean"], shape=m["shape"],
+        grid={k: tuple(_wire_list(v, f"search grid {str(k)[:32]!r}")) for k, v in grid.items()},
+        runs=tuple(_decode_segment(r, i) for i, r in enumerate(_wire_list(m["runs"], "search runs"))),
+        metric=m["metric"], trials=m["trials"], selected=checked_mapping(m["selected"], "search selected"),
+        score=m["score"],
+    )
+
+
 def decode_body(data: bytes) -> CertificateBody:
     """Parse canonical body bytes; MalformedCertificate for anything not exactly a current (v5) body."""
     if not isinstance(data, (bytes, bytearray)):
@@ -117,7 +136,8 @@ def decode_body(data: bytes) -> CertificateBody:
     item = strict_loads(
         bytes(data), what="certificate body", error=MalformedCertificate, canonical=dumps_f64, max_depth=MAX_DEPTH
     )
-    raw = _keys(item, _BODY_KEYS, "certificate body")
+    tuning = isinstance(item, Mapping) and "search" in item
+    raw = _keys(item, _SEARCH_BODY_KEYS if tuning else _BODY_KEYS, "certificate body")
     for name in _FLOAT_FIELDS:
         _wire_float(raw[name], name)
     epsilon = checked_mapping(raw["epsilon"], "epsilon")
@@ -158,4 +178,5 @@ def decode_body(data: bytes) -> CertificateBody:
         resumed_from=_decode_resumed_from(raw["resumed_from"]),
         privacy_unit=raw["privacy_unit"],
         neighbouring=raw["neighbouring"],
+        search=_decode_search(raw["search"]) if tuning else None,
     )

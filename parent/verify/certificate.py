@@ -34,7 +34,7 @@ from enclave.certificate.errors import (
 )
 from enclave.certificate.issue import body_digest
 from enclave.privacy.accountants import NAMES
-from parent.verify.accounting import REL_TOLERANCE, recompute_epsilon
+from parent.verify.accounting import REL_TOLERANCE, recompute_body_epsilons
 from parent.verify.attestation import verify_attestation
 from parent.verify.body import decode_body
 from parent.verify.envelope import decode_envelope
@@ -116,9 +116,7 @@ def verify_certificate(
             f"{document.timestamp.isoformat()} (allowed clock skew {DEFAULT_CLOCK_SKEW})"
         )
 
-    recomputed = {
-        name: recompute_epsilon(body.ledger, body.delta, name) for name in NAMES
-    }
+    recomputed = recompute_body_epsilons(body, body.delta)
     for name, stated in body.epsilon.items():
         truth = recomputed[name]
         if stated < truth * (1.0 - REL_TOLERANCE):
@@ -148,7 +146,7 @@ def _check_dataset_epsilon(body: CertificateBody, record: DatasetRecord) -> None
     """The job's epsilon on one dataset, recomputed at that dataset's delta, against its own cap."""
     name = record.dataset_id[:64]
     delta, cap = float(record.encryption_context["delta"]), float(record.encryption_context["max_epsilon"])
-    truth = recompute_epsilon(body.ledger, delta, body.accountant)
+    truth = recompute_body_epsilons(body, delta)[body.accountant]
     if record.epsilon < truth * (1.0 - REL_TOLERANCE):
         raise StatedEpsilonTooLow(
             f"dataset {name!r}: stated epsilon {record.epsilon!r} is lower than the recomputed {truth!r} at its delta"
