@@ -10,20 +10,27 @@ the job, at the dataset's delta, under the job's accountant.
 "How many more such jobs fit" is the largest k for which the ledger's entries and k copies
 of this run compose to at most the cap. Composition is sub-additive, so k is usually more
 than remaining / job epsilon; it is searched, not divided.
+
+A tuning job's run is its whole search (`enclave.privacy.searches`): the plan states the
+search's epsilon and, for comparison, the epsilon of its costliest candidate run once at
+the same noise (what the job would spend without tuning); ledgers then compose in RDP,
+as the enclave composes any ledger holding a search, and "more jobs" counts searches.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from enclave.errors import ConfigError
 from enclave.ledger.reserve import BUDGET_RTOL
+from enclave.privacy import rdp
 from enclave.privacy.calibration import epsilon, noise_multiplier
-from enclave.privacy.ledger import Segment, compose_epsilon
+from enclave.privacy.ledger import Segment
+from enclave.privacy.searches import SearchCharge, compose
 from enclave.sealed.format import PAYLOAD, SealedHeader
-from enclave.training.budget import plan_budget, spec_noise_multiplier
+from enclave.training.budget import plan_budget, search_charge, search_runs, search_sigma, spec_noise_multiplier
 from enclave.training.spec import JobSpec
 
 # Past this many, "more than MAX_MORE_JOBS" is all a user needs to know.
@@ -46,15 +53,25 @@ class RunPlan:
     accountant: str
     delta: float
     epsilon: float
+    # A tuning job's search; the run fields are then its costliest candidate's, once.
+    search: SearchCharge | None = None
 
     @property
     def segment(self) -> Segment:
         return Segment(self.sampling_rate, self.noise_multiplier, self.steps)
 
+    @property
+    def without_tuning(self) -> float:
+        """The costliest candidate run once at the search's noise (the run's own epsilon without a search)."""
+        return epsilon(self.sampling_rate, self.noise_multiplier, self.steps, self.delta, self.accountant)
+
     def to_json(self) -> dict[str, Any]:
-        return {"sampling_rate": self.sampling_rate, "steps": self.steps, "noise_multiplier": self.noise_multiplier,
-                "accountant": self.accountant, "delta": self.delta, "epsilon": json_float(self.epsilon),
-                "records": self.records}
+        out = {"sampling_rate": self.sampling_rate, "steps": self.steps, "noise_multiplier": self.noise_multiplier,
+               "accountant": self.accountant, "delta": self.delta, "epsilon": json_float(self.epsilon),
+               "records": self.records}
+        if self.search is not None:
+            out["search"] = self.search.to_dict() | {"epsilon_without_tuning": json_float(self.without_tuning)}
+        return out
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,12 @@ class BudgetPlanReport:
 def plan_for_records(spec: JobSpec, records: int) -> RunPlan:
     """The spec's run on `records` records, as `plan_budget` computes it, without any dataset's cap."""
     privacy = spec.privacy
+    if spec.tuning is not None:
+        runs = search_runs(spec, records)
+        charge = search_charge(spec, runs, search_sigma(spec, runs))
+        costliest = max(charge.runs, key=lambda r: epsilon(r.q, r.sigma, r.steps, privacy.delta, "rdp"))
+        return RunPlan(records, costliest.q, costliest.steps, costliest.sigma, "rdp", privacy.delta,
+                       compose([], [charge], privacy.delta, "rdp"), charge)
     q = spec.sampling_rate(records)
     steps = spec.steps_for(records)
     sigma = spec_noise_multiplier(spec, q, steps)
@@ -128,7 +151,7 @@ def plan_for_headers(spec: JobSpec, headers: Sequence[SealedHeader]) -> tuple[Ru
         raise ConfigError(f"no run can be planned: {'; '.join(breaches)}")
     p = budget.planned
     return RunPlan(p.records, p.sampling_rate, p.steps, p.noise_multiplier, p.accountant, p.delta,
-                   p.planned_epsilon), breaches
+                   p.planned_epsilon, p.search), breaches
 
 
 def check_datasets(spec: JobSpec, sealed: Sequence[tuple[str, SealedHeader]]) -> None:
@@ -143,21 +166,34 @@ def check_datasets(spec: JobSpec, sealed: Sequence[tuple[str, SealedHeader]]) ->
                           f"{', '.join(map(repr, sorted(given)))}")
 
 
-def fits(ledger: Sequence[Segment], job: Segment, copies: int, cap: float, delta: float, accountant: str) -> bool:
-    """Whether the ledger and `copies` runs of `job` compose within the cap (`BudgetCheck.fits`'s slack)."""
+def fits(ledger: Sequence[Segment], job: Segment, copies: int, cap: float, delta: float, accountant: str,
+         searches: Sequence[SearchCharge] = ()) -> bool:
+    """Whether the ledger (its `searches` too) and `copies` runs of `job` compose within the cap."""
     more = Segment(job.q, job.sigma, job.steps * copies)
-    return compose_epsilon([*ledger, more], delta, accountant) <= cap * (1 + BUDGET_RTOL)
+    return compose([*ledger, more], searches, delta, accountant) <= cap * (1 + BUDGET_RTOL)
 
 
 def more_jobs(ledger: Sequence[Segment], job: Segment, cap: float, delta: float, accountant: str,
-              limit: int = MAX_MORE_JOBS) -> int:
-    """The largest k <= limit + 1 such that the ledger and k copies of `job` fit the cap (limit + 1: more than limit).
+              limit: int = MAX_MORE_JOBS, searches: Sequence[SearchCharge] = ()) -> int:
+    """The largest k <= limit + 1 with the ledger and k copies of `job` within the cap (limit + 1: more than limit)."""
+    return _largest(lambda k: fits(ledger, job, k, cap, delta, accountant, searches), limit)
+
+
+def more_searches(ledger: Sequence[Segment], searches: Sequence[SearchCharge], search: SearchCharge, cap: float,
+                  delta: float, limit: int = MAX_MORE_JOBS) -> int:
+    """As `more_jobs` for copies of a search: k searches add k times its RDP curve to the ledger's."""
+    parts = [(s.q, s.sigma, s.steps) for s in ledger if s.steps]
+    base = rdp.rdp_curve(parts) + sum((s.curve() for s in searches), start=rdp.rdp_curve([]))
+    one = search.curve()
+    return _largest(lambda k: rdp.epsilon_from_rdp(rdp.ORDERS, base + k * one, delta) <= cap * (1 + BUDGET_RTOL),
+                    limit)
+
+
+def _largest(ok: Callable[[int], bool], limit: int) -> int:
+    """The largest k <= limit + 1 with ok(k), for ok true up to some k and false after; 0 if not ok(1).
 
     Epsilon grows with the copies, so the answer is bracketed by doubling and then bisected.
     """
-    def ok(k: int) -> bool:
-        return fits(ledger, job, k, cap, delta, accountant)
-
     if not ok(0) or not ok(1):
         return 0
     lo, hi = 1, 2
@@ -182,10 +218,14 @@ def dataset_budget(source: str, header: SealedHeader, run: RunPlan, s3_client: A
     view = read_ledger_view(header, s3_client)
     if view is None:
         return unread
-    entries, job = view.segments(), run.segment
-    count = more_jobs(entries, job, header.max_epsilon, header.delta, run.accountant)
-    return replace(unread, spent=compose_epsilon(entries, header.delta, run.accountant),
-                   with_job=compose_epsilon([*entries, job], header.delta, run.accountant),
+    entries, searches = view.segments(), view.searches()
+    if run.search is not None:
+        count = more_searches(entries, searches, run.search, header.max_epsilon, header.delta)
+        with_job = compose(entries, [*searches, run.search], header.delta, run.accountant)
+    else:
+        count = more_jobs(entries, run.segment, header.max_epsilon, header.delta, run.accountant, searches=searches)
+        with_job = compose([*entries, run.segment], searches, header.delta, run.accountant)
+    return replace(unread, spent=compose(entries, searches, header.delta, run.accountant), with_job=with_job,
                    more_jobs=min(count, MAX_MORE_JOBS), more_jobs_capped=count > MAX_MORE_JOBS)
 
 

@@ -159,6 +159,16 @@ def search_charge(spec: JobSpec, runs: Sequence[tuple[float, int]], sigma: float
     return SearchCharge.of(((q, sigma, t) for q, t in runs), tuning.distribution, tuning.mean, tuning.shape)
 
 
+def search_sigma(spec: JobSpec, runs: Sequence[tuple[float, int]]) -> float:
+    """The search's one sigma: the spec's, or the least whose whole search meets target_epsilon."""
+    privacy = spec.privacy
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    assert privacy.target_epsilon is not None
+    return smallest_sigma(lambda s: compose([], [search_charge(spec, runs, s)], privacy.delta, "rdp"),
+                          privacy.target_epsilon)
+
+
 def _plan_search(spec: JobSpec, datasets: Sequence[SealedHeader], records: int,
                  breaches: list[tuple[str, str]]) -> BudgetPlan:
     privacy, delta = spec.privacy, spec.privacy.delta
@@ -166,21 +176,18 @@ def _plan_search(spec: JobSpec, datasets: Sequence[SealedHeader], records: int,
         runs = search_runs(spec, records)
     except SpecError as err:
         return BudgetPlan(None, (*breaches, ("tuning", str(err))))
-    if privacy.noise_multiplier is not None:
-        sigma, where = privacy.noise_multiplier, "privacy.noise_multiplier"
-    else:
-        target = privacy.target_epsilon
-        assert target is not None
-        where = "privacy.target_epsilon"
+    where = "privacy.noise_multiplier" if privacy.noise_multiplier is not None else "privacy.target_epsilon"
+    target = privacy.target_epsilon
+    if target is not None:
         over = [h for h in datasets if _over(target, h.max_epsilon)]
         if over:
             return BudgetPlan(None, (*breaches, *((where, f"target epsilon {target:g} exceeds "
                                                    f"{_the(h, datasets)} budget {h.max_epsilon:g}") for h in over)))
-        try:
-            sigma = smallest_sigma(lambda s: compose([], [search_charge(spec, runs, s)], delta, "rdp"), target)
-        except HermeticError as err:
-            return BudgetPlan(None, (*breaches, (where, f"no noise multiplier meets target epsilon {target:g} "
-                                                        f"for the whole search: {err}")))
+    try:
+        sigma = search_sigma(spec, runs)
+    except HermeticError as err:
+        return BudgetPlan(None, (*breaches, (where, f"no noise multiplier meets target epsilon {target:g} "
+                                                    f"for the whole search: {err}")))
     charge = search_charge(spec, runs, sigma)
     planned = compose([], [charge], delta, "rdp")
     tuning = spec.tuning

@@ -121,6 +121,14 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_line(spec: JobSpec, run: RunPlan) -> str:
+    if run.search is not None and spec.tuning is not None:
+        tuning = spec.tuning
+        shape = "" if tuning.shape is None else f", shape {tuning.shape:g}"
+        return (f"job {spec.name}: search of {tuning.distribution} trials (mean {tuning.mean:g}{shape}) over "
+                f"{tuning.size} candidates ({len(run.search.runs)} distinct runs, {run.records} records), "
+                f"noise multiplier {run.noise_multiplier:.4g}: epsilon {run.epsilon:.4g} with tuning at delta "
+                f"{run.delta:g} (rdp); without tuning, its costliest candidate ({run.steps} steps at "
+                f"q={run.sampling_rate:.4g}) alone: epsilon {run.without_tuning:.4g}")
     return (f"job {spec.name}: {run.steps} steps at q={run.sampling_rate:.4g} ({run.records} records), "
             f"noise multiplier {run.noise_multiplier:.4g}: epsilon {run.epsilon:.4g} at delta {run.delta:g} "
             f"({run.accountant})")
