@@ -29,7 +29,8 @@ from enclave.ledger.reserve import BUDGET_RTOL
 from enclave.ledger.s3 import S3LedgerStore
 from enclave.ledger.store import LedgerError, LedgerStore, LedgerUnavailable
 from enclave.privacy.accountants import PRIMARY
-from enclave.privacy.ledger import Segment, compose_epsilon
+from enclave.privacy.ledger import Segment
+from enclave.privacy.searches import SearchCharge, compose
 from enclave.sealed.errors import MalformedHeader
 from enclave.sealed.format import LEDGER_CONTEXT_KEY, LEDGER_PUBLIC_KEY_CONTEXT_KEY, validate_encryption_context
 
@@ -148,9 +149,11 @@ def budget_report(
 def _entries_json(view: LedgerView, delta: float, accountant: str) -> list[dict[str, Any]]:
     out = []
     so_far: list[Segment] = []
+    searches: list[SearchCharge] = []
     for verified in view.entries:
         entry = verified.entry
         so_far += entry.segments
+        searches += [] if entry.search is None else [entry.search]
         out.append({
             "slot": entry.seq,
             "job_id": entry.job_id,
@@ -163,7 +166,8 @@ def _entries_json(view: LedgerView, delta: float, accountant: str) -> list[dict[
             "protected": verified.protected,
             "sha256": verified.sha256,
             # The dataset's epsilon after this entry, all entries before it included.
-            "cumulative_epsilon": compose_epsilon(so_far, delta, accountant),
-        })
+            # From the first search on, the ledger composes in RDP, as the enclave composes it.
+            "cumulative_epsilon": compose(so_far, searches, delta, accountant),
+        } | ({} if entry.search is None else {"search": entry.search.to_dict()}))
     return out
 

@@ -119,6 +119,10 @@ def _show(args: argparse.Namespace) -> int:
 
 def _entry_line(entry: dict[str, Any]) -> str:
     segs = ", ".join(f"{s['steps']} steps at q={s['q']:.4g} sigma={s['sigma']:.4g}" for s in entry["segments"])
+    if "search" in entry:
+        search = entry["search"]
+        segs = (f"search of {search['distribution']} trials (mean {search['mean']:g}) over "
+                f"{len(search['runs'])} distinct runs at sigma={search['runs'][0][1]:.4g}")
     where = "" if entry["protected"] else " (unprotected)"
     return (f"  slot {entry['slot']:>4}  {entry['created_at']}  job {entry['job_id']}: {segs}; "
             f"dataset epsilon {entry['cumulative_epsilon']:.4f}{where}")

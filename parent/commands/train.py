@@ -136,6 +136,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"cannot read job spec {args.spec}: {err}") from None
     spec = JobSpec.from_toml(spec_text)  # a malformed spec fails here, before anything is sent
+    if spec.tuning is not None and args.resume is not None:
+        raise ConfigError("a tuning job cannot be resumed (--resume): run the search again as a new job")
     from parent.job_check import in_spec_order, sealed_public_schema, weights_streams
 
     # Streamed in the spec's order, as the enclave requires, whatever the order of --dataset.
