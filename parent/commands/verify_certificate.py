@@ -137,7 +137,7 @@ def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[Seale
         "pinned_pcrs": pinned,
         "sealed_checked": [{"file": f.name, "dataset_id": f.dataset_id} for f in sealed],
         "spec_checked": spec_checked,
-    }
+    } | ({} if body.search is None else {"search": shown["search"]})
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -157,6 +157,12 @@ def _print_summary(report: dict[str, Any]) -> None:
           "by a null record; the record count is public)")
     print(f"  training:     {report['steps']} steps, q={report['sampling_rate']:.6g}, "
           f"sigma={report['noise_multiplier']:.6g}, C={report['max_grad_norm']:.6g}")
+    search = report.get("search")
+    if search is not None:
+        selected = ", ".join(f"{k}={v:g}" for k, v in search["selected"].items()) or "none (no trial ran)"
+        print(f"  search:       {search['trials']} trials ({search['distribution']}, mean {search['mean']:g}) over "
+              f"the grid {search['grid']}; selected {selected} on {search['metric']}; the epsilon above is the "
+              "whole search's, recomputed from it")
     for dataset in report["datasets"]:
         print(f"  dataset:      {dataset['dataset_id']} ({dataset['records']} records, "
               f"sealed sha256 {dataset['sealed_sha256']})")

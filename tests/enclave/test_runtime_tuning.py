@@ -6,6 +6,7 @@ dp-accounting's repeat-and-select value composed with the ledger's earlier entri
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,13 @@ from enclave.transport.messages import (
     TrainingJob,
     TrainingProgress,
 )
+from parent.cli import main
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
 from parent.verify.body import decode_body
 from parent.verify.certificate import verify_certificate
 from tests.enclave.test_runtime import CREDS, HELLO, KEY_ARN, TRAIN, StubKms, run_session, sealed, stream
-from tests.support.certificates import PINNED
+from tests.support.certificates import PCRS, PINNED
 from tests.support.ledgers import MemoryLedgers
 from tests.support.specs import mlp_spec
 
@@ -85,7 +87,8 @@ def run(nsm: MockNsm, sealed: bytes, public: bytes, ledgers: MemoryLedgers, spec
 
 
 def test_a_search_releases_only_the_selected_trial(nsm: MockNsm, ca: LocalCa, sealed: bytes, public: bytes,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(tuning_module, "draw_trials", lambda *args: 3)
     ledgers = MemoryLedgers()
     # An earlier plain job on the dataset: the certificate's dataset epsilon composes it with the search.
@@ -117,6 +120,15 @@ def test_a_search_releases_only_the_selected_trial(nsm: MockNsm, ca: LocalCa, se
     [record] = body.datasets
     assert record.epsilon == pytest.approx(expected, rel=1e-6)
     assert record.dataset_epsilon == pytest.approx(search_reference(3.0, 1.0, [(0.1, 1.0, 2)]), rel=1e-6)
+    # The command line verifies it and says what was searched.
+    (tmp_path / "c.cbor").write_bytes(issued.data)
+    (tmp_path / "root.pem").write_bytes(ca.root_pem)
+    args = ["verify-certificate", str(tmp_path / "c.cbor"), "--root", str(tmp_path / "root.pem"),
+            "--pcr", f"0={PCRS[0].hex()}"]
+    assert main(args) == 0
+    assert "search:       3 trials (geometric, mean 3)" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["search"]["trials"] == 3
 
 
 def test_a_search_of_no_trial_releases_only_its_certificate(nsm: MockNsm, ca: LocalCa, sealed: bytes, public: bytes,
