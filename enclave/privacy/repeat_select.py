@@ -151,6 +151,9 @@ def repeat_select_rdp(orders: Sequence[float], curve: Sequence[float] | FloatArr
             out[i] = eps[i] + mean * delta_hat + math.log(mean) / (order - 1)
         return out
     gamma = gamma_for_mean(shape, mean)
+    # The sampler draws K with this gamma, whose mean is at or (by the bisection's 1e-9) above
+    # `mean`: the bound takes the larger, the mean K actually has.
+    mean = max(mean, tnb_mean(gamma, shape))
     with np.errstate(invalid="ignore"):
         c = (1 + shape) * float(np.min((1 - 1 / a) * eps - math.log(gamma) / a))
     above = a > 1

@@ -1,6 +1,9 @@
 """The [tuning] section: parsing, refusals, the canonical form, and candidates applied to the spec."""
 from __future__ import annotations
 
+import hashlib
+
+import cbor2
 import pytest
 
 from enclave.training.spec import JobSpec, SpecError
@@ -96,3 +99,50 @@ def test_tuning_needs_rdp_public_eval_and_no_intermediate_checkpoints() -> None:
         JobSpec.from_toml(_spec(eval_=""))
     with pytest.raises(SpecError, match="checkpoint.every_steps"):
         JobSpec.from_toml(_spec(checkpoint_every=5))
+
+
+KNOWN = """
+[job]
+name = "check"
+[model]
+name = "tanh_cnn"
+[optimizer]
+name = "sgd"
+lr = 0.1
+[privacy]
+expected_batch_size = 100
+steps = 200
+max_grad_norm = 1.0
+delta = 1e-5
+noise_multiplier = 1.5
+accountant = "rdp"
+[eval]
+public = "pub"
+[tuning]
+lr = [0.05, 0.1, 0.2]
+steps = [100, 200]
+trials = { distribution = "geometric", mean = 4 }
+select = { metric = "accuracy/pub" }
+[checkpoint]
+key_id = "alias/model"
+"""
+# Known answer: SHA-256 of the canonical CBOR of KNOWN (the map below, cbor2 canonical=True).
+KNOWN_SHA256 = "be7ce1dc58dcd0bd55cf52b684d96e834de519b666a57266db872e202e304e34"
+
+
+def test_tuning_known_answer() -> None:
+    expected = {
+        "format": "hermetic-job-spec-v1", "job": {"name": "check"}, "model": {"name": "tanh_cnn"},
+        "data": {"train": None, "features": "image", "label": "label"},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+        "privacy": {"expected_batch_size": 100, "epochs": None, "steps": 200, "max_grad_norm": 1.0, "delta": 1e-5,
+                    "target_epsilon": None, "noise_multiplier": 1.5, "accountant": "rdp"},
+        "eval": {"public": "pub", "every_steps": 200},
+        "checkpoint": {"every_steps": None, "key_id": "alias/model"},
+        "tuning": {"lr": [0.05, 0.1, 0.2], "steps": [100, 200],
+                   "trials": {"distribution": "geometric", "mean": 4.0, "shape": None},
+                   "select": {"metric": "accuracy/pub"}},
+    }
+    spec = JobSpec.from_toml(KNOWN)
+    assert spec.to_canonical() == expected
+    assert hashlib.sha256(cbor2.dumps(expected, canonical=True)).hexdigest() == KNOWN_SHA256 == spec.sha256
