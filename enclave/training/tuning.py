@@ -129,8 +129,8 @@ class SearchTrainer(Trainer):
         self._gate.send(TrainingProgress(step=steps, total_steps=steps, epsilon=plan.planned_epsilon))
         public = self._public_eval_set()
         assert public is not None  # the spec refuses a search without a public evaluation set
-        scores = dict(self._evaluate(model, public))
-        score = scores.get(inp.spec.tuning.metric if inp.spec.tuning else "", math.nan)
+        assert inp.spec.tuning is not None
+        score = dict(self._evaluate(model, public)).get(inp.spec.tuning.metric, math.nan)
         log.info("trial %d: %s", index, point)  # never its score: the log leaves the enclave's memory
         return _Trial(index, point, spec, q, steps, score, model, optimizer)
 
