@@ -59,6 +59,9 @@ def _recipe(args: argparse.Namespace) -> tuple[float, float, int, float, str, fl
         if any(v is not None for v in manual):
             raise ConfigError("give --spec or --sampling-rate, --noise-multiplier and --steps, not both")
         spec = load_spec(args.spec)
+        if spec.tuning is not None:
+            # A frontier varies one run; a search's cost is not one run's (`hermetic privacy plan` shows it).
+            raise ConfigError("a tuning spec's search has no single-run frontier: use hermetic privacy plan")
         run, sealed, _ = plan_job(args, spec)
         cap = min((header.max_epsilon for _, header in sealed), default=None)
         return (run.sampling_rate, run.noise_multiplier, run.steps, args.delta or run.delta,

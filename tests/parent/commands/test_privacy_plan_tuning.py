@@ -76,3 +76,10 @@ def test_job_check_plans_the_search_and_refuses_it_past_the_cap(tmp_path: Path,
     assert main(["job", "check", str(costly), "--sealed", str(data), "--json"]) != 0
     record = json.loads(capsys.readouterr().out)
     assert any("of the search" in p["message"] for p in record["problems"])
+
+
+def test_the_frontier_refuses_a_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["privacy", "frontier", "--spec", str(tuning_spec(tmp_path)), "--records", str(RECORDS),
+            "--vary", "noise", "--from", "1", "--to", "2"]
+    assert main(argv) == 1
+    assert "no single-run frontier" in capsys.readouterr().err
