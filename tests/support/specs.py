@@ -37,3 +37,17 @@ noise_multiplier = {noise}
 {extra}[checkpoint]
 {every}key_id = "{key_id}"
 """
+
+
+#: The [privacy] tail and sections of a small search for tests/parent.test_job_check's spec_text(privacy=...):
+#: geometric trials of mean 4 over three learning rates and two step counts, scored on public set "pub".
+TUNING_PRIVACY = """noise_multiplier = 1.5
+accountant = "rdp"
+[eval]
+public = "pub"
+[tuning]
+lr = [0.05, 0.1, 0.2]
+steps = [100, 200]
+trials = { distribution = "geometric", mean = 4 }
+select = { metric = "accuracy/pub" }
+"""

@@ -7,7 +7,8 @@ import cbor2
 import pytest
 
 from enclave.training.spec import JobSpec, SpecError
-from tests.support.specs import mlp_spec
+from tests.parent.test_job_check import spec_text
+from tests.support.specs import TUNING_PRIVACY, mlp_spec
 
 EVAL = '[eval]\npublic = "pub"\n'
 TUNING = """
@@ -101,31 +102,7 @@ def test_tuning_needs_rdp_public_eval_and_no_intermediate_checkpoints() -> None:
         JobSpec.from_toml(_spec(checkpoint_every=5))
 
 
-KNOWN = """
-[job]
-name = "check"
-[model]
-name = "tanh_cnn"
-[optimizer]
-name = "sgd"
-lr = 0.1
-[privacy]
-expected_batch_size = 100
-steps = 200
-max_grad_norm = 1.0
-delta = 1e-5
-noise_multiplier = 1.5
-accountant = "rdp"
-[eval]
-public = "pub"
-[tuning]
-lr = [0.05, 0.1, 0.2]
-steps = [100, 200]
-trials = { distribution = "geometric", mean = 4 }
-select = { metric = "accuracy/pub" }
-[checkpoint]
-key_id = "alias/model"
-"""
+KNOWN = spec_text(privacy=TUNING_PRIVACY)
 # Known answer: SHA-256 of the canonical CBOR of KNOWN (the map below, cbor2 canonical=True).
 KNOWN_SHA256 = "be7ce1dc58dcd0bd55cf52b684d96e834de519b666a57266db872e202e304e34"
 

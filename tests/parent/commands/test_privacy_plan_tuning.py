@@ -12,21 +12,11 @@ from enclave.privacy.searches import SearchCharge, compose
 from parent.cli import main
 from tests.parent.commands.test_privacy_plan import CAP, DELTA, RECORDS, plan_json, sealed_with_ledger
 from tests.parent.test_job_check import write_spec
-
-TUNING = """noise_multiplier = 1.5
-accountant = "rdp"
-[eval]
-public = "pub"
-[tuning]
-lr = [0.05, 0.1, 0.2]
-steps = [100, 200]
-trials = { distribution = "geometric", mean = 4 }
-select = { metric = "accuracy/pub" }
-"""
+from tests.support.specs import TUNING_PRIVACY
 
 
 def tuning_spec(tmp_path: Path) -> Path:
-    return write_spec(tmp_path, privacy=TUNING)
+    return write_spec(tmp_path, privacy=TUNING_PRIVACY)
 
 
 def search(sigma: float = 1.5) -> SearchCharge:
@@ -71,7 +61,7 @@ def test_job_check_plans_the_search_and_refuses_it_past_the_cap(tmp_path: Path,
     planned = record["planned"][str(data)]
     assert planned["search"]["mean"] == 4.0 and planned["planned_epsilon"] == pytest.approx(
         compose([], [search()], DELTA, "rdp"), rel=1e-12)
-    costly = write_spec(tmp_path, "costly.toml", privacy=TUNING.replace("noise_multiplier = 1.5",
+    costly = write_spec(tmp_path, "costly.toml", privacy=TUNING_PRIVACY.replace("noise_multiplier = 1.5",
                                                                        "noise_multiplier = 0.7"))
     assert main(["job", "check", str(costly), "--sealed", str(data), "--json"]) != 0
     record = json.loads(capsys.readouterr().out)
