@@ -136,6 +136,8 @@ def budget_report(
     except LedgerError as err:
         log.warning("ledger of %s does not verify: %s", dataset_id, err)
         return BudgetReport(**base, valid=False, spent_epsilon=None, problem=str(err))  # type: ignore[arg-type]
+    if view.searches():
+        base["accountant"] = "rdp"  # a ledger holding a search composes in RDP, whatever was asked
     return BudgetReport(
         **base,  # type: ignore[arg-type]
         valid=True,

@@ -27,6 +27,8 @@ def test_a_search_entry_is_shown_and_composed_in_rdp() -> None:
     plain = Segment(0.1, 1.0, 2)
     both = compose([plain], [SEARCH], 1e-5, "prv")
     assert report.valid and report.spent_epsilon == pytest.approx(both)
+    # The total is an RDP composition whatever accountant was asked for: the report says which.
+    assert report.accountant == "rdp" and report.to_json()["accountant"] == "rdp"
     first, second = report.to_json()["entries"]
     assert first["cumulative_epsilon"] == pytest.approx(compose_epsilon([plain], 1e-5, "prv"))
     assert second["cumulative_epsilon"] == pytest.approx(both) and second["search"] == SEARCH.to_dict()
