@@ -222,13 +222,13 @@ class Trainer:
         self._job_model: JobModel | None = None
 
     def run(self) -> str:
+        # Each step frees and reallocates the same temporaries; keep them mapped.
+        retain_freed_memory()
         inp, spec, plan = self._in, self._in.spec, self._in.plan
         if spec.tuning is not None or plan.search is not None:
             # Its reservation is a search's: one plain run of it would be accounted as nothing.
             raise RuntimeFailure("a tuning job runs as a search (enclave.training.tuning), not as one run")
         started = inp.clock()
-        # Each step frees and reallocates the same temporaries; keep them mapped.
-        retain_freed_memory()
         rng = seed_from(inp.nsm.get_random)
         # The job check passed on every dataset and they share one schema: the first gives the layout.
         job = self._job_model = job_model(spec, inp.train[0].opened.header)
