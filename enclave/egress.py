@@ -77,6 +77,8 @@ AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
 # - trial_started/trial_finished: the index and the candidate, drawn by the CSPRNG from
 #   the public grid; never a trial's score, which depends on the data and is released
 #   for the selected trial alone, in the certificate;
+# - checkpoint_resumed: the sealed checkpoint a run continued from, as the certificate's
+#   resumed_from states it;
 # - checkpoint_emitted, metric_released, refused: the fields of the message that left;
 #   refused carries the Error's code and its text, which the parent received as is;
 # - certificate_issuing: hashes and counts the certificate states.
@@ -89,6 +91,7 @@ CHAIN_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
         "trial_started": frozenset({"index", "candidate"}),
         "trial_finished": frozenset({"index"}),
         "checkpoint_emitted": frozenset({"step", "sealed_sha256", "final"}),
+        "checkpoint_resumed": frozenset({"step", "sealed_sha256"}),
         "metric_released": frozenset({"name", "kind", "step", "value"}),
         "refused": frozenset({"code", "message"}),
         "certificate_issuing": frozenset({"model_sha256", "checkpoint_sha256", "steps"}),

@@ -314,7 +314,7 @@ class EnclaveRuntime:
             if stream_id.startswith(PUBLIC_PREFIX):
                 self._receive_public(reader, stream_id[len(PUBLIC_PREFIX):], job, gate)
             elif stream_id == RESUME_STREAM:
-                self._receive_resume(reader, job)
+                self._receive_resume(reader, job, gate)
             elif stream_id == WEIGHTS_STREAM:
                 self._receive_weights(reader, job, gate)
             else:
@@ -480,7 +480,7 @@ class EnclaveRuntime:
         gate.audit("initial_weights", sha256=job.weights.sha256, tensors=len(job.weights.tensors),
                    parameters=sum(int(t.numel()) for t in job.weights.tensors.values()))
 
-    def _receive_resume(self, reader: DatasetStreamReader, job: _Job) -> None:
+    def _receive_resume(self, reader: DatasetStreamReader, job: _Job, gate: EgressGate) -> None:
         data = _read_bounded(reader, self._limits.max_checkpoint_bytes, "checkpoint")
         if job.checkpoint_auth is None:
             # The dataset streams come first: only their data keys can check the checkpoint's tag.
@@ -493,6 +493,7 @@ class EnclaveRuntime:
             expected_spec_sha256=job.spec.sha256, authenticator=job.checkpoint_auth,
         )
         job.resume_sealed_sha256 = hashlib.sha256(data).hexdigest()
+        gate.record("checkpoint_resumed", sealed_sha256=job.resume_sealed_sha256, step=job.resume.step)
 
     def _train(self, job: _Job, gate: EgressGate) -> str:
         # _train_ids made every sealed dataset one of the streams, so each was opened.
