@@ -219,6 +219,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             mlflow_run.status = "FINISHED" if ok else "FAILED"
             if sink.certificate is not None:
                 mlflow_run.artifacts.append(sink.certificate)
+            if sink.audit_log is not None:
+                mlflow_run.artifacts.append(sink.audit_log)
         feed.close()
     sink.write_summary()
     summary = sink.summary()
