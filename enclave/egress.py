@@ -57,7 +57,8 @@ AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
             {"sampling_rate", "noise_multiplier", "steps", "delta", "planned_epsilon", "max_epsilon", "resumed_at"}
         ),
         "budget_reserved": frozenset(
-            {"dataset_id", "slot", "steps", "job_epsilon", "dataset_epsilon", "max_epsilon", "prev_sha256"}
+            {"dataset_id", "slot", "steps", "job_epsilon", "dataset_epsilon", "max_epsilon", "entry_sha256",
+             "prev_sha256"}
         ),
         "dataset_opened": frozenset(
             {"dataset_id", "records", "schema_sha256", "sealed_sha256"}
@@ -73,7 +74,8 @@ AUDIT_FIELDS: Mapping[str, frozenset[str]] = MappingProxyType(
 # - kms_request: the operation, the key id asked for ("" when the ciphertext names its
 #   key) and "ok" or the error's code: never a plaintext, a ciphertext or key material;
 # - ledger_read: what the ledger (public, in the parent's storage) already held; and
-#   budget_reserved's prev_sha256 is the ledger head the reservation extends;
+#   budget_reserved's entry_sha256 and prev_sha256 are the stored entry's hash and the
+#   ledger head it extends, both readable from the store by anyone;
 # - trial_started/trial_finished: the index and the candidate, drawn by the CSPRNG from
 #   the public grid; never a trial's score, which depends on the data and is released
 #   for the selected trial alone, in the certificate;

@@ -464,7 +464,7 @@ class EnclaveRuntime:
             sealed.dataset_epsilon = check.total
             gate.audit("budget_reserved", dataset_id=header.dataset_id, slot=reservation.entry.seq, steps=steps,
                        job_epsilon=check.job, dataset_epsilon=check.total, max_epsilon=check.max_epsilon,
-                       prev_sha256=reservation.entry.prev)
+                       entry_sha256=reservation.sha256, prev_sha256=reservation.entry.prev)
 
     def _receive_public(self, reader: DatasetStreamReader, name: str, job: _Job, gate: EgressGate) -> None:
         data = _read_bounded(reader, self._limits.max_public_bytes, f"public dataset {name!r}")

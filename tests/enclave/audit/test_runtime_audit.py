@@ -24,12 +24,14 @@ from tests.enclave.test_runtime import (  # noqa: F401 - `sealed` is a fixture
     stream,
 )
 from tests.support.certificates import PINNED
+from tests.support.ledgers import MemoryLedgers
 
 
 def test_a_session_releases_its_chain_after_the_certificate_that_states_its_head(
     nsm: MockNsm, ca: LocalCa, sealed: bytes  # noqa: F811 - the fixture
 ) -> None:
-    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)])
+    ledgers = MemoryLedgers()
+    replies = run_session(nsm, [*SETUP, *stream(0, TRAIN, sealed)], ledgers=ledgers)
     kinds = [type(m) for m in replies]
     # The log follows the certificate at once, before the job's result.
     assert kinds.index(AuditLog) == kinds.index(CertificateIssued) + 1 < kinds.index(JobResult)
@@ -57,6 +59,10 @@ def test_a_session_releases_its_chain_after_the_certificate_that_states_its_head
     assert by_type["certificate_issuing"].fields == {"model_sha256": body.model_sha256,
                                                      "checkpoint_sha256": body.checkpoint_sha256, "steps": 2}
     assert by_type["session_start"].fields["job_id"] == "job-1" == body.job_id
+    # The reservation names the entry as stored, which anyone reading the ledger can find.
+    [slot] = ledgers.store(TRAIN).read_all()
+    assert by_type["budget_reserved"].fields["entry_sha256"] == hashlib.sha256(slot.data).hexdigest()
+    assert by_type["budget_reserved"].fields["prev_sha256"] == ""
 
 
 def test_every_recorded_field_is_on_its_types_allow_list_and_no_secret_is_recorded(
