@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from enclave import audit_log
 from enclave.audit_log import (
     CLOSING_EVENT,
     GENESIS,
@@ -20,6 +21,8 @@ from enclave.audit_log import (
     encode_log,
     verify_chain,
 )
+from enclave.transport.framing import DEFAULT_MAX_FRAME, encode_frame_parts
+from enclave.transport.messages import AuditLog
 
 _EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -194,3 +197,17 @@ def test_a_spliced_session_is_caught_even_whole() -> None:
     chain = _chain()
     with pytest.raises(AuditLogError, match="head"):
         verify_chain(_OTHER.records, head=chain.head, count=chain.count)
+
+
+def test_the_chain_refuses_an_event_that_would_outgrow_one_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = _chain(b"\x03" * 16)
+    monkeypatch.setattr(audit_log, "MAX_LOG_SIZE", len(encode_log(chain.records)) + 10)
+    chain = AuditChain("job", b"\x03" * 16, _clock())
+    with pytest.raises(AuditLogError, match="would exceed"):
+        for _ in range(10):
+            chain.append("metric_released", name="acc", step=3, value=0.75)
+
+
+def test_a_log_of_the_largest_size_fits_one_transport_frame() -> None:
+    prefix, body = encode_frame_parts(AuditLog(data=bytes(audit_log.MAX_LOG_SIZE)))
+    assert len(prefix) + len(body) <= DEFAULT_MAX_FRAME
