@@ -138,7 +138,9 @@ def test_a_search_releases_only_the_selected_trial(nsm: MockNsm, ca: LocalCa, se
     assert main(args) == 0
     assert "search:       3 trials (geometric, mean 3)" in capsys.readouterr().out
     assert main([*args, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["search"]["trials"] == 3
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["search"]["trials"] == 3
+    assert shown["audit_log"] == {"sha256": body.audit_log_sha256, "events": body.audit_log_events}
 
 
 def test_a_search_of_no_trial_releases_only_its_certificate(nsm: MockNsm, ca: LocalCa, sealed: bytes, public: bytes,
