@@ -18,13 +18,18 @@ the same clock readings, still have different chains, so records of one session 
 be spliced into another's.
 
 `time` is read from the clock the certificate's `started_at`/`finished_at` come from,
-formatted the same way, because it is the one clock a verifier already trusts as far as
+formatted the same way (`format_time`), because it is the one clock a verifier already trusts as far as
 it trusts the enclave.
 
 The chain is closed by `close`, whose record (`certificate_issuing`) is the last one:
 the certificate must contain the head, so the head cannot cover anything recorded after
 the certificate is built, and an event recorded after it would be unattested and so
-indistinguishable from a forgery. Nothing is appended after `close`.
+indistinguishable from a forgery. Nothing is appended after `close`. A session that
+fails before its certificate releases no log for the same reason: nothing attests it.
+
+The released file (`encode_log`) is canonical CBOR {"version": 1, "events": [record, ...]}:
+one item, so the parent writes it as received and a verifier hashes each record exactly
+as it re-encodes, the strict decoder having refused any other encoding.
 """
 from __future__ import annotations
 
@@ -34,10 +39,11 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
+from enclave.certificate.checks import format_time
 from enclave.errors import HermeticError
 from enclave.hazmat.cbor import dumps_f64, strict_loads
 
@@ -56,7 +62,6 @@ __all__ = [
     "decode_log",
     "encode_log",
     "record_to_json",
-    "rfc3339",
     "verify_chain",
 ]
 
@@ -85,11 +90,6 @@ class AuditLogError(HermeticError):
     """An audit log is malformed, or its chain does not hold."""
 
     code = "audit_log"
-
-
-def rfc3339(moment: datetime) -> str:
-    """The certificate's timestamp form: UTC, milliseconds, a trailing Z."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: Any, what: str) -> str:
@@ -192,7 +192,7 @@ class AuditChain:
         if len(self._records) >= MAX_EVENTS:
             raise AuditLogError(f"the audit chain holds {MAX_EVENTS} events already")
         prev = self._records[-1].digest() if self._records else GENESIS
-        record = AuditRecord(seq=len(self._records), type=type_, time=rfc3339(self._clock()),
+        record = AuditRecord(seq=len(self._records), type=type_, time=format_time(self._clock()),
                              fields=fields, prev=prev)
         size = len(record.encode())
         if self._size + size > MAX_LOG_SIZE:
