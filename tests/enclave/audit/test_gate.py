@@ -1,12 +1,14 @@
 """The gate keeps the chain: what it records, under which allow-list, and what it releases."""
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 import pytest
 
 from enclave.audit_log import AuditChain, AuditLogError, decode_log, encode_log, verify_chain
 from enclave.egress import AUDIT_FIELDS, CHAIN_FIELDS, EgressGate, EgressRefused
+from enclave.errors import HermeticError
 from enclave.transport.errors import TransportTimeout
 from enclave.transport.messages import (
     AuditEvent,
@@ -119,3 +121,44 @@ def test_live_audit_events_still_reach_the_parent() -> None:
     g, parent = gate()
     g.audit("public_dataset", name="p", records=3, sha256="ab")
     assert parent.recv(timeout=0) == AuditEvent("public_dataset", {"name": "p", "records": 3, "sha256": "ab"})
+
+
+def test_a_kms_error_is_recorded_by_its_code_and_never_masked_by_the_chain() -> None:
+    from botocore.exceptions import ClientError
+
+    from enclave.kms.attested import AttestedKms
+
+    class Client:
+        def generate_random(self, **_: object) -> dict[str, object]:
+            raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "GenerateRandom")
+
+    class Nsm:
+        def attest(self, **_: object) -> bytes:
+            return b"document"
+
+    g, _ = gate()
+    kms = AttestedKms(Client(), Nsm())  # type: ignore[arg-type]
+    kms.observe(g.record)
+    with pytest.raises(HermeticError) as denied:
+        kms.generate_random(8)
+    head, _ = g.close_audit(model_sha256="m", checkpoint_sha256="c", steps=1)
+    assert head
+    records = g._chain.records if g._chain else ()
+    assert [(r.type, dict(r.fields)) for r in records[1:3]] == [
+        ("attestation", {"operation": "GenerateRandom", "sha256": hashlib.sha256(b"document").hexdigest()}),
+        ("kms_request", {"operation": "GenerateRandom", "key_id": "", "outcome": denied.value.code}),
+    ]
+    # After the chain is closed no key is asked for: the attestation cannot be recorded.
+    with pytest.raises(AuditLogError, match="closed"):
+        kms.generate_random(8)
+
+    # A chain that cannot record the failure does not hide the KMS error the session reports.
+    def refuse_outcomes(type_: str, /, **fields: str) -> None:
+        if type_ == "kms_request":
+            raise AuditLogError("full")
+
+    other = AttestedKms(Client(), Nsm())  # type: ignore[arg-type]
+    other.observe(refuse_outcomes)
+    with pytest.raises(HermeticError) as again:
+        other.generate_random(8)
+    assert type(again.value) is type(denied.value)
