@@ -89,7 +89,8 @@ Clock = Callable[[], datetime]
 class AuditLogError(HermeticError):
     """An audit log is malformed, or its chain does not hold."""
 
-    code = "audit_log"
+    # Its head is part of the certificate: a chain that cannot be closed is a certificate failure.
+    code = "certificate"
 
 
 def _text(value: Any, what: str) -> str:
