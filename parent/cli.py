@@ -40,6 +40,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "verify_attestation",
     "verify_certificate",
     "audit_log",
+    "report",
     "kms_emulator",
     "parent_serve",
     "mock_enclave",
