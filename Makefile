@@ -15,7 +15,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: install dataset lint test demo bench clean
+.PHONY: install dataset browser lint test demo bench clean
 
 install: $(STAMP)
 
@@ -31,13 +31,19 @@ dataset:
 	@test -f $(FMNIST)/train-images-idx3-ubyte.gz || \
 		scripts/apt-install.sh "Fashion-MNIST ($(FMNIST))" dataset-fashion-mnist
 
+# Headless Chromium renders the compliance report in its screenshot test
+# (tests/parent/report/test_screenshot.py), from Debian's chromium-headless-shell.
+browser:
+	@command -v chromium-headless-shell >/dev/null 2>&1 || \
+		scripts/apt-install.sh "headless Chromium (report screenshot test)" chromium-headless-shell
+
 # The gates: lint and import order, types (strict for the measured enclave), import boundaries.
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
-test: install dataset lint
+test: install dataset browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install dataset

@@ -1,8 +1,8 @@
 """Epsilon against steps or against the noise multiplier, for one recipe (q, sigma, steps, delta).
 
 Every point is the accountant's own epsilon (`enclave.privacy.calibration.epsilon`), the
-function the enclave plans and composes with. The plot is drawn with matplotlib, a
-development dependency only: it is imported when a PNG is asked for.
+function the enclave plans and composes with. The plot is drawn with matplotlib (a
+host-side dependency, which `hermetic report` needs too): it is imported when a PNG is asked for.
 """
 from __future__ import annotations
 

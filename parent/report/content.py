@@ -38,6 +38,10 @@ def _g(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _c(text: str) -> Text:
     return Text(text, code=True)
 
@@ -306,8 +310,8 @@ def _datasets(f: ReportFacts) -> Section:
 def _ledger_blocks(ledger: LedgerFact) -> list[Block]:
     blocks: list[Block] = [
         Subheading(f"Budget ledger of {ledger.dataset_id}"),
-        _p(f"Read from ", _c(ledger.read_from), "; every entry verified with the ledger key in the dataset's "
-           f"attested encryption context. {len(ledger.entries)} entries; cumulative epsilon "
+        _p("Read from ", _c(ledger.read_from), "; every entry verified with the ledger key in the dataset's "
+           f"attested encryption context. {_count(len(ledger.entries), 'entry', 'entries')}; cumulative epsilon "
            f"{_g(ledger.spent_epsilon)} of the cap {_g(ledger.max_epsilon)} at delta {_g(ledger.delta)} "
            f"({ledger.accountant}); remaining {_g(ledger.remaining_epsilon)}."),
         Figure(plots.budget_png(ledger), f"The dataset's cumulative epsilon after each job's ledger entry; the cap "

@@ -211,7 +211,7 @@ class ReportFacts:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict of every fact (PCR indexes become strings)."""
-        out = _plain(self)
+        out: dict[str, Any] = _plain(self)
         out["attested_pcrs"] = {str(k): v for k, v in self.attested_pcrs.items()}
         out["pinned_pcrs"] = {str(k): v for k, v in self.pinned_pcrs.items()}
         out["total_epsilon"] = self.total_epsilon

@@ -50,8 +50,14 @@ def _delta_vs_n(facts: ReportFacts) -> str:
     n = min(d.records for d in facts.datasets)
     if n <= 0:
         return ""
-    return (f"; delta x N = {facts.delta * n:.2g} for N = {n} records "
-            f"({'well below 1, as it should be' if facts.delta * n < 0.1 else 'not small: review delta'})")
+    product = facts.delta * n
+    if product < 0.01:
+        verdict = "delta is well below 1/N"
+    elif product < 1:
+        verdict = "delta is below 1/N, but not by far: the usual guidance is delta much smaller than 1/N"
+    else:
+        verdict = "delta is not below 1/N: a mechanism could then reveal a record outright; review delta"
+    return f"; delta x N = {product:.2g} for N = {n} records ({verdict})"
 
 
 def _ledger_evidence(facts: ReportFacts) -> str:
@@ -63,9 +69,10 @@ def _ledger_evidence(facts: ReportFacts) -> str:
 
 
 def _trail_evidence(facts: ReportFacts) -> str:
-    if facts.audit_trail is not None:
-        return (f"Audit trail verified against the certificate: {facts.audit_trail.count} events, head "
-                f"{facts.audit_trail.head[:16]}…, from {facts.audit_trail.first_time} to {facts.audit_trail.last_time}.")
+    trail = facts.audit_trail
+    if trail is not None:
+        return (f"Audit trail verified against the certificate: {trail.count} events, head "
+                f"{trail.head[:16]}…, from {trail.first_time} to {trail.last_time}.")
     if facts.audit_log_sha256 is not None:
         return (f"The certificate commits to an audit trail of {facts.audit_log_events} events (head "
                 f"{facts.audit_log_sha256[:16]}…); the log itself was not supplied to this report.")
@@ -77,7 +84,8 @@ def _empirical_evidence(facts: ReportFacts) -> str:
     if e is None:
         return "No empirical audit was supplied."
     return (f"Operator-supplied, unattested empirical audit on public or synthetic data: epsilon lower bound "
-            f"{_g(e.epsilon_lower_bound)} (confidence {_g(e.confidence)}) against the certified {_g(e.epsilon_certified)}; "
+            f"{_g(e.epsilon_lower_bound)} (confidence {_g(e.confidence)}) against the certified "
+            f"{_g(e.epsilon_certified)}; "
             f"the most this audit could show is {_g(e.ceiling)}.")
 
 

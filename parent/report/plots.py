@@ -44,14 +44,14 @@ def epsilon_curve_png(curve: Sequence[tuple[int, float]], *, delta: float, accou
                       budget: float, total: float) -> bytes:
     """Training's epsilon against steps, the budget as a dashed line, the job's final epsilon marked."""
     figure, axes = _figure()
-    shown = [(s, e) for s, e in curve if math.isfinite(e)]
+    shown = [(0, 0.0), *((s, e) for s, e in curve if math.isfinite(e))]
     axes.plot([s for s, _ in shown], [e for _, e in shown], color=_BLUE, marker=".", markersize=4,
               label=f"epsilon spent ({accountant})")
-    if shown:
+    if len(shown) > 1:
         last_step, last = shown[-1]
         axes.plot([last_step], [last], "o", color=_RED, label=f"certified: {last:.3f} after {last_step} steps")
     axes.axhline(budget, color=_GREY, linestyle="--", label=f"job budget {budget:g}")
-    if total > (shown[-1][1] if shown else 0.0) * (1 + 1e-9):
+    if total > shown[-1][1] * (1 + 1e-9):
         axes.axhline(total, color=_GREEN, linestyle=":", label=f"with released DP metrics: {total:.3f}")
     axes.set_xlabel("training steps")
     axes.set_ylabel(f"epsilon at delta {delta:g}")
@@ -62,24 +62,26 @@ def epsilon_curve_png(curve: Sequence[tuple[int, float]], *, delta: float, accou
 
 
 def budget_png(ledger: LedgerFact) -> bytes:
-    """The dataset's cumulative epsilon after each ledger entry, this job's entries highlighted."""
+    """The dataset's cumulative epsilon after each ledger entry (one bar per entry), this job's in red."""
     figure, axes = _figure()
     xs = list(range(1, len(ledger.entries) + 1))
     ys = [e.cumulative_epsilon for e in ledger.entries]
-    axes.step([0, *xs], [0.0, *ys], where="post", color=_BLUE, label="dataset's cumulative epsilon")
-    own = [(x, e.cumulative_epsilon) for x, e in zip(xs, ledger.entries, strict=True) if e.this_job]
-    others = [(x, e.cumulative_epsilon) for x, e in zip(xs, ledger.entries, strict=True) if not e.this_job]
-    if others:
-        axes.plot([x for x, _ in others], [y for _, y in others], "o", color=_BLUE, label="other jobs' entries")
-    if own:
-        axes.plot([x for x, _ in own], [y for _, y in own], "o", color=_RED, markersize=8, label="this job's entry")
+    colours = [_RED if e.this_job else _BLUE for e in ledger.entries]
+    axes.bar(xs, ys, color=colours, width=0.6)
+    for x, y in zip(xs, ys, strict=True):
+        axes.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
     axes.axhline(ledger.max_epsilon, color=_GREY, linestyle="--", label=f"dataset cap {ledger.max_epsilon:g}")
-    axes.set_xticks(xs, [f"{e.slot}\n{e.job_id[:14]}" for e in ledger.entries] if len(xs) <= 8 else None)
-    axes.set_xlabel("ledger entry (slot, job)")
-    axes.set_ylabel(f"epsilon at delta {ledger.delta:g}")
-    axes.set_ylim(0, max(ledger.max_epsilon, *ys, 0.0) * 1.12)
-    axes.set_xlim(0, len(xs) + 0.5)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.bar([], [], color=_RED, label="after this job's entry")
+    if any(not e.this_job for e in ledger.entries):
+        axes.bar([], [], color=_BLUE, label="after another job's entry")
+    labels = [f"slot {e.slot}\n{e.job_id[:16]}" for e in ledger.entries]
+    if len(xs) <= 10:
+        axes.set_xticks(xs, labels, fontsize=8)
+    axes.set_xlabel("budget ledger entry (oldest first)")
+    axes.set_ylabel(f"dataset's cumulative epsilon (delta {ledger.delta:g})")
+    axes.set_ylim(0, max(ledger.max_epsilon, *ys, 0.0) * 1.18)
+    axes.set_xlim(0.3, len(xs) + 0.7)
+    axes.legend(loc="upper left", fontsize=8)
     return _png(figure)
 
 
