@@ -87,4 +87,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  - {claim}")
     print(f"TensorBoard event files of the released metrics and epsilon: {report.tensorboard} "
           f"(tensorboard --logdir {report.tensorboard})")
+    if report.compliance_report:
+        print(f"Compliance report for privacy officers and auditors: {report.compliance_report} (and report.pdf)")
     return 0

@@ -68,6 +68,7 @@ class DemoReport:
     model_sha256: str = ""
     second_job_outcome: str = ""
     spent_epsilon: float = 0.0
+    compliance_report: str = ""  # report.html of `hermetic report`; report.pdf beside it
     proved: list[str] = field(default_factory=list)
 
 
@@ -269,6 +270,7 @@ def run_demo(
         second_spec = run_dir / "second.toml"
         write_atomic(second_spec, second_job_spec_toml(state.model_owner_key, recipe.delta).encode())
         _over_budget(report, state, sealed, second_spec, run_dir, logs, say)
+        _compliance_report(report, state, sealed, out_dir, logs, say)
     finally:
         for service in reversed(services):
             service.stop()
@@ -368,6 +370,23 @@ def _over_budget(
     say(f"a second job on the same sealed data refused before any key use; `hermetic budget show`: spent "
         f"epsilon {report.spent_epsilon:.3f} of {shown['max_epsilon']:g}, remaining {shown['remaining_epsilon']:.3f}")
     report.proved.append("a dataset's budget bounds all its jobs together: a job past it never gets the key")
+
+
+def _compliance_report(report: DemoReport, state: ApplianceState, sealed: Path, out_dir: Path, logs: Path,
+                       say: Say) -> None:
+    """`hermetic report` for the training job: pinned as verify-certificate was, with the appliance's ledger
+    and the job's audit log; it verifies everything again and writes nothing unless all of it holds."""
+    certificate = Path(report.certificate)
+    audit_log = certificate.parent / "audit-log.cbor"
+    trail = ("--audit-log", str(audit_log)) if audit_log.exists() else ()
+    written = json.loads(run_command("report", hermetic_argv(
+        "report", str(certificate), "--root", state.root, "--measurements", state.measurements,
+        "--sealed", str(sealed), "--spec", str(out_dir / "job.toml"), "--ledger", str(state.ledger_dir),
+        *trail, "--out", str(out_dir / "report"), "--json",
+    ), logs))
+    report.compliance_report = str(written["html"])
+    say(f"compliance report (`hermetic report`): {written['html']} and report.pdf, from the verified "
+        "certificate, the dataset's budget ledger and the audit trail")
 
 
 def _plain_decrypt_as(identity: AwsCredentials, kms_url: str, sealed: Path) -> str:

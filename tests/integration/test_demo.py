@@ -65,3 +65,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert charted["privacy/epsilon"][-1] == (report["steps"], pytest.approx(report["epsilon"], rel=1e-3))
     assert (out / "model.pt").exists()
     assert "Test accuracy on the public Fashion-MNIST test set" in proc.stdout
+    # The demo ends with the compliance report of its training job.
+    assert report["compliance_report"] == str(out / "report" / "report.html")
+    page = (out / "report" / "report.html").read_text()
+    assert "Certificate verified" in page and report["job_id"] in page
+    assert (out / "report" / "report.pdf").read_bytes().startswith(b"%PDF-")
