@@ -400,6 +400,11 @@ def _empirical(f: ReportFacts) -> Section:
             _row("Verdict (as reported)", e.verdict, ""),
         ), "", (0.38, 0.27, 0.35)),
     ]
+    recipe = ((e.sampling_rate, f.sampling_rate), (e.noise_multiplier, f.noise_multiplier), (e.steps, f.steps),
+              (e.delta, f.delta))
+    if not all(math.isclose(float(a), float(b), rel_tol=1e-6) for a, b in recipe):
+        blocks.append(_p("The audited recipe is not the certified job's: the audit speaks to the training code, "
+                         "not to this job's parameters.", note=True))
     if e.epsilon_lower_bound > e.epsilon_certified * (1 + 1e-6):
         blocks.append(_p("The empirical lower bound is ABOVE the accountant's epsilon: the accounting or the "
                          "implementation does not hold as stated. Investigate before relying on this job.", note=True))

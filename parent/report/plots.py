@@ -55,9 +55,9 @@ def epsilon_curve_png(curve: Sequence[tuple[int, float]], *, delta: float, accou
         axes.axhline(total, color=_GREEN, linestyle=":", label=f"with released DP metrics: {total:.3f}")
     axes.set_xlabel("training steps")
     axes.set_ylabel(f"epsilon at delta {delta:g}")
-    axes.set_ylim(bottom=0)
+    axes.set_ylim(0, max(budget, total, *(e for _, e in shown)) * 1.15)
     axes.set_xlim(left=0)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
     return _png(figure)
 
 
@@ -70,10 +70,14 @@ def budget_png(ledger: LedgerFact) -> bytes:
     axes.bar(xs, ys, color=colours, width=0.6)
     for x, y in zip(xs, ys, strict=True):
         axes.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    axes.axhline(ledger.max_epsilon, color=_GREY, linestyle="--", label=f"dataset cap {ledger.max_epsilon:g}")
-    axes.bar([], [], color=_RED, label="after this job's entry")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    axes.axhline(ledger.max_epsilon, color=_GREY, linestyle="--")
+    handles = [Line2D([], [], color=_GREY, linestyle="--", label=f"dataset cap {ledger.max_epsilon:g}"),
+               Patch(color=_RED, label="after this job's entry")]
     if any(not e.this_job for e in ledger.entries):
-        axes.bar([], [], color=_BLUE, label="after another job's entry")
+        handles.append(Patch(color=_BLUE, label="after another job's entry"))
     labels = [f"slot {e.slot}\n{e.job_id[:16]}" for e in ledger.entries]
     if len(xs) <= 10:
         axes.set_xticks(xs, labels, fontsize=8)
@@ -81,7 +85,7 @@ def budget_png(ledger: LedgerFact) -> bytes:
     axes.set_ylabel(f"dataset's cumulative epsilon (delta {ledger.delta:g})")
     axes.set_ylim(0, max(ledger.max_epsilon, *ys, 0.0) * 1.18)
     axes.set_xlim(0.3, len(xs) + 0.7)
-    axes.legend(loc="upper left", fontsize=8)
+    axes.legend(handles=handles, loc="upper left", fontsize=8)
     return _png(figure)
 
 
@@ -94,9 +98,13 @@ def accuracy_png(points: Sequence[AccuracyPoint]) -> bytes:
         axes.plot([p.epsilon for p in mine], [p.value for p in mine], marker="o", label=name)
         last = mine[-1]
         axes.annotate(f"{last.value:.3f} at step {last.step}", (last.epsilon, last.value),
-                      textcoords="offset points", xytext=(-8, -14), ha="right", fontsize=8)
+                      textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+    values = [p.value for p in points]
+    low, high = min(values), max(values)
+    pad = max(0.05, (high - low) * 0.25)
+    axes.set_ylim(max(0.0, low - pad), high + 1.5 * pad)
+    axes.set_xlim(0, max(p.epsilon for p in points) * 1.15)
     axes.set_xlabel("epsilon spent by training at the evaluation step")
     axes.set_ylabel("accuracy (public evaluation)")
-    axes.set_xlim(left=0)
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
     return _png(figure)

@@ -88,3 +88,16 @@ def test_the_writer_puts_three_files_into_place(evidence: Evidence, tmp_path: Pa
     facts = json.loads(files.json.read_text())
     assert facts["verdict"] == "certificate verified" and facts["ledgers"][0]["agrees"] is True
     assert facts["total_epsilon"] == pytest.approx(facts["epsilon"])
+
+
+def _with_audit(evidence: Evidence, **result: object) -> str:
+    facts = facts_of(evidence)
+    audit = parse_audit_result(json.dumps(audit_result(**result)).encode())
+    return render_html(build_document(ReportFacts(**{**facts.__dict__, "empirical": audit})))
+
+
+def test_an_audit_of_another_recipe_or_above_epsilon_is_flagged(evidence: Evidence) -> None:
+    same = _with_audit(evidence)
+    assert "not the certified job&#x27;s" not in same and "ABOVE" not in same
+    assert "not the certified job&#x27;s" in _with_audit(evidence, sampling_rate=0.02)
+    assert "ABOVE the accountant" in _with_audit(evidence, epsilon_lower_bound=1.8, epsilon_certified=1.0)
