@@ -43,9 +43,9 @@ def _styles() -> dict[str, Any]:
         "subtitle": ParagraphStyle("subtitle", parent=body, fontSize=11, textColor=colors.HexColor("#566573"),
                                    spaceAfter=10),
         "h2": ParagraphStyle("h2", parent=base["Heading2"], fontName="Helvetica-Bold", fontSize=13.5,
-                             textColor=colors.HexColor(_ACCENT), spaceBefore=14, spaceAfter=6),
+                             textColor=colors.HexColor(_ACCENT), spaceBefore=14, spaceAfter=6, keepWithNext=1),
         "h3": ParagraphStyle("h3", parent=base["Heading3"], fontName="Helvetica-Bold", fontSize=11,
-                             spaceBefore=8, spaceAfter=4),
+                             spaceBefore=8, spaceAfter=4, keepWithNext=1),
         "body": body,
         "note": ParagraphStyle("note", parent=body, backColor=colors.HexColor("#fff8ec"),
                                borderColor=colors.HexColor("#9a5b00"), borderWidth=0.5, borderPadding=5,
@@ -99,7 +99,7 @@ def _table(table: Table, styles: dict[str, Any], width: float) -> list[Any]:
 
 
 def _block(block: Block, styles: dict[str, Any], width: float) -> list[Any]:
-    from reportlab.platypus import Image, ListFlowable, ListItem, Spacer
+    from reportlab.platypus import Image, KeepTogether, ListFlowable, ListItem, Spacer
     from reportlab.platypus import Paragraph as P
 
     if isinstance(block, Subheading):
@@ -115,7 +115,7 @@ def _block(block: Block, styles: dict[str, Any], width: float) -> list[Any]:
         image = Image(io.BytesIO(block.png))
         scale = min(1.0, width * 0.9 / image.imageWidth)
         image.drawWidth, image.drawHeight = image.imageWidth * scale, image.imageHeight * scale
-        return [image, P(escape(block.caption), styles["caption"])]
+        return [KeepTogether([image, P(escape(block.caption), styles["caption"])])]
     raise TypeError(f"unknown block {type(block).__name__}")
 
 
