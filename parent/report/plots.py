@@ -53,6 +53,9 @@ def epsilon_curve_png(curve: Sequence[tuple[int, float]], *, delta: float, accou
     axes.axhline(budget, color=_GREY, linestyle="--", label=f"job budget {budget:g}")
     if total > shown[-1][1] * (1 + 1e-9):
         axes.axhline(total, color=_GREEN, linestyle=":", label=f"with released DP metrics: {total:.3f}")
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("training steps")
     axes.set_ylabel(f"epsilon at delta {delta:g}")
     axes.set_ylim(0, max(budget, total, *(e for _, e in shown)) * 1.15)
