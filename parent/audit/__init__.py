@@ -1,0 +1,5 @@
+"""Empirical privacy audit in one training run (Steinke, Nasr & Jagielski, NeurIPS 2023).
+
+`bound` turns a guessing game's score into a lower bound on epsilon; `canaries` plays
+the game against the DP-SGD implementation with white-box gradient canaries.
+"""
