@@ -1,0 +1,267 @@
+"""A one-run privacy audit of the DP-SGD mechanism with white-box gradient canaries.
+
+Steinke, Nasr & Jagielski (2023), Algorithm 1, played against the code the enclave
+trains with (`DpSgd`: the clipping engine and the Csprng Gaussian noise; `PoissonSampler`),
+in-process on this host, on synthetic data of a job spec's shape:
+
+- m canaries, each a direction over the trainable parameters of norm exactly C drawn
+  from a public seed, and each IN the run independently with probability 1/2. The
+  auditor knows every direction but not which are IN: that secret is what the guesses
+  are scored against. Unit-norm-C vectors are already clipped gradients, so a canary is
+  exactly a record that every step's clipping leaves alone.
+- each step, every IN canary joins the clipped sum with probability q, the job's
+  Poisson rate, through the audit-only `DpSgd.audit_hooks`: a canary is treated exactly
+  like a record under the accountant, so the audit tests the very mechanism
+  ("Poisson-sampled clipped sum + Gaussian noise") whose epsilon the certificate states.
+- the score of canary i is the sum over steps of <noisy update, direction i>, the
+  noisy update being what DP-SGD writes into the gradients ((clipped sum + noise) / B),
+  read after every step: the white-box view of every iterate. Parameter deltas are that
+  update post-processed by the optimizer (for plain SGD exactly -lr times it); with
+  momentum or Adam they mix steps and rescale coordinates, which can only weaken the
+  attacker, so the update itself is the sharper and still honest score.
+- the guesses: IN for the k/2 highest scores, OUT for the k/2 lowest, abstain on the
+  rest; r right of k gives `bound.epsilon_lower_bound` at the chosen confidence.
+
+This audits the mechanism's implementation, not a deployed enclave: the canary hook
+exists only for this host-side run, and the production enclave never sets it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from enclave.errors import ConfigError
+from enclave.hazmat.csprng import Csprng, seed_from
+from enclave.privacy.calibration import epsilon
+from enclave.sealed.records import SHAPE_METADATA_KEY, declare_num_classes, format_shape
+from enclave.training.clipping.rules import trainable_parameters
+from enclave.training.dpsgd import DpSgd
+from enclave.training.jobmodel import fixed_front, job_model_for_schema
+from enclave.training.models import model_generator
+from enclave.training.sampler import PoissonSampler
+from enclave.training.spec import JobSpec
+from enclave.training.trainer import build_optimizer
+from parent.audit.bound import Guesses, ceiling, epsilon_lower_bound
+from parent.privacy_plan import RunPlan, plan_for_records
+
+__all__ = ["AuditResult", "Canaries", "audit_spec", "default_guesses", "guess", "synthetic_images"]
+
+log = logging.getLogger(__name__)
+
+#: Synthetic records take Fashion-MNIST's shape and classes, which every preset model takes.
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+
+
+def default_guesses(canaries: int) -> int:
+    """k = m / 5, even, at least 2: enough guesses to bound epsilon near the certified one without
+    spending the ceiling on abstentions (m = 1000, k = 200: ceiling about 4.2 at 95%)."""
+    return max(2, 2 * (canaries // 10))
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """One audit: the certified epsilon next to the empirical lower bound, and how it was measured."""
+
+    epsilon_certified: float
+    epsilon_lower_bound: float
+    ceiling: float
+    canaries: int
+    guesses: int
+    correct: int
+    confidence: float
+    control: bool
+    delta: float
+    accountant: str
+    sampling_rate: float
+    noise_multiplier: float
+    steps: int
+    records: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "epsilon_certified": self.epsilon_certified if math.isfinite(self.epsilon_certified) else None,
+            "epsilon_lower_bound": self.epsilon_lower_bound,
+            "ceiling": self.ceiling,
+            "canaries": self.canaries,
+            "guesses": self.guesses,
+            "correct": self.correct,
+            "confidence": self.confidence,
+            "control": self.control,
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "sampling_rate": self.sampling_rate,
+            "noise_multiplier": self.noise_multiplier,
+            "steps": self.steps,
+            "records": self.records,
+            "seconds": self.seconds,
+        }
+
+
+class Canaries:
+    """m gradient canaries over `params`: public directions, secret membership, per-step inclusion, scores."""
+
+    def __init__(
+        self, params: Mapping[str, torch.Tensor], count: int, *, clip: float, rate: float, rng: Csprng,
+        seed: int = 0,
+    ) -> None:
+        if count < 2:
+            raise ConfigError(f"an audit needs at least 2 canaries, got {count}")
+        self._shapes = [(name, tuple(p.shape)) for name, p in params.items()]
+        size = sum(math.prod(shape) for _, shape in self._shapes)
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
+        # Isotropic Gaussian directions normalised in float64: norm C to float32 rounding.
+        raw = torch.randn((count, size), generator=generator, dtype=torch.float64)
+        self.directions = (raw * (clip / raw.norm(dim=1, keepdim=True))).to(torch.float32)
+        self.member = rng.fork(b"audit-membership").bernoulli(count, 0.5)
+        self._inclusion = rng.fork(b"audit-inclusion")
+        self._rate = rate
+        self.scores = torch.zeros(count, dtype=torch.float64)
+
+    @property
+    def count(self) -> int:
+        return int(self.directions.shape[0])
+
+    def sampled(self) -> Mapping[str, torch.Tensor] | None:
+        """This step's sum of the IN canaries drawn at rate q, by parameter name (the DpSgd hook)."""
+        drawn = self.member & self._inclusion.bernoulli(self.count, self._rate)
+        if not drawn.any():
+            return None
+        total = self.directions[torch.from_numpy(drawn)].to(torch.float64).sum(dim=0).to(torch.float32)
+        out: dict[str, torch.Tensor] = {}
+        start = 0
+        for name, shape in self._shapes:
+            size = math.prod(shape)
+            out[name] = total[start:start + size].reshape(shape)
+            start += size
+        return out
+
+    def observe(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Add <this step's noisy update, direction i> to every canary's score."""
+        grads = []
+        for name, _ in self._shapes:
+            grad = params[name].grad
+            if grad is None:
+                raise ConfigError(f"parameter {name} got no update this step")
+            grads.append(grad.detach().reshape(-1).to(torch.float32))
+        self.scores += (self.directions @ torch.cat(grads)).to(torch.float64)
+
+
+def guess(scores: np.ndarray, member: np.ndarray, guesses: int) -> int:
+    """Algorithm 1's guesses: IN for the k - k//2 highest scores, OUT for the k//2 lowest; how many are right."""
+    if not 0 < guesses <= len(scores):
+        raise ConfigError(f"guesses must be in [1, {len(scores)}], got {guesses}")
+    # Stable ordering: ties (exact equal scores) fall to canary order, which is independent of membership.
+    order = np.argsort(scores, kind="stable")
+    low, high = guesses // 2, guesses - guesses // 2
+    right_in = int(member[order[len(scores) - high:]].sum())
+    right_out = int((~member[order[:low]]).sum())
+    return right_in + right_out
+
+
+def synthetic_images(records: int, rng: Csprng) -> tuple[np.ndarray, torch.Tensor]:
+    """Uniform uint8 28x28 images and uniform labels: public by construction, the job's input shape."""
+    raw = np.frombuffer(rng.random_bytes(records * (math.prod(IMAGE_SHAPE) + 1)), dtype=np.uint8)
+    rows = raw[: records * math.prod(IMAGE_SHAPE)].reshape(records, -1).copy()
+    labels = torch.from_numpy((raw[records * math.prod(IMAGE_SHAPE):] % NUM_CLASSES).astype(np.int64))
+    return rows, labels
+
+
+def synthetic_schema(spec: JobSpec) -> pa.Schema:
+    features, label = spec.data.columns[0], spec.data.label
+    field = pa.field(features, pa.list_(pa.uint8(), math.prod(IMAGE_SHAPE)),
+                     metadata={SHAPE_METADATA_KEY: format_shape(IMAGE_SHAPE)})
+    return declare_num_classes(pa.schema([field, pa.field(label, pa.int64())]), label, NUM_CLASSES)
+
+
+def audit_spec(
+    spec: JobSpec,
+    *,
+    records: int,
+    canaries: int = 1000,
+    guesses: int | None = None,
+    confidence: float = 0.95,
+    control: bool = False,
+    seed: bytes | None = None,
+    canary_seed: int = 0,
+    steps: int | None = None,
+) -> AuditResult:
+    """Train the spec's model with DP-SGD on synthetic data plus canaries and bound its epsilon.
+
+    `control` trains without noise (an infinite epsilon) and must give a bound far above the
+    certified epsilon; `steps` shortens the run (the certified epsilon is then that of the
+    shorter run, so both sides of the comparison stay the same mechanism). `seed` (32 bytes)
+    makes the run reproducible; by default it is fresh from os.urandom.
+    """
+    if spec.tuning is not None:
+        raise ConfigError("a tuning spec's search is many runs: audit one of its candidates as a plain spec")
+    if spec.data.tabular or spec.task.regression:
+        raise ConfigError("the audit's synthetic data are images of 28x28 with 10 classes: a tabular or "
+                          "regression job is not supported")
+    plan = plan_for_records(spec, records)
+    if steps is not None:
+        if steps < 1:
+            raise ConfigError(f"steps must be positive, got {steps}")
+        plan = RunPlan(records, plan.sampling_rate, steps, plan.noise_multiplier, plan.accountant, plan.delta,
+                       _epsilon(plan, steps))
+    k = default_guesses(canaries) if guesses is None else guesses
+    if not 0 < k <= canaries:
+        raise ConfigError(f"guesses must be in [1, {canaries}], got {k}")
+    rng = Csprng(seed) if seed is not None else seed_from(os.urandom)
+    job = job_model_for_schema(spec, synthetic_schema(spec))
+    model = job.build(model_generator(rng.fork(b"model-init")))
+    rows, labels = synthetic_images(records, rng.fork(b"audit-data"))
+    front = fixed_front(job.format, model, job.plan())
+    net: nn.Module
+    if front is None:
+        net, inputs = model, job.input.tensor(rows)
+    else:
+        net, inputs = front.head, front.features(job.input, rows)
+    optimizer = build_optimizer(spec, model)
+    sampler = PoissonSampler(records, plan.sampling_rate, rng.fork(b"poisson-sampler"))
+    engine = DpSgd(net, optimizer, max_grad_norm=spec.privacy.max_grad_norm,
+                   noise_multiplier=plan.noise_multiplier, expected_batch_size=spec.privacy.expected_batch_size,
+                   rng=rng.fork(b"gaussian-noise"), loss=spec.task.loss)
+    params = trainable_parameters(net)
+    cans = Canaries(params, canaries, clip=engine.max_grad_norm, rate=plan.sampling_rate,
+                    rng=rng.fork(b"audit-canaries"), seed=canary_seed)
+    engine.audit_hooks(extra_clipped=cans.sampled, add_noise=not control)
+    began = time.monotonic()
+    try:
+        for _ in range(plan.steps):
+            batch = sampler.sample()
+            index = torch.from_numpy(batch)
+            engine.step(inputs[index], labels[index])
+            cans.observe(params)
+    finally:
+        engine.close()
+    seconds = time.monotonic() - began
+    correct = guess(cans.scores.numpy(), cans.member, k)
+    result = AuditResult(
+        epsilon_certified=plan.epsilon,
+        epsilon_lower_bound=epsilon_lower_bound(Guesses(canaries, k, correct), delta=plan.delta,
+                                                confidence=confidence),
+        ceiling=ceiling(canaries, k, delta=plan.delta, confidence=confidence),
+        canaries=canaries, guesses=k, correct=correct, confidence=confidence, control=control,
+        delta=plan.delta, accountant=plan.accountant, sampling_rate=plan.sampling_rate,
+        noise_multiplier=plan.noise_multiplier, steps=plan.steps, records=records, seconds=seconds,
+    )
+    log.info("audit: %d of %d guesses right; epsilon >= %.3f (certified %.3f)", correct, k,
+             result.epsilon_lower_bound, result.epsilon_certified)
+    return result
+
+
+def _epsilon(plan: RunPlan, steps: int) -> float:
+    return float(epsilon(plan.sampling_rate, plan.noise_multiplier, steps, plan.delta, plan.accountant))
