@@ -138,7 +138,7 @@ class DpSgd:
         """
         self._extra_clipped = extra_clipped
         self._add_noise = bool(add_noise)
-        log.warning("DP-SGD audit hooks set: canaries %s, noise %s",
+        log.info("DP-SGD audit hooks set: canaries %s, noise %s",
                     "on" if extra_clipped is not None else "off", "on" if self._add_noise else "OFF")
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepStats:

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 #: Synthetic records take Fashion-MNIST's shape and classes, which every preset model takes.
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+_BLOCK = 64
 
 
 def default_guesses(canaries: int) -> int:
@@ -122,9 +123,12 @@ class Canaries:
         size = sum(math.prod(shape) for _, shape in self._shapes)
         generator = torch.Generator(device="cpu")
         generator.manual_seed(seed)
-        # Isotropic Gaussian directions normalised in float64: norm C to float32 rounding.
-        raw = torch.randn((count, size), generator=generator, dtype=torch.float64)
-        self.directions = (raw * (clip / raw.norm(dim=1, keepdim=True))).to(torch.float32)
+        # Isotropic Gaussian directions normalised in float64 (norm C to float32 rounding), a
+        # block of rows at a time: m x D float64 at once would double a large model's footprint.
+        self.directions = torch.empty((count, size), dtype=torch.float32)
+        for start in range(0, count, _BLOCK):
+            raw = torch.randn((min(_BLOCK, count - start), size), generator=generator, dtype=torch.float64)
+            self.directions[start:start + len(raw)] = raw * (clip / raw.norm(dim=1, keepdim=True))
         self.member = rng.fork(b"audit-membership").bernoulli(count, 0.5)
         self._inclusion = rng.fork(b"audit-inclusion")
         self._rate = rate
