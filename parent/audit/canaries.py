@@ -50,7 +50,7 @@ from enclave.training.jobmodel import fixed_front, job_model_for_schema
 from enclave.training.models import model_generator
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
-from enclave.training.trainer import build_optimizer
+from enclave.training.trainer import build_optimizer, table_arrays
 from parent.audit.bound import Guesses, ceiling, epsilon_lower_bound
 from parent.privacy_plan import RunPlan, plan_for_records
 
@@ -201,19 +201,24 @@ def audit_spec(
     seed: bytes | None = None,
     canary_seed: int = 0,
     steps: int | None = None,
+    data: pa.Table | None = None,
 ) -> AuditResult:
     """Train the spec's model with DP-SGD on synthetic data plus canaries and bound its epsilon.
 
     `control` trains without noise (an infinite epsilon) and must give a bound far above the
     certified epsilon; `steps` shortens the run (the certified epsilon is then that of the
     shorter run, so both sides of the comparison stay the same mechanism). `seed` (32 bytes)
-    makes the run reproducible; by default it is fresh from os.urandom.
+    makes the run reproducible; by default it is fresh from os.urandom. `data`, a public table
+    with the spec's feature and label columns, replaces the synthetic records (and sets
+    `records` to its row count): the audit then runs on exactly that public data.
     """
     if spec.tuning is not None:
         raise ConfigError("a tuning spec's search is many runs: audit one of its candidates as a plain spec")
     if spec.data.tabular or spec.task.regression:
         raise ConfigError("the audit's synthetic data are images of 28x28 with 10 classes: a tabular or "
                           "regression job is not supported")
+    if data is not None:
+        records = data.num_rows
     plan = plan_for_records(spec, records)
     if steps is not None:
         if steps < 1:
@@ -224,9 +229,12 @@ def audit_spec(
     if not 0 < k <= canaries:
         raise ConfigError(f"guesses must be in [1, {canaries}], got {k}")
     rng = Csprng(seed) if seed is not None else seed_from(os.urandom)
-    job = job_model_for_schema(spec, synthetic_schema(spec))
+    job = job_model_for_schema(spec, synthetic_schema(spec) if data is None else data.schema)
     model = job.build(model_generator(rng.fork(b"model-init")))
-    rows, labels = synthetic_images(records, rng.fork(b"audit-data"))
+    if data is None:
+        rows, labels = synthetic_images(records, rng.fork(b"audit-data"))
+    else:
+        rows, labels = table_arrays(data, spec.data.columns[0], spec.data.label, job.num_classes)
     front = fixed_front(job.format, model, job.plan())
     net: nn.Module
     if front is None:

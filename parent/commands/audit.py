@@ -1,11 +1,11 @@
 """`hermetic audit`: an empirical lower bound on a job's epsilon, next to the certified one (dev command).
 
     hermetic audit JOB.toml --local [DIR] [--canaries M] [--guesses K] [--confidence C]
-                   [--records N] [--steps T] [--control-no-noise] [--seed HEX] [--json]
+                   [--records N | --data FILE] [--steps T] [--control-no-noise] [--seed HEX] [--json]
 
 A one-run audit (Steinke, Nasr & Jagielski 2023; `parent.audit`): the job's model is
 trained with the same DpSgd, Csprng noise and Poisson sampler the enclave runs, on
-synthetic data of Fashion-MNIST's shape, with M white-box gradient canaries each
+synthetic data of Fashion-MNIST's shape (or a public file, --data), with M white-box gradient canaries each
 included with probability 1/2, and the guesses on them bound epsilon from below.
 It runs in-process on this host because canaries need a hook the production enclave
 does not have: it audits the mechanism's implementation, not a deployed enclave.
@@ -19,11 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from enclave.errors import ConfigError
 from parent.appliance import DEFAULT_STATE_DIR
 from parent.commands import privacy_args as arg
 from parent.commands.output import add_json_flag
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 DEFAULT_CANARIES = 1000
 DEFAULT_CONFIDENCE = 0.95
@@ -72,8 +76,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="guesses: IN for the K/2 highest scores, OUT for the K/2 lowest (default M/5)")
     parser.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE, metavar="C",
                         help=f"confidence of the lower bound, in (0, 1) (default {DEFAULT_CONFIDENCE})")
-    parser.add_argument("--records", type=arg.count, default=DEFAULT_RECORDS, metavar="N",
-                        help=f"synthetic records, which set q = batch / N (default {DEFAULT_RECORDS})")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--records", type=arg.count, metavar="N",
+                      help=f"synthetic records, which set q = batch / N (default {DEFAULT_RECORDS})")
+    data.add_argument("--data", type=Path, metavar="FILE",
+                      help="train on this public file (a format `hermetic seal` reads, with the spec's feature "
+                           "and label columns) instead of synthetic records; q = batch / its rows")
     parser.add_argument("--steps", type=arg.count, metavar="T",
                         help="train T steps instead of the spec's (the certified epsilon is then T steps')")
     parser.add_argument("--control-no-noise", action="store_true",
@@ -85,6 +93,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run_audit)
 
 
+def _read_table(path: Path) -> pa.Table:
+    # Imported on use, like the audit itself: building the parser loads neither pyarrow nor torch.
+    import pyarrow as pa
+
+    from parent.datasets import open_dataset
+
+    reader = open_dataset(path)
+    return pa.Table.from_batches(list(reader.iter_batches(8192)), schema=reader.schema())
+
+
 def run_audit(args: argparse.Namespace) -> int:
     if args.local is None:
         raise ConfigError("the audit runs only in-process on this host: pass --local")
@@ -93,7 +111,9 @@ def run_audit(args: argparse.Namespace) -> int:
     from parent.commands.privacy_plan import load_spec
 
     spec = load_spec(args.spec)
-    result = audit_spec(spec, records=args.records, canaries=args.canaries, guesses=args.guesses,
+    table = None if args.data is None else _read_table(args.data)
+    records = DEFAULT_RECORDS if args.records is None else args.records
+    result = audit_spec(spec, records=records, data=table, canaries=args.canaries, guesses=args.guesses,
                         confidence=args.confidence, control=args.control_no_noise, seed=args.seed,
                         steps=args.steps)
     exceeds = result.epsilon_lower_bound > result.epsilon_certified

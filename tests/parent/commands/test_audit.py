@@ -60,3 +60,24 @@ def test_malformed_options_are_usage_errors(spec: Path, option: str, value: str)
     with pytest.raises(SystemExit) as exit_:
         main(["audit", str(spec), "--local", option, value])
     assert exit_.value.code == 2
+
+
+def test_a_public_file_replaces_the_synthetic_records(spec: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.feather
+
+    from parent.audit.canaries import synthetic_schema
+    from parent.commands.privacy_plan import load_spec
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(100, 784), dtype=np.uint8)
+    schema = synthetic_schema(load_spec(str(spec)))
+    table = pa.table([pa.FixedSizeListArray.from_arrays(pa.array(images.reshape(-1)), 784),
+                      pa.array(rng.integers(0, 10, size=100), pa.int64())], schema=schema)
+    path = tmp_path / "public.arrow"
+    pyarrow.feather.write_feather(table, path)
+    argv = ["audit", str(spec), "--local", "--data", str(path), "--canaries", "200", "--seed", SEED, "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 100
