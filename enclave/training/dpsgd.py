@@ -139,7 +139,7 @@ class DpSgd:
         self._extra_clipped = extra_clipped
         self._add_noise = bool(add_noise)
         log.info("DP-SGD audit hooks set: canaries %s, noise %s",
-                    "on" if extra_clipped is not None else "off", "on" if self._add_noise else "OFF")
+                 "on" if extra_clipped is not None else "off", "on" if self._add_noise else "OFF")
 
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepStats:
         """One DP-SGD step on a (possibly empty) Poisson batch."""
@@ -154,6 +154,9 @@ class DpSgd:
         extra = self._extra_clipped() if self._extra_clipped is not None else None
         if len(drawn) != len(trainable):
             raise DpSgdConfigError("the model's trainable parameters changed after DP-SGD was set up")
+        if extra is not None and not extra.keys() <= trainable.keys():
+            # A canary part that no parameter takes would silently shrink the canary below norm C.
+            raise DpSgdConfigError("audit canaries name a tensor that is not a trainable parameter")
         for (name, p), noise in zip(trainable.items(), drawn, strict=True):
             total = result.sums.get(name)
             if total is None or total.shape != p.shape or noise.shape != p.shape or noise.dtype != p.dtype:

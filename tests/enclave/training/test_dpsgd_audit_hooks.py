@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from enclave.hazmat.csprng import Csprng
+from enclave.training.clipping.rules import DpSgdConfigError
 from enclave.training.dpsgd import DpSgd
 from enclave.training.spec import JobSpec, SpecError
 from tests.support.specs import mlp_spec
@@ -84,6 +85,14 @@ def test_an_empty_canary_step_is_a_plain_step() -> None:
         torch.testing.assert_close(grad, _grads(plain_model)[name])
     plain.close()
     hooked.close()
+
+
+def test_a_canary_for_an_unknown_tensor_is_refused() -> None:
+    _, engine = _engine()
+    engine.audit_hooks(extra_clipped=lambda: {"1.weight": torch.zeros(2, 3)})
+    with pytest.raises(DpSgdConfigError, match="not a trainable parameter"):
+        engine.step(*_empty())
+    engine.close()
 
 
 def test_the_hooks_are_off_unless_set() -> None:
