@@ -28,7 +28,8 @@ a data key was used, every failure is one constant Error of code `runtime`
                   LedgerError (enclave.ledger.store): the dataset's budget ledger is
                   spent, damaged or unreachable
     egress        EgressRefused (enclave.egress)
-    certificate   CertificateError (enclave.certificate.errors)
+    certificate   CertificateError (enclave.certificate.errors); AuditLogError
+                  (enclave.audit_log): the session's audit chain, whose head it holds
     runtime       RuntimeFailure: the runtime could not complete a job
 """
 from __future__ import annotations

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
+from enclave.audit_log import NONCE_BYTES as AUDIT_NONCE_BYTES
 from enclave.datasets import OpenedDataset, open_sealed_dataset, read_ipc_table
 from enclave.egress import EgressGate
 from enclave.errors import INTERNAL, ConfigError, HermeticError, RuntimeFailure
@@ -295,6 +296,9 @@ class EnclaveRuntime:
         kms = AttestedKms(self._kms_clients(creds), self._nsm)
         channel.accept_refreshes(creds, kms)
         start = self._expect(channel, JobStart)
+        # The chain starts once the job is named; a fresh nonce keeps two sessions' chains apart.
+        gate.begin_audit(start.job_id, self._nsm.get_random(AUDIT_NONCE_BYTES), self._clock)
+        kms.observe(gate.record)
         spec = JobSpec.from_toml(self._expect(channel, TrainingJob).spec_toml)
         job = _Job(start.job_id, spec, kms, train_ids=_train_ids(spec, start.datasets), exposure=exposure)
         _check_weights_stream(spec, start.datasets)
@@ -310,7 +314,7 @@ class EnclaveRuntime:
             if stream_id.startswith(PUBLIC_PREFIX):
                 self._receive_public(reader, stream_id[len(PUBLIC_PREFIX):], job, gate)
             elif stream_id == RESUME_STREAM:
-                self._receive_resume(reader, job)
+                self._receive_resume(reader, job, gate)
             elif stream_id == WEIGHTS_STREAM:
                 self._receive_weights(reader, job, gate)
             else:
@@ -329,7 +333,7 @@ class EnclaveRuntime:
 
         def budget(header: SealedHeader) -> None:
             job.sealed[dataset_id] = _Sealed(header)
-            self._check_job(job)
+            self._check_job(job, gate)
 
         opened = open_sealed_dataset(
             reader, expected_dataset_id=dataset_id, kms=_MarkingKms(job.kms, job.exposure), check_header=budget,
@@ -411,7 +415,7 @@ class EnclaveRuntime:
 
     # ---------------------------------------------------------------- budget ledger
 
-    def _check_job(self, job: _Job) -> None:
+    def _check_job(self, job: _Job, gate: EgressGate) -> None:
         """Before any key: the job against every header, and every ledger with this job's whole plan."""
         headers = [job.sealed[dataset_id].header for dataset_id in job.train_ids]
         job.plan = plan_run(job.spec, headers)
@@ -422,9 +426,9 @@ class EnclaveRuntime:
             # The job check passed on every header and they share one schema: the first gives the layout.
             check_weights(job_model(job.spec, headers[0]).parameter_shapes(), job.weights)
         for dataset_id in job.train_ids:
-            self._check_ledger(job, job.sealed[dataset_id])
+            self._check_ledger(job, job.sealed[dataset_id], gate)
 
-    def _check_ledger(self, job: _Job, sealed: _Sealed) -> None:
+    def _check_ledger(self, job: _Job, sealed: _Sealed, gate: EgressGate) -> None:
         """Every valid entry plus this job's whole plan must fit the dataset's cap."""
         assert job.plan is not None
         header = sealed.header
@@ -434,6 +438,7 @@ class EnclaveRuntime:
         check = check_header_budget(sealed.ledger, header, segments, plan.accountant,
                                     accept_unprotected=self._ledgers.accept_unprotected, searches=searches)
         sealed.dataset_epsilon = check.spent
+        gate.record("ledger_read", dataset_id=header.dataset_id, spent_epsilon=check.spent)
 
     def _reserve_budget(self, job: _Job, gate: EgressGate) -> None:
         """Before any step on private data: the steps this session will run, written to every dataset's ledger."""
@@ -458,7 +463,8 @@ class EnclaveRuntime:
             check = reservation.check
             sealed.dataset_epsilon = check.total
             gate.audit("budget_reserved", dataset_id=header.dataset_id, slot=reservation.entry.seq, steps=steps,
-                       job_epsilon=check.job, dataset_epsilon=check.total, max_epsilon=check.max_epsilon)
+                       job_epsilon=check.job, dataset_epsilon=check.total, max_epsilon=check.max_epsilon,
+                       entry_sha256=reservation.sha256, prev_sha256=reservation.entry.prev)
 
     def _receive_public(self, reader: DatasetStreamReader, name: str, job: _Job, gate: EgressGate) -> None:
         data = _read_bounded(reader, self._limits.max_public_bytes, f"public dataset {name!r}")
@@ -474,7 +480,7 @@ class EnclaveRuntime:
         gate.audit("initial_weights", sha256=job.weights.sha256, tensors=len(job.weights.tensors),
                    parameters=sum(int(t.numel()) for t in job.weights.tensors.values()))
 
-    def _receive_resume(self, reader: DatasetStreamReader, job: _Job) -> None:
+    def _receive_resume(self, reader: DatasetStreamReader, job: _Job, gate: EgressGate) -> None:
         data = _read_bounded(reader, self._limits.max_checkpoint_bytes, "checkpoint")
         if job.checkpoint_auth is None:
             # The dataset streams come first: only their data keys can check the checkpoint's tag.
@@ -487,6 +493,7 @@ class EnclaveRuntime:
             expected_spec_sha256=job.spec.sha256, authenticator=job.checkpoint_auth,
         )
         job.resume_sealed_sha256 = hashlib.sha256(data).hexdigest()
+        gate.record("checkpoint_resumed", sealed_sha256=job.resume_sealed_sha256, step=job.resume.step)
 
     def _train(self, job: _Job, gate: EgressGate) -> str:
         # _train_ids made every sealed dataset one of the streams, so each was opened.

@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "policy",
     "verify_attestation",
     "verify_certificate",
+    "audit_log",
     "kms_emulator",
     "parent_serve",
     "mock_enclave",

@@ -46,6 +46,15 @@ holds one value, "rdp": the whole search's repeat-and-select epsilon, which is w
 `runs`, distribution, mean and shape let a verifier recompute. Bodies of other jobs
 stay version 5, byte for byte; a body with no trial states steps 0, an empty ledger,
 and NO_OUTPUT for the model and checkpoint hashes.
+
+Versions 7 and 8 are versions 5 and 6 plus the session's audit trail
+(`enclave.audit_log`): `audit_log_sha256`, the chain's head (SHA-256 hex of its last
+event's encoding), and `audit_log_events`, its event count. The version is bumped
+rather than the fields made optional because the format has no optional fields: a
+body's key set and its version determine each other, so a verifier never has to guess
+whether a missing field was stripped. Versions 5 and 6 keep their exact bytes (their
+known answers still hold) and still decode, so certificates issued before the audit
+trail still verify; the enclave issues only versions 7 and 8.
 """
 from __future__ import annotations
 
@@ -59,6 +68,8 @@ from enclave.certificate.errors import MalformedCertificate
 from enclave.hazmat.cbor import dumps_f64
 
 __all__ = [
+    "AUDITED_BODY_VERSION",
+    "AUDITED_SEARCH_BODY_VERSION",
     "BODY_VERSION",
     "NEIGHBOURING",
     "PRIVACY_UNIT",
@@ -75,6 +86,11 @@ __all__ = [
 
 BODY_VERSION = 5
 SEARCH_BODY_VERSION = 6
+AUDITED_BODY_VERSION = 7
+AUDITED_SEARCH_BODY_VERSION = 8
+#: (has a search, has an audit trail) -> the one version such a body has.
+_VERSIONS = {(False, False): BODY_VERSION, (True, False): SEARCH_BODY_VERSION,
+             (False, True): AUDITED_BODY_VERSION, (True, True): AUDITED_SEARCH_BODY_VERSION}
 #: The model and checkpoint hash of a search that ran no trial: nothing was released.
 NO_OUTPUT = "0" * 64
 MAX_GRID_KEYS = 8
@@ -337,15 +353,29 @@ class CertificateBody:
     resumed_from: ResumedFrom | None = None
     privacy_unit: str = PRIVACY_UNIT
     neighbouring: str = NEIGHBOURING
-    # A tuning job's search (version 6 only); None for every other job (version 5).
+    # A tuning job's search (versions 6 and 8); None for every other job (versions 5 and 7).
     search: SearchRecord | None = None
+    # The session's audit chain head and event count (versions 7 and 8): both or neither.
+    audit_log_sha256: str | None = None
+    audit_log_events: int | None = None
+
+    @staticmethod
+    def version_for(*, search: bool, audited: bool) -> int:
+        """The one body version for a body with or without a search and an audit trail."""
+        return _VERSIONS[(search, audited)]
 
     def __post_init__(self) -> None:
-        expected = BODY_VERSION if self.search is None else SEARCH_BODY_VERSION
+        if (self.audit_log_sha256 is None) != (self.audit_log_events is None):
+            raise MalformedCertificate("audit_log_sha256 and audit_log_events come together or not at all")
+        audited = self.audit_log_sha256 is not None
+        expected = _VERSIONS[(self.search is not None, audited)]
         if type(self.version) is not int or self.version != expected:
             raise MalformedCertificate(
                 f"certificate body version must be {expected} for a body {'with' if self.search else 'without'} "
-                f"a search")
+                f"a search and {'with' if audited else 'without'} an audit trail")
+        if audited:
+            _text(self.audit_log_sha256, "audit_log_sha256", limit=64)
+            _count(self.audit_log_events, "audit_log_events")
         if self.search is not None and type(self.search) is not SearchRecord:
             raise MalformedCertificate("search is not a SearchRecord or null")
         if self.privacy_unit != PRIVACY_UNIT or type(self.privacy_unit) is not str:
@@ -461,7 +491,9 @@ def wire_map(body: CertificateBody) -> dict[str, Any]:
             "sealed_sha256": body.resumed_from.sealed_sha256, "step": body.resumed_from.step},
         "privacy_unit": body.privacy_unit,
         "neighbouring": body.neighbouring,
-    } | ({} if body.search is None else {"search": body.search.to_wire()})
+    } | ({} if body.search is None else {"search": body.search.to_wire()}) | (
+        {} if body.audit_log_sha256 is None else
+        {"audit_log_sha256": body.audit_log_sha256, "audit_log_events": body.audit_log_events})
 
 
 def encode_body(body: CertificateBody) -> bytes:

@@ -280,6 +280,11 @@ def check_body(body: CertificateBody) -> None:
             raise InconsistentCertificate(
                 f"resumed_from step {body.resumed_from.step} is beyond the {body.steps} steps certified"
             )
+    if body.audit_log_sha256 is not None:
+        _sha256(body.audit_log_sha256, "audit_log_sha256")
+        # A chain holds at least its session_start and its closing certificate_issuing.
+        if body.audit_log_events is None or body.audit_log_events < 2:
+            raise InconsistentCertificate("audit_log_events is fewer than the 2 events every chain holds")
     _check_pcrs(body)
     _check_dp_parameters(body)
     _check_accounting(body)

@@ -8,6 +8,7 @@ with plaintext in it is refused: it would mean the secret crossed the parent.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
-from enclave.errors import KmsError
+from enclave.errors import HermeticError, KmsError
 from enclave.hazmat.cms import RecipientKey
 from enclave.kms.errors import (
     KmsAccessDenied,
@@ -58,6 +59,10 @@ _ERROR_TYPES: dict[str, type[KmsError]] = {
 }
 
 
+class Observer(Protocol):
+    def __call__(self, type_: str, /, **fields: str) -> None: ...
+
+
 class AttestingNsm(Protocol):
     def attest(
         self,
@@ -97,6 +102,19 @@ class AttestedKms:
         self._client = client
         self._client_lock = threading.Lock()
         self._nsm = nsm
+        self._observer: Observer | None = None
+
+    def observe(self, observer: Observer) -> None:
+        """Report every attestation made and every request's outcome to `observer` (the audit chain).
+
+        Only the operation, the key id asked for, the attestation document's SHA-256 and
+        "ok" or the error's code are reported: never a plaintext, ciphertext or key.
+        """
+        self._observer = observer
+
+    def _observe(self, type_: str, **fields: str) -> None:
+        if self._observer is not None:
+            self._observer(type_, **fields)
 
     def replace_client(self, client: Any) -> None:
         """Make every later call with `client`; a call already under way keeps its own."""
@@ -109,15 +127,31 @@ class AttestedKms:
         method: Callable[..., dict[str, Any]] = getattr(client, name)
         return method
 
-    def _recipient(self) -> tuple[RecipientKey, dict[str, Any]]:
+    def _recipient(self, operation: str) -> tuple[RecipientKey, dict[str, Any]]:
         private_key = RecipientKey()
         document = self._nsm.attest(public_key=private_key.public_der)
+        self._observe("attestation", operation=operation, sha256=hashlib.sha256(document).hexdigest())
         return private_key, {
             "AttestationDocument": document,
             "KeyEncryptionAlgorithm": KEY_ENCRYPTION_ALGORITHM,
         }
 
     def _call(self, operation: str, method: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
+        key_id = str(params.get("KeyId", ""))  # "": a Decrypt whose ciphertext names its key
+        try:
+            response = self._call_unobserved(operation, method, **params)
+        except KmsError as err:
+            try:
+                self._observe("kms_request", operation=operation, key_id=key_id, outcome=err.code)
+            except HermeticError:
+                # The KMS error is what the session reports; a failed session releases no log.
+                log.warning("the audit chain could not record the failed KMS %s", operation)
+            raise
+        self._observe("kms_request", operation=operation, key_id=key_id, outcome="ok")
+        return response
+
+    @staticmethod
+    def _call_unobserved(operation: str, method: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any]:
         try:
             response = method(**params)
         except ClientError as err:
@@ -150,7 +184,7 @@ class AttestedKms:
         key_id: str | None = None,
     ) -> bytes:
         """Decrypt a KMS ciphertext blob; the plaintext only ever exists in this process."""
-        private_key, recipient = self._recipient()
+        private_key, recipient = self._recipient("Decrypt")
         params: dict[str, Any] = {
             "CiphertextBlob": bytes(ciphertext_blob),
             "EncryptionContext": _check_context(encryption_context),
@@ -169,7 +203,7 @@ class AttestedKms:
         number_of_bytes: int = 32,
     ) -> tuple[bytes, bytes]:
         """A fresh data key: (plaintext for this process, CiphertextBlob to store)."""
-        private_key, recipient = self._recipient()
+        private_key, recipient = self._recipient("GenerateDataKey")
         response = self._call(
             "GenerateDataKey",
             self._method("generate_data_key"),
@@ -192,7 +226,7 @@ class AttestedKms:
         """`n` random bytes from KMS, delivered encrypted to this enclave."""
         if not 1 <= n <= MAX_RANDOM_BYTES:
             raise KmsValidationError(f"GenerateRandom size must be 1..{MAX_RANDOM_BYTES}, got {n}")
-        private_key, recipient = self._recipient()
+        private_key, recipient = self._recipient("GenerateRandom")
         response = self._call(
             "GenerateRandom", self._method("generate_random"), NumberOfBytes=n, Recipient=recipient
         )

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 
 from enclave.hazmat.ledger_key import LedgerSigningKey
 from enclave.ledger.chain import LedgerView, verify_slots
-from enclave.ledger.entry import ENTRY_VERSION, KIND_RESERVE, KIND_SEARCH, SEARCH_VERSION, LedgerEntry, encode_entry
+from enclave.ledger.entry import (
+    ENTRY_VERSION,
+    KIND_RESERVE,
+    KIND_SEARCH,
+    SEARCH_VERSION,
+    LedgerEntry,
+    encode_entry,
+    stored_sha256,
+)
 from enclave.ledger.store import LedgerError, LedgerStore, LedgerUnavailable
 from enclave.privacy.ledger import Segment
 from enclave.privacy.searches import SearchCharge, compose
@@ -135,6 +143,9 @@ def check_header_budget(
 class Reservation:
     entry: LedgerEntry
     check: BudgetCheck  # `total` is the dataset's cumulative epsilon including this entry
+    # SHA-256 hex of the entry's stored bytes: what the next entry's `prev` names, and what
+    # the session's audit trail records, so an auditor can find this very entry in the store.
+    sha256: str
 
 
 def reserve(
@@ -174,7 +185,7 @@ def reserve(
         _confirm(store, entry.seq, data, accept_unprotected)
         log.info("reserved %d steps in slot %d of %s: epsilon %.4f of %.4f spent", entry.steps, entry.seq,
                  budget.dataset_id, check.total, budget.max_epsilon)
-        return Reservation(entry, check)
+        return Reservation(entry, check, stored_sha256(data))
     raise LedgerUnavailable(f"could not reserve budget on {budget.dataset_id!r}: {MAX_ATTEMPTS} slots in a row taken")
 
 

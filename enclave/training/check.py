@@ -195,6 +195,7 @@ def _dataset_problems(spec: JobSpec, header: SealedHeader) -> list[Problem]:
     except SealedDataError as err:
         problems.append(Problem("schema", str(err)))
     else:
+        problems += _selection_problems(spec, schema, model)
         if spec.data.tabular or spec.task.regression or sequence_feature(spec, schema):
             problems += _public_problems(schema, spec)
             return problems
@@ -204,6 +205,26 @@ def _dataset_problems(spec: JobSpec, header: SealedHeader) -> list[Problem]:
         if spec.model.inline is not None and not features and not label:
             problems += _inline_problems(schema, spec, spec.model.inline)
     return problems
+
+
+def _selection_problems(spec: JobSpec, schema: pa.Schema, model: ModelSpec | None) -> list[Problem]:
+    """A search selecting on AUC, which is released for two classes only: no trial could be scored."""
+    tuning = spec.tuning
+    if tuning is None or not tuning.metric.startswith("auc/") or spec.task.regression:
+        return []
+    if model is not None:
+        classes: int | None = model.num_classes
+    else:
+        index = schema.get_field_index(spec.data.label)
+        try:
+            classes = field_num_classes(schema.field(index)) if index >= 0 else None
+        except SealedDataError:
+            classes = None  # the label's own problem is reported with it
+    if classes is None or classes == 2:
+        return []
+    return [Problem("tuning.select.metric", f"auc is released for two classes only, column "
+                                            f"{_short(repr(spec.data.label))} has {classes}: "
+                                            f"select on accuracy/{spec.eval.public}")]
 
 
 def _public(schema: pa.Schema) -> tuple[PublicSchema | None, list[Problem]]:

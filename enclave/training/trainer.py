@@ -291,7 +291,10 @@ class Trainer:
         if public is not None:
             self._release_metrics(model, public, last)
         checkpoint = self._emit_checkpoint(model, optimizer, ledger, last, final=True)
+        model_hash, checkpoint_hash = model_sha256(model.state_dict()), hashlib.sha256(checkpoint).hexdigest()
+        audit_sha256, audit_events = self._close_audit(model_hash, checkpoint_hash, ledger.steps)
         body = CertificateBody(
+            version=CertificateBody.version_for(search=False, audited=True),
             job_id=inp.job_id,
             spec_sha256=spec.sha256,
             model_spec_sha256=job.format.sha256,
@@ -307,8 +310,8 @@ class Trainer:
             epsilon=eps,
             accountant=plan.accountant,
             ledger=tuple(s.to_dict() for s in ledger.segments),
-            model_sha256=model_sha256(model.state_dict()),
-            checkpoint_sha256=hashlib.sha256(checkpoint).hexdigest(),
+            model_sha256=model_hash,
+            checkpoint_sha256=checkpoint_hash,
             metrics=tuple(self._metrics),
             started_at=_rfc3339(started),
             finished_at=_rfc3339(inp.clock()),
@@ -317,8 +320,10 @@ class Trainer:
                 None if inp.resume is None
                 else ResumedFrom(sealed_sha256=inp.resume_sealed_sha256, step=inp.resume.step)
             ),
+            audit_log_sha256=audit_sha256,
+            audit_log_events=audit_events,
         )
-        self._gate.send(CertificateIssued(data=issue_certificate(body, inp.nsm)))
+        self._issue(body)
         summary = f"{ledger.steps} steps, epsilon {eps[plan.accountant]:.4f} ({plan.accountant})"
         final = [m for m in self._metrics if m.step == last]
         if final:
@@ -433,6 +438,20 @@ class Trainer:
             pixels, model_input = rows, self._job.input
             outputs = outputs_of(net, lambda part: model_input.tensor(pixels[part]), len(pixels))
         return [(f"{name}/{table.name}", value) for name, value in public_metrics(outputs, labels, self._job.target)]
+
+    def _close_audit(self, model_hash: str, checkpoint_hash: str, steps: int) -> tuple[str, int]:
+        """Close the session's audit chain; the (head, count) the certificate body states.
+
+        The chain closes before the body is built because the body holds its head: the
+        last record, certificate_issuing, names what the certificate will state, and no
+        record follows it (`enclave.audit_log`).
+        """
+        return self._gate.close_audit(model_sha256=model_hash, checkpoint_sha256=checkpoint_hash, steps=steps)
+
+    def _issue(self, body: CertificateBody) -> None:
+        """Issue and release the certificate, then the audit log it attests."""
+        self._gate.send(CertificateIssued(data=issue_certificate(body, self._in.nsm)))
+        self._gate.release_audit_log()
 
     def _release_metrics(
         self, model: nn.Module, public: tuple[PublicTable, np.ndarray | torch.Tensor, torch.Tensor], step: int

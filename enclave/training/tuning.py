@@ -33,12 +33,11 @@ import torch
 from torch import nn
 
 from enclave.certificate.body import (
+    AUDITED_SEARCH_BODY_VERSION,
     NO_OUTPUT,
-    SEARCH_BODY_VERSION,
     CertificateBody,
     SearchRecord,
 )
-from enclave.certificate.issue import issue_certificate
 from enclave.egress import EgressGate
 from enclave.errors import RuntimeFailure
 from enclave.hazmat.csprng import Csprng, seed_from
@@ -54,7 +53,7 @@ from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import PCR_INDICES, PublicTable, Trainer, TrainingInputs, _rfc3339, build_optimizer
 from enclave.training.trials import draw_index, draw_trials
-from enclave.transport.messages import CertificateIssued, TrainingProgress
+from enclave.transport.messages import TrainingProgress
 
 __all__ = ["SearchTrainer", "job_trainer"]
 
@@ -80,6 +79,11 @@ def job_trainer(inputs: TrainingInputs, gate: EgressGate) -> Trainer:
     return SearchTrainer(inputs, gate) if inputs.spec.tuning is not None else Trainer(inputs, gate)
 
 
+def _candidate_text(point: dict[str, float | int]) -> str:
+    """One text per candidate (sorted keys, repr of each value): a record field is a scalar."""
+    return ",".join(f"{key}={point[key]!r}" for key in sorted(point))
+
+
 class SearchTrainer(Trainer):
     def run(self) -> str:
         inp, spec, plan = self._in, self._in.spec, self._in.plan
@@ -97,7 +101,10 @@ class SearchTrainer(Trainer):
         best: _Trial | None = None
         for index in range(trials):
             point = tuning.candidate(draw_index(candidates, tuning.size))
+            # The candidate is drawn from the public grid by the CSPRNG; the score is never recorded.
+            self._gate.record("trial_started", index=index, candidate=_candidate_text(point))
             trial = self._trial(index, point, rng.fork(b"trial-%d" % index), rows, labels)
+            self._gate.record("trial_finished", index=index)
             if best is None or _better(trial.score, best.score, minimise=tuning.minimise):
                 best = trial  # the previous best's model and optimizer are dropped here
         return self._finish(started, trials, best)
@@ -156,8 +163,9 @@ class SearchTrainer(Trainer):
             checkpoint_hash = hashlib.sha256(checkpoint).hexdigest()
         epsilon = compose([], [search], plan.delta, "rdp")
         score = None if best is None else next(m.value for m in self._metrics if m.name == tuning.metric)
+        audit_sha256, audit_events = self._close_audit(model_hash, checkpoint_hash, ledger.steps)
         body = CertificateBody(
-            version=SEARCH_BODY_VERSION,
+            version=AUDITED_SEARCH_BODY_VERSION,
             job_id=inp.job_id,
             spec_sha256=inp.spec.sha256,
             model_spec_sha256=self._job.format.sha256,
@@ -183,8 +191,10 @@ class SearchTrainer(Trainer):
                 grid=dict(tuning.grid), runs=tuple(r.to_dict() for r in search.runs), metric=tuning.metric,
                 trials=trials, selected={} if best is None else best.point, score=score,
             ),
+            audit_log_sha256=audit_sha256,
+            audit_log_events=audit_events,
         )
-        self._gate.send(CertificateIssued(data=issue_certificate(body, inp.nsm)))
+        self._issue(body)
         if best is None:
             return f"search ran no trial (K = 0), epsilon {epsilon:.4f} (rdp)"
         return (f"search of {trials} trials, selected {best.point}: {tuning.metric} {score:.4f}, "

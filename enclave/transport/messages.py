@@ -469,3 +469,18 @@ class CertificateIssued(Message):
     """The privacy certificate file (canonical CBOR: body + attestation)."""
 
     data: bytes
+
+
+@register(0x46)
+@dataclass(frozen=True)
+class AuditLog(Message):
+    """The session's audit chain (`enclave.audit_log.encode_log`), sent once, after the certificate.
+
+    One message because the chain is bounded to fit one frame (`MAX_LOG_SIZE`): the parent
+    writes it as one file and never has to reassemble or order parts.
+    """
+
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"AuditLog(<{len(self.data)} bytes>)"

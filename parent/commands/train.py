@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a training job in the local appliance's enclave (the parent's side)",
         description=(
             "Stream sealed datasets to the enclave, relay its KMS traffic and collect what it releases: "
-            "progress, public metrics, sealed checkpoints and the privacy certificate, written to --out "
-            "(certificate.cbor, checkpoints/, model.ckpt.sealed, released.json). Runs against the local "
+            "progress, public metrics, sealed checkpoints, the privacy certificate and the session's audit log, "
+            "written to --out (certificate.cbor, audit-log.cbor, audit-log.jsonl, checkpoints/, model.ckpt.sealed, "
+            "released.json). Runs against the local "
             "appliance (--local); on a Nitro host the same job is `hermetic parent run`."
         ),
     )
@@ -218,6 +219,8 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             mlflow_run.status = "FINISHED" if ok else "FAILED"
             if sink.certificate is not None:
                 mlflow_run.artifacts.append(sink.certificate)
+            if sink.audit_log is not None:
+                mlflow_run.artifacts.append(sink.audit_log)
         feed.close()
     sink.write_summary()
     summary = sink.summary()
@@ -229,6 +232,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         "steps": last.get("step"),
         "delta": spec.privacy.delta,
         "certificate": summary["certificate"],
+        "audit_log": summary["audit_log"],
         "final_checkpoint": summary["final_checkpoint"],
         "checkpoints": summary["checkpoints"],
         "metrics": summary["metrics"],
@@ -293,6 +297,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     for metric in report["metrics"]:
         print(f"  released       {metric['name']} = {metric['value']:.4f} ({metric['kind']}, step {metric['step']})")
     print(f"  certificate    {report['certificate']}")
+    print(f"  audit log      {report['audit_log']} (hermetic audit-log verify)")
     print(f"  final model    {report['final_checkpoint']} (sealed for the model owner)")
     print(f"  released.json  {report['released']}")
     if report["tensorboard"] is not None:

@@ -137,7 +137,9 @@ def _report(verified: VerifiedCertificate, pinned: list[int], sealed: list[Seale
         "pinned_pcrs": pinned,
         "sealed_checked": [{"file": f.name, "dataset_id": f.dataset_id} for f in sealed],
         "spec_checked": spec_checked,
-    } | ({} if body.search is None else {"search": shown["search"]})
+    } | ({} if body.search is None else {"search": shown["search"]}) | (
+        {} if body.audit_log_sha256 is None else
+        {"audit_log": {"sha256": body.audit_log_sha256, "events": body.audit_log_events}})
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -183,6 +185,10 @@ def _print_summary(report: dict[str, Any]) -> None:
         print(f"  sealed file:  {checked['file']} is dataset {checked['dataset_id']}, as certified")
     if report["spec_checked"]:
         print("  job spec:     matches the certificate's spec sha256 and model architecture sha256")
+    audit = report.get("audit_log")
+    if audit is not None:
+        print(f"  audit log:    {audit['events']} events, head {audit['sha256']} "
+              "(check the log with `hermetic audit-log verify`)")
     print(f"  attested at:  {report['attested_at']}")
     for metric in report["metrics"]:
         print(f"  metric:       {metric['name']} = {metric['value']:.6g} ({metric['kind']}, "

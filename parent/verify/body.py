@@ -3,7 +3,8 @@
 Only the exact canonical bytes of a v5 body decode (v2 added the unit of privacy and
 the neighbouring relation, v3 the resume lineage, v4 each dataset's own epsilon, v5 the
 hash of the job's declarative model, model_spec_sha256; older bodies are refused), or of a
-v6 body, a tuning job's: the v5 fields and its `search`;
+v6 body, a tuning job's: the v5 fields and its `search`; or of a v7 or v8 body, a v5 or v6
+body plus the session's audit chain head and event count (`enclave.audit_log`);
 every field is type-checked
 again here, so a crafted file cannot smuggle an int where a float is attested.
 """
@@ -43,8 +44,9 @@ def body_to_json(body: CertificateBody) -> dict[str, Any]:
     return wire
 
 
-_SEARCH_BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
-_BODY_KEYS = tuple(k for k in _SEARCH_BODY_KEYS if k != "search")
+_AUDIT_KEYS = ("audit_log_sha256", "audit_log_events")
+_ALL_BODY_KEYS = tuple(f.name for f in fields(CertificateBody))
+_BODY_KEYS = tuple(k for k in _ALL_BODY_KEYS if k != "search" and k not in _AUDIT_KEYS)
 _FLOAT_FIELDS = frozenset({"sampling_rate", "noise_multiplier", "max_grad_norm", "delta"})
 
 
@@ -128,7 +130,7 @@ def _decode_search(raw: Any) -> SearchRecord:
 
 
 def decode_body(data: bytes) -> CertificateBody:
-    """Parse canonical body bytes; MalformedCertificate for anything not exactly a current (v5) body."""
+    """Parse canonical body bytes; MalformedCertificate for anything not exactly a v5..v8 body."""
     if not isinstance(data, (bytes, bytearray)):
         raise MalformedCertificate("certificate body is not a byte string")
     if len(data) > MAX_BODY_SIZE:
@@ -136,8 +138,12 @@ def decode_body(data: bytes) -> CertificateBody:
     item = strict_loads(
         bytes(data), what="certificate body", error=MalformedCertificate, canonical=dumps_f64, max_depth=MAX_DEPTH
     )
+    # The key set decides which of versions 5..8 the body must be; the constructor then checks
+    # that its version field says the same.
     tuning = isinstance(item, Mapping) and "search" in item
-    raw = _keys(item, _SEARCH_BODY_KEYS if tuning else _BODY_KEYS, "certificate body")
+    audited = isinstance(item, Mapping) and any(k in item for k in _AUDIT_KEYS)
+    expected = _BODY_KEYS + (("search",) if tuning else ()) + (_AUDIT_KEYS if audited else ())
+    raw = _keys(item, expected, "certificate body")
     for name in _FLOAT_FIELDS:
         _wire_float(raw[name], name)
     epsilon = checked_mapping(raw["epsilon"], "epsilon")
@@ -179,4 +185,6 @@ def decode_body(data: bytes) -> CertificateBody:
         privacy_unit=raw["privacy_unit"],
         neighbouring=raw["neighbouring"],
         search=_decode_search(raw["search"]) if tuning else None,
+        audit_log_sha256=raw["audit_log_sha256"] if audited else None,
+        audit_log_events=raw["audit_log_events"] if audited else None,
     )

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 
+from enclave.audit_log import AuditRecord, decode_log
 from enclave.certificate.body import CertificateBody, ResumedFrom
 from enclave.hazmat.checkpoint_key import CheckpointAuthKey
 from enclave.privacy.ledger import PrivacyLedger
@@ -29,9 +30,10 @@ from enclave.training.checkpoint import (
     seal_checkpoint,
 )
 from enclave.training.trainer import Trainer
-from enclave.transport.messages import RESUME_STREAM, CertificateIssued, JobStart, Message
+from enclave.transport.messages import RESUME_STREAM, AuditLog, CertificateIssued, JobStart, Message
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
+from parent.verify.audit import verify_audit_log
 from parent.verify.certificate import verify_certificate
 from tests.adversarial.test_ledger_runtime import _checkpoints, error_of, job, job_spec, pinned
 from tests.adversarial.test_ledger_runtime import sealed_cap2 as sealed_cap2  # module fixtures, shared here
@@ -74,6 +76,11 @@ def _refused(replies: list[Message], caplog: pytest.LogCaptureFixture, cause: st
     assert not [m for m in replies if isinstance(m, CertificateIssued)]
 
 
+def verified_log(data: bytes, body: CertificateBody) -> tuple[AuditRecord, ...]:
+    verify_audit_log(data, body)
+    return decode_log(data)
+
+
 def _body(replies: list[Message], ca: LocalCa, nsm: MockNsm) -> CertificateBody:
     [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
     return verify_certificate(issued.data, root_der=ca.root_der, policy=pinned(nsm)).body
@@ -92,6 +99,10 @@ def test_an_honest_checkpoint_resumes_and_the_certificate_names_it(
     body = _body(resumed, ca, nsm)
     assert body.steps == 4
     assert body.resumed_from == ResumedFrom(sealed_sha256=hashlib.sha256(checkpoint).hexdigest(), step=2)
+    # The audit trail records the resume as the certificate states it.
+    [log_msg] = [m for m in resumed if isinstance(m, AuditLog)]
+    [record] = [r for r in verified_log(log_msg.data, body) if r.type == "checkpoint_resumed"]
+    assert dict(record.fields) == {"sealed_sha256": hashlib.sha256(checkpoint).hexdigest(), "step": 2}
 
 
 def test_a_rewound_ledger_with_an_invented_metric_and_a_tag_of_the_owners_making_is_refused(

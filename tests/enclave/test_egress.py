@@ -12,6 +12,7 @@ from enclave.transport.errors import TransportTimeout
 from enclave.transport.messages import (
     REGISTRY,
     AuditEvent,
+    AuditLog,
     CertificateIssued,
     CheckpointBegin,
     CheckpointData,
@@ -35,10 +36,11 @@ from tests.support.message_strategies import STRATEGIES
 
 # Inbound-only types: credentials, the job, its spec and the relayed (sealed) data.
 REFUSED = {Credentials, JobStart, TrainingJob, DatasetBegin, DatasetData, DatasetEnd}
-# Leave unconditionally; AuditEvent and MetricRelease only under their rules below.
+# Leave unconditionally; AuditEvent, MetricRelease and AuditLog only under their rules
+# (AuditLog's: tests/enclave/audit/test_gate.py).
 ALLOWED = {Hello, Goodbye, Error, JobResult, TrainingProgress, CheckpointBegin, CheckpointData,
            CheckpointEnd, CertificateIssued}
-RULED = {AuditEvent, MetricRelease}
+RULED = {AuditEvent, MetricRelease, AuditLog}
 
 
 def gate_and_parent() -> tuple[EgressGate, MemoryChannel]:

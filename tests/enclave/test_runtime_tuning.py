@@ -14,7 +14,8 @@ import pytest
 from dp_accounting import dp_event as ev
 from dp_accounting.rdp import rdp_privacy_accountant as dp_rdp
 
-from enclave.certificate.body import NO_OUTPUT, SEARCH_BODY_VERSION, CertificateBody, encode_body
+from enclave.audit_log import decode_log
+from enclave.certificate.body import AUDITED_SEARCH_BODY_VERSION, NO_OUTPUT, CertificateBody, encode_body
 from enclave.certificate.checks import check_body
 from enclave.certificate.errors import InconsistentCertificate
 from enclave.privacy import rdp
@@ -22,6 +23,7 @@ from enclave.training import tuning as tuning_module
 from enclave.training.tuning import job_trainer
 from enclave.transport.messages import (
     PUBLIC_PREFIX,
+    AuditLog,
     CertificateIssued,
     CheckpointBegin,
     JobResult,
@@ -34,6 +36,7 @@ from enclave.transport.messages import (
 from parent.cli import main
 from parent.local.local_ca import LocalCa
 from parent.local.mock_nsm import MockNsm
+from parent.verify.audit import verify_audit_log
 from parent.verify.body import decode_body
 from parent.verify.certificate import verify_certificate
 from tests.enclave.test_runtime import CREDS, HELLO, KEY_ARN, TRAIN, StubKms, run_session, sealed, stream
@@ -108,9 +111,16 @@ def test_a_search_releases_only_the_selected_trial(nsm: MockNsm, ca: LocalCa, se
     [issued] = [m for m in replies if isinstance(m, CertificateIssued)]
     verified = verify_certificate(issued.data, root_der=ca.root_der, policy=PINNED)
     body = verified.body
-    assert body.version == SEARCH_BODY_VERSION and body.search is not None
+    assert body.version == AUDITED_SEARCH_BODY_VERSION and body.search is not None
     search = body.search
     assert (search.distribution, search.mean, search.shape, search.trials) == ("geometric", 3.0, None, 3)
+    # Each trial is in the audit trail by index and candidate, never by its score.
+    [log_msg] = [m for m in replies if isinstance(m, AuditLog)]
+    verify_audit_log(log_msg.data, body)
+    trials = [r for r in decode_log(log_msg.data) if r.type.startswith("trial_")]
+    assert [(r.type, r.fields["index"]) for r in trials] == [
+        (kind, index) for index in range(3) for kind in ("trial_started", "trial_finished")]
+    assert all(set(r.fields) <= {"index", "candidate"} for r in trials)
     assert dict(search.grid) == {"lr": (0.05, 0.2), "steps": (2, 3)}
     assert search.selected["lr"] in (0.05, 0.2) and search.score == metrics[0].value
     assert body.steps == search.selected["steps"] and body.metrics[0].value == search.score
@@ -128,7 +138,9 @@ def test_a_search_releases_only_the_selected_trial(nsm: MockNsm, ca: LocalCa, se
     assert main(args) == 0
     assert "search:       3 trials (geometric, mean 3)" in capsys.readouterr().out
     assert main([*args, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["search"]["trials"] == 3
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["search"]["trials"] == 3
+    assert shown["audit_log"] == {"sha256": body.audit_log_sha256, "events": body.audit_log_events}
 
 
 def test_a_search_of_no_trial_releases_only_its_certificate(nsm: MockNsm, ca: LocalCa, sealed: bytes, public: bytes,

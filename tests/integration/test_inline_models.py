@@ -13,10 +13,12 @@ import numpy as np
 
 from enclave.training.spec import JobSpec
 from enclave.transport.messages import PUBLIC_PREFIX
+from parent.checkpoints import decrypt_checkpoint
+from parent.model_out import load_model_dir, predict, sealed_arrow_schema, write_model_dir
 from parent.public_data import load_public_dataset
 from parent.seal import seal_dataset
 from parent.sources import BytesSource
-from tests.integration.conftest import OWNER, DataPath, kms_client
+from tests.integration.conftest import MODEL_OWNER, OWNER, DataPath, kms_client
 from tests.integration.test_training import _train_in_process
 from tests.support.specs import mlp_spec
 
@@ -93,3 +95,11 @@ def test_a_conv2d_model_trains_on_16x16_rgb_images(data_path: DataPath, tmp_path
     body, spec = _train(data_path, tmp_path, "quadrants", _quadrants, layers)
     assert body.model_spec_sha256 == JobSpec.from_toml(spec).model_sha256
     assert body.metrics[-1].value > 0.6, body.metrics
+
+    # Out of the enclave: the decrypted model predicts the holdout array on the host with the released accuracy.
+    checkpoint = tmp_path / "out" / "checkpoints" / f"step-{STEPS:08d}.sealed"
+    _, state = decrypt_checkpoint(checkpoint, kms_client=kms_client(data_path.emulator.url, MODEL_OWNER))
+    write_model_dir(state, spec, sealed_arrow_schema(str(tmp_path / "quadrants.sealed")), tmp_path / "model")
+    prediction = predict(load_model_dir(tmp_path / "model"), tmp_path / "quadrants-holdout.npz")
+    assert prediction.rows == 400
+    assert dict(prediction.metrics)["accuracy"] == body.metrics[-1].value

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from enclave.transport.messages import (
     AuditEvent,
+    AuditLog,
     CertificateIssued,
     CheckpointBegin,
     CheckpointData,
@@ -70,6 +71,7 @@ STRATEGIES: dict[type[Message], st.SearchStrategy[Any]] = {
     CheckpointData: st.builds(CheckpointData, st.binary(max_size=300)),
     CheckpointEnd: st.builds(CheckpointEnd, _u64, _digest),
     CertificateIssued: st.builds(CertificateIssued, st.binary(max_size=300)),
+    AuditLog: st.builds(AuditLog, st.binary(max_size=300)),
 }
 
 MESSAGES: st.SearchStrategy[Message] = st.one_of(*STRATEGIES.values())

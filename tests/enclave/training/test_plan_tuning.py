@@ -72,3 +72,15 @@ def test_a_candidate_batch_larger_than_the_data_is_a_problem() -> None:
     tuning = dict(TUNING, expected_batch_size=[100, RECORDS + 1])
     with pytest.raises(Exception, match=f"expected_batch_size {RECORDS + 1} exceeds"):
         plan_run(spec(tuning, noise_multiplier=1.2), dataset_header(max_epsilon=10.0))
+
+
+def test_selecting_on_auc_is_refused_unless_the_label_has_two_classes() -> None:
+    # The preset gives 10 classes: no trial would release an AUC, so none could be scored.
+    from enclave.training.check import check_job
+
+    auc = dict(TUNING, select={"metric": "auc/pub"})
+    problems = check_job(spec(auc, noise_multiplier=1.2), dataset_header(max_epsilon=10.0))
+    assert [(p.where, p.message) for p in problems] == [
+        ("tuning.select.metric", "auc is released for two classes only, column 'label' has 10: "
+                                 "select on accuracy/pub")]
+    assert check_job(spec(noise_multiplier=1.2), dataset_header(max_epsilon=10.0)) == []

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from enclave.audit_log import AuditChain, encode_log
 from enclave.certificate.body import encode_body
 from enclave.certificate.envelope import encode_envelope
-from enclave.transport.messages import CertificateIssued, MetricRelease, TrainingProgress
+from enclave.transport.messages import AuditLog, CertificateIssued, MetricRelease, TrainingProgress
 from parent.cli import build_parser, main
 from parent.tracking.base import DEFAULT_MLFLOW_URI
 from tests.support.certificates import make_body
@@ -20,6 +22,12 @@ from tests.support.trackers import read_event_scalars
 mlflow = pytest.importorskip("mlflow")
 
 BODY = make_body(steps=2, ledger=[{"q": 0.01, "sigma": 1.1, "steps": 2}])
+
+
+def _audit_log() -> bytes:
+    chain = AuditChain("job-tracked", b"\x03" * 16, lambda: datetime(2025, 1, 1, tzinfo=UTC))
+    chain.close(model_sha256="m", checkpoint_sha256="c", steps=2)
+    return encode_log(chain.records)
 
 
 @pytest.fixture()
@@ -43,7 +51,8 @@ def job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         for msg in (TrainingProgress(step=0, total_steps=2, epsilon=0.0),
                     MetricRelease(name="accuracy/holdout", value=0.5, kind="public_eval", step=2),
                     TrainingProgress(step=2, total_steps=2, epsilon=0.25),
-                    CertificateIssued(data=encode_envelope(encode_body(BODY), b"attestation"))):
+                    CertificateIssued(data=encode_envelope(encode_body(BODY), b"attestation")),
+                    AuditLog(data=_audit_log())):
             on_message(msg)
         return SimpleNamespace(status=ending["status"], job_id=job_id, detail="2 steps", datasets=())
 
@@ -63,6 +72,9 @@ def test_a_job_is_charted_and_logged_as_it_ran(job: dict[str, Any], tmp_path: Pa
     assert main([*job["argv"], "--tensorboard", str(tmp_path / "tb"), "--mlflow", str(store)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tensorboard"] == str(tmp_path / "tb")
+    # The audit log is written beside the certificate, and the report names it.
+    assert report["audit_log"] == str(tmp_path / "out" / "audit-log.cbor")
+    assert (tmp_path / "out" / "audit-log.jsonl").is_file()
     charted = read_event_scalars(tmp_path / "tb")
     # Throughput needs the clock to move between two progress messages; here they come at once.
     assert {"accuracy/holdout", "privacy/epsilon"} <= set(charted) <= {
@@ -75,7 +87,7 @@ def test_a_job_is_charted_and_logged_as_it_ran(job: dict[str, Any], tmp_path: Pa
     assert run.info.run_name == "job-tracked" and run.info.status == "FINISHED"
     assert set(run.data.metrics) == set(charted)
     assert run.data.params["privacy.steps"] == "2"
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["certificate.cbor"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["audit-log.cbor", "certificate.cbor"]
 
 
 def test_a_failed_job_ends_its_mlflow_run_failed_and_still_flushes_its_events(
