@@ -4,11 +4,18 @@ Steinke, Nasr & Jagielski (2023), Algorithm 1, played against the code the encla
 trains with (`DpSgd`: the clipping engine and the Csprng Gaussian noise; `PoissonSampler`),
 in-process on this host, on synthetic data of a job spec's shape:
 
-- m canaries, each a direction over the trainable parameters of norm exactly C drawn
-  from a public seed, and each IN the run independently with probability 1/2. The
-  auditor knows every direction but not which are IN: that secret is what the guesses
-  are scored against. Unit-norm-C vectors are already clipped gradients, so a canary is
-  exactly a record that every step's clipping leaves alone.
+- m canaries, each a gradient of norm exactly C over the trainable parameters, and each
+  IN the run independently with probability 1/2. The auditor knows every canary but not
+  which are IN: that secret is what the guesses are scored against. Norm-C vectors are
+  already clipped gradients, so a canary is exactly a record that every step's clipping
+  leaves alone. Two kinds:
+  - Dirac (the default): C times one coordinate each, m distinct coordinates chosen
+    where the data's clipped gradients are smallest on a public probe (the initial
+    model on the audit's own public records, before membership is drawn). The data's
+    gradient sum then barely moves a canary's score, so without noise every guess can
+    be right and the bound reaches its ceiling.
+  - Gaussian: isotropic random directions from a public seed. Each score then also
+    carries the projection of the whole data sum, so only the extreme scores separate.
 - each step, every IN canary joins the clipped sum with probability q, the job's
   Poisson rate, through the audit-only `DpSgd.audit_hooks`: a canary is treated exactly
   like a record under the accountant, so the audit tests the very mechanism
@@ -44,6 +51,7 @@ from enclave.errors import ConfigError
 from enclave.hazmat.csprng import Csprng, seed_from
 from enclave.privacy.calibration import epsilon
 from enclave.sealed.records import SHAPE_METADATA_KEY, declare_num_classes, format_shape
+from enclave.training.clipping.reference import clip_per_sample, per_sample_gradients
 from enclave.training.clipping.rules import trainable_parameters
 from enclave.training.dpsgd import DpSgd
 from enclave.training.jobmodel import fixed_front, job_model_for_schema
@@ -51,10 +59,12 @@ from enclave.training.models import model_generator
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
 from enclave.training.trainer import build_optimizer, table_arrays
+from parent.audit import CANARY_KINDS
 from parent.audit.bound import Guesses, ceiling, epsilon_lower_bound
 from parent.privacy_plan import RunPlan, plan_for_records
 
-__all__ = ["AuditResult", "Canaries", "audit_spec", "default_guesses", "guess", "synthetic_images"]
+__all__ = ["CANARY_KINDS", "AuditResult", "Canaries", "DiracCanaries", "GaussianCanaries", "audit_spec",
+           "default_guesses", "guess", "quiet_coordinates", "synthetic_images"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +72,15 @@ log = logging.getLogger(__name__)
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 _BLOCK = 64
+#: Public records the Dirac probe takes per-sample gradients of (at most).
+_PROBE = 512
 
 
-def default_guesses(canaries: int) -> int:
-    """k = m / 5, even, at least 2: enough guesses to bound epsilon near the certified one without
-    spending the ceiling on abstentions (m = 1000, k = 200: ceiling about 4.2 at 95%)."""
+def default_guesses(canaries: int, kind: str = "dirac") -> int:
+    """Dirac canaries: k = m, every canary guessed (m = 1000: ceiling 5.78 at 95%). Gaussian ones:
+    k = m / 5, even, at least 2, since only their extreme scores separate (ceiling 4.17)."""
+    if kind == "dirac":
+        return canaries
     return max(2, 2 * (canaries // 10))
 
 
@@ -78,6 +92,7 @@ class AuditResult:
     epsilon_lower_bound: float
     ceiling: float
     canaries: int
+    canary_kind: str
     guesses: int
     correct: int
     confidence: float
@@ -96,6 +111,7 @@ class AuditResult:
             "epsilon_lower_bound": self.epsilon_lower_bound,
             "ceiling": self.ceiling,
             "canaries": self.canaries,
+            "canary_kind": self.canary_kind,
             "guesses": self.guesses,
             "correct": self.correct,
             "confidence": self.confidence,
@@ -111,39 +127,37 @@ class AuditResult:
 
 
 class Canaries:
-    """m gradient canaries over `params`: public directions, secret membership, per-step inclusion, scores."""
+    """m gradient canaries over `params`: secret membership, per-step inclusion at rate q, scores.
+
+    A kind supplies `_total(drawn)`, the flat sum of the drawn canaries, and `_project(update)`,
+    each canary's inner product with a flat update.
+    """
 
     def __init__(
-        self, params: Mapping[str, torch.Tensor], count: int, *, clip: float, rate: float, rng: Csprng,
-        seed: int = 0,
+        self, params: Mapping[str, torch.Tensor], count: int, *, rate: float, rng: Csprng,
     ) -> None:
         if count < 2:
             raise ConfigError(f"an audit needs at least 2 canaries, got {count}")
         self._shapes = [(name, tuple(p.shape)) for name, p in params.items()]
-        size = sum(math.prod(shape) for _, shape in self._shapes)
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(seed)
-        # Isotropic Gaussian directions normalised in float64 (norm C to float32 rounding), a
-        # block of rows at a time: m x D float64 at once would double a large model's footprint.
-        self.directions = torch.empty((count, size), dtype=torch.float32)
-        for start in range(0, count, _BLOCK):
-            raw = torch.randn((min(_BLOCK, count - start), size), generator=generator, dtype=torch.float64)
-            self.directions[start:start + len(raw)] = raw * (clip / raw.norm(dim=1, keepdim=True))
+        self.size = sum(math.prod(shape) for _, shape in self._shapes)
+        self.count = count
         self.member = rng.fork(b"audit-membership").bernoulli(count, 0.5)
         self._inclusion = rng.fork(b"audit-inclusion")
         self._rate = rate
         self.scores = torch.zeros(count, dtype=torch.float64)
 
-    @property
-    def count(self) -> int:
-        return int(self.directions.shape[0])
+    def _total(self, drawn: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _project(self, update: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def sampled(self) -> Mapping[str, torch.Tensor] | None:
         """This step's sum of the IN canaries drawn at rate q, by parameter name (the DpSgd hook)."""
         drawn = self.member & self._inclusion.bernoulli(self.count, self._rate)
         if not drawn.any():
             return None
-        total = self.directions[torch.from_numpy(drawn)].to(torch.float64).sum(dim=0).to(torch.float32)
+        total = self._total(drawn)
         out: dict[str, torch.Tensor] = {}
         start = 0
         for name, shape in self._shapes:
@@ -153,14 +167,85 @@ class Canaries:
         return out
 
     def observe(self, params: Mapping[str, torch.Tensor]) -> None:
-        """Add <this step's noisy update, direction i> to every canary's score."""
+        """Add <this step's noisy update, canary i> to every canary's score."""
         grads = []
         for name, _ in self._shapes:
             grad = params[name].grad
             if grad is None:
                 raise ConfigError(f"parameter {name} got no update this step")
             grads.append(grad.detach().reshape(-1).to(torch.float32))
-        self.scores += (self.directions @ torch.cat(grads)).to(torch.float64)
+        self.scores += self._project(torch.cat(grads)).to(torch.float64)
+
+
+class DiracCanaries(Canaries):
+    """Canary i is C on coordinate `coordinates[i]` of the flat parameter vector, 0 elsewhere."""
+
+    def __init__(
+        self, params: Mapping[str, torch.Tensor], coordinates: torch.Tensor, *, clip: float, rate: float,
+        rng: Csprng,
+    ) -> None:
+        super().__init__(params, len(coordinates), rate=rate, rng=rng)
+        if len(torch.unique(coordinates)) != len(coordinates) or int(coordinates.max()) >= self.size:
+            raise ConfigError("Dirac canaries need distinct coordinates of the parameter vector")
+        self.coordinates = coordinates.to(torch.int64)
+        self._clip = clip
+
+    def _total(self, drawn: np.ndarray) -> torch.Tensor:
+        total = torch.zeros(self.size, dtype=torch.float32)
+        total[self.coordinates[torch.from_numpy(drawn)]] = self._clip
+        return total
+
+    def _project(self, update: torch.Tensor) -> torch.Tensor:
+        return update[self.coordinates] * self._clip
+
+
+class GaussianCanaries(Canaries):
+    """Canary i is an isotropic Gaussian direction scaled to norm C, from a public seed."""
+
+    def __init__(
+        self, params: Mapping[str, torch.Tensor], count: int, *, clip: float, rate: float, rng: Csprng,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(params, count, rate=rate, rng=rng)
+        size = self.size
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
+        # Isotropic Gaussian directions normalised in float64 (norm C to float32 rounding), a
+        # block of rows at a time: m x D float64 at once would double a large model's footprint.
+        self.directions = torch.empty((count, size), dtype=torch.float32)
+        for start in range(0, count, _BLOCK):
+            raw = torch.randn((min(_BLOCK, count - start), size), generator=generator, dtype=torch.float64)
+            self.directions[start:start + len(raw)] = raw * (clip / raw.norm(dim=1, keepdim=True))
+
+    def _total(self, drawn: np.ndarray) -> torch.Tensor:
+        return self.directions[torch.from_numpy(drawn)].to(torch.float64).sum(dim=0).to(torch.float32)
+
+    def _project(self, update: torch.Tensor) -> torch.Tensor:
+        return self.directions @ update
+
+
+def quiet_coordinates(
+    net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, count: int, *, clip: float, loss: str,
+    seed: int = 0,
+) -> torch.Tensor:
+    """The `count` flat parameter coordinates where public records' clipped gradients are smallest.
+
+    Activity of coordinate j: sum over probe records of |clipped gradient_j|, a bound on how far
+    a step's data sum can move it. Ties (zero activity is common: inputs that are always 0) fall
+    to a public random order, so the choice depends only on public data and the public seed.
+    """
+    params = trainable_parameters(net)
+    size = sum(p.numel() for p in params.values())
+    if not 2 <= count <= size:
+        raise ConfigError(f"Dirac canaries need 2 to {size} canaries (one per parameter), got {count}")
+    probe = min(_PROBE, len(inputs))
+    grads, _ = clip_per_sample(per_sample_gradients(net, inputs[:probe], labels[:probe], loss=loss), clip)
+    activity = torch.cat([g.abs().sum(dim=0).reshape(-1) for g in grads.values()]).to(torch.float64)
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(seed)
+    shuffle = torch.randperm(size, generator=generator)
+    order = torch.argsort(activity[shuffle], stable=True)
+    return torch.sort(shuffle[order[:count]]).values
 
 
 def guess(scores: np.ndarray, member: np.ndarray, guesses: int) -> int:
@@ -195,6 +280,7 @@ def audit_spec(
     *,
     records: int,
     canaries: int = 1000,
+    canary_kind: str = "dirac",
     guesses: int | None = None,
     confidence: float = 0.95,
     control: bool = False,
@@ -225,7 +311,9 @@ def audit_spec(
             raise ConfigError(f"steps must be positive, got {steps}")
         plan = RunPlan(records, plan.sampling_rate, steps, plan.noise_multiplier, plan.accountant, plan.delta,
                        _epsilon(plan, steps))
-    k = default_guesses(canaries) if guesses is None else guesses
+    if canary_kind not in CANARY_KINDS:
+        raise ConfigError(f"canary kind must be one of {', '.join(CANARY_KINDS)}, got {canary_kind!r}")
+    k = default_guesses(canaries, canary_kind) if guesses is None else guesses
     if not 0 < k <= canaries:
         raise ConfigError(f"guesses must be in [1, {canaries}], got {k}")
     rng = Csprng(seed) if seed is not None else seed_from(os.urandom)
@@ -247,8 +335,15 @@ def audit_spec(
                    noise_multiplier=plan.noise_multiplier, expected_batch_size=spec.privacy.expected_batch_size,
                    rng=rng.fork(b"gaussian-noise"), loss=spec.task.loss)
     params = trainable_parameters(net)
-    cans = Canaries(params, canaries, clip=engine.max_grad_norm, rate=plan.sampling_rate,
-                    rng=rng.fork(b"audit-canaries"), seed=canary_seed)
+    cans: Canaries
+    if canary_kind == "dirac":
+        coordinates = quiet_coordinates(net, inputs, labels, canaries, clip=engine.max_grad_norm,
+                                        loss=spec.task.loss, seed=canary_seed)
+        cans = DiracCanaries(params, coordinates, clip=engine.max_grad_norm, rate=plan.sampling_rate,
+                             rng=rng.fork(b"audit-canaries"))
+    else:
+        cans = GaussianCanaries(params, canaries, clip=engine.max_grad_norm, rate=plan.sampling_rate,
+                                rng=rng.fork(b"audit-canaries"), seed=canary_seed)
     engine.audit_hooks(extra_clipped=cans.sampled, add_noise=not control)
     began = time.monotonic()
     try:
@@ -266,7 +361,7 @@ def audit_spec(
         epsilon_lower_bound=epsilon_lower_bound(Guesses(canaries, k, correct), delta=plan.delta,
                                                 confidence=confidence),
         ceiling=ceiling(canaries, k, delta=plan.delta, confidence=confidence),
-        canaries=canaries, guesses=k, correct=correct, confidence=confidence, control=control,
+        canaries=canaries, canary_kind=canary_kind, guesses=k, correct=correct, confidence=confidence, control=control,
         delta=plan.delta, accountant=plan.accountant, sampling_rate=plan.sampling_rate,
         noise_multiplier=plan.noise_multiplier, steps=plan.steps, records=records, seconds=seconds,
     )

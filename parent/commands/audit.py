@@ -1,6 +1,6 @@
 """`hermetic audit`: an empirical lower bound on a job's epsilon, next to the certified one (dev command).
 
-    hermetic audit JOB.toml --local [DIR] [--canaries M] [--guesses K] [--confidence C]
+    hermetic audit JOB.toml --local [DIR] [--canaries M] [--canary-kind dirac|gaussian] [--guesses K] [--confidence C]
                    [--records N | --data FILE] [--steps T] [--control-no-noise] [--seed HEX] [--json]
 
 A one-run audit (Steinke, Nasr & Jagielski 2023; `parent.audit`): the job's model is
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from enclave.errors import ConfigError
 from parent.appliance import DEFAULT_STATE_DIR
+from parent.audit import CANARY_KINDS
 from parent.commands import privacy_args as arg
 from parent.commands.output import add_json_flag
 
@@ -72,8 +73,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("--canaries", type=arg.count, default=DEFAULT_CANARIES, metavar="M",
                         help=f"number of canaries, each in the run with probability 1/2 (default {DEFAULT_CANARIES})")
+    parser.add_argument("--canary-kind", choices=CANARY_KINDS, default="dirac",
+                        help="dirac (default): C on one parameter each, where public records' gradients are "
+                             "smallest; gaussian: random directions of norm C")
     parser.add_argument("--guesses", type=arg.count, metavar="K",
-                        help="guesses: IN for the K/2 highest scores, OUT for the K/2 lowest (default M/5)")
+                        help="guesses: IN for the K/2 highest scores, OUT for the K/2 lowest "
+                             "(default: M for dirac canaries, M/5 for gaussian)")
     parser.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE, metavar="C",
                         help=f"confidence of the lower bound, in (0, 1) (default {DEFAULT_CONFIDENCE})")
     data = parser.add_mutually_exclusive_group()
@@ -113,7 +118,8 @@ def run_audit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     table = None if args.data is None else _read_table(args.data)
     records = DEFAULT_RECORDS if args.records is None else args.records
-    result = audit_spec(spec, records=records, data=table, canaries=args.canaries, guesses=args.guesses,
+    result = audit_spec(spec, records=records, data=table, canaries=args.canaries,
+                        canary_kind=args.canary_kind, guesses=args.guesses,
                         confidence=args.confidence, control=args.control_no_noise, seed=args.seed,
                         steps=args.steps)
     exceeds = result.epsilon_lower_bound > result.epsilon_certified
@@ -131,7 +137,7 @@ def run_audit(args: argparse.Namespace) -> int:
           f"{result.steps} steps, delta {result.delta:g}, {result.seconds:.1f}s")
     print(f"  certified    epsilon {result.epsilon_certified:.4g} ({result.accountant})")
     print(f"  lower bound  epsilon >= {result.epsilon_lower_bound:.4g} at {result.confidence:.0%} confidence "
-          f"({result.correct} of {result.guesses} guesses right, {result.canaries} canaries)")
+          f"({result.correct} of {result.guesses} guesses right, {result.canaries} {result.canary_kind} canaries)")
     print(f"  ceiling      {result.ceiling:.4g}: the bound if every guess were right")
     print(f"  verdict      {verdict}")
     return 0 if ok else 1

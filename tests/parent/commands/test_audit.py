@@ -32,7 +32,8 @@ def test_json_report_and_a_consistent_verdict(spec: Path, capsys: pytest.Capture
     record = json.loads(capsys.readouterr().out)
     assert FIELDS <= record.keys()
     assert record["verdict"] == "consistent" and record["control"] is False
-    assert (record["canaries"], record["guesses"], record["confidence"]) == (200, 40, 0.95)
+    assert (record["canaries"], record["guesses"], record["confidence"]) == (200, 200, 0.95)
+    assert record["canary_kind"] == "dirac"
     assert record["epsilon_lower_bound"] <= record["epsilon_certified"] < record["ceiling"] + 10
 
 
@@ -40,7 +41,7 @@ def test_the_control_is_caught_and_the_text_says_so(spec: Path, capsys: pytest.C
     assert main([*_audit(spec, "--control-no-noise", "--guesses", "60")]) == 0
     out = capsys.readouterr().out
     assert "WITHOUT noise" in out and "verdict      caught" in out
-    assert "of 60 guesses right, 200 canaries" in out
+    assert "of 60 guesses right, 200 dirac canaries" in out
 
 
 def test_a_control_that_is_not_caught_exits_1(spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
