@@ -12,8 +12,8 @@ in-process on this host, on synthetic data of a job spec's shape:
   - Dirac (the default): C times one coordinate each, m distinct coordinates chosen
     where the data's clipped gradients are smallest on a public probe (the initial
     model on the audit's own public records, before membership is drawn). The data's
-    gradient sum then barely moves a canary's score, so without noise every guess can
-    be right and the bound reaches its ceiling.
+    gradient sum then barely moves a canary's score, so without noise the guesses are
+    right and the bound reaches its ceiling.
   - Gaussian: isotropic random directions from a public seed. Each score then also
     carries the projection of the whole data sum, so only the extreme scores separate.
 - each step, every IN canary joins the clipped sum with probability q, the job's
@@ -64,24 +64,29 @@ from parent.audit.bound import Guesses, ceiling, epsilon_lower_bound
 from parent.privacy_plan import RunPlan, plan_for_records
 
 __all__ = ["CANARY_KINDS", "AuditResult", "Canaries", "DiracCanaries", "GaussianCanaries", "audit_spec",
-           "default_guesses", "guess", "quiet_coordinates", "synthetic_images"]
+           "default_canaries", "default_guesses", "guess", "quiet_coordinates", "synthetic_images"]
 
 log = logging.getLogger(__name__)
 
 #: Synthetic records take Fashion-MNIST's shape and classes, which every preset model takes.
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
+#: Pixels of black border around each synthetic image.
+MARGIN = 4
 _BLOCK = 64
 #: Public records the Dirac probe takes per-sample gradients of (at most).
 _PROBE = 512
 
 
-def default_guesses(canaries: int, kind: str = "dirac") -> int:
-    """Dirac canaries: k = m, every canary guessed (m = 1000: ceiling 5.78 at 95%). Gaussian ones:
-    k = m / 5, even, at least 2, since only their extreme scores separate (ceiling 4.17)."""
-    if kind == "dirac":
-        return canaries
+def default_guesses(canaries: int) -> int:
+    """k = m / 5, even, at least 2: the extreme scores, where IN and OUT separate even when the data's
+    gradients blur the middle (m = 5000, k = 1000: ceiling 5.67 at 95%; m = 1000, k = 200: 4.17)."""
     return max(2, 2 * (canaries // 10))
+
+
+def default_canaries(kind: str) -> int:
+    """5000 Dirac canaries (each costs one coordinate); 1000 Gaussian ones (each a dense direction)."""
+    return 5000 if kind == "dirac" else 1000
 
 
 @dataclass(frozen=True)
@@ -261,11 +266,19 @@ def guess(scores: np.ndarray, member: np.ndarray, guesses: int) -> int:
 
 
 def synthetic_images(records: int, rng: Csprng) -> tuple[np.ndarray, torch.Tensor]:
-    """Uniform uint8 28x28 images and uniform labels: public by construction, the job's input shape."""
+    """Uniform uint8 28x28 images with a black margin, and uniform labels: public by construction.
+
+    The margin is Fashion-MNIST's layout (an item in the middle, a border of zeros), and what Dirac
+    canaries need: parameters that only the border feeds get (almost) no gradient from the data.
+    """
     raw = np.frombuffer(rng.random_bytes(records * (math.prod(IMAGE_SHAPE) + 1)), dtype=np.uint8)
-    rows = raw[: records * math.prod(IMAGE_SHAPE)].reshape(records, -1).copy()
+    images = raw[: records * math.prod(IMAGE_SHAPE)].reshape(records, *IMAGE_SHAPE).copy()
+    images[:, :MARGIN, :] = 0
+    images[:, -MARGIN:, :] = 0
+    images[:, :, :MARGIN] = 0
+    images[:, :, -MARGIN:] = 0
     labels = torch.from_numpy((raw[records * math.prod(IMAGE_SHAPE):] % NUM_CLASSES).astype(np.int64))
-    return rows, labels
+    return images.reshape(records, -1), labels
 
 
 def synthetic_schema(spec: JobSpec) -> pa.Schema:
@@ -279,7 +292,7 @@ def audit_spec(
     spec: JobSpec,
     *,
     records: int,
-    canaries: int = 1000,
+    canaries: int | None = None,
     canary_kind: str = "dirac",
     guesses: int | None = None,
     confidence: float = 0.95,
@@ -313,7 +326,9 @@ def audit_spec(
                        _epsilon(plan, steps))
     if canary_kind not in CANARY_KINDS:
         raise ConfigError(f"canary kind must be one of {', '.join(CANARY_KINDS)}, got {canary_kind!r}")
-    k = default_guesses(canaries, canary_kind) if guesses is None else guesses
+    if canaries is None:
+        canaries = default_canaries(canary_kind)
+    k = default_guesses(canaries) if guesses is None else guesses
     if not 0 < k <= canaries:
         raise ConfigError(f"guesses must be in [1, {canaries}], got {k}")
     rng = Csprng(seed) if seed is not None else seed_from(os.urandom)

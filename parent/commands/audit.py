@@ -30,7 +30,6 @@ from parent.commands.output import add_json_flag
 if TYPE_CHECKING:
     import pyarrow as pa
 
-DEFAULT_CANARIES = 1000
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RECORDS = 60_000  # Fashion-MNIST's training set, whose shape the synthetic data take
 
@@ -71,14 +70,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="required: the audit runs only here, in-process (DIR, an appliance's state directory, is "
              "accepted like other commands' --local and not needed)",
     )
-    parser.add_argument("--canaries", type=arg.count, default=DEFAULT_CANARIES, metavar="M",
-                        help=f"number of canaries, each in the run with probability 1/2 (default {DEFAULT_CANARIES})")
+    parser.add_argument("--canaries", type=arg.count, metavar="M",
+                        help="number of canaries, each in the run with probability 1/2 (default 5000 Dirac "
+                             "canaries, 1000 Gaussian ones)")
     parser.add_argument("--canary-kind", choices=CANARY_KINDS, default="dirac",
                         help="dirac (default): C on one parameter each, where public records' gradients are "
                              "smallest; gaussian: random directions of norm C")
     parser.add_argument("--guesses", type=arg.count, metavar="K",
-                        help="guesses: IN for the K/2 highest scores, OUT for the K/2 lowest "
-                             "(default: M for dirac canaries, M/5 for gaussian)")
+                        help="guesses: IN for the K/2 highest scores, OUT for the K/2 lowest (default M/5)")
     parser.add_argument("--confidence", type=_confidence, default=DEFAULT_CONFIDENCE, metavar="C",
                         help=f"confidence of the lower bound, in (0, 1) (default {DEFAULT_CONFIDENCE})")
     data = parser.add_mutually_exclusive_group()

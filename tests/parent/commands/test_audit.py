@@ -32,7 +32,7 @@ def test_json_report_and_a_consistent_verdict(spec: Path, capsys: pytest.Capture
     record = json.loads(capsys.readouterr().out)
     assert FIELDS <= record.keys()
     assert record["verdict"] == "consistent" and record["control"] is False
-    assert (record["canaries"], record["guesses"], record["confidence"]) == (200, 200, 0.95)
+    assert (record["canaries"], record["guesses"], record["confidence"]) == (200, 40, 0.95)
     assert record["canary_kind"] == "dirac"
     assert record["epsilon_lower_bound"] <= record["epsilon_certified"] < record["ceiling"] + 10
 
