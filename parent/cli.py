@@ -53,6 +53,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "local",
     "train",
     "budget",
+    "audit",
 )
 
 # Commands that print their own --json failure object (train: with the partial report of the

@@ -18,10 +18,18 @@ noise Csprng (`reseed_dropout`); a layer that would draw from torch's global gen
 
 Engines ("fast", the default, and "vmap", the reference) give the same clipped sum to
 float32 rounding; the noise is drawn identically whichever computes it.
+
+Audit-only hooks (`DpSgd.audit_hooks`, used by the host-side empirical privacy audit in
+`parent.audit` and nothing else): extra clipped gradients added to a step's sum (white-box
+canaries), and a switch that leaves the drawn noise out (the audit's control). They are
+set by a method rather than the constructor, whose arguments are all the enclave's
+trainer passes, so no job spec value can reach them; the enclave never calls the method
+(tests/enclave/training/test_dpsgd_audit_hooks.py checks both).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +41,10 @@ from enclave.training.clipping.rules import DpSgdConfigError, positive, trainabl
 from enclave.training.models import reseed_dropout
 from enclave.training.noise import StepNoise, spare_core
 
-__all__ = ["DpSgd", "StepStats"]
+__all__ = ["DpSgd", "ExtraClipped", "StepStats"]
+
+#: Audit-only: the sum of this step's extra clipped gradients by parameter name, or None for none.
+ExtraClipped = Callable[[], Mapping[str, torch.Tensor] | None]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,10 @@ class StepStats:
 
 class DpSgd:
     """Drives `optimizer` with clipped, noised, B-normalised gradients; see the module docstring."""
+
+    # The audit-only hooks' production values; only `audit_hooks` changes them.
+    _extra_clipped: ExtraClipped | None = None
+    _add_noise: bool = True
 
     def __init__(
         self,
@@ -112,6 +127,20 @@ class DpSgd:
         """sigma * C: the standard deviation of the noise added to each coordinate of the sum."""
         return self.noise_multiplier * self.max_grad_norm
 
+    def audit_hooks(self, *, extra_clipped: ExtraClipped | None = None, add_noise: bool = True) -> None:
+        """AUDIT ONLY, never called in the enclave: inject canary gradients, or train without noise.
+
+        `extra_clipped` is called once per step and its tensors (each the sum of per-sample
+        gradients already clipped to norm C: canaries are treated exactly like records) are
+        added to the clipped sum before the noise. `add_noise=False` still draws the noise,
+        so the CSPRNG stream is that of a noised run, but leaves it out: plain clipped SGD,
+        whose epsilon is infinite, as the audit's control that must be caught.
+        """
+        self._extra_clipped = extra_clipped
+        self._add_noise = bool(add_noise)
+        log.info("DP-SGD audit hooks set: canaries %s, noise %s",
+                 "on" if extra_clipped is not None else "off", "on" if self._add_noise else "OFF")
+
     def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> StepStats:
         """One DP-SGD step on a (possibly empty) Poisson batch."""
         self.model.train()
@@ -122,13 +151,21 @@ class DpSgd:
         # Noise is drawn for every step and every parameter in named_parameters order,
         # whatever the batch held, so the CSPRNG stream position never depends on data.
         drawn = self._noise.take()
+        extra = self._extra_clipped() if self._extra_clipped is not None else None
         if len(drawn) != len(trainable):
             raise DpSgdConfigError("the model's trainable parameters changed after DP-SGD was set up")
+        if extra is not None and not extra.keys() <= trainable.keys():
+            # A canary part that no parameter takes would silently shrink the canary below norm C.
+            raise DpSgdConfigError("audit canaries name a tensor that is not a trainable parameter")
         for (name, p), noise in zip(trainable.items(), drawn, strict=True):
             total = result.sums.get(name)
             if total is None or total.shape != p.shape or noise.shape != p.shape or noise.dtype != p.dtype:
                 raise DpSgdConfigError(f"parameter {name} changed shape or dtype after DP-SGD was set up")
-            p.grad = total.add_(noise.to(p.device)).div_(self.expected_batch_size)
+            if extra is not None and name in extra:
+                total.add_(extra[name].to(device=total.device, dtype=total.dtype))
+            if self._add_noise:
+                total.add_(noise.to(p.device))
+            p.grad = total.div_(self.expected_batch_size)
         self.optimizer.step()
         return StepStats(batch_size=result.batch_size, clipped_fraction=result.clipped_fraction)
 
