@@ -57,9 +57,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--audit-log", metavar="LOG", type=Path,
                         help="the session's audit log (audit-log.cbor beside the certificate), checked against the "
                              "head and event count the certificate states")
-    parser.add_argument("--audit", metavar="RESULT.json", type=Path,
-                        help="an empirical audit result (`hermetic audit JOB.toml --local --json`); shown as the "
-                             "operator's own, unattested")
+    parser.add_argument("--audit", metavar="RESULT.json", type=Path, action="append",
+                        help="an empirical audit result (`hermetic audit JOB.toml --local --json`), repeatable: a "
+                             "noised run and its --control-no-noise control; shown as the operator's own, unattested")
     parser.add_argument("--out", metavar="DIR", type=Path, required=True,
                         help="folder for report.html, report.pdf and report.json (created if missing)")
     parser.add_argument("--json", action="store_true", help="print the written files and the key facts as JSON")
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.spec is not None:
         job = read_spec(args.spec)
         spec = SpecPin(str(args.spec), job.sha256, job.model_sha256)
-    empirical = read_audit_result(args.audit) if args.audit is not None else None
+    empirical = tuple(read_audit_result(path) for path in args.audit or ())
     certificate = read_bounded(args.certificate, MAX_CERTIFICATE_SIZE, "certificate")
     root_der = load_certificate_der(args.root) if args.root is not None else None
     audit_log = read_bounded(str(args.audit_log), MAX_LOG_SIZE, "audit log") if args.audit_log is not None else None

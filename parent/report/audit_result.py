@@ -35,10 +35,11 @@ class EmpiricalAudit:
     epsilon_lower_bound: float  # what the guesses prove, at `confidence`
     ceiling: float  # the largest lower bound this many canaries and guesses could prove
     canaries: int
+    canary_kind: str  # "dirac" or "gaussian"
     guesses: int
     correct: int
     confidence: float
-    control: bool  # a control run: canaries never trained on, so the bound should be ~0
+    control: bool  # the control: trained with the noise switched off, so the bound must come out far above
     delta: float
     accountant: str
     sampling_rate: float
@@ -56,7 +57,7 @@ class EmpiricalAudit:
 _FLOATS = ("epsilon_certified", "epsilon_lower_bound", "ceiling", "confidence", "delta", "sampling_rate",
            "noise_multiplier", "seconds")
 _INTS = ("canaries", "guesses", "correct", "steps", "records")
-_TEXTS = ("accountant", "job", "verdict")
+_TEXTS = ("accountant", "canary_kind", "job", "verdict")
 _KEYS = frozenset(f.name for f in fields(EmpiricalAudit))
 
 

@@ -199,7 +199,7 @@ class ReportFacts:
     audit_log_sha256: str | None = None  # as the certificate states it
     audit_log_events: int | None = None
     audit_trail: AuditTrailFact | None = None
-    empirical: EmpiricalAudit | None = None
+    empirical: tuple[EmpiricalAudit, ...] = ()  # noised runs and no-noise controls
 
     @property
     def total_epsilon(self) -> float:
@@ -245,7 +245,7 @@ def gather_facts(
     s3_client: Any | None = None,
     audit_log: bytes | None = None,
     audit_log_name: str | None = None,
-    empirical: EmpiricalAudit | None = None,
+    empirical: tuple[EmpiricalAudit, ...] = (),
     now: datetime | None = None,
 ) -> ReportFacts:
     """Verify every input and compute the report's facts; the first failed check's typed error otherwise."""

@@ -80,13 +80,13 @@ def _trail_evidence(facts: ReportFacts) -> str:
 
 
 def _empirical_evidence(facts: ReportFacts) -> str:
-    e = facts.empirical
-    if e is None:
+    if not facts.empirical:
         return "No empirical audit was supplied."
-    return (f"Operator-supplied, unattested empirical audit on public or synthetic data: epsilon lower bound "
-            f"{_g(e.epsilon_lower_bound)} (confidence {_g(e.confidence)}) against the certified "
-            f"{_g(e.epsilon_certified)}; "
-            f"the most this audit could show is {_g(e.ceiling)}.")
+    runs = "; ".join(
+        f"{'no-noise control' if e.control else 'noised run'}: epsilon lower bound {_g(e.epsilon_lower_bound)} "
+        f"(confidence {_g(e.confidence)}, ceiling {_g(e.ceiling)}) against the certified {_g(e.epsilon_certified)}"
+        for e in facts.empirical)
+    return f"Operator-supplied, unattested empirical audit on public or synthetic data: {runs}."
 
 
 def _nist(f: ReportFacts) -> Framework:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from parent.cli import main
+from parent.report.audit_result import parse_audit_result
 from tests.support.specs import mlp_spec
 
 TINY = 'format = 1\nlayers = [{ type = "flatten" }, { type = "linear" }]'
@@ -29,8 +30,11 @@ def _audit(spec: Path, *extra: str) -> list[str]:
 
 def test_json_report_and_a_consistent_verdict(spec: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*_audit(spec), "--json"]) == 0
-    record = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    record = json.loads(out)
     assert FIELDS <= record.keys()
+    # What `hermetic report --audit` reads, field for field.
+    assert parse_audit_result(out.encode()).to_json() == record
     assert record["verdict"] == "consistent" and record["control"] is False
     assert (record["canaries"], record["guesses"], record["confidence"]) == (200, 40, 0.95)
     assert record["canary_kind"] == "dirac"

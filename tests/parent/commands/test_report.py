@@ -99,6 +99,10 @@ def test_a_bad_audit_result_is_a_typed_error(evidence: Evidence, tmp_path: Path,
 def test_a_good_audit_result_is_in_the_report(evidence: Evidence, tmp_path: Path) -> None:
     result = tmp_path / "audit.json"
     result.write_text(json.dumps(audit_result()))
-    assert report(evidence, tmp_path / "r", "--audit", str(result)) == 0
+    control = tmp_path / "control.json"
+    control.write_text(json.dumps(audit_result(control=True, epsilon_lower_bound=3.5, ceiling=4.0, correct=100)))
+    assert report(evidence, tmp_path / "r", "--audit", str(result), "--audit", str(control)) == 0
     page = (tmp_path / "r" / "report.html").read_text()
     assert "Supplied by the operator, not attested." in page
+    assert "<td>noised run</td><td>0.4 at 0.95</td>" in page and "<td>no-noise control</td><td>3.5 at 0.95</td>" in page
+    assert "the audit sees a mechanism without noise" in page

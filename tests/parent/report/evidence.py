@@ -107,7 +107,8 @@ def make_evidence(ca: LocalCa, directory: Path, **body: Any) -> Evidence:
 def audit_result(**overrides: Any) -> dict[str, Any]:
     """A well-formed `hermetic audit --json` result."""
     result: dict[str, Any] = {
-        "epsilon_certified": 2.0, "epsilon_lower_bound": 0.4, "ceiling": 1.9, "canaries": 1000, "guesses": 100,
+        "epsilon_certified": 2.0, "epsilon_lower_bound": 0.4, "ceiling": 1.9, "canaries": 1000,
+        "canary_kind": "dirac", "guesses": 100,
         "correct": 92, "confidence": 0.95, "control": False, "delta": DELTA, "accountant": "prv",
         "sampling_rate": Q, "noise_multiplier": SIGMA, "steps": STEPS, "records": 60000, "seconds": 312.5,
         "job": "audit-job", "verdict": "consistent: the lower bound does not exceed the certified epsilon",

@@ -27,7 +27,7 @@ def facts_of(evidence: Evidence, *, empirical: bool = False, ledger: bool = True
         pcrs=load_measurements(evidence.measurements), root_der=load_certificate_der(evidence.root),
         measurements_name=str(evidence.measurements), ledger=str(evidence.ledger) if ledger else None,
         audit_log=evidence.audit_log.read_bytes(), audit_log_name=str(evidence.audit_log),
-        empirical=parse_audit_result(json.dumps(audit_result()).encode()) if empirical else None)
+        empirical=(parse_audit_result(json.dumps(audit_result()).encode()),) if empirical else ())
 
 
 def test_html_is_self_contained_and_states_the_computed_guarantee(evidence: Evidence) -> None:
@@ -55,9 +55,17 @@ def test_text_is_escaped(evidence: Evidence) -> None:
 def test_the_empirical_audit_is_shown_as_the_operators_unattested_statement(evidence: Evidence) -> None:
     page = render_html(build_document(facts_of(evidence, empirical=True)))
     assert "Supplied by the operator, not attested." in page and "public or synthetic" in page
-    assert "Epsilon lower bound (empirical)</td><td>0.4</td>" in page
-    assert "Ceiling (largest bound this audit could show)</td><td>1.9</td>" in page
+    assert "<td>noised run</td><td>0.4 at 0.95</td><td>1.9</td><td>92 / 100 (1000 dirac canaries)</td>" in page
+    assert "not above the accountant&#x27;s epsilon, as it must not be" in page
     assert "No empirical audit was supplied" not in page
+
+
+def test_a_noised_run_and_its_control_are_shown_side_by_side(evidence: Evidence) -> None:
+    page = _with_audit(evidence, {}, {"control": True, "epsilon_lower_bound": 3.5, "ceiling": 4.0, "correct": 100})
+    assert "<td>no-noise control</td><td>3.5 at 0.95</td>" in page
+    assert "the audit sees a mechanism without noise" in page and "did not rise above" not in page
+    missed = _with_audit(evidence, {}, {"control": True, "epsilon_lower_bound": 1.5, "correct": 99})
+    assert "NOT above the accountant&#x27;s epsilon" in missed and "did not rise above" in missed
 
 
 def test_without_a_ledger_the_budget_figure_is_replaced_by_a_sentence(evidence: Evidence) -> None:
@@ -90,14 +98,14 @@ def test_the_writer_puts_three_files_into_place(evidence: Evidence, tmp_path: Pa
     assert facts["total_epsilon"] == pytest.approx(facts["epsilon"])
 
 
-def _with_audit(evidence: Evidence, **result: object) -> str:
+def _with_audit(evidence: Evidence, *results: dict[str, object]) -> str:
     facts = facts_of(evidence)
-    audit = parse_audit_result(json.dumps(audit_result(**result)).encode())
-    return render_html(build_document(ReportFacts(**{**facts.__dict__, "empirical": audit})))
+    audits = tuple(parse_audit_result(json.dumps(audit_result(**result)).encode()) for result in results)
+    return render_html(build_document(ReportFacts(**{**facts.__dict__, "empirical": audits})))
 
 
 def test_an_audit_of_another_recipe_or_above_epsilon_is_flagged(evidence: Evidence) -> None:
-    same = _with_audit(evidence)
+    same = _with_audit(evidence, {})
     assert "not the certified job&#x27;s" not in same and "ABOVE" not in same
-    assert "not the certified job&#x27;s" in _with_audit(evidence, sampling_rate=0.02)
-    assert "ABOVE the accountant" in _with_audit(evidence, epsilon_lower_bound=1.8, epsilon_certified=1.0)
+    assert "not the certified job&#x27;s" in _with_audit(evidence, {"sampling_rate": 0.02})
+    assert "ABOVE the accountant" in _with_audit(evidence, {"epsilon_lower_bound": 1.8, "epsilon_certified": 1.0})
