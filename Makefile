@@ -14,6 +14,8 @@ FMNIST := /usr/share/datasets/fashion-mnist
 # TORCH_INDEX= (empty) takes torch from pip's default index instead.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
+# make demo DEMO_ARGS=--audit adds the empirical audit of the recipe to the report.
+DEMO_ARGS ?=
 
 .PHONY: install dataset browser lint test demo bench clean
 
@@ -47,7 +49,7 @@ test: install dataset browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install dataset
-	$(VENV)/bin/hermetic demo
+	$(VENV)/bin/hermetic demo $(DEMO_ARGS)
 
 bench: install dataset
 	$(PY) -m bench.run

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="artefact folder")
     parser.add_argument("--epochs", type=_positive, default=None, help="training epochs (1 = quick smoke run)")
     parser.add_argument("--epsilon", type=_positive, default=None, help="privacy budget and target epsilon")
+    parser.add_argument("--audit", action="store_true",
+                        help="also run `hermetic audit` of the recipe (a noised run and its no-noise control, about "
+                             "4 min each) and put both in the compliance report")
     add_json_flag(parser, help="print the report (as in report.json) as one JSON object on stdout; "
                                "progress goes to stderr")
     parser.set_defaults(func=_run)
@@ -70,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         bar.update(0)  # redraws at most every mininterval
 
     try:
-        report = run_demo(args.out, say, recipe=recipe, progress=progress)
+        report = run_demo(args.out, say, recipe=recipe, progress=progress, audit=args.audit)
     finally:
         if bar is not None:
             bar.close()

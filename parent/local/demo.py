@@ -171,10 +171,12 @@ def run_demo(
     dataset: Path = FASHION_MNIST,
     recipe: Recipe = Recipe(),
     progress: Progress | None = None,
+    audit: bool = False,
 ) -> DemoReport:
     """The whole demo. Its training part is the first-hour commands: `hermetic local up`,
     `seal --local`, `train --local`, `verify-certificate --measurements`, `checkpoint decrypt
-    --local` and `local down`, each run as a user would run it."""
+    --local` and `local down`, each run as a user would run it. `audit` adds the empirical
+    audit of the recipe (`hermetic audit`, a noised run and its no-noise control) to the report."""
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir = out_dir / "state"
@@ -270,7 +272,8 @@ def run_demo(
         second_spec = run_dir / "second.toml"
         write_atomic(second_spec, second_job_spec_toml(state.model_owner_key, recipe.delta).encode())
         _over_budget(report, state, sealed, second_spec, run_dir, logs, say)
-        _compliance_report(report, state, sealed, out_dir, logs, say)
+        audits = _empirical_audits(out_dir, logs, say) if audit else ()
+        _compliance_report(report, state, sealed, out_dir, logs, say, audits)
     finally:
         for service in reversed(services):
             service.stop()
@@ -372,21 +375,39 @@ def _over_budget(
     report.proved.append("a dataset's budget bounds all its jobs together: a job past it never gets the key")
 
 
+def _empirical_audits(out_dir: Path, logs: Path, say: Say) -> tuple[Path, ...]:
+    """`hermetic audit` of the demo's recipe on synthetic data of its shape: a noised run, then the control
+    without noise; each must keep its rule (exit 0) or the demo fails."""
+    results = []
+    for name, extra in (("audit", ()), ("audit-control", ("--control-no-noise",))):
+        out = run_command(name, hermetic_argv("audit", str(out_dir / "job.toml"), "--local", *extra, "--json"), logs)
+        path = out_dir / f"{name}.json"
+        write_atomic(path, out.encode())
+        result = json.loads(out)
+        say(f"empirical audit ({'no-noise control' if result['control'] else 'noised run'}): epsilon >= "
+            f"{result['epsilon_lower_bound']:.3f} at {result['confidence']:.0%} against the certified "
+            f"{result['epsilon_certified']:.3f} (ceiling {result['ceiling']:.3f}): {result['verdict']}")
+        results.append(path)
+    return tuple(results)
+
+
 def _compliance_report(report: DemoReport, state: ApplianceState, sealed: Path, out_dir: Path, logs: Path,
-                       say: Say) -> None:
+                       say: Say, audits: tuple[Path, ...] = ()) -> None:
     """`hermetic report` for the training job: pinned as verify-certificate was, with the appliance's ledger
     and the job's audit log; it verifies everything again and writes nothing unless all of it holds."""
     certificate = Path(report.certificate)
     audit_log = certificate.parent / "audit-log.cbor"
     trail = ("--audit-log", str(audit_log)) if audit_log.exists() else ()
+    empirical = [arg for path in audits for arg in ("--audit", str(path))]
     written = json.loads(run_command("report", hermetic_argv(
         "report", str(certificate), "--root", state.root, "--measurements", state.measurements,
         "--sealed", str(sealed), "--spec", str(out_dir / "job.toml"), "--ledger", str(state.ledger_dir),
-        *trail, "--out", str(out_dir / "report"), "--json",
+        *trail, *empirical, "--out", str(out_dir / "report"), "--json",
     ), logs))
     report.compliance_report = str(written["html"])
     say(f"compliance report (`hermetic report`): {written['html']} and report.pdf, from the verified "
-        "certificate, the dataset's budget ledger and the audit trail")
+        "certificate, the dataset's budget ledger and the audit trail"
+        + (", with the empirical audit" if audits else ""))
 
 
 def _plain_decrypt_as(identity: AwsCredentials, kms_url: str, sealed: Path) -> str:
