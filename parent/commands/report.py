@@ -19,9 +19,9 @@ from pathlib import Path
 
 from enclave.audit_log import MAX_LOG_SIZE
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
-from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
 from parent.commands.budget import add_s3_arguments, s3_client
-from parent.inputs import load_certificate_der, parse_pcr, pinned_pcrs, read_bounded
+from parent.commands.pin_args import add_pin_arguments
+from parent.inputs import load_certificate_der, pinned_pcrs, read_bounded
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,18 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("certificate", metavar="CERT", help="certificate file (certificate.cbor); '-' for stdin")
-    parser.add_argument("--root", metavar="PEM", type=Path,
-                        help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
-    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
-                        help="as verify-certificate: required attested PCR value; may repeat")
-    parser.add_argument("--measurements", metavar="FILE", type=Path,
-                        help="as verify-certificate: required attested PCRs from a nitro-cli measurements file")
-    parser.add_argument("--sealed", metavar="FILE", action="append", type=Path, default=None,
-                        help="as verify-certificate: a sealed dataset the certificate must be about; may repeat")
-    parser.add_argument("--spec", metavar="FILE", type=Path,
-                        help="as verify-certificate: the job spec (TOML) the certificate must be about")
-    parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=None,
-                        help="accountant whose recomputed epsilon is reported (default: the certificate's primary)")
+    add_pin_arguments(parser)
     parser.add_argument("--ledger", metavar="LOCATION",
                         help="the datasets' budget ledger: a directory holding one sub-directory per dataset id "
                              "(a local appliance's STATE/ledger), local:/DIR or s3://BUCKET/PREFIX?owner=ACCOUNT; "

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from enclave.certificate.checks import metrics_epsilon
 from enclave.certificate.envelope import MAX_CERTIFICATE_SIZE
-from enclave.privacy.accountants import NAMES as ACCOUNTANT_NAMES
-from parent.inputs import load_certificate_der, parse_pcr, pinned_pcrs, read_bounded
+from parent.commands.pin_args import add_pin_arguments
+from parent.inputs import load_certificate_der, pinned_pcrs, read_bounded
 from parent.verify.body import body_to_json
 from parent.verify.certificate import VerifiedCertificate, verify_certificate
 from parent.verify.policy import AttestationPolicy
@@ -41,25 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("certificate", metavar="CERT", help="certificate file; '-' for stdin")
-    parser.add_argument("--root", metavar="PEM", type=Path,
-                        help="trust anchor certificate (PEM or DER); default: pinned AWS Nitro Root-G1")
-    parser.add_argument("--pcr", metavar="N=HEX", action="append", type=parse_pcr, default=None,
-                        help="required attested PCR value; may repeat, all must match; PCR0 (here or in "
-                             "--measurements) is required")
-    parser.add_argument("--measurements", metavar="FILE", type=Path,
-                        help='required attested PCRs from a nitro-cli measurements file ({"Measurements": '
-                             '{"PCR0": HEX, ...}}, as `nitro-cli describe-eif`, `make eif` and `hermetic local '
-                             'up` write); combines with --pcr, all must match')
-    parser.add_argument("--sealed", metavar="FILE", action="append", type=Path, default=None,
-                        help="a sealed dataset (local file) the certificate must be about: its dataset id, "
-                             "SHA-256, KMS key and encryption context (budget, records, schema) as the "
-                             "certificate records them; may repeat")
-    parser.add_argument("--spec", metavar="FILE", type=Path,
-                        help="the job spec (TOML) the certificate must be about: its canonical SHA-256 "
-                             "equals the certificate's spec_sha256, its model's the model_spec_sha256")
-    parser.add_argument("--accountant", choices=ACCOUNTANT_NAMES, default=None,
-                        help="accountant whose recomputed epsilon is reported (default: the"
-                             " certificate's primary); all are always checked")
+    add_pin_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the result as a JSON object")
     parser.set_defaults(func=run, _parser=parser, json_error_extra={"valid": False})
 
