@@ -244,7 +244,13 @@ def quiet_coordinates(
     if not 2 <= count <= size:
         raise ConfigError(f"Dirac canaries need 2 to {size} canaries (one per parameter), got {count}")
     probe = min(_PROBE, len(inputs))
-    grads, _ = clip_per_sample(per_sample_gradients(net, inputs[:probe], labels[:probe], loss=loss), clip)
+    # Eval mode: the probe ranks coordinates, and dropout's masks would only add noise (and need a seed).
+    was_training = net.training
+    net.eval()
+    try:
+        grads, _ = clip_per_sample(per_sample_gradients(net, inputs[:probe], labels[:probe], loss=loss), clip)
+    finally:
+        net.train(was_training)
     activity = torch.cat([g.abs().sum(dim=0).reshape(-1) for g in grads.values()]).to(torch.float64)
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)

@@ -8,6 +8,7 @@ from torch import nn
 
 from enclave.errors import ConfigError
 from enclave.hazmat.csprng import Csprng
+from enclave.training.models import CsprngDropout
 from enclave.training.spec import JobSpec
 from parent.audit.canaries import (
     MARGIN,
@@ -103,6 +104,13 @@ def test_quiet_coordinates_are_where_the_public_data_never_reach() -> None:
     assert not torch.equal(chosen, other) and bool(((other % 784) < 100).all())
     with pytest.raises(ConfigError, match="Dirac"):
         quiet_coordinates(net, inputs, labels, 7851, clip=1.0, loss="cross_entropy")
+
+
+def test_the_probe_runs_a_model_with_dropout_and_leaves_it_training() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), CsprngDropout(0.5), nn.Linear(16, 10)).train()
+    inputs, labels = torch.rand(8, 28, 28), torch.randint(0, 10, (8,))
+    assert len(quiet_coordinates(net, inputs, labels, 20, clip=1.0, loss="cross_entropy")) == 20
+    assert net.training
 
 
 def test_dirac_canaries_add_c_on_their_coordinate_and_score_it() -> None:
