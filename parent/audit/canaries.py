@@ -54,7 +54,7 @@ from enclave.sealed.records import SHAPE_METADATA_KEY, declare_num_classes, form
 from enclave.training.clipping.reference import clip_per_sample, per_sample_gradients
 from enclave.training.clipping.rules import trainable_parameters
 from enclave.training.dpsgd import DpSgd
-from enclave.training.jobmodel import fixed_front, job_model_for_schema
+from enclave.training.jobmodel import JobModel, fixed_front, job_model_for_schema
 from enclave.training.models import model_generator
 from enclave.training.sampler import PoissonSampler
 from enclave.training.spec import JobSpec
@@ -85,7 +85,8 @@ def default_guesses(canaries: int) -> int:
 
 
 def default_canaries(kind: str) -> int:
-    """5000 Dirac canaries (each costs one coordinate); 1000 Gaussian ones (each a dense direction)."""
+    """5000 Dirac canaries (one parameter each, and `audit_spec` takes at most a quarter of a small model's
+    parameters: the quiet ones); 1000 Gaussian ones (each a dense direction)."""
     return 5000 if kind == "dirac" else 1000
 
 
@@ -307,6 +308,7 @@ def audit_spec(
     canary_seed: int = 0,
     steps: int | None = None,
     data: pa.Table | None = None,
+    schema: pa.Schema | None = None,
 ) -> AuditResult:
     """Train the spec's model with DP-SGD on synthetic data plus canaries and bound its epsilon.
 
@@ -315,13 +317,16 @@ def audit_spec(
     shorter run, so both sides of the comparison stay the same mechanism). `seed` (32 bytes)
     makes the run reproducible; by default it is fresh from os.urandom. `data`, a public table
     with the spec's feature and label columns, replaces the synthetic records (and sets
-    `records` to its row count): the audit then runs on exactly that public data.
+    `records` to its row count): the audit then runs on exactly that public data. `schema`,
+    a sealed dataset's Arrow schema with its public metadata, builds the job's model and
+    input layout instead of `data`'s own (a tabular, sequence or regression job needs it,
+    with `data` re-encoded by it as the enclave's public sets are).
     """
     if spec.tuning is not None:
         raise ConfigError("a tuning spec's search is many runs: audit one of its candidates as a plain spec")
-    if spec.data.tabular or spec.task.regression:
-        raise ConfigError("the audit's synthetic data are images of 28x28 with 10 classes: a tabular or "
-                          "regression job is not supported")
+    if data is None and (spec.data.tabular or spec.task.regression):
+        raise ConfigError("the audit's synthetic data are images of 28x28 with 10 classes: audit a tabular or "
+                          "regression job on a public file of its shape (--data FILE --sealed FILE.sealed)")
     if data is not None:
         records = data.num_rows
     plan = plan_for_records(spec, records)
@@ -332,30 +337,25 @@ def audit_spec(
                        _epsilon(plan, steps))
     if canary_kind not in CANARY_KINDS:
         raise ConfigError(f"canary kind must be one of {', '.join(CANARY_KINDS)}, got {canary_kind!r}")
-    if canaries is None:
-        canaries = default_canaries(canary_kind)
-    k = default_guesses(canaries) if guesses is None else guesses
-    if not 0 < k <= canaries:
-        raise ConfigError(f"guesses must be in [1, {canaries}], got {k}")
     rng = Csprng(seed) if seed is not None else seed_from(os.urandom)
-    job = job_model_for_schema(spec, synthetic_schema(spec) if data is None else data.schema)
+    if schema is None:
+        schema = synthetic_schema(spec) if data is None else data.schema
+    job = job_model_for_schema(spec, schema)
     model = job.build(model_generator(rng.fork(b"model-init")))
-    if data is None:
-        rows, labels = synthetic_images(records, rng.fork(b"audit-data"))
-    else:
-        rows, labels = table_arrays(data, spec.data.columns[0], spec.data.label, job.num_classes)
-    front = fixed_front(job.format, model, job.plan())
-    net: nn.Module
-    if front is None:
-        net, inputs = model, job.input.tensor(rows)
-    else:
-        net, inputs = front.head, front.features(job.input, rows)
+    net, inputs, labels = _records(spec, job, model, data, records, rng)
     optimizer = build_optimizer(spec, model)
     sampler = PoissonSampler(records, plan.sampling_rate, rng.fork(b"poisson-sampler"))
     engine = DpSgd(net, optimizer, max_grad_norm=spec.privacy.max_grad_norm,
                    noise_multiplier=plan.noise_multiplier, expected_batch_size=spec.privacy.expected_batch_size,
                    rng=rng.fork(b"gaussian-noise"), loss=spec.task.loss)
     params = trainable_parameters(net)
+    if canaries is None:
+        canaries = default_canaries(canary_kind)
+        if canary_kind == "dirac":  # one parameter each, the quietest quarter at most: a small model takes fewer
+            canaries = max(2, min(canaries, sum(p.numel() for p in params.values()) // 4))
+    k = default_guesses(canaries) if guesses is None else guesses
+    if not 0 < k <= canaries:
+        raise ConfigError(f"guesses must be in [1, {canaries}], got {k}")
     cans: Canaries
     if canary_kind == "dirac":
         coordinates = quiet_coordinates(net, inputs, labels, canaries, clip=engine.max_grad_norm,
@@ -389,6 +389,27 @@ def audit_spec(
     log.info("audit: %d of %d guesses right; epsilon >= %.3f (certified %.3f)", correct, k,
              result.epsilon_lower_bound, result.epsilon_certified)
     return result
+
+
+def _records(
+    spec: JobSpec, job: JobModel, model: nn.Module, data: pa.Table | None, records: int, rng: Csprng,
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The module DP-SGD trains, every record's input to it, and the labels (or regression targets)."""
+    if job.tabular is not None:
+        assert data is not None and job.target is not None  # a tabular layout comes only from a given schema
+        return model, job.tabular.assemble([data]), job.target.values(data)
+    if data is None:
+        rows, labels = synthetic_images(records, rng.fork(b"audit-data"))
+    else:
+        rows, labels = table_arrays(data, spec.data.columns[0], spec.data.label,
+                                    None if job.target is not None else job.num_classes,
+                                    read_labels=job.target is None)
+        if job.target is not None:
+            labels = job.target.values(data)
+    front = fixed_front(job.format, model, job.plan())
+    if front is None:
+        return model, job.input.tensor(rows), labels
+    return front.head, front.features(job.input, rows), labels
 
 
 def _epsilon(plan: RunPlan, steps: int) -> float:

@@ -1,7 +1,8 @@
 """`hermetic audit`: an empirical lower bound on a job's epsilon, next to the certified one (dev command).
 
     hermetic audit JOB.toml --local [DIR] [--canaries M] [--canary-kind dirac|gaussian] [--guesses K] [--confidence C]
-                   [--records N | --data FILE] [--steps T] [--control-no-noise] [--seed HEX] [--json]
+                   [--records N | --data FILE [--sealed FILE.sealed]] [--steps T] [--control-no-noise]
+                   [--seed HEX] [--json]
 
 A one-run audit (Steinke, Nasr & Jagielski 2023; `parent.audit`): the job's model is
 trained with the same DpSgd, Csprng noise and Poisson sampler the enclave runs, on
@@ -86,6 +87,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     data.add_argument("--data", type=Path, metavar="FILE",
                       help="train on this public file (a format `hermetic seal` reads, with the spec's feature "
                            "and label columns) instead of synthetic records; q = batch / its rows")
+    parser.add_argument("--sealed", type=Path, metavar="FILE.sealed",
+                        help="with --data: a sealed dataset whose public schema (its header; no key is used) "
+                             "re-encodes FILE as `train --public` does and shapes the model; needed for "
+                             "tabular, sequence and regression jobs")
     parser.add_argument("--steps", type=arg.count, metavar="T",
                         help="train T steps instead of the spec's (the certified epsilon is then T steps')")
     parser.add_argument("--control-no-noise", action="store_true",
@@ -97,14 +102,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run_audit)
 
 
-def _read_table(path: Path) -> pa.Table:
+def _read_table(path: Path, sealed: Path | None) -> tuple[pa.Table, pa.Schema | None]:
+    """The public file as a table, re-encoded by the sealed file's public schema if one is given, and
+    the sealed file's Arrow schema (None without one)."""
     # Imported on use, like the audit itself: building the parser loads neither pyarrow nor torch.
     import pyarrow as pa
+    import pyarrow.ipc
 
     from parent.datasets import open_dataset
+    from parent.job_check import sealed_public_schema
+    from parent.model_out import sealed_arrow_schema
+    from parent.public_data import load_public_dataset
 
-    reader = open_dataset(path)
-    return pa.Table.from_batches(list(reader.iter_batches(8192)), schema=reader.schema())
+    if sealed is None:
+        reader = open_dataset(path)
+        return pa.Table.from_batches(list(reader.iter_batches(8192)), schema=reader.schema()), None
+    public = load_public_dataset("audit", path, schema=sealed_public_schema(str(sealed)))
+    return pa.ipc.open_stream(public.ipc).read_all(), sealed_arrow_schema(str(sealed))
 
 
 def run_audit(args: argparse.Namespace) -> int:
@@ -115,9 +129,11 @@ def run_audit(args: argparse.Namespace) -> int:
     from parent.commands.privacy_plan import load_spec
 
     spec = load_spec(args.spec)
-    table = None if args.data is None else _read_table(args.data)
+    if args.sealed is not None and args.data is None:
+        raise ConfigError("--sealed re-encodes a public file: pass it with --data FILE")
+    table, schema = (None, None) if args.data is None else _read_table(args.data, args.sealed)
     records = DEFAULT_RECORDS if args.records is None else args.records
-    result = audit_spec(spec, records=records, data=table, canaries=args.canaries,
+    result = audit_spec(spec, records=records, data=table, schema=schema, canaries=args.canaries,
                         canary_kind=args.canary_kind, guesses=args.guesses,
                         confidence=args.confidence, control=args.control_no_noise, seed=args.seed,
                         steps=args.steps)
@@ -131,7 +147,8 @@ def run_audit(args: argparse.Namespace) -> int:
         print(json.dumps({**result.to_json(), "job": spec.name, "verdict": verdict}, sort_keys=True))
         return 0 if ok else 1
     kind = "control run WITHOUT noise" if result.control else "noised run"
-    print(f"audit of {spec.name!r}: {kind}, in-process on synthetic data ({result.records} records)")
+    source = "synthetic data" if args.data is None else f"{args.data.name}"
+    print(f"audit of {spec.name!r}: {kind}, in-process on {source} ({result.records} records)")
     print(f"  run          q={result.sampling_rate:.4g}, noise multiplier {result.noise_multiplier:.4g}, "
           f"{result.steps} steps, delta {result.delta:g}, {result.seconds:.1f}s")
     print(f"  certified    epsilon {result.epsilon_certified:.4g} ({result.accountant})")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from torch import nn
 
 from enclave.errors import ConfigError
 from enclave.hazmat.csprng import Csprng
+from enclave.sealed.public_schema import ClassLabel, NumericColumn, RegressionTarget
 from enclave.training.models import CsprngDropout
 from enclave.training.spec import JobSpec
 from parent.audit.canaries import (
@@ -137,3 +139,49 @@ def test_refuses_what_it_cannot_audit() -> None:
         audit_spec(tuning, records=RECORDS, canaries=10)
     with pytest.raises(ConfigError, match="guesses"):
         audit_spec(SPEC, records=RECORDS, canaries=10, guesses=11)
+
+
+def _tabular(records: int, regression: bool) -> tuple[JobSpec, pa.Table, pa.Schema]:
+    """A public table of two numeric features and a label, its sealed-style schema, and a job on it."""
+    age, income = NumericColumn("age", "int64", 0, 100), NumericColumn("income", "double", 0.0, 200.0)
+    label: ClassLabel | RegressionTarget = (RegressionTarget("price", "double", 0.0, 50.0) if regression
+                                            else ClassLabel("risk", 2, ("low", "high")))
+
+    def field(column: NumericColumn | ClassLabel | RegressionTarget) -> pa.Field:
+        kind = pa.int32() if isinstance(column, ClassLabel) else (pa.int64() if column.name == "age" else pa.float64())
+        return pa.field(column.name, kind, nullable=False, metadata=column.metadata())
+
+    schema = pa.schema([field(age), field(income), field(label)])
+    rng = np.random.default_rng(5)
+    ages = rng.integers(18, 90, records)
+    incomes = rng.uniform(10, 150, records)
+    target = incomes / 4 if regression else (incomes > 80).astype(np.int32)
+    table = pa.table([pa.array(ages, pa.int64()), pa.array(incomes, pa.float64()),
+                      pa.array(target, pa.float64() if regression else pa.int32())], schema=schema)
+    spec = JobSpec.from_mapping({
+        "job": {"name": "tabular-audit"},
+        "model": {"format": 1, "layers": [{"type": "linear", "out": 512}, {"type": "relu"},
+                                           {"type": "linear", "out": 1 if regression else 2}]},
+        "data": {"features": ["age", "income"], "label": label.name},
+        "task": {"kind": "regression", "loss": "mse"} if regression else {"kind": "classification"},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "privacy": {"expected_batch_size": 40, "max_grad_norm": 1.0, "delta": 1e-5, "steps": 80,
+                    "noise_multiplier": 4.0},
+        "checkpoint": {"key_id": "alias/model"},
+    })
+    return spec, table, schema
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_a_tabular_job_is_audited_on_a_public_table_with_its_sealed_schema(regression: bool) -> None:
+    spec, table, schema = _tabular(400, regression)
+    with pytest.raises(ConfigError, match="--data FILE --sealed"):
+        audit_spec(spec, records=400, seed=SEED)
+    noised = audit_spec(spec, records=0, data=table, schema=schema, seed=SEED)
+    control = audit_spec(spec, records=0, data=table, schema=schema, seed=SEED, control=True)
+    # 2 -> 512 -> 2 (or 1): 2562 (or 2049) parameters, so the default takes the quietest quarter.
+    assert noised.records == 400 and noised.canaries == (512 if regression else 640)
+    assert noised.epsilon_lower_bound <= noised.epsilon_certified
+    # The quietest quarter holds dead ReLU units' weights, which no record moves: every guess right.
+    assert control.correct == control.guesses
+    assert control.epsilon_lower_bound > 3 * control.epsilon_certified > 0

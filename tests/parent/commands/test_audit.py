@@ -86,3 +86,8 @@ def test_a_public_file_replaces_the_synthetic_records(spec: Path, tmp_path: Path
     argv = ["audit", str(spec), "--local", "--data", str(path), "--canaries", "200", "--seed", SEED, "--json"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 100
+
+
+def test_sealed_without_data_is_refused(spec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*_audit(spec), "--sealed", str(tmp_path / "x.sealed")]) == 1
+    assert "--sealed re-encodes a public file" in capsys.readouterr().err
