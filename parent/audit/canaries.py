@@ -39,8 +39,6 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -61,9 +59,10 @@ from enclave.training.spec import JobSpec
 from enclave.training.trainer import build_optimizer, table_arrays
 from parent.audit import CANARY_KINDS
 from parent.audit.bound import Guesses, ceiling, epsilon_lower_bound
+from parent.audit.result import EmpiricalAudit, verdict
 from parent.privacy_plan import RunPlan, plan_for_records
 
-__all__ = ["CANARY_KINDS", "AuditResult", "Canaries", "DiracCanaries", "GaussianCanaries", "audit_spec",
+__all__ = ["CANARY_KINDS", "Canaries", "DiracCanaries", "GaussianCanaries", "audit_spec",
            "default_canaries", "default_guesses", "guess", "quiet_coordinates", "synthetic_images"]
 
 log = logging.getLogger(__name__)
@@ -88,48 +87,6 @@ def default_canaries(kind: str) -> int:
     """5000 Dirac canaries (one parameter each, and `audit_spec` takes at most a quarter of a small model's
     parameters: the quiet ones); 1000 Gaussian ones (each a dense direction)."""
     return 5000 if kind == "dirac" else 1000
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    """One audit: the certified epsilon next to the empirical lower bound, and how it was measured."""
-
-    epsilon_certified: float
-    epsilon_lower_bound: float
-    ceiling: float
-    canaries: int
-    canary_kind: str
-    guesses: int
-    correct: int
-    confidence: float
-    control: bool
-    delta: float
-    accountant: str
-    sampling_rate: float
-    noise_multiplier: float
-    steps: int
-    records: int
-    seconds: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "epsilon_certified": self.epsilon_certified if math.isfinite(self.epsilon_certified) else None,
-            "epsilon_lower_bound": self.epsilon_lower_bound,
-            "ceiling": self.ceiling,
-            "canaries": self.canaries,
-            "canary_kind": self.canary_kind,
-            "guesses": self.guesses,
-            "correct": self.correct,
-            "confidence": self.confidence,
-            "control": self.control,
-            "delta": self.delta,
-            "accountant": self.accountant,
-            "sampling_rate": self.sampling_rate,
-            "noise_multiplier": self.noise_multiplier,
-            "steps": self.steps,
-            "records": self.records,
-            "seconds": self.seconds,
-        }
 
 
 class Canaries:
@@ -309,7 +266,7 @@ def audit_spec(
     steps: int | None = None,
     data: pa.Table | None = None,
     schema: pa.Schema | None = None,
-) -> AuditResult:
+) -> EmpiricalAudit:
     """Train the spec's model with DP-SGD on synthetic data plus canaries and bound its epsilon.
 
     `control` trains without noise (an infinite epsilon) and must give a bound far above the
@@ -377,14 +334,14 @@ def audit_spec(
         engine.close()
     seconds = time.monotonic() - began
     correct = guess(cans.scores.numpy(), cans.member, k)
-    result = AuditResult(
-        epsilon_certified=plan.epsilon,
-        epsilon_lower_bound=epsilon_lower_bound(Guesses(canaries, k, correct), delta=plan.delta,
-                                                confidence=confidence),
+    bound = epsilon_lower_bound(Guesses(canaries, k, correct), delta=plan.delta, confidence=confidence)
+    result = EmpiricalAudit(
+        epsilon_certified=plan.epsilon, epsilon_lower_bound=bound,
         ceiling=ceiling(canaries, k, delta=plan.delta, confidence=confidence),
         canaries=canaries, canary_kind=canary_kind, guesses=k, correct=correct, confidence=confidence, control=control,
         delta=plan.delta, accountant=plan.accountant, sampling_rate=plan.sampling_rate,
-        noise_multiplier=plan.noise_multiplier, steps=plan.steps, records=records, seconds=seconds,
+        noise_multiplier=plan.noise_multiplier, steps=plan.steps, records=records, seconds=seconds, job=spec.name,
+        verdict=verdict(control=control, lower_bound=bound, certified=plan.epsilon),
     )
     log.info("audit: %d of %d guesses right; epsilon >= %.3f (certified %.3f)", correct, k,
              result.epsilon_lower_bound, result.epsilon_certified)

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: matplotlib and reportlab load only when a report is written.
-    from parent.report.audit_result import read_audit_result
+    from parent.audit.result import read_audit_result
     from parent.report.facts import SpecPin, gather_facts
     from parent.report.writer import write_report
     from parent.verify.subject import read_sealed_file, read_spec

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
+from parent.audit.result import EmpiricalAudit
 from parent.report import plots
-from parent.report.audit_result import EmpiricalAudit
 from parent.report.document import (
     Block,
     BulletList,

@@ -4,15 +4,11 @@ from __future__ import annotations
 from enclave.errors import ConfigError
 from enclave.ledger.store import LedgerError
 
-__all__ = ["AuditResultError", "LedgerEvidenceError", "ReportError"]
+__all__ = ["LedgerEvidenceError", "ReportError"]
 
 
 class ReportError(ConfigError):
     """An input of the report cannot be used (not a verification failure of the certificate)."""
-
-
-class AuditResultError(ReportError):
-    """The empirical audit result file (`--audit`) is not a well-formed result object."""
 
 
 class LedgerEvidenceError(LedgerError):

@@ -32,8 +32,8 @@ from enclave.certificate.checks import metrics_epsilon
 from enclave.ledger.local import LocalDirectoryStore
 from enclave.ledger.location import LOCAL_SCHEME, S3_SCHEME
 from enclave.sealed.format import LEDGER_CONTEXT_KEY
+from parent.audit.result import EmpiricalAudit
 from parent.budget import budget_report, open_ledger_store
-from parent.report.audit_result import EmpiricalAudit
 from parent.report.errors import LedgerEvidenceError
 from parent.verify.accounting import REL_TOLERANCE, recompute_epsilon
 from parent.verify.audit import verify_audit_log

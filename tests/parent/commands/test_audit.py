@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from parent.audit.result import parse_audit_result
 from parent.cli import main
-from parent.report.audit_result import parse_audit_result
 from tests.support.specs import mlp_spec
 
 TINY = 'format = 1\nlayers = [{ type = "flatten" }, { type = "linear" }]'

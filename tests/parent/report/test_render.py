@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from parent.audit.result import parse_audit_result
 from parent.inputs import load_certificate_der, load_measurements
-from parent.report.audit_result import parse_audit_result
 from parent.report.content import AUDIT_COMMAND, build_document
 from parent.report.document import Figure
 from parent.report.facts import ReportFacts, gather_facts

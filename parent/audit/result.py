@@ -1,4 +1,4 @@
-"""The result of an empirical one-run privacy audit (`hermetic audit JOB.toml --local --json`), read strictly.
+"""The result of an empirical one-run privacy audit: what `hermetic audit --json` prints and `report --audit` reads.
 
 The audit (Steinke, Nasr & Jagielski, "Privacy Auditing with One (1) Training Run",
 NeurIPS 2023) trains once with canaries, guesses which canaries were included, and
@@ -7,9 +7,10 @@ stated confidence. It runs in-process on public or synthetic data, outside any e
 nothing attests it, so the report presents it as the operator's own statement, never as
 evidence of the same standing as the certificate.
 
-The file must be one JSON object with exactly the keys of `EmpiricalAudit`; every value
-is type- and range-checked, and a file that fails any check is refused whole
-(`AuditResultError`), so the report never shows half a result.
+`parent.audit.canaries.audit_spec` returns an `EmpiricalAudit`, and `hermetic audit --json`
+prints its `to_json()`. Read back, the file must be one JSON object with exactly those keys;
+every value is type- and range-checked, and a file that fails any check is refused whole
+(`AuditResultError`), so a report never shows half a result.
 """
 from __future__ import annotations
 
@@ -19,12 +20,27 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from parent.report.errors import AuditResultError
+from enclave.errors import ConfigError
 
-__all__ = ["MAX_AUDIT_RESULT_SIZE", "EmpiricalAudit", "parse_audit_result", "read_audit_result"]
+__all__ = ["MAX_AUDIT_RESULT_SIZE", "AuditResultError", "EmpiricalAudit", "parse_audit_result", "read_audit_result",
+           "verdict"]
 
 MAX_AUDIT_RESULT_SIZE = 64 * 1024
 _MAX_TEXT = 256
+#: The verdicts of a run that keeps its rule.
+CONSISTENT, CAUGHT = "consistent", "caught"
+
+
+class AuditResultError(ConfigError):
+    """An empirical audit result file is not a well-formed result object."""
+
+
+def verdict(*, control: bool, lower_bound: float, certified: float) -> str:
+    """A noised run must not bound epsilon above the claim; a no-noise control must."""
+    exceeds = lower_bound > certified
+    if control:
+        return CAUGHT if exceeds else "missed: the audit cannot tell a run without noise from the claim"
+    return "VIOLATION: the implementation leaks more than the certificate says" if exceeds else CONSISTENT
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,11 @@ class EmpiricalAudit:
     seconds: float
     job: str
     verdict: str
+
+    @property
+    def holds(self) -> bool:
+        """The run keeps its rule: a noised run is consistent, a control is caught."""
+        return self.verdict == (CAUGHT if self.control else CONSISTENT)
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

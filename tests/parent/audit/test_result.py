@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from enclave.errors import ConfigError
-from parent.report.audit_result import EmpiricalAudit, parse_audit_result, read_audit_result
-from parent.report.errors import AuditResultError
+from parent.audit.result import AuditResultError, EmpiricalAudit, parse_audit_result, read_audit_result
 from tests.parent.report.evidence import audit_result
 
 
