@@ -128,6 +128,10 @@ def check_job(
     if weights_path is not None:
         weights, found = _read_weights(weights_name, spec)
         problems += found
+    elif spec.model.weights_sha256 is not None:
+        # train and parent run refuse the job without the file; the check says so before they do.
+        problems.append(Problem("model.weights_sha256", "names initial weights: give their file with --weights "
+                                                        "(train and parent run need it too)"))
     datasets = [path for path, header in headers.items() if header.payload == PAYLOAD]
     train = spec.data.train
     if not train and len(datasets) > 1:

@@ -106,6 +106,10 @@ def test_the_job_check_refuses_a_file_of_another_hash_or_none_named(data: Path, 
     result = check_job(naming(tmp_path, None, name="plain.toml"), [data], weights_path=named)
     assert [p.message for p in result.problems] == [
         "a weights file was given, but the spec names no initial weights (model.weights_sha256)"]
+    result = check_job(naming(tmp_path, named, name="unchecked.toml"), [data])
+    assert [(p.where, p.message) for p in result.problems] == [
+        ("model.weights_sha256", "names initial weights: give their file with --weights (train and parent run need "
+                                 "it too)")]
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x03" + bytes(7) + b"{}")
     result = check_job(naming(tmp_path, bad, name="bad.toml"), [data], weights_path=bad)
