@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from enclave.errors import ConfigError, HermeticError
 from enclave.transport.address import parse_address
 from parent.commands.output import add_json_flag
+from parent.commands.tracking_args import add_tracker_arguments, tracking
 
 if TYPE_CHECKING:
     from enclave.training.spec import JobSpec
@@ -49,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--kms-endpoint", default=None,
                      help="KMS endpoint the enclave is told about (default: regional AWS endpoint)")
     run.add_argument("--s3-endpoint-url", default=None, help="S3 endpoint (for s3:// datasets)")
+    add_tracker_arguments(run)
     add_json_flag(run, help="print the outcome as one JSON object")
     run.add_argument("--events", action="store_true",
                      help="print one JSON line per progress/metric event on stdout (for launchers)")
@@ -147,7 +149,8 @@ def _run(args: argparse.Namespace) -> int:
     # Inputs first: a wrong path is reported before any AWS credential lookup.
     spec_toml = _read_text(args.spec, "job spec")
     datasets = _spec_order(_datasets(args.dataset), spec_toml)
-    weights = weights_streams(_parsed_spec(spec_toml), args.weights)
+    parsed = _parsed_spec(spec_toml)
+    weights = weights_streams(parsed, args.weights)
     if args.resume is not None and args.job_id is None:
         raise ConfigError("--resume needs the --job-id of the run that wrote the checkpoint")
     target = RelayTarget.parse(args.kms_target)
@@ -207,27 +210,35 @@ def _run(args: argparse.Namespace) -> int:
             _event("metric", name=msg.name, value=msg.value, kind=msg.kind, step=msg.step)
 
     sink = ArtifactSink(args.out, on_progress=on_progress, on_metric=on_metric)
-    try:
-        outcome = run_job(
-            enclave=args.enclave,
-            relay_listen=args.kms_relay,
-            kms_target=target,
-            allow_list=allow,
-            credentials=creds,
-            job_id=args.job_id or f"job-{uuid.uuid4().hex[:12]}",
-            datasets=streams,
-            s3_client=s3,
-            progress=progress,
-            tap=tap if tap_file is not None else None,
-            extra=extra,
-            on_message=sink,
-            refresher=environment_refresher(args.region, kms_endpoint),
-        )
-    finally:
-        if tap_file is not None:
-            tap_file.close()
-        for bar in bars.values():
-            bar.close()
+    job_id = args.job_id or f"job-{uuid.uuid4().hex[:12]}"
+    with tracking(args, parsed, job_id, sink) as tracked:
+
+        def on_message(msg: Message) -> None:
+            sink(msg)
+            tracked.feed(msg)
+
+        try:
+            outcome = run_job(
+                enclave=args.enclave,
+                relay_listen=args.kms_relay,
+                kms_target=target,
+                allow_list=allow,
+                credentials=creds,
+                job_id=job_id,
+                datasets=streams,
+                s3_client=s3,
+                progress=progress,
+                tap=tap if tap_file is not None else None,
+                extra=extra,
+                on_message=on_message,
+                refresher=environment_refresher(args.region, kms_endpoint),
+            )
+            tracked.ok = outcome.status == "ok"
+        finally:
+            if tap_file is not None:
+                tap_file.close()
+            for bar in bars.values():
+                bar.close()
     sink.write_summary()
     report: dict[str, Any] = {
         "job_id": outcome.job_id,
@@ -239,6 +250,7 @@ def _run(args: argparse.Namespace) -> int:
         ],
         "audit_events": [{"kind": e.kind, **dict(e.fields)} for e in outcome.audit_events],
         **sink.summary(),
+        **tracked.report(),
     }
     if args.events:
         _event("result", **report)

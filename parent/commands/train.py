@@ -13,17 +13,12 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enclave.errors import ConfigError, HermeticError, RuntimeFailure
 from parent.appliance import ENCLAVE_SERVICE, KMS_SERVICE, PARENT
 from parent.commands.local_args import add_local_argument, local_state
-from parent.tracking.base import DEFAULT_MLFLOW_URI
-
-if TYPE_CHECKING:
-    from enclave.training.spec import JobSpec
-    from parent.tracking.base import Tracker
-    from parent.tracking.mlflow_runs import MlflowTracker
+from parent.commands.tracking_args import add_tracker_arguments, tracking
 
 
 class JobFailed(RuntimeFailure):
@@ -59,12 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     p.add_argument("--events", action="store_true",
                    help="print one JSON line per progress and metric event, then the outcome (for launchers)")
-    p.add_argument("--tensorboard", type=Path, metavar="DIR",
-                   help="write what the enclave releases (metrics, epsilon spent, steps per second) as "
-                        "TensorBoard event files in DIR, as it arrives")
-    p.add_argument("--mlflow", nargs="?", const=DEFAULT_MLFLOW_URI, metavar="URI",
-                   help="log the same values to an MLflow run named after the job id, with the spec's "
-                        f"settings as params and the certificate as an artifact (default URI: {DEFAULT_MLFLOW_URI})")
+    add_tracker_arguments(p)
     p.set_defaults(func=run, _parser=p)
 
 
@@ -129,8 +119,6 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
     from parent.proxy.session import DatasetInput
     from parent.public_data import load_public_dataset
     from parent.sources import BytesSource
-    from parent.tracking.base import FanOut
-    from parent.tracking.feed import ReleaseFeed
 
     try:
         spec_text = args.spec.read_text("utf-8")
@@ -190,38 +178,28 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
     out_dir = args.out.resolve()
     sink = ArtifactSink(out_dir, on_progress=on_progress, on_metric=on_metric)
-    # Opened before the job: a tracker that cannot start must fail before any budget is spent.
-    trackers, mlflow_run = _open_trackers(args, spec, job_id)
-    feed = ReleaseFeed(FanOut(trackers))
+    with tracking(args, spec, job_id, sink) as tracked:
 
-    def on_message(msg: Message) -> None:
-        sink(msg)
-        feed(msg)
+        def on_message(msg: Message) -> None:
+            sink(msg)
+            tracked.feed(msg)
 
-    ok = False
-    try:
-        outcome = run_job(
-            enclave=parse_address(state.enclave),
-            relay_listen=parse_address(state.kms_relay),
-            kms_target=target,
-            allow_list=[target],
-            credentials=credentials,
-            job_id=job_id,
-            datasets=streams,
-            extra=[TrainingJob(spec_toml=spec_text)],
-            on_message=on_message,
-        )
-        ok = outcome.status == "ok"
-    finally:
-        if bar is not None:
-            bar.close()
-        if mlflow_run is not None:
-            mlflow_run.status = "FINISHED" if ok else "FAILED"
-            if sink.certificate is not None:
-                mlflow_run.artifacts.append(sink.certificate)
-            if sink.audit_log is not None:
-                mlflow_run.artifacts.append(sink.audit_log)
-        feed.close()
+        try:
+            outcome = run_job(
+                enclave=parse_address(state.enclave),
+                relay_listen=parse_address(state.kms_relay),
+                kms_target=target,
+                allow_list=[target],
+                credentials=credentials,
+                job_id=job_id,
+                datasets=streams,
+                extra=[TrainingJob(spec_toml=spec_text)],
+                on_message=on_message,
+            )
+            tracked.ok = outcome.status == "ok"
+        finally:
+            if bar is not None:
+                bar.close()
     sink.write_summary()
     summary = sink.summary()
     report: dict[str, Any] = {
@@ -237,8 +215,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoints": summary["checkpoints"],
         "metrics": summary["metrics"],
         "released": str(out_dir / "released.json"),
-        "tensorboard": str(args.tensorboard.resolve()) if args.tensorboard is not None else None,
-        "mlflow_run": mlflow_run.run_id if mlflow_run is not None else None,
+        **tracked.report(),
         "out": str(out_dir),
         "datasets": [{"dataset_id": s.dataset_id, "bytes": s.size, "sealed_sha256": s.sha256.hex()}
                      for s in outcome.datasets],
@@ -248,28 +225,6 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         failed.report = report
         raise failed
     return report
-
-
-def _open_trackers(args: argparse.Namespace, spec: JobSpec, job_id: str) -> tuple[list[Tracker], MlflowTracker | None]:
-    """The trackers the flags ask for, and the MLflow one apart (it also takes the certificate)."""
-    from parent.tracking.base import FanOut
-
-    trackers: list[Tracker] = []
-    mlflow_run = None
-    try:
-        if args.tensorboard is not None:
-            from parent.tracking.tensorboard_events import TensorBoardTracker
-
-            trackers.append(TensorBoardTracker(args.tensorboard.resolve()))
-        if args.mlflow is not None:
-            from parent.tracking.mlflow_runs import MlflowTracker, spec_params
-
-            mlflow_run = MlflowTracker(args.mlflow, run_name=job_id, params=spec_params(spec))
-            trackers.append(mlflow_run)
-    except HermeticError:
-        FanOut(trackers).close()
-        raise
-    return trackers, mlflow_run
 
 
 def _check_job(args: argparse.Namespace, datasets: list[tuple[str, str]]) -> None:

@@ -54,7 +54,7 @@ def job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
                     CertificateIssued(data=encode_envelope(encode_body(BODY), b"attestation")),
                     AuditLog(data=_audit_log())):
             on_message(msg)
-        return SimpleNamespace(status=ending["status"], job_id=job_id, detail="2 steps", datasets=())
+        return SimpleNamespace(status=ending["status"], job_id=job_id, detail="2 steps", datasets=(), audit_events=())
 
     monkeypatch.setattr(train, "local_state", lambda *a, **k: state)
     monkeypatch.setattr(train, "_check_job", lambda *a: None)
@@ -112,3 +112,23 @@ def test_a_bare_mlflow_flag_means_the_local_file_store(tmp_path: Path) -> None:
     assert build_parser().parse_args([*base, "--mlflow"]).mlflow == DEFAULT_MLFLOW_URI == "./mlruns"
     assert build_parser().parse_args([*base, "--mlflow", "http://mlflow:5000"]).mlflow == "http://mlflow:5000"
     assert build_parser().parse_args(base).mlflow is None
+
+
+def test_parent_run_takes_the_same_trackers(job: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import parent.proxy.job
+
+    monkeypatch.setattr(parent.proxy.job, "credentials_from_environment", lambda *a: None)
+    monkeypatch.setattr(parent.proxy.job, "environment_refresher", lambda *a: None)
+    spec, sealed = job["argv"][1], job["argv"][5]
+    store = tmp_path / "mlruns"
+    argv = ["parent", "run", "--enclave", f"unix://{tmp_path / 'e.sock'}", "--kms-relay", f"unix://{tmp_path / 'k'}",
+            "--kms-target", "127.0.0.1:1", "--dataset", sealed, "--spec", spec, "--out", str(tmp_path / "run"),
+            "--job-id", "job-parent", "--tensorboard", str(tmp_path / "tb"), "--mlflow", str(store), "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["tensorboard"] == str(tmp_path / "tb")
+    assert read_event_scalars(tmp_path / "tb")["accuracy/holdout"] == [(2, 0.5)]
+    run = mlflow.MlflowClient(tracking_uri=str(store)).get_run(report["mlflow_run"])
+    assert run.info.run_name == "job-parent" and run.info.status == "FINISHED"
+    assert run.data.params["privacy.steps"] == "2"
