@@ -111,11 +111,10 @@ def _parsed_spec(spec_toml: str) -> JobSpec | None:
         return None
 
 
-def _spec_order(datasets: list[tuple[str, str]], spec_toml: str) -> list[tuple[str, str]]:
-    """The streams in the order the spec's data.train lists them; as given if the spec does not parse."""
+def _spec_order(datasets: list[tuple[str, str]], spec: JobSpec | None) -> list[tuple[str, str]]:
+    """The streams in the order the spec's data.train lists them; as given if the spec did not parse."""
     from parent.job_check import in_spec_order
 
-    spec = _parsed_spec(spec_toml)
     return datasets if spec is None else in_spec_order(datasets, spec.data.train)
 
 
@@ -148,8 +147,8 @@ def _run(args: argparse.Namespace) -> int:
 
     # Inputs first: a wrong path is reported before any AWS credential lookup.
     spec_toml = _read_text(args.spec, "job spec")
-    datasets = _spec_order(_datasets(args.dataset), spec_toml)
     parsed = _parsed_spec(spec_toml)
+    datasets = _spec_order(_datasets(args.dataset), parsed)
     weights = weights_streams(parsed, args.weights)
     if args.resume is not None and args.job_id is None:
         raise ConfigError("--resume needs the --job-id of the run that wrote the checkpoint")

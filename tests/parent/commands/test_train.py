@@ -97,12 +97,12 @@ def test_repeated_datasets_stream_in_the_specs_order(tmp_path: Path, monkeypatch
 
 
 def test_parent_run_orders_streams_by_the_spec_and_leaves_a_bad_spec_to_the_enclave() -> None:
-    from parent.commands.parent_serve import _spec_order
+    from parent.commands.parent_serve import _parsed_spec, _spec_order
 
     given = [("b-v1", "s3://x/b"), ("a-v1", "s3://x/a")]
     listed = SPEC.replace("[optimizer]", '[data]\ntrain = ["a-v1", "b-v1"]\n[optimizer]')
-    assert _spec_order(given, listed) == [("a-v1", "s3://x/a"), ("b-v1", "s3://x/b")]
-    assert _spec_order(given, "[job]\nname = 'x'\n") == given
+    assert _spec_order(given, _parsed_spec(listed)) == [("a-v1", "s3://x/a"), ("b-v1", "s3://x/b")]
+    assert _spec_order(given, _parsed_spec("[job]\nname = 'x'\n")) == given
 
 
 WEIGHTS_SPEC = mlp_spec(key_id="alias/hermetic-model-owner", name="t", steps=1, batch=10,
