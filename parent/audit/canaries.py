@@ -83,10 +83,12 @@ def default_guesses(canaries: int) -> int:
     return max(2, 2 * (canaries // 10))
 
 
-def default_canaries(kind: str) -> int:
-    """5000 Dirac canaries (one parameter each, and `audit_spec` takes at most a quarter of a small model's
-    parameters: the quiet ones); 1000 Gaussian ones (each a dense direction)."""
-    return 5000 if kind == "dirac" else 1000
+def default_canaries(kind: str, parameters: int) -> int:
+    """5000 Dirac canaries, one parameter each, but at most the quietest quarter of a small model's
+    `parameters` (and at least 2); 1000 Gaussian ones (each a dense direction)."""
+    if kind == "dirac":
+        return max(2, min(5000, parameters // 4))
+    return 1000
 
 
 class Canaries:
@@ -307,9 +309,7 @@ def audit_spec(
                    rng=rng.fork(b"gaussian-noise"), loss=spec.task.loss)
     params = trainable_parameters(net)
     if canaries is None:
-        canaries = default_canaries(canary_kind)
-        if canary_kind == "dirac":  # one parameter each, the quietest quarter at most: a small model takes fewer
-            canaries = max(2, min(canaries, sum(p.numel() for p in params.values()) // 4))
+        canaries = default_canaries(canary_kind, sum(p.numel() for p in params.values()))
     k = default_guesses(canaries) if guesses is None else guesses
     if not 0 < k <= canaries:
         raise ConfigError(f"guesses must be in [1, {canaries}], got {k}")

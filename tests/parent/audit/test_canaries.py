@@ -79,7 +79,8 @@ def test_guess_scores_the_top_as_in_and_the_bottom_as_out() -> None:
 
 def test_default_guesses() -> None:
     assert [default_guesses(m) for m in (2, 10, 500, 1000, 1005)] == [2, 2, 100, 200, 200]
-    assert (default_canaries("dirac"), default_canaries("gaussian")) == (5000, 1000)
+    assert (default_canaries("dirac", 57_340), default_canaries("gaussian", 57_340)) == (5000, 1000)
+    assert [default_canaries("dirac", n) for n in (1315, 7, 0)] == [328, 2, 2]
 
 
 def test_synthetic_images_have_a_black_margin_and_noise_inside() -> None:
