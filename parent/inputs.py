@@ -18,8 +18,8 @@ from parent.verify.policy import IMAGE_PCR
 HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
 
-def read_bounded(name: str, limit: int, what: str) -> bytes:
-    """The bytes of file `name` ('-' for stdin), refusing more than `limit`."""
+def read_bounded(name: str, limit: int, what: str, error: type[ConfigError] = ConfigError) -> bytes:
+    """The bytes of file `name` ('-' for stdin), refusing more than `limit` (`error` names the input's kind)."""
     try:
         if name == "-":
             data = sys.stdin.buffer.read(limit + 1)
@@ -27,9 +27,9 @@ def read_bounded(name: str, limit: int, what: str) -> bytes:
             with open(name, "rb") as handle:
                 data = handle.read(limit + 1)
     except OSError as err:
-        raise ConfigError(f"cannot read {what} {name}: {err.strerror}") from None
+        raise error(f"cannot read {what} {name}: {err.strerror}") from None
     if len(data) > limit:
-        raise ConfigError(f"{what} {name} is larger than {limit} bytes")
+        raise error(f"{what} {name} is larger than {limit} bytes")
     return data
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from enclave.errors import ConfigError
+from parent.inputs import read_bounded
 
 __all__ = ["MAX_AUDIT_RESULT_SIZE", "AuditResultError", "EmpiricalAudit", "parse_audit_result", "read_audit_result",
            "verdict"]
@@ -84,13 +85,7 @@ _KEYS = frozenset(f.name for f in fields(EmpiricalAudit))
 
 def read_audit_result(path: Path) -> EmpiricalAudit:
     """Read and parse the file at `path`; AuditResultError for anything but a well-formed result."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_AUDIT_RESULT_SIZE + 1)
-    except OSError as err:
-        raise AuditResultError(f"cannot read audit result {path}: {err.strerror}") from None
-    if len(data) > MAX_AUDIT_RESULT_SIZE:
-        raise AuditResultError(f"audit result {path} is larger than {MAX_AUDIT_RESULT_SIZE} bytes")
+    data = read_bounded(str(path), MAX_AUDIT_RESULT_SIZE, "audit result", AuditResultError)
     return parse_audit_result(data, str(path))
 
 
