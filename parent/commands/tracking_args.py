@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,7 @@ class Tracking:
     feed: Callable[[Message], None]
     mlflow_run: MlflowTracker | None
     tensorboard: Path | None
-    ok: bool = field(default=False)
+    ok: bool = False
 
     def report(self) -> dict[str, str | None]:
         return {"tensorboard": str(self.tensorboard) if self.tensorboard is not None else None,
