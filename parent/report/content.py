@@ -369,8 +369,13 @@ def _run_name(e: EmpiricalAudit) -> str:
     return "no-noise control" if e.control else "noised run"
 
 
+def _above(e: EmpiricalAudit) -> bool:
+    """The run's lower bound exceeds the accountant's epsilon (recomputed here: the stated verdict is unattested)."""
+    return e.epsilon_lower_bound > e.epsilon_certified * (1 + 1e-6)
+
+
 def _outcome(e: EmpiricalAudit) -> str:
-    above = e.epsilon_lower_bound > e.epsilon_certified * (1 + 1e-6)
+    above = _above(e)
     if e.control:
         return ("above the accountant's epsilon: the audit sees a mechanism without noise" if above else
                 "NOT above the accountant's epsilon: this audit could not tell a run without noise from the claim")
@@ -415,11 +420,11 @@ def _empirical(f: ReportFacts) -> Section:
     if not all(_same_recipe(e, f) for e in f.empirical):
         blocks.append(_p("An audited recipe is not the certified job's: that run speaks to the training code, "
                          "not to this job's parameters.", note=True))
-    if any(not e.control and e.epsilon_lower_bound > e.epsilon_certified * (1 + 1e-6) for e in f.empirical):
+    if any(not e.control and _above(e) for e in f.empirical):
         blocks.append(_p("The empirical lower bound of a noised run is ABOVE the accountant's epsilon: the accounting "
                          "or the implementation does not hold as stated. Investigate before relying on this job.",
                          note=True))
-    if any(e.control and e.epsilon_lower_bound <= e.epsilon_certified * (1 + 1e-6) for e in f.empirical):
+    if any(e.control and not _above(e) for e in f.empirical):
         blocks.append(_p("A no-noise control did not rise above the accountant's epsilon: this audit's canaries "
                          "and guesses cannot detect a broken mechanism at this epsilon; use more canaries.", note=True))
     return Section("Empirical privacy audit", tuple(blocks), "empirical")
